@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages the project needs, as root. Idempotent: quiet and
+# quick when everything is present. Usage: scripts/deps.sh [--check]
+set -euo pipefail
+
+packages=(
+  # build
+  g++ make pkg-config
+  # libraries (headers + link)
+  libasio-dev libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
+  libexpected-dev libxxhash-dev libsodium-dev libssl-dev libfuse3-dev
+  # tests, fuzzing, lint
+  libgtest-dev libgmock-dev clang libclang-rt-14-dev clang-format clang-tidy
+  # runtime tools used by the end-to-end tests, make run and make bench
+  fuse3 util-linux e2fsprogs fio python3 iproute2 procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+if [[ "${1:-}" == "--check" ]]; then
+  echo "missing Debian packages: ${missing[*]}" >&2
+  exit 1
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "missing Debian packages: ${missing[*]}" >&2
+  echo "run 'make deps' as root (or: sudo apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "installing: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "installed ${#missing[@]} packages"

@@ -1,0 +1,75 @@
+// Expected failures as values. An Error carries a typed code (the same codes travel on the
+// wire, see proto/codec) and a human message naming what was wrong. Result<T> is
+// tl::expected<T, Error>; functions that can fail for operating reasons return it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <tl/expected.hpp>
+
+namespace cru {
+
+// Wire-visible: values are part of the protocol. Append only; bump kProtocolVersion
+// when a code changes meaning.
+enum class ErrorCode : uint16_t {
+  kOk = 0,
+  kIo = 1,                 // the disk failed (EIO, ENOSPC, ...)
+  kOffsetInvalid = 2,      // IO outside the region
+  kOffsetUnaligned = 3,    // byte offset not a multiple of the block size
+  kDataLenUnaligned = 4,   // byte length not a multiple of the block size
+  kBlockSizeMismatch = 5,  // message block size differs from the region's
+  kInvalidExtent = 6,      // extent id out of range
+  kExtentClosed = 7,       // IO to an extent closed for repair
+  kHashMismatch = 8,       // block data does not match its integrity hash
+  kReadOnly = 9,           // modifying a read-only region or volume
+  kUuidMismatch = 10,      // wrong upstairs/session/region id
+  kGenerationTooLow = 11,  // a generation lower than the current one
+  kVersionMismatch = 12,   // protocol version differs
+  kEncryptionMismatch = 13,
+  kReadOnlyMismatch = 14,
+  kNotActive = 15,        // request needs an active session/volume
+  kNoLongerActive = 16,   // a newer upstairs took over
+  kProtocol = 17,         // malformed or out-of-order message
+  kRepair = 18,           // extent repair failed
+  kInjected = 19,         // an error injected by a test flag
+  kDecrypt = 20,          // AEAD authentication failed
+  kTimeout = 21,
+  kDisconnected = 22,
+  kQuorumLost = 23,       // fewer than two downstairs can take the IO
+  kInvalidArgument = 24,  // bad flag, config value or API argument
+  kUnsupported = 25,
+  kCorrupt = 26,        // on-disk data failed validation
+  kAlreadyExists = 27,  // e.g. creating a region where one exists
+  kNotFound = 28,
+  kBusy = 29,  // refused now, may succeed later (e.g. repair while degraded)
+  kShutdown = 30,
+};
+inline constexpr uint16_t kErrorCodeMax = 30;
+
+std::string_view error_code_name(ErrorCode code);
+
+struct Error {
+  ErrorCode code = ErrorCode::kIo;
+  std::string message;
+
+  std::string to_string() const;
+  friend bool operator==(const Error&, const Error&) = default;
+};
+
+template <typename T>
+using Result = tl::expected<T, Error>;
+using Status = Result<void>;
+
+inline tl::unexpected<Error> fail(ErrorCode code, std::string message) {
+  return tl::unexpected<Error>(Error{code, std::move(message)});
+}
+
+// Evaluates a Result expression; on error returns the error from the enclosing function.
+#define CRU_TRY(expr)                                                     \
+  do {                                                                    \
+    if (auto cru_try_result_ = (expr); !cru_try_result_)                  \
+      return ::tl::unexpected<::cru::Error>(std::move(cru_try_result_.error())); \
+  } while (0)
+
+}  // namespace cru

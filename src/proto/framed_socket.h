@@ -1,0 +1,62 @@
+// Frames over a TCP socket (asio, C++20 coroutines). A connection owns one FrameSource
+// (reading) and one FrameSink (a bounded outbox drained by a write loop), all on the
+// io thread that owns the socket. Socket failures throw asio::system_error (caught at the
+// root of the connection's task); protocol violations come back as Result errors.
+#pragma once
+
+#include <asio/awaitable.hpp>
+#include <asio/experimental/channel.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include <cstddef>
+#include <vector>
+
+#include "common/result.h"
+#include "proto/codec.h"
+#include "proto/frame_reader.h"
+#include "proto/messages.h"
+
+namespace cru::proto {
+
+class FrameSource {
+ public:
+  // The socket must outlive this object.
+  explicit FrameSource(asio::ip::tcp::socket& socket);
+  // The next whole message. Throws asio::system_error on EOF or a socket error; returns
+  // kProtocol on a malformed frame (the reader is then poisoned).
+  asio::awaitable<Result<Message>> next();
+
+ private:
+  asio::ip::tcp::socket& socket_;
+  FrameReader reader_;
+  std::vector<std::byte> staging_;
+  size_t staged_begin_ = 0;
+  size_t staged_end_ = 0;
+};
+
+class FrameSink {
+ public:
+  // Capacity in frames; push() waits and try_push() fails beyond it.
+  FrameSink(const asio::any_io_executor& executor, size_t capacity_frames);
+
+  // Queues a message; false when the outbox is full or closed.
+  [[nodiscard]] bool try_push(const Message& m);
+  // Queues a message, waiting for room. Throws if the sink is closed.
+  asio::awaitable<void> push(const Message& m);
+  // Writes queued frames in order, batching whatever is queued into one gather write,
+  // until close(). Throws on socket errors. The socket must outlive the loop.
+  asio::awaitable<void> run(asio::ip::tcp::socket& socket);
+  // Makes run() return; frames still queued are dropped. Idempotent.
+  void close();
+  size_t queued_frames() const { return queued_; }
+
+ private:
+  using Channel = asio::experimental::channel<void(asio::error_code, EncodedFrame)>;
+  Channel channel_;
+  size_t queued_ = 0;
+};
+
+// Sets TCP_NODELAY: frames are whole requests; batching is done by FrameSink.
+void tune_socket(asio::ip::tcp::socket& socket);
+
+}  // namespace cru::proto
