@@ -65,13 +65,14 @@ asio::awaitable<void> FrameSink::run(asio::ip::tcp::socket& socket) {
     EncodedFrame first =
         co_await channel_.async_receive(asio::redirect_error(asio::use_awaitable, ec));
     if (ec) co_return;  // closed
+    if (first.head.empty()) co_return;  // the end marker of close_after_drain()
     batch.clear();
     size_t bytes = first.size();
     batch.push_back(std::move(first));
     bool closed = false;
     while (!closed && batch.size() < kMaxBatchFrames && bytes < kMaxBatchBytes &&
            channel_.try_receive([&](asio::error_code rec, EncodedFrame f) {
-             if (rec) {
+             if (rec || f.head.empty()) {
                closed = true;
                return;
              }
@@ -86,10 +87,16 @@ asio::awaitable<void> FrameSink::run(asio::ip::tcp::socket& socket) {
       if (!f.data.empty()) iov.emplace_back(f.data.data(), f.data.size());
     }
     co_await asio::async_write(socket, iov, asio::use_awaitable);
+    if (closed) co_return;
   }
 }
 
 void FrameSink::close() { channel_.close(); }
+
+void FrameSink::close_after_drain() {
+  // An empty frame never comes from encode(): it marks the end.
+  if (!channel_.try_send(asio::error_code{}, EncodedFrame{})) close();
+}
 
 void tune_socket(asio::ip::tcp::socket& socket) {
   asio::error_code ignored;  // not fatal: only latency

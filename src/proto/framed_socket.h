@@ -48,6 +48,9 @@ class FrameSink {
   asio::awaitable<void> run(asio::ip::tcp::socket& socket);
   // Makes run() return; frames still queued are dropped. Idempotent.
   void close();
+  // Makes run() return after writing the frames queued so far (e.g. a last message before
+  // hanging up). If the outbox is full they are dropped, as with close().
+  void close_after_drain();
   size_t queued_frames() const { return queued_; }
 
  private:

@@ -471,12 +471,14 @@ struct RepairHello {
   friend bool operator==(const RepairHello&, const RepairHello&) = default;
 };
 
-// Asks for a closed extent's file; answered with ExtentChunks in order, then
-// ExtentFetchDone (or just ExtentFetchDone with an error).
+// Asks for the next chunk of a closed extent's file, starting at offset 0; the receiver
+// may ask for a few chunks ahead. Each is answered with an ExtentChunk; the last chunk is
+// followed by ExtentFetchDone. An error is answered with ExtentFetchDone alone.
 struct ExtentFetch {
   static constexpr Tag kTag = Tag::kExtentFetch;
   ExtentId extent;
-  CRU_FIELDS(extent)
+  uint64_t offset = 0;
+  CRU_FIELDS(extent, offset)
   friend bool operator==(const ExtentFetch&, const ExtentFetch&) = default;
 };
 

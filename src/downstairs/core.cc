@@ -1,0 +1,505 @@
+#include "downstairs/core.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "common/log.h"
+#include "proto/codec.h"
+#include "proto/limits.h"
+
+namespace cru::downstairs {
+
+using namespace cru::proto;
+
+namespace {
+
+template <typename T>
+const T* as(const Message& m) {
+  return std::get_if<T>(&m);
+}
+
+// Jobs: the requests that carry a job id and dependencies.
+std::optional<std::pair<JobId, std::vector<JobId>*>> job_header(Message& m) {
+  return std::visit(
+      [](auto& v) -> std::optional<std::pair<JobId, std::vector<JobId>*>> {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (requires { v.deps; } && !std::is_same_v<T, Ack>) return std::pair{v.job_id, &v.deps};
+        return std::nullopt;
+      },
+      m);
+}
+
+bool is_reconcile(const Message& m) {
+  return std::holds_alternative<ExtentFlush>(m) || std::holds_alternative<ExtentClose>(m) ||
+         std::holds_alternative<ExtentRepair>(m) || std::holds_alternative<ExtentReopen>(m);
+}
+
+}  // namespace
+
+Core::Core(Region& region, CoreOptions options)
+    : region_(region), options_(std::move(options)), rng_(options_.faults.seed) {
+  // A promotion below a generation already on disk can only be a stale upstairs.
+  for (const auto& v : region_.versions()) highest_generation_ = std::max(highest_generation_, v.generation);
+}
+
+ConnectionId Core::new_connection() {
+  ConnectionId id{next_conn_++};
+  conns_[id];
+  return id;
+}
+
+bool Core::inject(double probability) {
+  return probability > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < probability;
+}
+
+void Core::protocol_error(Output& out, ConnectionId conn, const std::string& what) {
+  drop(out, conn, "protocol error: " + what);
+}
+
+void Core::drop(Output& out, ConnectionId conn, const std::string& reason) {
+  auto it = conns_.find(conn);
+  if (it == conns_.end()) return;
+  out.closes.push_back({conn, reason});
+  // Fetches started for this connection's jobs are abandoned (their staging removed).
+  for (auto f = fetches_.begin(); f != fetches_.end();) {
+    if (f->second.owner == conn) {
+      out.closes.push_back({f->first, "the upstairs that asked for this repair is gone"});
+      conns_.erase(f->first);
+      f = fetches_.erase(f);
+    } else {
+      ++f;
+    }
+  }
+  std::erase_if(deferred_, [&](const auto& d) { return d.first == conn; });
+  if (active_ == conn) active_.reset();
+  conns_.erase(it);
+}
+
+Output Core::on_disconnect(ConnectionId conn, const std::string& reason) {
+  Output out;
+  if (auto f = fetches_.find(conn); f != fetches_.end()) {
+    finish_fetch(out, conn, fail(ErrorCode::kRepair, "repair source connection lost: " + reason));
+    return out;
+  }
+  if (!conns_.contains(conn)) return out;
+  if (active_ == conn) log::info("upstairs connection {} closed ({}); no active upstairs", conn, reason);
+  drop(out, conn, reason);
+  std::erase_if(out.closes, [&](const Output::Close& c) { return c.conn == conn; });  // already gone
+  return out;
+}
+
+Output Core::on_connected(ConnectionId conn) {
+  Output out;
+  if (fetches_.contains(conn)) out.send(conn, RepairHello{});
+  return out;
+}
+
+Output Core::on_tick() {
+  Output out;
+  auto deferred = std::move(deferred_);
+  deferred_.clear();
+  std::set<ConnectionId> touched;
+  for (auto& [conn, job] : deferred) {
+    if (!conns_.contains(conn)) continue;
+    Conn& c = conns_.at(conn);
+    JobId id = job.id;
+    if (execute(out, conn, job)) complete(c, id, std::holds_alternative<Flush>(job.request) ||
+                                                   std::holds_alternative<Barrier>(job.request));
+    touched.insert(conn);
+  }
+  for (auto conn : touched)
+    if (conns_.contains(conn)) run_ready(out, conn);
+  out.tick_soon = !deferred_.empty();
+  return out;
+}
+
+Output Core::on_message(ConnectionId conn, Message m) {
+  Output out;
+  auto it = conns_.find(conn);
+  if (it == conns_.end()) return out;  // closed while the message was in flight
+  if (std::holds_alternative<Ruok>(m)) {
+    out.send(conn, Imok{});  // in every state
+    return out;
+  }
+  switch (it->second.state) {
+    case State::kNew: handle_new(out, conn, m); break;
+    case State::kHello:
+      if (auto p = as<PromoteToActive>(m)) handle_promote(out, conn, *p);
+      else protocol_error(out, conn, fmt::format("expected PromoteToActive, got {}", describe(m)));
+      break;
+    case State::kPromoted:
+      if (as<RegionInfoPlease>(m)) {
+        out.send(conn, RegionInfo{region_.def()});
+        it->second.state = State::kRegionInfoSent;
+      } else {
+        protocol_error(out, conn, fmt::format("expected RegionInfoPlease, got {}", describe(m)));
+      }
+      break;
+    case State::kRegionInfoSent:
+      if (as<ExtentVersionsPlease>(m)) {
+        it->second.state = State::kRunning;
+        it->second.completed.clear();
+        out.send(conn, ExtentVersions{region_.versions()});
+      } else if (auto lf = as<LastFlush>(m)) {
+        // A reconnecting upstairs replays everything after its last flush.
+        it->second.state = State::kRunning;
+        it->second.completed = {lf->last_flushed};
+        log::info("upstairs {} replays jobs after {}", conn, lf->last_flushed);
+      } else {
+        protocol_error(out, conn, fmt::format("expected ExtentVersionsPlease or LastFlush, got {}", describe(m)));
+      }
+      break;
+    case State::kRunning: handle_running(out, conn, m); break;
+    case State::kRepairPeer: handle_repair_peer(out, conn, m); break;
+    case State::kFetching: handle_fetching(out, conn, m); break;
+  }
+  out.tick_soon = !deferred_.empty();
+  return out;
+}
+
+// ---- negotiation ---------------------------------------------------------------------------
+
+void Core::handle_new(Output& out, ConnectionId conn, Message& m) {
+  Conn& c = conns_.at(conn);
+  if (auto rh = as<RepairHello>(m)) {
+    if (auto s = check_version(rh->version); !s) {
+      out.send(conn, VersionMismatch{kProtocolVersion});
+      drop(out, conn, "repair peer: " + s.error().message);
+      return;
+    }
+    c.state = State::kRepairPeer;
+    out.send(conn, RegionInfo{region_.def()});
+    return;
+  }
+  auto hi = as<HereIAm>(m);
+  if (!hi) return protocol_error(out, conn, fmt::format("expected HereIAm, got {}", describe(m)));
+  if (auto s = check_version(hi->version); !s) {
+    out.send(conn, VersionMismatch{kProtocolVersion});
+    return drop(out, conn, s.error().message);
+  }
+  if (hi->read_only != options_.read_only) {
+    out.send(conn, ReadOnlyMismatch{options_.read_only});
+    return drop(out, conn, fmt::format("upstairs is {} but this downstairs is {}", hi->read_only ? "read-only" : "read-write",
+                                       options_.read_only ? "read-only" : "read-write"));
+  }
+  if (hi->encrypted != region_.def().encrypted) {
+    out.send(conn, EncryptedMismatch{region_.def().encrypted});
+    return drop(out, conn, fmt::format("upstairs is {} but the region is {}", hi->encrypted ? "encrypted" : "not encrypted",
+                                       region_.def().encrypted ? "encrypted" : "not encrypted"));
+  }
+  c.hello = *hi;
+  c.state = State::kHello;
+  out.send(conn, YesItsMe{kProtocolVersion, options_.repair_addr});
+  log::info("upstairs {} session {} connected (connection {}, generation {})", hi->upstairs_id, hi->session_id,
+            conn, hi->generation);
+}
+
+void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive& p) {
+  Conn& c = conns_.at(conn);
+  if (p.upstairs_id != c.hello.upstairs_id || p.session_id != c.hello.session_id) {
+    out.send(conn, UuidMismatch{c.hello.upstairs_id});
+    return drop(out, conn, "PromoteToActive ids differ from HereIAm's");
+  }
+  auto refuse = [&](std::string why) {
+    out.send(conn, ErrorReport{JobId{}, WireStatus{ErrorCode::kGenerationTooLow, why}});
+    log::warn("refused promotion of upstairs {} (connection {}): {}", p.upstairs_id, conn, why);
+    drop(out, conn, why);
+  };
+  if (!options_.read_only) {
+    if (p.generation.value == 0) return refuse("generation 0 is not allowed");
+    if (active_ && *active_ != conn) {
+      Conn& old = conns_.at(*active_);
+      bool same_session = old.hello.upstairs_id == p.upstairs_id && old.hello.session_id == p.session_id;
+      if (p.generation < old.generation || (p.generation == old.generation && !same_session))
+        return refuse(fmt::format("generation {} does not exceed the active upstairs {}'s generation {}",
+                                  p.generation, old.hello.upstairs_id, old.generation));
+      log::warn("upstairs {} (generation {}) takes over from upstairs {} (generation {})", p.upstairs_id,
+                p.generation, old.hello.upstairs_id, old.generation);
+      ConnectionId old_conn = *active_;
+      out.send(old_conn, YouAreNoLongerActive{p.upstairs_id, p.session_id, p.generation});
+      drop(out, old_conn, fmt::format("taken over by upstairs {} with generation {}", p.upstairs_id, p.generation));
+    } else if (p.generation < highest_generation_) {
+      return refuse(fmt::format("generation {} is lower than generation {} already seen", p.generation,
+                                highest_generation_));
+    }
+    active_ = conn;
+    highest_generation_ = std::max(highest_generation_, p.generation);
+    // A new session starts from a whole region, whatever the last one left closed.
+    if (auto s = region_.reopen_all(); !s) {
+      log::error("reopening extents for upstairs {}: {}", p.upstairs_id, s.error().to_string());
+      out.send(conn, ErrorReport{JobId{}, WireStatus::from(s.error())});
+      return drop(out, conn, "cannot reopen extents: " + s.error().message);
+    }
+  }
+  c.generation = p.generation;
+  c.state = State::kPromoted;
+  out.send(conn, YouAreNowActive{p.upstairs_id, p.session_id, p.generation});
+  log::info("upstairs {} is active with generation {} (connection {})", p.upstairs_id, p.generation, conn);
+}
+
+// ---- jobs ------------------------------------------------------------------------------------
+
+void Core::handle_running(Output& out, ConnectionId conn, Message& m) {
+  if (is_reconcile(m)) return handle_reconcile(out, conn, m);
+  auto header = job_header(m);
+  if (!header) return protocol_error(out, conn, fmt::format("unexpected {} while running jobs", describe(m)));
+  if (options_.read_only && !std::holds_alternative<Read>(m) && !std::holds_alternative<Flush>(m) &&
+      !std::holds_alternative<Barrier>(m)) {
+    // Answered, not dropped: the upstairs sees why.
+    out.send(conn, Ack{header->first, WireStatus{ErrorCode::kReadOnly, "this downstairs is read-only"}});
+    return;
+  }
+  Conn& c = conns_.at(conn);
+  if (c.pending.size() >= kMaxQueuedJobs)
+    return protocol_error(out, conn, fmt::format("more than {} jobs queued", kMaxQueuedJobs));
+  enqueue_job(out, conn, Job{header->first, std::move(*header->second), std::move(m)});
+}
+
+bool Core::ready(const Conn& c, const Job& job) const {
+  return std::all_of(job.deps.begin(), job.deps.end(), [&](JobId d) { return c.completed.contains(d); });
+}
+
+void Core::enqueue_job(Output& out, ConnectionId conn, Job job) {
+  Conn& c = conns_.at(conn);
+  c.pending.push_back(std::move(job));
+  run_ready(out, conn);
+}
+
+void Core::run_ready(Output& out, ConnectionId conn) {
+  // Jobs usually arrive in an order that lets each run at once; a scan per completion
+  // is cheap for the short queues that out-of-order arrival or a running fetch leaves.
+  bool progress = true;
+  while (progress && conns_.contains(conn)) {
+    progress = false;
+    Conn& c = conns_.at(conn);
+    for (auto it = c.pending.begin(); it != c.pending.end();) {
+      if (!ready(c, *it)) {
+        ++it;
+        continue;
+      }
+      Job job = std::move(*it);
+      it = c.pending.erase(it);
+      progress = true;
+      if (options_.faults.lossy && inject(0.25)) {
+        deferred_.emplace_back(conn, std::move(job));
+        continue;
+      }
+      bool resets = std::holds_alternative<Flush>(job.request) || std::holds_alternative<Barrier>(job.request);
+      JobId id = job.id;
+      if (execute(out, conn, job)) complete(c, id, resets);
+      break;  // completion may have changed readiness: rescan from the start
+    }
+  }
+}
+
+void Core::complete(Conn& c, JobId id, bool resets) {
+  c.running.erase(id);
+  // After a flush or barrier the upstairs names no job older than it as a dependency.
+  if (resets) c.completed.clear();
+  c.completed.insert(id);
+}
+
+bool Core::execute(Output& out, ConnectionId conn, Job& job) {
+  Message& m = job.request;
+  const JobId id = job.id;
+  auto injected = [&](const char* what) {
+    log::warn("injected {} error for job {}", what, id);
+    return WireStatus{ErrorCode::kInjected, fmt::format("injected {} error", what)};
+  };
+  if (auto w = std::get_if<Write>(&m)) {
+    WireStatus st = inject(options_.faults.write_error)
+                        ? injected("write")
+                        : WireStatus::from(region_.write(w->start, w->block_size, w->contexts, w->data.span(), false));
+    out.send(conn, Ack{id, st});
+  } else if (auto wu = std::get_if<WriteUnwritten>(&m)) {
+    WireStatus st = inject(options_.faults.write_error)
+                        ? injected("write")
+                        : WireStatus::from(region_.write(wu->start, wu->block_size, wu->contexts, wu->data.span(), true));
+    out.send(conn, Ack{id, st});
+  } else if (auto r = std::get_if<Read>(&m)) {
+    ReadResponse resp{id, {}, region_.def().block_size, {}, {}};
+    if (inject(options_.faults.read_error)) {
+      resp.status = injected("read");
+    } else if (auto res = region_.read(r->start, r->block_count); !res) {
+      resp.status = WireStatus::from(res.error());
+    } else {
+      resp.contexts = std::move(res->contexts);
+      resp.data = Bytes(std::move(res->data));
+    }
+    out.send(conn, std::move(resp));
+  } else if (auto d = std::get_if<Discard>(&m)) {
+    WireStatus st = inject(options_.faults.write_error) ? injected("discard")
+                                                         : WireStatus::from(region_.discard(d->start, d->block_count));
+    out.send(conn, Ack{id, st});
+  } else if (auto f = std::get_if<Flush>(&m)) {
+    WireStatus st;
+    if (inject(options_.faults.flush_error)) {
+      st = injected("flush");
+    } else if (options_.read_only) {
+      st = WireStatus::ok();  // nothing can be dirty
+    } else {
+      st = WireStatus::from(region_.flush(f->flush_number, f->generation, f->extent_limit));
+    }
+    if (f->snapshot) log::info("flush {} asks for snapshot '{}': snapshots are not supported here", id, *f->snapshot);
+    out.send(conn, Ack{id, st});
+  } else if (std::holds_alternative<Barrier>(m)) {
+    out.send(conn, Ack{id, WireStatus::ok()});
+  } else if (auto lc = std::get_if<ExtentLiveClose>(&m)) {
+    auto v = region_.close_extent(lc->extent);
+    out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()), v.value_or(ExtentVersion{})});
+  } else if (auto lfc = std::get_if<ExtentLiveFlushClose>(&m)) {
+    Status s = region_.flush_extent(lfc->extent, lfc->flush_number, lfc->generation);
+    Result<ExtentVersion> v = s ? region_.close_extent(lfc->extent) : tl::unexpected(s.error());
+    out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()), v.value_or(ExtentVersion{})});
+  } else if (auto lr = std::get_if<ExtentLiveRepair>(&m)) {
+    conns_.at(conn).running.insert(id);
+    start_fetch(out, conn, id, std::nullopt, lr->extent, lr->source_addr);
+    return false;
+  } else if (auto lo = std::get_if<ExtentLiveReopen>(&m)) {
+    out.send(conn, Ack{id, WireStatus::from(region_.reopen_extent(lo->extent))});
+  } else if (std::holds_alternative<ExtentLiveNoOp>(m)) {
+    out.send(conn, Ack{id, WireStatus::ok()});
+  } else {
+    CRU_UNREACHABLE("job_header accepted a message execute() does not know");
+  }
+  return true;
+}
+
+// ---- reconciliation (one step at a time, no dependencies) --------------------------------------
+
+void Core::handle_reconcile(Output& out, ConnectionId conn, Message& m) {
+  if (auto f = as<ExtentFlush>(m)) {
+    out.send(conn, RepairAck{f->repair_id, WireStatus::from(region_.flush_extent(f->extent, f->flush_number, f->generation))});
+  } else if (auto c = as<ExtentClose>(m)) {
+    auto v = region_.close_extent(c->extent);
+    out.send(conn, RepairAck{c->repair_id, v ? WireStatus::ok() : WireStatus::from(v.error())});
+  } else if (auto r = as<ExtentRepair>(m)) {
+    start_fetch(out, conn, std::nullopt, r->repair_id, r->extent, r->source_addr);
+  } else if (auto o = as<ExtentReopen>(m)) {
+    out.send(conn, RepairAck{o->repair_id, WireStatus::from(region_.reopen_extent(o->extent))});
+  }
+}
+
+// ---- repair: source side -----------------------------------------------------------------------
+
+void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) {
+  auto req = as<ExtentFetch>(m);
+  if (!req) return protocol_error(out, conn, fmt::format("repair peer sent {}", describe(m)));
+  Conn& c = conns_.at(conn);
+  auto done_with_error = [&](Error e) {
+    log::warn("repair peer {}: extent {}: {}", conn, req->extent, e.to_string());
+    out.send(conn, ExtentFetchDone{req->extent, WireStatus::from(e), 0, 0});
+    c.stream.reset();
+  };
+  if (req->offset == 0) {
+    auto file = region_.open_for_transfer(req->extent);
+    if (!file) return done_with_error(file.error());
+    c.stream.emplace();
+    c.stream->extent = req->extent;
+    c.stream->file = std::move(*file);
+    c.stream->file_bytes = region_.extent_file_bytes();
+    c.stream->epoch = region_.extent_epoch(req->extent);
+  }
+  if (!c.stream || c.stream->extent != req->extent || c.stream->next_offset != req->offset)
+    return done_with_error(Error{ErrorCode::kRepair, fmt::format("chunk at offset {} asked out of order", req->offset)});
+  Stream& s = *c.stream;
+  uint64_t n = std::min<uint64_t>(kRepairChunkBytes, s.file_bytes - s.next_offset);
+  ByteBuffer chunk(n);
+  if (auto r = s.file->read_at(s.next_offset, chunk.span()); !r) return done_with_error(r.error());
+  s.hash.update(chunk.span());
+  out.send(conn, ExtentChunk{req->extent, s.next_offset, Bytes(std::move(chunk))});
+  s.next_offset += n;
+  if (s.next_offset < s.file_bytes) return;
+  // The extent was closed throughout only if it was never reopened meanwhile.
+  if (region_.extent_epoch(s.extent) != s.epoch || region_.is_open(s.extent))
+    return done_with_error(Error{ErrorCode::kRepair, "the extent was reopened during the transfer"});
+  out.send(conn, ExtentFetchDone{s.extent, WireStatus::ok(), s.file_bytes, s.hash.digest()});
+  log::info("sent extent {} ({} bytes) to repair peer {}", s.extent, s.file_bytes, conn);
+  c.stream.reset();
+}
+
+// ---- repair: target side -----------------------------------------------------------------------
+
+void Core::start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job, std::optional<RepairId> repair,
+                       ExtentId extent, const std::string& source_addr) {
+  auto staging = region_.begin_repair(extent);
+  if (!staging) {
+    Error e = staging.error();
+    log::warn("cannot repair extent {}: {}", extent, e.to_string());
+    if (job) {
+      out.send(owner, Ack{*job, WireStatus::from(e)});
+      complete(conns_.at(owner), *job, false);
+    } else {
+      out.send(owner, RepairAck{*repair, WireStatus::from(e)});
+    }
+    return;
+  }
+  ConnectionId fc = new_connection();
+  conns_.at(fc).state = State::kFetching;
+  fetches_[fc] = Fetch{owner, job, repair, extent, std::move(*staging), 0, false};
+  out.connects.push_back({fc, source_addr});
+  log::info("repairing extent {} from {}", extent, source_addr);
+}
+
+void Core::request_chunks(Output& out, ConnectionId fetch_conn, Fetch& f) {
+  uint64_t file_bytes = region_.extent_file_bytes();
+  uint64_t window = f.staging->received_bytes() + kFetchPipelineChunks * kRepairChunkBytes;
+  while (f.requested < file_bytes && f.requested < window) {
+    out.send(fetch_conn, ExtentFetch{f.extent, f.requested});
+    f.requested += std::min<uint64_t>(kRepairChunkBytes, file_bytes - f.requested);
+  }
+}
+
+void Core::handle_fetching(Output& out, ConnectionId conn, Message& m) {
+  auto it = fetches_.find(conn);
+  CRU_ASSERT(it != fetches_.end());
+  Fetch& f = it->second;
+  if (auto info = as<RegionInfo>(m)) {
+    const auto& mine = region_.def();
+    const auto& theirs = info->region;
+    if (f.got_info || theirs.block_size != mine.block_size || theirs.extent_size != mine.extent_size ||
+        theirs.encrypted != mine.encrypted || theirs.extent_count <= f.extent.value)
+      return finish_fetch(out, conn, fail(ErrorCode::kRepair, "the repair source's region geometry differs from ours"));
+    f.got_info = true;
+    return request_chunks(out, conn, f);
+  }
+  if (auto chunk = as<ExtentChunk>(m)) {
+    if (!f.got_info || chunk->extent != f.extent)
+      return finish_fetch(out, conn, fail(ErrorCode::kRepair, "unexpected chunk from the repair source"));
+    if (auto s = f.staging->append(chunk->offset, chunk->data.span()); !s) return finish_fetch(out, conn, s);
+    return request_chunks(out, conn, f);
+  }
+  if (auto done = as<ExtentFetchDone>(m)) {
+    if (!done->status.is_ok()) return finish_fetch(out, conn, done->status.to_status());
+    return finish_fetch(out, conn, f.staging->commit(done->file_bytes, done->file_hash));
+  }
+  if (as<VersionMismatch>(m)) return finish_fetch(out, conn, fail(ErrorCode::kVersionMismatch, "repair source speaks another protocol version"));
+  finish_fetch(out, conn, fail(ErrorCode::kRepair, fmt::format("repair source sent {}", describe(m))));
+}
+
+void Core::finish_fetch(Output& out, ConnectionId fetch_conn, const Status& result) {
+  auto it = fetches_.find(fetch_conn);
+  CRU_ASSERT(it != fetches_.end());
+  Fetch f = std::move(it->second);
+  fetches_.erase(it);
+  conns_.erase(fetch_conn);
+  out.closes.push_back({fetch_conn, result ? "repair transfer complete" : "repair transfer failed"});
+  if (result) {
+    log::info("extent {} repaired ({} bytes)", f.extent, f.staging->received_bytes());
+  } else {
+    log::warn("repair of extent {} failed: {}", f.extent, result.error().to_string());
+  }
+  f.staging.reset();  // removes the staging file unless committed
+  if (!conns_.contains(f.owner)) return;
+  WireStatus st = WireStatus::from(result);
+  if (f.job) {
+    out.send(f.owner, Ack{*f.job, st});
+    complete(conns_.at(f.owner), *f.job, false);
+    run_ready(out, f.owner);
+  } else {
+    out.send(f.owner, RepairAck{*f.repair, st});
+  }
+}
+
+}  // namespace cru::downstairs

@@ -1,0 +1,479 @@
+#include "downstairs/extent.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/hash.h"
+#include "common/log.h"
+
+namespace cru::downstairs {
+
+namespace {
+
+// ---- little-endian fields ----------------------------------------------------------
+
+void put_u64(std::span<std::byte> b, size_t at, uint64_t v) {
+  for (size_t i = 0; i < 8; ++i) b[at + i] = static_cast<std::byte>(v >> (8 * i));
+}
+void put_u32(std::span<std::byte> b, size_t at, uint32_t v) {
+  for (size_t i = 0; i < 4; ++i) b[at + i] = static_cast<std::byte>(v >> (8 * i));
+}
+uint64_t get_u64(std::span<const std::byte> b, size_t at) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v |= static_cast<uint64_t>(std::to_integer<uint8_t>(b[at + i])) << (8 * i);
+  return v;
+}
+uint32_t get_u32(std::span<const std::byte> b, size_t at) {
+  uint32_t v = 0;
+  for (size_t i = 0; i < 4; ++i) v |= static_cast<uint32_t>(std::to_integer<uint8_t>(b[at + i])) << (8 * i);
+  return v;
+}
+
+bool all_zero(std::span<const std::byte> data) {
+  return std::all_of(data.begin(), data.end(), [](std::byte b) { return b == std::byte{0}; });
+}
+
+// ---- slot layout (64 bytes) ----------------------------------------------------------
+// 0 seq u64 | 8 hash u64 | 16 flags u8 | 17 nonce[24] | 41 tag[16] | 57 zero[3] |
+// 60 check u32 = low half of XXH64(bytes 0..60)
+constexpr size_t kSlotSeq = 0, kSlotHash = 8, kSlotFlags = 16, kSlotNonce = 17, kSlotTag = 41,
+                 kSlotCheck = 60;
+constexpr uint8_t kFlagEncrypted = 1, kFlagDiscarded = 2, kKnownFlags = kFlagEncrypted | kFlagDiscarded;
+
+// ---- metadata copy layout --------------------------------------------------------------
+// 0 magic[8] | 8 format u32 | 12 block_size u32 | 16 blocks u64 | 24 meta_seq u64 |
+// 32 generation u64 | 40 flush u64 | 48 dirty u8 | 56 next_slot_seq u64 | 64 XXH64(0..64)
+constexpr std::string_view kMetaMagic = "CRUEXTNT";
+constexpr size_t kMetaBytesUsed = 72;
+
+struct Meta {
+  uint64_t meta_seq = 0;
+  uint64_t generation = 0;
+  uint64_t flush = 0;
+  bool dirty = false;
+  uint64_t next_slot_seq = 1;
+};
+
+std::vector<std::byte> encode_meta(const ExtentLayout& layout, const Meta& m) {
+  std::vector<std::byte> b(kMetaCopyBytes);
+  std::memcpy(b.data(), kMetaMagic.data(), kMetaMagic.size());
+  put_u32(b, 8, kExtentFormatVersion);
+  put_u32(b, 12, layout.block_size);
+  put_u64(b, 16, layout.blocks);
+  put_u64(b, 24, m.meta_seq);
+  put_u64(b, 32, m.generation);
+  put_u64(b, 40, m.flush);
+  b[48] = std::byte{m.dirty ? uint8_t{1} : uint8_t{0}};
+  put_u64(b, 56, m.next_slot_seq);
+  put_u64(b, 64, integrity_hash(std::span(b).first(64)));
+  return b;
+}
+
+// Why a copy is unusable, or the metadata.
+Result<Meta> decode_meta(const ExtentLayout& layout, std::span<const std::byte> b) {
+  auto bad = [](std::string why) { return fail(ErrorCode::kCorrupt, std::move(why)); };
+  if (std::memcmp(b.data(), kMetaMagic.data(), kMetaMagic.size()) != 0) return bad("no metadata magic");
+  if (get_u64(b, 64) != integrity_hash(b.first(64))) return bad("metadata checksum mismatch");
+  if (uint32_t v = get_u32(b, 8); v != kExtentFormatVersion)
+    return bad(fmt::format("format version {}, this build reads version {}", v, kExtentFormatVersion));
+  if (get_u32(b, 12) != layout.block_size || get_u64(b, 16) != layout.blocks)
+    return bad(fmt::format("geometry {} blocks of {} bytes, region says {} of {}", get_u64(b, 16),
+                           get_u32(b, 12), layout.blocks, layout.block_size));
+  uint8_t dirty = std::to_integer<uint8_t>(b[48]);
+  if (dirty > 1) return bad("dirty flag is not 0 or 1");
+  return Meta{get_u64(b, 24), get_u64(b, 32), get_u64(b, 40), dirty == 1, get_u64(b, 56)};
+}
+
+std::span<const std::byte, kSlotBytes> slot_bytes(std::span<const std::byte> pairs, size_t block, int slot) {
+  return pairs.subspan(block * kSlotPairBytes + static_cast<size_t>(slot) * kSlotBytes).first<kSlotBytes>();
+}
+std::span<std::byte, kSlotBytes> slot_bytes(std::span<std::byte> pairs, size_t block, int slot) {
+  return pairs.subspan(block * kSlotPairBytes + static_cast<size_t>(slot) * kSlotBytes).first<kSlotBytes>();
+}
+
+uint64_t zero_block_hash(uint32_t block_size) {
+  static thread_local std::vector<std::byte> zeros;
+  if (zeros.size() < block_size) zeros.resize(block_size);
+  return integrity_hash(std::span<const std::byte>(zeros).first(block_size));
+}
+
+// Reads at most this many blocks at a time when scanning a whole extent.
+constexpr uint64_t kScanChunkBlocks = 256;
+
+}  // namespace
+
+// ---- slots ---------------------------------------------------------------------------
+
+std::optional<proto::BlockContext> Slot::context() const {
+  if (empty() || discarded) return std::nullopt;
+  return proto::BlockContext{hash, encryption};
+}
+
+void encode_slot(const Slot& slot, std::span<std::byte, kSlotBytes> out) {
+  std::memset(out.data(), 0, out.size());
+  if (slot.empty()) return;
+  put_u64(out, kSlotSeq, slot.seq);
+  put_u64(out, kSlotHash, slot.hash);
+  uint8_t flags = (slot.encryption ? kFlagEncrypted : 0) | (slot.discarded ? kFlagDiscarded : 0);
+  out[kSlotFlags] = std::byte{flags};
+  if (slot.encryption) {
+    std::memcpy(out.data() + kSlotNonce, slot.encryption->nonce.data(), proto::kNonceBytes);
+    std::memcpy(out.data() + kSlotTag, slot.encryption->tag.data(), proto::kTagBytes);
+  }
+  put_u32(out, kSlotCheck, static_cast<uint32_t>(integrity_hash(std::span(out).first(kSlotCheck))));
+}
+
+Slot decode_slot(std::span<const std::byte, kSlotBytes> in) {
+  Slot s;
+  uint64_t seq = get_u64(in, kSlotSeq);
+  if (seq == 0) return s;
+  if (get_u32(in, kSlotCheck) != static_cast<uint32_t>(integrity_hash(in.first(kSlotCheck)))) return s;
+  uint8_t flags = std::to_integer<uint8_t>(in[kSlotFlags]);
+  if ((flags & ~kKnownFlags) != 0) return s;
+  s.seq = seq;
+  s.hash = get_u64(in, kSlotHash);
+  s.discarded = (flags & kFlagDiscarded) != 0;
+  if (flags & kFlagEncrypted) {
+    proto::EncryptionContext e;
+    std::memcpy(e.nonce.data(), in.data() + kSlotNonce, proto::kNonceBytes);
+    std::memcpy(e.tag.data(), in.data() + kSlotTag, proto::kTagBytes);
+    s.encryption = e;
+  }
+  return s;
+}
+
+uint64_t expected_hash(const Slot& slot, std::span<const std::byte> data) {
+  if (slot.encryption)
+    return integrity_hash({std::as_bytes(std::span(slot.encryption->nonce)),
+                           std::as_bytes(std::span(slot.encryption->tag)), data});
+  return integrity_hash(data);
+}
+
+// ---- create / open -------------------------------------------------------------------
+
+Status Extent::create(FileSystem& fs, const std::string& path, const ExtentLayout& layout) {
+  std::string tmp = path + ".new";
+  CRU_TRY(fs.remove(tmp));
+  auto f = fs.open(tmp, OpenMode::kCreateExclusive);
+  if (!f) return tl::unexpected(f.error());
+  // A sparse file: data and slots read as zeros, i.e. unwritten and empty.
+  CRU_TRY((*f)->truncate(layout.file_bytes()));
+  Meta m;
+  m.meta_seq = 1;
+  CRU_TRY((*f)->write_at(layout.meta_offset(1), encode_meta(layout, m)));
+  CRU_TRY((*f)->sync());
+  f->reset();
+  CRU_TRY(fs.rename(tmp, path));
+  return fs.sync_dir(parent_dir(path));
+}
+
+Result<std::unique_ptr<Extent>> Extent::open(FileSystem& fs, const std::string& path,
+                                             const ExtentLayout& layout, ExtentId id,
+                                             bool read_only, bool encrypted) {
+  if (!read_only) {
+    // An interrupted repair leaves its staging file behind; the extent file itself is
+    // only ever replaced by an atomic rename, so it is whole: old or new.
+    for (const auto& leftover : {staging_path(path), path + ".new"}) {
+      auto there = fs.exists(leftover);
+      if (!there) return tl::unexpected(there.error());
+      if (*there) {
+        log::info("extent {}: removing {} left by an interrupted repair or create", id, leftover);
+        CRU_TRY(fs.remove(leftover));
+      }
+    }
+  }
+  auto f = fs.open(path, read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite);
+  if (!f) return tl::unexpected(f.error());
+  auto size = (*f)->size();
+  if (!size) return tl::unexpected(size.error());
+  if (*size != layout.file_bytes())
+    return fail(ErrorCode::kCorrupt, fmt::format("extent {} ({}) is {} bytes, expected {}", id, path,
+                                                  *size, layout.file_bytes()));
+  std::unique_ptr<Extent> e(new Extent(std::move(*f), layout, id, read_only, encrypted));
+  CRU_TRY(e->load_meta());
+  if (e->dirty_ && !read_only) CRU_TRY(e->recover());
+  return e;
+}
+
+Status Extent::load_meta() {
+  std::vector<std::byte> buf(2 * kMetaCopyBytes);
+  CRU_TRY(file_->read_at(layout_.meta_offset(0), buf));
+  auto a = decode_meta(layout_, std::span(buf).first(kMetaCopyBytes));
+  auto b = decode_meta(layout_, std::span(buf).subspan(kMetaCopyBytes));
+  if (!a && !b)
+    return fail(ErrorCode::kCorrupt, fmt::format("extent {}: no valid metadata ({}; {})", id_,
+                                                  a.error().message, b.error().message));
+  const Meta& m = !a ? *b : !b ? *a : (a->meta_seq > b->meta_seq ? *a : *b);
+  meta_seq_ = m.meta_seq;
+  generation_ = Generation{m.generation};
+  flush_ = FlushNumber{m.flush};
+  dirty_ = m.dirty;
+  next_slot_seq_ = std::max<uint64_t>(m.next_slot_seq, 1);
+  return {};
+}
+
+Status Extent::write_meta() {
+  Meta m{meta_seq_ + 1, generation_.value, flush_.value, dirty_, next_slot_seq_};
+  // Alternate copies: the one holding the current state is never overwritten.
+  CRU_TRY(file_->write_at(layout_.meta_offset(static_cast<int>(m.meta_seq % 2)), encode_meta(layout_, m)));
+  meta_seq_ = m.meta_seq;
+  return {};
+}
+
+Status Extent::mark_dirty() {
+  if (dirty_) return {};
+  dirty_ = true;
+  // The dirty flag must be durable before any slot or data write that it covers:
+  // after a crash it is what tells open() to check every block.
+  Status s = write_meta();
+  if (s) s = file_->sync();
+  if (!s) dirty_ = false;
+  return s;
+}
+
+// ---- slot selection and recovery -------------------------------------------------------
+
+int Extent::select_slot(std::span<const std::byte> pair, std::span<const std::byte> data,
+                        bool check_data) const {
+  std::array<Slot, 2> s = {decode_slot(slot_bytes(pair, 0, 0)), decode_slot(slot_bytes(pair, 0, 1))};
+  std::array<int, 2> order = s[1].seq > s[0].seq ? std::array{1, 0} : std::array{0, 1};
+  for (int i : order) {
+    if (s[i].empty()) continue;
+    if (!check_data || expected_hash(s[i], data) == s[i].hash) return i;
+  }
+  return -1;
+}
+
+Status Extent::recover() {
+  const uint32_t bs = layout_.block_size;
+  uint64_t max_seq = next_slot_seq_ - 1;
+  uint64_t rolled_back = 0, rehashed = 0, unrecoverable = 0;
+  std::vector<std::byte> data(kScanChunkBlocks * bs);
+  for (uint64_t first = 0; first < layout_.blocks; first += kScanChunkBlocks) {
+    uint64_t n = std::min(kScanChunkBlocks, layout_.blocks - first);
+    auto pairs = read_slot_pairs(first, n);
+    if (!pairs) return tl::unexpected(pairs.error());
+    auto block_data = std::span(data).first(n * bs);
+    CRU_TRY(file_->read_at(layout_.data_offset(first), block_data));
+    bool changed = false;
+    for (uint64_t i = 0; i < n; ++i) {
+      auto d = block_data.subspan(i * bs, bs);
+      auto pair = std::span(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+      std::array<Slot, 2> s = {decode_slot(slot_bytes(pair, 0, 0)), decode_slot(slot_bytes(pair, 0, 1))};
+      max_seq = std::max({max_seq, s[0].seq, s[1].seq});
+      int newest = select_slot(pair, d, false);
+      int match = select_slot(pair, d, true);
+      if (match >= 0) {
+        if (match != newest) {
+          // The newer context's data never reached the disk: forget that context.
+          encode_slot(Slot{}, slot_bytes(pair, 0, newest));
+          ++rolled_back;
+          changed = true;
+        }
+      } else if (newest < 0 && all_zero(d)) {
+        // Never written.
+      } else if (!encrypted_) {
+        // The data reached the disk but its context did not (contexts and data are not
+        // ordered by an fsync on unencrypted regions). The bytes are an unflushed write,
+        // a legal value after a crash; give them a context.
+        uint64_t seq = std::max<uint64_t>({s[0].seq, s[1].seq, 1});
+        encode_slot(Slot{seq, integrity_hash(d), false, std::nullopt}, slot_bytes(pair, 0, 0));
+        encode_slot(Slot{}, slot_bytes(pair, 0, 1));
+        ++rehashed;
+        changed = true;
+      } else {
+        // Encrypted contexts are synced before their data, so this is corruption, not a
+        // crash. Leave it: reads fail authentication upstairs, which heals from a peer.
+        ++unrecoverable;
+      }
+    }
+    if (changed) CRU_TRY(file_->write_at(layout_.slots_offset(first), *pairs));
+  }
+  next_slot_seq_ = max_seq + 1;
+  if (rolled_back + rehashed + unrecoverable > 0)
+    log::info("extent {} recovered after a crash: {} blocks rolled back, {} rehashed, {} unrecoverable",
+              id_, rolled_back, rehashed, unrecoverable);
+  if (unrecoverable > 0)
+    log::error("extent {}: {} blocks have no context matching their data", id_, unrecoverable);
+  return {};
+}
+
+Result<std::vector<std::byte>> Extent::read_slot_pairs(uint64_t first, uint64_t count) {
+  std::vector<std::byte> pairs(count * kSlotPairBytes);
+  CRU_TRY(file_->read_at(layout_.slots_offset(first), pairs));
+  return pairs;
+}
+
+// ---- IO ------------------------------------------------------------------------------
+
+Status Extent::read(uint64_t first, std::span<std::optional<proto::BlockContext>> contexts,
+                    std::span<std::byte> data) {
+  const uint32_t bs = layout_.block_size;
+  CRU_ASSERT(first + contexts.size() <= layout_.blocks && data.size() == contexts.size() * bs);
+  auto pairs = read_slot_pairs(first, contexts.size());
+  if (!pairs) return tl::unexpected(pairs.error());
+  CRU_TRY(file_->read_at(layout_.data_offset(first), data));
+  // A dirty extent opened read-only was not recovered: pick slots by their data.
+  const bool check = read_only_ && dirty_;
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    auto pair = std::span<const std::byte>(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+    auto d = data.subspan(i * bs, bs);
+    int idx = select_slot(pair, d, check);
+    if (idx >= 0) {
+      contexts[i] = decode_slot(slot_bytes(pair, 0, idx)).context();
+    } else if (check && !all_zero(d) && !encrypted_) {
+      contexts[i] = proto::BlockContext{integrity_hash(d), std::nullopt};  // as recovery would
+    } else if (int newest = select_slot(pair, d, false); check && newest >= 0) {
+      contexts[i] = decode_slot(slot_bytes(pair, 0, newest)).context();
+    } else {
+      contexts[i] = std::nullopt;
+    }
+  }
+  return {};
+}
+
+Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contexts,
+                     std::span<const std::byte> data, bool only_unwritten) {
+  const uint32_t bs = layout_.block_size;
+  const size_t n = contexts.size();
+  CRU_ASSERT(first + n <= layout_.blocks && data.size() == n * bs);
+  if (read_only_) return fail(ErrorCode::kReadOnly, fmt::format("extent {} is read-only", id_));
+  auto old_pairs = read_slot_pairs(first, n);
+  if (!old_pairs) return tl::unexpected(old_pairs.error());
+  std::vector<std::byte> pairs = *old_pairs;
+  std::vector<bool> skip(n, false);
+  size_t writing = 0;
+  for (size_t i = 0; i < n; ++i) {
+    auto pair = std::span(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+    int active = select_slot(pair, {}, false);
+    if (only_unwritten && active >= 0 && !decode_slot(slot_bytes(pair, 0, active)).discarded) {
+      skip[i] = true;
+      continue;
+    }
+    ++writing;
+    encode_slot(Slot{next_slot_seq_++, contexts[i].hash, false, contexts[i].encryption},
+                slot_bytes(pair, 0, active == 0 ? 1 : 0));
+  }
+  if (writing == 0) return {};
+  CRU_TRY(mark_dirty());
+  CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
+  // Encrypted contexts cannot be rebuilt from the data (the nonce and tag would be lost),
+  // so they must be durable before the data they describe. Unencrypted ones can be: a
+  // crash between the two is repaired by rehashing on open (see recover()).
+  if (encrypted_) CRU_TRY(file_->sync());
+  for (size_t i = 0; i < n;) {
+    if (skip[i]) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < n && !skip[j]) ++j;
+    Status s = file_->write_at(layout_.data_offset(first + i), data.subspan(i * bs, (j - i) * bs));
+    if (!s) {
+      // Put the old contexts back so the active slots describe the data on disk.
+      if (!file_->write_at(layout_.slots_offset(first), *old_pairs))
+        log::error("extent {}: restoring contexts after a failed write also failed", id_);
+      return s;
+    }
+    i = j;
+  }
+  return {};
+}
+
+Status Extent::discard(uint64_t first, uint64_t count) {
+  const uint32_t bs = layout_.block_size;
+  CRU_ASSERT(first + count <= layout_.blocks);
+  if (read_only_) return fail(ErrorCode::kReadOnly, fmt::format("extent {} is read-only", id_));
+  const uint64_t zero_hash = zero_block_hash(bs);
+  for (uint64_t chunk = first; chunk < first + count; chunk += kScanChunkBlocks) {
+    uint64_t n = std::min(kScanChunkBlocks, first + count - chunk);
+    auto old_pairs = read_slot_pairs(chunk, n);
+    if (!old_pairs) return tl::unexpected(old_pairs.error());
+    std::vector<std::byte> pairs = *old_pairs;
+    std::vector<bool> change(n, false);
+    bool any = false;
+    for (uint64_t i = 0; i < n; ++i) {
+      auto pair = std::span(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+      int active = select_slot(pair, {}, false);
+      if (active < 0 || decode_slot(slot_bytes(pair, 0, active)).discarded) continue;  // already zeros
+      encode_slot(Slot{next_slot_seq_++, zero_hash, true, std::nullopt},
+                  slot_bytes(pair, 0, active == 0 ? 1 : 0));
+      change[i] = any = true;
+    }
+    if (!any) continue;
+    CRU_TRY(mark_dirty());
+    CRU_TRY(file_->write_at(layout_.slots_offset(chunk), pairs));
+    if (encrypted_) CRU_TRY(file_->sync());  // as in write(): contexts before data
+    for (uint64_t i = 0; i < n;) {
+      if (!change[i]) {
+        ++i;
+        continue;
+      }
+      uint64_t j = i;
+      while (j < n && change[j]) ++j;
+      Status s = file_->punch_hole(layout_.data_offset(chunk + i), (j - i) * bs);
+      if (!s) {
+        if (!file_->write_at(layout_.slots_offset(chunk), *old_pairs))
+          log::error("extent {}: restoring contexts after a failed discard also failed", id_);
+        return s;
+      }
+      i = j;
+    }
+  }
+  return {};
+}
+
+Status Extent::flush(FlushNumber flush, Generation generation) {
+  if (!dirty_) return {};
+  if (read_only_)
+    return fail(ErrorCode::kReadOnly, fmt::format("extent {} is dirty but opened read-only", id_));
+  // Data and contexts first; only then may the metadata say they are covered.
+  CRU_TRY(file_->sync());
+  Generation old_gen = generation_;
+  FlushNumber old_flush = flush_;
+  generation_ = generation;
+  flush_ = flush;
+  dirty_ = false;
+  Status s = write_meta();
+  if (s) s = file_->sync();
+  if (!s) {
+    generation_ = old_gen;
+    flush_ = old_flush;
+    dirty_ = true;
+  }
+  return s;
+}
+
+Result<std::vector<BlockReport>> Extent::inspect(uint64_t first, uint64_t count) {
+  const uint32_t bs = layout_.block_size;
+  CRU_ASSERT(first + count <= layout_.blocks);
+  std::vector<BlockReport> out;
+  out.reserve(count);
+  std::vector<std::byte> data(kScanChunkBlocks * bs);
+  for (uint64_t chunk = first; chunk < first + count; chunk += kScanChunkBlocks) {
+    uint64_t n = std::min(kScanChunkBlocks, first + count - chunk);
+    auto pairs = read_slot_pairs(chunk, n);
+    if (!pairs) return tl::unexpected(pairs.error());
+    auto block_data = std::span(data).first(n * bs);
+    CRU_TRY(file_->read_at(layout_.data_offset(chunk), block_data));
+    for (uint64_t i = 0; i < n; ++i) {
+      auto pair = std::span<const std::byte>(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+      auto d = block_data.subspan(i * bs, bs);
+      BlockReport r;
+      r.slots = {decode_slot(slot_bytes(pair, 0, 0)), decode_slot(slot_bytes(pair, 0, 1))};
+      r.data_hash = integrity_hash(d);
+      // A clean extent's active slot is the newest; a dirty one's is the newest that
+      // matches (what recovery would keep).
+      r.active = select_slot(pair, d, dirty_);
+      if (r.active < 0 && dirty_) r.active = select_slot(pair, d, false);
+      r.data_matches = r.active >= 0 ? expected_hash(r.slots[r.active], d) == r.slots[r.active].hash
+                                     : all_zero(d);
+      out.push_back(r);
+    }
+  }
+  return out;
+}
+
+}  // namespace cru::downstairs

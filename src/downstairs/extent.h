@@ -1,0 +1,139 @@
+// One extent: a fixed run of blocks stored in one file with per-block contexts and
+// per-extent metadata (generation, flush number, dirty flag). Crash safety uses POSIX
+// fsync ordering only; see docs/extent-format.md for the layout and the argument.
+// Owned by its Region; used from one thread.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/ids.h"
+#include "common/result.h"
+#include "downstairs/file_io.h"
+#include "proto/messages.h"
+
+namespace cru::downstairs {
+
+// Bump when the file layout changes; files of another version refuse to open.
+inline constexpr uint32_t kExtentFormatVersion = 1;
+// Each block has two context slots (the active one is never overwritten in place).
+inline constexpr size_t kSlotBytes = 64;
+inline constexpr size_t kSlotPairBytes = 2 * kSlotBytes;
+// Two copies of the metadata, written alternately, so a torn metadata write always
+// leaves the previous copy intact.
+inline constexpr size_t kMetaCopyBytes = 4096;
+
+// Where everything lives in an extent file, from the geometry alone.
+struct ExtentLayout {
+  uint32_t block_size = 0;
+  uint64_t blocks = 0;  // blocks per extent
+
+  uint64_t data_offset(uint64_t block) const { return block * block_size; }
+  uint64_t slots_offset(uint64_t block) const { return blocks * block_size + block * kSlotPairBytes; }
+  uint64_t meta_offset(int copy) const {
+    uint64_t end_of_slots = slots_offset(blocks);
+    uint64_t aligned = (end_of_slots + kMetaCopyBytes - 1) / kMetaCopyBytes * kMetaCopyBytes;
+    return aligned + static_cast<uint64_t>(copy) * kMetaCopyBytes;
+  }
+  uint64_t file_bytes() const { return meta_offset(2); }
+};
+
+// A context slot as stored. seq orders writes to the same block: the valid slot with
+// the higher seq is the newer one. seq 0 means the slot is empty.
+struct Slot {
+  uint64_t seq = 0;
+  uint64_t hash = 0;  // integrity hash of the stored bytes (see expected_hash)
+  bool discarded = false;  // the block was discarded: reads as zeros, unwritten
+  std::optional<proto::EncryptionContext> encryption;
+
+  bool empty() const { return seq == 0; }
+  // The context a read reports: nullopt for empty and discarded slots.
+  std::optional<proto::BlockContext> context() const;
+};
+
+// What the extent holds for one block, for dump and verify.
+struct BlockReport {
+  std::array<Slot, 2> slots;
+  int active = -1;  // index into slots, or -1 (never written)
+  bool data_matches = false;
+  uint64_t data_hash = 0;  // XXH64 of the stored data bytes
+};
+
+class Extent {
+ public:
+  // Creates a new extent file (all blocks unwritten, generation 0, flush 0, clean):
+  // written to a temp file, synced and renamed into place, then the directory synced.
+  static Status create(FileSystem& fs, const std::string& path, const ExtentLayout& layout);
+
+  // Opens an extent. A read-write open of a dirty extent recovers it first: each block
+  // gets the newest slot that matches its data (a crash may have kept either). A
+  // read-only open never modifies the file; reads of a dirty extent then check hashes.
+  // Leftover repair staging files are removed (read-write only).
+  static Result<std::unique_ptr<Extent>> open(FileSystem& fs, const std::string& path,
+                                              const ExtentLayout& layout, ExtentId id,
+                                              bool read_only, bool encrypted);
+
+  ExtentId id() const { return id_; }
+  const ExtentLayout& layout() const { return layout_; }
+  proto::ExtentVersion version() const { return {generation_, flush_, dirty_}; }
+  bool dirty() const { return dirty_; }
+
+  // Block offsets are relative to the extent; the caller checks ranges and hashes.
+  // Reads count blocks: one optional context per block (nullopt: unwritten, zeros).
+  Status read(uint64_t first, std::span<std::optional<proto::BlockContext>> contexts,
+              std::span<std::byte> data);
+  // Writes blocks; with only_unwritten, blocks that hold a context are left alone (and
+  // if all are, nothing changes, not even the dirty flag).
+  Status write(uint64_t first, std::span<const proto::BlockContext> contexts,
+               std::span<const std::byte> data, bool only_unwritten);
+  // Makes blocks unwritten (zeros) and releases their space.
+  Status discard(uint64_t first, uint64_t count);
+  // If dirty: makes data and contexts durable, then records the numbers and clears the
+  // dirty flag durably. A clean extent is not touched.
+  Status flush(FlushNumber flush, Generation generation);
+
+  // Every block's slots and whether its data matches (verify, dump).
+  Result<std::vector<BlockReport>> inspect(uint64_t first, uint64_t count);
+
+  // Opening an extent removes a staging file left at this path by an interrupted repair.
+  static std::string staging_path(const std::string& path) { return path + ".repair"; }
+
+ private:
+  Extent(std::unique_ptr<File> file, const ExtentLayout& layout, ExtentId id, bool read_only,
+         bool encrypted)
+      : file_(std::move(file)), layout_(layout), id_(id), read_only_(read_only), encrypted_(encrypted) {}
+
+  Status load_meta();
+  Status write_meta();
+  Status mark_dirty();
+  Status recover();
+  Result<std::vector<std::byte>> read_slot_pairs(uint64_t first, uint64_t count);
+  // Which of a block's slots is active; with data, only a slot matching it counts.
+  int select_slot(std::span<const std::byte> pair, std::span<const std::byte> data,
+                  bool check_data) const;
+
+  std::unique_ptr<File> file_;
+  ExtentLayout layout_;
+  ExtentId id_;
+  bool read_only_;
+  bool encrypted_;
+  Generation generation_;
+  FlushNumber flush_;
+  bool dirty_ = false;
+  uint64_t meta_seq_ = 0;
+  uint64_t next_slot_seq_ = 1;
+};
+
+// Slot encoding, exposed for tests and tools.
+void encode_slot(const Slot& slot, std::span<std::byte, kSlotBytes> out);
+// An empty slot for bytes that fail the slot checksum or are all zero.
+Slot decode_slot(std::span<const std::byte, kSlotBytes> in);
+// The hash a slot must hold for `data` to match it.
+uint64_t expected_hash(const Slot& slot, std::span<const std::byte> data);
+
+}  // namespace cru::downstairs

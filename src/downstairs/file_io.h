@@ -1,0 +1,65 @@
+// The disk seam: every byte the downstairs stores goes through File and FileSystem, so
+// tests substitute an in-memory, fault-injecting implementation that can simulate a
+// power cut (tests/support/fault_fs.h). The POSIX implementation is posix_fs().
+// Implementations are used from one thread at a time per object.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+
+namespace cru::downstairs {
+
+class File {
+ public:
+  virtual ~File() = default;
+  // Reads exactly out.size() bytes at offset; reading past the end is an error.
+  virtual Status read_at(uint64_t offset, std::span<std::byte> out) = 0;
+  virtual Status write_at(uint64_t offset, std::span<const std::byte> data) = 0;
+  // Makes every completed write to this file durable (fdatasync).
+  virtual Status sync() = 0;
+  // Deallocates [offset, offset + len): it reads as zeros afterwards. Not durable until
+  // sync().
+  virtual Status punch_hole(uint64_t offset, uint64_t len) = 0;
+  virtual Result<uint64_t> size() = 0;
+  virtual Status truncate(uint64_t size) = 0;
+};
+
+enum class OpenMode {
+  kReadOnly,
+  kReadWrite,
+  kCreateExclusive,  // read-write; fails with kAlreadyExists if the file exists
+};
+
+class FileSystem {
+ public:
+  virtual ~FileSystem() = default;
+  virtual Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) = 0;
+  virtual Result<bool> exists(const std::string& path) = 0;
+  // Atomically replaces `to` with `from`. Durable once the directory is synced.
+  virtual Status rename(const std::string& from, const std::string& to) = 0;
+  virtual Status remove(const std::string& path) = 0;
+  // Creates the directory and its parents (no error if it exists).
+  virtual Status make_dirs(const std::string& path) = 0;
+  // Makes creations, renames and removals in the directory durable.
+  virtual Status sync_dir(const std::string& path) = 0;
+  // Names (not paths) of the entries of a directory.
+  virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
+};
+
+// The real filesystem. Shared; stateless.
+FileSystem& posix_fs();
+
+// Helpers over the seam.
+std::string parent_dir(const std::string& path);
+std::string join_path(const std::string& dir, const std::string& name);
+Result<std::string> read_whole_file(FileSystem& fs, const std::string& path, size_t max_bytes);
+// Writes `contents` to `path` atomically: temp file, sync, rename, sync the directory.
+Status write_file_atomic(FileSystem& fs, const std::string& path, std::string_view contents);
+
+}  // namespace cru::downstairs

@@ -1,0 +1,205 @@
+#include <dirent.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "downstairs/file_io.h"
+
+namespace cru::downstairs {
+
+namespace {
+
+tl::unexpected<Error> errno_error(std::string_view what, const std::string& path, int err) {
+  return tl::unexpected(Error{ErrorCode::kIo, fmt::format("{} {}: {}", what, path, std::strerror(err))});
+}
+
+class PosixFile final : public File {
+ public:
+  PosixFile(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  ~PosixFile() override { ::close(fd_); }
+  PosixFile(const PosixFile&) = delete;
+  PosixFile& operator=(const PosixFile&) = delete;
+
+  Status read_at(uint64_t offset, std::span<std::byte> out) override {
+    size_t done = 0;
+    while (done < out.size()) {
+      ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno_error("read", path_, errno);
+      }
+      if (n == 0)
+        return fail(ErrorCode::kIo, fmt::format("read {}: unexpected end of file at offset {}", path_,
+                                                offset + done));
+      done += static_cast<size_t>(n);
+    }
+    return {};
+  }
+
+  Status write_at(uint64_t offset, std::span<const std::byte> data) override {
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno_error("write", path_, errno);
+      }
+      done += static_cast<size_t>(n);
+    }
+    return {};
+  }
+
+  Status sync() override {
+    if (::fdatasync(fd_) != 0) return errno_error("fdatasync", path_, errno);
+    return {};
+  }
+
+  Status punch_hole(uint64_t offset, uint64_t len) override {
+    if (len == 0) return {};
+    if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                    static_cast<off_t>(len)) == 0)
+      return {};
+    if (errno != EOPNOTSUPP) return errno_error("punch hole in", path_, errno);
+    // A filesystem without hole punching: zero the range instead (same contents).
+    static const std::vector<std::byte> kZeros(1024 * 1024);
+    while (len > 0) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(len, kZeros.size()));
+      CRU_TRY(write_at(offset, std::span(kZeros).first(n)));
+      offset += n;
+      len -= n;
+    }
+    return {};
+  }
+
+  Result<uint64_t> size() override {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) return errno_error("stat", path_, errno);
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  Status truncate(uint64_t size) override {
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) return errno_error("truncate", path_, errno);
+    return {};
+  }
+
+ private:
+  int fd_;
+  std::string path_;
+};
+
+class PosixFileSystem final : public FileSystem {
+ public:
+  Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override {
+    int flags = O_CLOEXEC;
+    switch (mode) {
+      case OpenMode::kReadOnly: flags |= O_RDONLY; break;
+      case OpenMode::kReadWrite: flags |= O_RDWR; break;
+      case OpenMode::kCreateExclusive: flags |= O_RDWR | O_CREAT | O_EXCL; break;
+    }
+    int fd = ::open(path.c_str(), flags, 0644);
+    if (fd < 0) {
+      if (errno == EEXIST) return fail(ErrorCode::kAlreadyExists, fmt::format("{} already exists", path));
+      if (errno == ENOENT) return fail(ErrorCode::kNotFound, fmt::format("{} does not exist", path));
+      return errno_error("open", path, errno);
+    }
+    return std::make_unique<PosixFile>(fd, path);
+  }
+
+  Result<bool> exists(const std::string& path) override {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0) return true;
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return errno_error("stat", path, errno);
+  }
+
+  Status rename(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) return errno_error("rename to " + to + ":", from, errno);
+    return {};
+  }
+
+  Status remove(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) return errno_error("remove", path, errno);
+    return {};
+  }
+
+  Status make_dirs(const std::string& path) override {
+    std::error_code ec;
+    std::filesystem::create_directories(path, ec);
+    if (ec) return fail(ErrorCode::kIo, fmt::format("create directory {}: {}", path, ec.message()));
+    return {};
+  }
+
+  Status sync_dir(const std::string& path) override {
+    int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return errno_error("open directory", path, errno);
+    int rc = ::fsync(fd);
+    int err = errno;
+    ::close(fd);
+    if (rc != 0) return errno_error("fsync directory", path, err);
+    return {};
+  }
+
+  Result<std::vector<std::string>> list_dir(const std::string& path) override {
+    DIR* d = ::opendir(path.c_str());
+    if (d == nullptr) return errno_error("list", path, errno);
+    std::vector<std::string> names;
+    while (dirent* e = ::readdir(d)) {
+      std::string name = e->d_name;
+      if (name != "." && name != "..") names.push_back(std::move(name));
+    }
+    ::closedir(d);
+    return names;
+  }
+};
+
+}  // namespace
+
+FileSystem& posix_fs() {
+  static PosixFileSystem fs;
+  return fs;
+}
+
+std::string parent_dir(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string join_path(const std::string& dir, const std::string& name) {
+  if (dir.empty()) return name;
+  if (dir.back() == '/') return dir + name;
+  return dir + "/" + name;
+}
+
+Result<std::string> read_whole_file(FileSystem& fs, const std::string& path, size_t max_bytes) {
+  auto f = fs.open(path, OpenMode::kReadOnly);
+  if (!f) return tl::unexpected(f.error());
+  auto size = (*f)->size();
+  if (!size) return tl::unexpected(size.error());
+  if (*size > max_bytes)
+    return fail(ErrorCode::kCorrupt,
+                fmt::format("{} is {} bytes, more than the {} expected", path, *size, max_bytes));
+  std::string s(static_cast<size_t>(*size), '\0');
+  CRU_TRY((*f)->read_at(0, std::as_writable_bytes(std::span(s))));
+  return s;
+}
+
+Status write_file_atomic(FileSystem& fs, const std::string& path, std::string_view contents) {
+  std::string tmp = path + ".tmp";
+  CRU_TRY(fs.remove(tmp));
+  auto f = fs.open(tmp, OpenMode::kCreateExclusive);
+  if (!f) return tl::unexpected(f.error());
+  CRU_TRY((*f)->write_at(0, std::as_bytes(std::span(contents))));
+  CRU_TRY((*f)->sync());
+  f->reset();
+  CRU_TRY(fs.rename(tmp, path));
+  return fs.sync_dir(parent_dir(path));
+}
+
+}  // namespace cru::downstairs

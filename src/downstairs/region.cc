@@ -1,0 +1,405 @@
+#include "downstairs/region.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/log.h"
+#include "common/units.h"
+#include "proto/limits.h"
+
+namespace cru::downstairs {
+
+namespace {
+
+constexpr std::string_view kRegionFile = "region.json";
+// region.json is a few hundred bytes; anything larger is not ours.
+constexpr size_t kMaxRegionFileBytes = 64 * 1024;
+
+Status invalid(std::string msg) { return fail(ErrorCode::kInvalidArgument, std::move(msg)); }
+
+// The blocks of [start, start + count) that fall in each extent.
+struct ExtentRun {
+  ExtentId extent;
+  uint64_t first;  // block within the extent
+  uint64_t count;
+  uint64_t offset;  // blocks from the start of the whole request
+};
+
+std::vector<ExtentRun> split(uint64_t extent_size, BlockIndex start, uint64_t count) {
+  std::vector<ExtentRun> runs;
+  uint64_t done = 0;
+  while (done < count) {
+    uint64_t block = start.value + done;
+    uint64_t in_extent = block % extent_size;
+    uint64_t n = std::min(count - done, extent_size - in_extent);
+    runs.push_back({ExtentId{static_cast<uint32_t>(block / extent_size)}, in_extent, n, done});
+    done += n;
+  }
+  return runs;
+}
+
+}  // namespace
+
+Status validate_geometry(const proto::RegionDefinition& def) {
+  if (!proto::valid_block_size(def.block_size))
+    return invalid(fmt::format("--block-size {} is not a power of two from {} to {}", def.block_size,
+                               proto::kMinBlockSize, proto::kMaxBlockSize));
+  if (def.extent_size == 0) return invalid("--extent-size must be at least 1 block");
+  if (def.extent_bytes() > kMaxExtentBytes)
+    return invalid(fmt::format("--extent-size {} blocks of {} bytes is {}; the limit is {} per extent",
+                               def.extent_size, def.block_size, format_size(def.extent_bytes()),
+                               format_size(kMaxExtentBytes)));
+  if (def.extent_count == 0) return invalid("--extent-count must be at least 1");
+  if (def.extent_count > proto::kMaxExtents)
+    return invalid(fmt::format("--extent-count {} exceeds the limit {}", def.extent_count,
+                               proto::kMaxExtents));
+  return {};
+}
+
+// ---- region.json -----------------------------------------------------------------------
+
+static std::string encode_options(const RegionOptions& o) {
+  nlohmann::ordered_json j;
+  j["format_version"] = kRegionFormatVersion;
+  j["uuid"] = o.def.uuid.to_string();
+  j["block_size"] = o.def.block_size;
+  j["extent_size"] = o.def.extent_size;
+  j["extent_count"] = o.def.extent_count;
+  j["encrypted"] = o.def.encrypted;
+  j["default_port"] = o.default_port;
+  return j.dump(2) + "\n";
+}
+
+Result<RegionOptions> Region::read_options(FileSystem& fs, const std::string& dir) {
+  std::string path = join_path(dir, std::string(kRegionFile));
+  auto there = fs.exists(path);
+  if (!there) return tl::unexpected(there.error());
+  if (!*there) return fail(ErrorCode::kNotFound, fmt::format("{} is not a region: no {}", dir, kRegionFile));
+  auto text = read_whole_file(fs, path, kMaxRegionFileBytes);
+  if (!text) return tl::unexpected(text.error());
+  auto bad = [&](std::string why) { return fail(ErrorCode::kCorrupt, fmt::format("{}: {}", path, why)); };
+  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+  RegionOptions o;
+  try {
+    auto version = j.at("format_version").get<uint32_t>();
+    if (version != kRegionFormatVersion)
+      return bad(fmt::format("format version {}, this build reads version {}", version, kRegionFormatVersion));
+    auto uuid = Uuid::parse(j.at("uuid").get<std::string>());
+    if (!uuid) return bad(uuid.error().message);
+    o.def.uuid = *uuid;
+    o.def.block_size = j.at("block_size").get<uint32_t>();
+    o.def.extent_size = j.at("extent_size").get<uint64_t>();
+    o.def.extent_count = j.at("extent_count").get<uint32_t>();
+    o.def.encrypted = j.at("encrypted").get<bool>();
+    o.default_port = j.at("default_port").get<uint16_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return bad(e.what());
+  }
+  if (auto s = validate_geometry(o.def); !s) return bad(s.error().message);
+  return o;
+}
+
+// ---- create / open ---------------------------------------------------------------------
+
+Region::Region(FileSystem& fs, std::string dir, RegionOptions options, bool read_only)
+    : fs_(fs), dir_(std::move(dir)), options_(std::move(options)), read_only_(read_only) {
+  layout_ = ExtentLayout{options_.def.block_size, options_.def.extent_size};
+}
+
+std::string Region::extent_path(ExtentId e) const {
+  // As in the original: XX/YYY/ZZZ in hex, so no directory holds more than 4096 files.
+  uint32_t n = e.value;
+  return join_path(dir_, fmt::format("{:02X}/{:03X}/{:03X}", (n >> 24) & 0xff, (n >> 12) & 0xfff, n & 0xfff));
+}
+
+Result<std::unique_ptr<Region>> Region::create(FileSystem& fs, const std::string& dir,
+                                               const RegionOptions& options) {
+  CRU_TRY(validate_geometry(options.def));
+  auto there = fs.exists(join_path(dir, std::string(kRegionFile)));
+  if (!there) return tl::unexpected(there.error());
+  if (*there) return fail(ErrorCode::kAlreadyExists, fmt::format("{} already holds a region", dir));
+  CRU_TRY(fs.make_dirs(dir));
+  std::unique_ptr<Region> r(new Region(fs, dir, options, false));
+  r->options_.def.extent_count = 0;
+  CRU_TRY(r->extend(options.def.extent_count));
+  return r;
+}
+
+Status Region::extend(uint32_t extent_count) {
+  if (read_only_) return fail(ErrorCode::kReadOnly, "the region is open read-only");
+  if (extent_count <= options_.def.extent_count) return {};
+  RegionOptions grown = options_;
+  grown.def.extent_count = extent_count;
+  CRU_TRY(validate_geometry(grown.def));
+  for (uint32_t i = options_.def.extent_count; i < extent_count; ++i) {
+    std::string path = extent_path(ExtentId{i});
+    CRU_TRY(fs_.make_dirs(parent_dir(path)));
+    CRU_TRY(Extent::create(fs_, path, layout_));
+  }
+  // region.json last: until it names them, the new extents are not part of the region.
+  CRU_TRY(write_file_atomic(fs_, join_path(dir_, std::string(kRegionFile)), encode_options(grown)));
+  for (uint32_t i = options_.def.extent_count; i < extent_count; ++i) {
+    auto e = Extent::open(fs_, extent_path(ExtentId{i}), layout_, ExtentId{i}, false, grown.def.encrypted);
+    if (!e) return tl::unexpected(e.error());
+    extents_.push_back(std::move(*e));
+    closed_versions_.emplace_back();
+    epochs_.push_back(0);
+  }
+  options_ = grown;
+  return {};
+}
+
+Result<std::unique_ptr<Region>> Region::open(FileSystem& fs, const std::string& dir, bool read_only) {
+  auto options = read_options(fs, dir);
+  if (!options) return tl::unexpected(options.error());
+  std::unique_ptr<Region> r(new Region(fs, dir, *options, read_only));
+  for (uint32_t i = 0; i < options->def.extent_count; ++i) {
+    auto e = Extent::open(fs, r->extent_path(ExtentId{i}), r->layout_, ExtentId{i}, read_only,
+                          options->def.encrypted);
+    if (!e) return tl::unexpected(e.error());
+    r->extents_.push_back(std::move(*e));
+  }
+  r->closed_versions_.resize(options->def.extent_count);
+  r->epochs_.assign(options->def.extent_count, 0);
+  return r;
+}
+
+// ---- checks ----------------------------------------------------------------------------
+
+Status Region::check_range(BlockIndex start, uint64_t count) const {
+  uint64_t total = def().total_blocks();
+  if (count == 0 || start.value >= total || count > total - start.value)
+    return fail(ErrorCode::kOffsetInvalid,
+                fmt::format("blocks [{}, {}) are outside the region's {} blocks", start.value,
+                            start.value + count, total));
+  return {};
+}
+
+Status Region::check_extent(ExtentId e) const {
+  if (e.value >= def().extent_count)
+    return fail(ErrorCode::kInvalidExtent,
+                fmt::format("extent {} does not exist (the region has {})", e, def().extent_count));
+  return {};
+}
+
+Result<Extent*> Region::open_extent(ExtentId e) {
+  CRU_TRY(check_extent(e));
+  Extent* x = extents_[e.value].get();
+  if (x == nullptr) return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", e));
+  return x;
+}
+
+// ---- IO ----------------------------------------------------------------------------------
+
+Result<ReadResult> Region::read(BlockIndex start, uint64_t count) {
+  CRU_TRY(check_range(start, count));
+  auto runs = split(def().extent_size, start, count);
+  for (const auto& run : runs)
+    if (!is_open(run.extent))
+      return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", run.extent));
+  const uint32_t bs = def().block_size;
+  ReadResult out;
+  out.contexts.resize(count);
+  out.data = ByteBuffer(count * bs);
+  for (const auto& run : runs) {
+    auto x = open_extent(run.extent);
+    if (!x) return tl::unexpected(x.error());
+    CRU_TRY((*x)->read(run.first, std::span(out.contexts).subspan(run.offset, run.count),
+                       out.data.span().subspan(run.offset * bs, run.count * bs)));
+  }
+  return out;
+}
+
+Status Region::write(BlockIndex start, uint32_t block_size, std::span<const proto::BlockContext> contexts,
+                     std::span<const std::byte> data, bool only_unwritten) {
+  if (read_only_) return fail(ErrorCode::kReadOnly, "write to a read-only region");
+  if (block_size != def().block_size)
+    return fail(ErrorCode::kBlockSizeMismatch,
+                fmt::format("write uses {}-byte blocks, the region {}-byte blocks", block_size, def().block_size));
+  CRU_ASSERT(data.size() == contexts.size() * block_size, "the codec checks data against contexts");
+  CRU_TRY(check_range(start, contexts.size()));
+  auto runs = split(def().extent_size, start, contexts.size());
+  for (const auto& run : runs)
+    if (!is_open(run.extent))
+      return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", run.extent));
+  // Every block is checked before any is written, so a bad request writes nothing.
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    const auto& ctx = contexts[i];
+    if (ctx.encryption.has_value() != def().encrypted)
+      return fail(ErrorCode::kEncryptionMismatch,
+                  fmt::format("block {} is {} but the region is {}", start.value + i,
+                              ctx.encryption ? "encrypted" : "not encrypted",
+                              def().encrypted ? "encrypted" : "not encrypted"));
+    Slot as_stored{1, ctx.hash, false, ctx.encryption};
+    if (expected_hash(as_stored, data.subspan(i * block_size, block_size)) != ctx.hash)
+      return fail(ErrorCode::kHashMismatch,
+                  fmt::format("block {}: data does not match its hash {:016x}", start.value + i, ctx.hash));
+  }
+  for (const auto& run : runs) {
+    auto x = open_extent(run.extent);
+    if (!x) return tl::unexpected(x.error());
+    CRU_TRY((*x)->write(run.first, contexts.subspan(run.offset, run.count),
+                        data.subspan(run.offset * block_size, run.count * block_size), only_unwritten));
+  }
+  return {};
+}
+
+Status Region::discard(BlockIndex start, uint64_t count) {
+  if (read_only_) return fail(ErrorCode::kReadOnly, "discard on a read-only region");
+  CRU_TRY(check_range(start, count));
+  auto runs = split(def().extent_size, start, count);
+  for (const auto& run : runs)
+    if (!is_open(run.extent))
+      return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", run.extent));
+  for (const auto& run : runs) {
+    auto x = open_extent(run.extent);
+    if (!x) return tl::unexpected(x.error());
+    CRU_TRY((*x)->discard(run.first, run.count));
+  }
+  return {};
+}
+
+Status Region::flush(FlushNumber flush, Generation generation, std::optional<ExtentId> extent_limit) {
+  uint32_t end = def().extent_count;
+  if (extent_limit) {
+    CRU_TRY(check_extent(*extent_limit));
+    end = extent_limit->value + 1;
+  }
+  for (uint32_t i = 0; i < end; ++i) {
+    Extent* x = extents_[i].get();
+    if (x != nullptr && x->dirty()) CRU_TRY(x->flush(flush, generation));
+  }
+  return {};
+}
+
+// ---- extents -------------------------------------------------------------------------------
+
+std::vector<proto::ExtentVersion> Region::versions() const {
+  std::vector<proto::ExtentVersion> v;
+  v.reserve(extents_.size());
+  for (size_t i = 0; i < extents_.size(); ++i)
+    v.push_back(extents_[i] ? extents_[i]->version() : closed_versions_[i]);
+  return v;
+}
+
+bool Region::is_open(ExtentId e) const { return e.value < extents_.size() && extents_[e.value] != nullptr; }
+
+Result<proto::ExtentVersion> Region::close_extent(ExtentId e) {
+  auto x = open_extent(e);
+  if (!x) return tl::unexpected(x.error());
+  proto::ExtentVersion v = (*x)->version();
+  closed_versions_[e.value] = v;
+  extents_[e.value].reset();
+  return v;
+}
+
+Status Region::flush_extent(ExtentId e, FlushNumber flush, Generation generation) {
+  auto x = open_extent(e);
+  if (!x) return tl::unexpected(x.error());
+  return (*x)->flush(flush, generation);
+}
+
+Status Region::reopen_extent(ExtentId e) {
+  CRU_TRY(check_extent(e));
+  if (extents_[e.value]) return fail(ErrorCode::kInvalidArgument, fmt::format("extent {} is already open", e));
+  if (repairing_.contains(e))
+    return fail(ErrorCode::kBusy, fmt::format("extent {} is still being repaired", e));
+  auto x = Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted);
+  if (!x) return tl::unexpected(x.error());
+  extents_[e.value] = std::move(*x);
+  ++epochs_[e.value];
+  return {};
+}
+
+Status Region::reopen_all() {
+  for (uint32_t i = 0; i < extents_.size(); ++i)
+    if (!extents_[i]) CRU_TRY(reopen_extent(ExtentId{i}));
+  return {};
+}
+
+Result<std::vector<BlockReport>> Region::inspect(ExtentId e, uint64_t first, uint64_t count) {
+  auto x = open_extent(e);
+  if (!x) return tl::unexpected(x.error());
+  if (first + count > def().extent_size)
+    return fail(ErrorCode::kOffsetInvalid, fmt::format("blocks [{}, {}) are outside extent {}", first,
+                                                       first + count, e));
+  return (*x)->inspect(first, count);
+}
+
+// ---- repair ----------------------------------------------------------------------------------
+
+Result<std::unique_ptr<File>> Region::open_for_transfer(ExtentId e) {
+  CRU_TRY(check_extent(e));
+  if (is_open(e))
+    return fail(ErrorCode::kRepair, fmt::format("extent {} is open; only a closed extent can be copied", e));
+  return fs_.open(extent_path(e), OpenMode::kReadOnly);
+}
+
+uint64_t Region::extent_epoch(ExtentId e) const {
+  CRU_ASSERT(e.value < epochs_.size());
+  return epochs_[e.value];
+}
+
+Result<std::unique_ptr<RepairStaging>> Region::begin_repair(ExtentId e) {
+  if (read_only_) return fail(ErrorCode::kReadOnly, "cannot repair a read-only region");
+  CRU_TRY(check_extent(e));
+  if (is_open(e))
+    return fail(ErrorCode::kRepair, fmt::format("extent {} must be closed before it is repaired", e));
+  if (repairing_.contains(e)) return fail(ErrorCode::kBusy, fmt::format("extent {} is already being repaired", e));
+  std::string path = Extent::staging_path(extent_path(e));
+  CRU_TRY(fs_.remove(path));
+  auto f = fs_.open(path, OpenMode::kCreateExclusive);
+  if (!f) return tl::unexpected(f.error());
+  repairing_.insert(e);
+  return std::unique_ptr<RepairStaging>(new RepairStaging(*this, e, std::move(*f), std::move(path)));
+}
+
+RepairStaging::RepairStaging(Region& region, ExtentId extent, std::unique_ptr<File> file, std::string path)
+    : region_(region), extent_(extent), file_(std::move(file)), path_(std::move(path)) {}
+
+RepairStaging::~RepairStaging() {
+  if (!committed_) {
+    file_.reset();
+    if (auto s = region_.fs_.remove(path_); !s) log::warn("removing {}: {}", path_, s.error().message);
+  }
+  region_.end_repair(extent_);
+}
+
+Status RepairStaging::append(uint64_t offset, std::span<const std::byte> data) {
+  if (offset != received_)
+    return fail(ErrorCode::kRepair, fmt::format("extent {}: chunk at offset {}, expected {}", extent_, offset, received_));
+  if (received_ + data.size() > region_.extent_file_bytes())
+    return fail(ErrorCode::kRepair, fmt::format("extent {}: more than the {} bytes of an extent file", extent_,
+                                                region_.extent_file_bytes()));
+  CRU_TRY(file_->write_at(offset, data));
+  hash_.update(data);
+  received_ += data.size();
+  return {};
+}
+
+Status RepairStaging::commit(uint64_t file_bytes, uint64_t file_hash) {
+  CRU_ASSERT(!committed_);
+  if (file_bytes != region_.extent_file_bytes() || received_ != file_bytes)
+    return fail(ErrorCode::kRepair, fmt::format("extent {}: received {} bytes, source sent {}, an extent file is {}",
+                                                extent_, received_, file_bytes, region_.extent_file_bytes()));
+  if (hash_.digest() != file_hash)
+    return fail(ErrorCode::kRepair,
+                fmt::format("extent {}: transfer checksum mismatch ({:016x} received, {:016x} sent)", extent_,
+                            hash_.digest(), file_hash));
+  CRU_TRY(file_->sync());
+  file_.reset();
+  // Check the file opens as an extent before it replaces a good one.
+  {
+    auto probe = Extent::open(region_.fs_, path_, region_.layout_, extent_, true, region_.def().encrypted);
+    if (!probe) return fail(ErrorCode::kRepair, fmt::format("extent {}: received file is not a valid extent: {}",
+                                                           extent_, probe.error().message));
+  }
+  std::string target = region_.extent_path(extent_);
+  CRU_TRY(region_.fs_.rename(path_, target));
+  committed_ = true;
+  return region_.fs_.sync_dir(parent_dir(target));
+}
+
+}  // namespace cru::downstairs

@@ -1,0 +1,151 @@
+// A region: one replica's storage, a directory holding region.json and one file per
+// extent. Splits IO that spans extents, validates every request before touching disk,
+// and swaps repaired extents in atomically. Owned by the downstairs core; one thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/bytes.h"
+#include "common/hash.h"
+#include "common/ids.h"
+#include "common/result.h"
+#include "downstairs/extent.h"
+#include "downstairs/file_io.h"
+#include "proto/messages.h"
+
+namespace cru::downstairs {
+
+// Bump when region.json changes incompatibly.
+inline constexpr uint32_t kRegionFormatVersion = 1;
+// One extent file holds at most 1 GiB of data: bounds the time to repair or recover one
+// extent, and the memory of one transfer's bookkeeping.
+inline constexpr uint64_t kMaxExtentBytes = 1ull << 30;
+// Defaults: 64 MiB extents of 4 KiB blocks, 16 of them (a 1 GiB volume).
+inline constexpr uint32_t kDefaultBlockSize = 4096;
+inline constexpr uint64_t kDefaultExtentBytes = 64ull << 20;
+inline constexpr uint32_t kDefaultExtentCount = 16;
+
+struct RegionOptions {
+  proto::RegionDefinition def;
+  uint16_t default_port = 0;  // 0: none recorded
+};
+
+// Checks geometry limits, naming the offending field as a flag would.
+Status validate_geometry(const proto::RegionDefinition& def);
+
+struct ReadResult {
+  std::vector<std::optional<proto::BlockContext>> contexts;
+  ByteBuffer data;
+};
+
+class RepairStaging;
+
+class Region {
+ public:
+  // Creates a region in `dir` (made if missing). Refuses a directory that already
+  // holds region.json. Extents are created first and region.json last, so a crash
+  // leaves either no region or a whole one.
+  static Result<std::unique_ptr<Region>> create(FileSystem& fs, const std::string& dir,
+                                                const RegionOptions& options);
+  // Opens every extent (recovering dirty ones unless read_only).
+  static Result<std::unique_ptr<Region>> open(FileSystem& fs, const std::string& dir, bool read_only);
+  // Reads region.json only.
+  static Result<RegionOptions> read_options(FileSystem& fs, const std::string& dir);
+
+  const proto::RegionDefinition& def() const { return options_.def; }
+  uint16_t default_port() const { return options_.default_port; }
+  bool read_only() const { return read_only_; }
+  const std::string& dir() const { return dir_; }
+
+  // Adds extents so the region holds at least `extent_count` (import of a large file).
+  Status extend(uint32_t extent_count);
+
+  // ---- IO (absolute blocks; may span extents) -------------------------------------
+  // Errors: kOffsetInvalid (outside the region), kExtentClosed, kIo.
+  Result<ReadResult> read(BlockIndex start, uint64_t count);
+  // Checks block size, range, open extents, and every block's hash before writing any
+  // (kBlockSizeMismatch, kOffsetInvalid, kExtentClosed, kEncryptionMismatch,
+  // kHashMismatch, kReadOnly).
+  Status write(BlockIndex start, uint32_t block_size, std::span<const proto::BlockContext> contexts,
+               std::span<const std::byte> data, bool only_unwritten);
+  Status discard(BlockIndex start, uint64_t count);
+  // Flushes every open dirty extent (only those <= extent_limit when given).
+  Status flush(FlushNumber flush, Generation generation, std::optional<ExtentId> extent_limit);
+
+  // ---- extents -------------------------------------------------------------------------
+  // (generation, flush, dirty) of every extent; a closed extent reports its state at close.
+  std::vector<proto::ExtentVersion> versions() const;
+  bool is_open(ExtentId e) const;
+  Result<proto::ExtentVersion> close_extent(ExtentId e);
+  // Flushes one extent if dirty (reconciliation's ExtentFlush; the extent stays open).
+  Status flush_extent(ExtentId e, FlushNumber flush, Generation generation);
+  Status reopen_extent(ExtentId e);
+  // Reopens every closed extent (a new upstairs session starts from a whole region).
+  Status reopen_all();
+  // Blocks of one extent for verify and dump.
+  Result<std::vector<BlockReport>> inspect(ExtentId e, uint64_t first, uint64_t count);
+
+  // ---- repair ------------------------------------------------------------------------
+  // Source side: the closed extent's file, read-only, for streaming to a peer.
+  Result<std::unique_ptr<File>> open_for_transfer(ExtentId e);
+  // Changes whenever the extent is reopened: a transfer that saw it change is void.
+  uint64_t extent_epoch(ExtentId e) const;
+  // Target side: starts receiving a closed extent's replacement.
+  Result<std::unique_ptr<RepairStaging>> begin_repair(ExtentId e);
+  uint64_t extent_file_bytes() const { return layout_.file_bytes(); }
+  std::string extent_path(ExtentId e) const;
+
+ private:
+  friend class RepairStaging;
+  Region(FileSystem& fs, std::string dir, RegionOptions options, bool read_only);
+  Status check_range(BlockIndex start, uint64_t count) const;
+  Status check_extent(ExtentId e) const;
+  Result<Extent*> open_extent(ExtentId e);  // kExtentClosed if closed
+  void end_repair(ExtentId e) { repairing_.erase(e); }
+
+  FileSystem& fs_;
+  std::string dir_;
+  RegionOptions options_;
+  bool read_only_;
+  ExtentLayout layout_;
+  // nullptr while closed (for repair); closed_versions_ then holds its state at close.
+  std::vector<std::unique_ptr<Extent>> extents_;
+  std::vector<proto::ExtentVersion> closed_versions_;
+  std::vector<uint64_t> epochs_;
+  std::set<ExtentId> repairing_;
+};
+
+// An extent file being received from a peer. Chunks must arrive in order; commit()
+// checks the size and end-to-end hash, syncs, and renames the file over the extent
+// (atomic: a crash leaves the old extent or the new one). Destroying an uncommitted
+// staging removes its file. Must not outlive its Region.
+class RepairStaging {
+ public:
+  ~RepairStaging();
+  RepairStaging(const RepairStaging&) = delete;
+  RepairStaging& operator=(const RepairStaging&) = delete;
+
+  Status append(uint64_t offset, std::span<const std::byte> data);
+  Status commit(uint64_t file_bytes, uint64_t file_hash);
+  uint64_t received_bytes() const { return received_; }
+
+ private:
+  friend class Region;
+  RepairStaging(Region& region, ExtentId extent, std::unique_ptr<File> file, std::string path);
+
+  Region& region_;
+  ExtentId extent_;
+  std::unique_ptr<File> file_;
+  std::string path_;
+  uint64_t received_ = 0;
+  StreamHash hash_;
+  bool committed_ = false;
+};
+
+}  // namespace cru::downstairs
