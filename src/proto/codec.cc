@@ -184,6 +184,9 @@ class Reader {
     } else if constexpr (IsVector<T>::value) {
       uint32_t n = 0;
       CRU_TRY(integer(n));
+      if (n > kMaxVectorElements)
+        return error(fmt::format("vector of {} elements exceeds the limit {}", n,
+                                 kMaxVectorElements));
       constexpr size_t kMin = min_wire_bytes<typename T::value_type>();
       // Refuse before allocating: n elements cannot fit in fewer than n * kMin bytes.
       if (static_cast<uint64_t>(n) * kMin > remaining())
@@ -312,13 +315,64 @@ Status validate_one(const T&, const char*) {
   return {};
 }
 
+// Whether a T can contain a string or a client id, the field-level checks below.
+template <typename T>
+constexpr bool has_checked_fields() {
+  if constexpr (std::is_same_v<T, std::string> || std::is_same_v<T, ClientId>) {
+    return true;
+  } else if constexpr (IsOptional<T>::value || IsVector<T>::value) {
+    return has_checked_fields<typename T::value_type>();
+  } else if constexpr (HasFields<T>) {
+    using Tuple = decltype(std::declval<T&>().fields());
+    return []<size_t... I>(std::index_sequence<I...>) {
+      return (false || ... ||
+              has_checked_fields<std::remove_cvref_t<std::tuple_element_t<I, Tuple>>>());
+    }(std::make_index_sequence<std::tuple_size_v<Tuple>>{});
+  } else {
+    return false;
+  }
+}
+
+// What the decoder checks field by field (string lengths, client ids), checked on the
+// sending side too so encode() never produces a frame the peer must refuse.
+template <typename T>
+Status check_fields(const char* name, const T& v) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (v.size() > kMaxStringBytes)
+      return bad(name, fmt::format("string of {} bytes exceeds the limit {}", v.size(),
+                                   kMaxStringBytes));
+  } else if constexpr (std::is_same_v<T, ClientId>) {
+    if (v.value >= kClientCount)
+      return bad(name, fmt::format("client id {} is not 0, 1 or 2", v.value));
+  } else if constexpr (IsOptional<T>::value) {
+    if (v) return check_fields(name, *v);
+  } else if constexpr (IsVector<T>::value) {
+    if (v.size() > kMaxVectorElements)
+      return bad(name, fmt::format("vector of {} elements exceeds the limit {}", v.size(),
+                                   kMaxVectorElements));
+    // Block contexts and extent versions hold nothing to check: skip the walk.
+    if constexpr (has_checked_fields<typename T::value_type>())
+      for (const auto& e : v) CRU_TRY(check_fields(name, e));
+  } else if constexpr (HasFields<T>) {
+    return std::apply(
+        [name](const auto&... f) -> Status {
+          Status s;
+          static_cast<void>(((s = check_fields(name, f), s.has_value()) && ...));
+          return s;
+        },
+        v.fields());
+  }
+  return {};
+}
+
 Status validate_impl(const Message& m) {
   return std::visit(
       [](const auto& v) -> Status {
         using T = std::decay_t<decltype(v)>;
         const char* name = tag_name(T::kTag).data();
         CRU_TRY(check_deps(name, v));
-        return validate_one(v, name);
+        CRU_TRY(validate_one(v, name));
+        return check_fields(name, v);
       },
       m);
 }

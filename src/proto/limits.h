@@ -29,8 +29,13 @@ inline constexpr uint32_t kMaxDiscardBlocks = 1u << 20;
 inline constexpr uint32_t kMaxDependencies = 65536;
 // Strings are names, addresses and error messages, never data.
 inline constexpr uint32_t kMaxStringBytes = 4096;
-// One ExtentVersions entry per extent; 2^20 extents of 64 MiB is a 64 TiB region.
-inline constexpr uint32_t kMaxExtents = 1u << 20;
+// One ExtentVersions entry (17 B) per extent, so the list must fit in kMaxMetaBytes;
+// 2^18 extents of 64 MiB is a 16 TiB region.
+inline constexpr uint32_t kMaxExtents = 1u << 18;
+// No vector field may hold more elements than the largest semantic limit above; checked
+// before allocating, so a small frame cannot make the decoder allocate much more than
+// its own size (an absent context is 1 byte on the wire but 64 in memory).
+inline constexpr uint32_t kMaxVectorElements = kMaxExtents > kMaxIoBlocks ? kMaxExtents : kMaxIoBlocks;
 // The fixed part of a frame: u32 frame length, u32 tag, u32 metadata length.
 inline constexpr size_t kFrameHeaderBytes = 12;
 // Metadata (everything but bulk data): contexts of the largest IO (49 B per block for

@@ -19,6 +19,7 @@
 #include "common/ids.h"
 #include "common/result.h"
 #include "common/uuid.h"
+#include "proto/limits.h"
 
 namespace cru::proto {
 
@@ -133,7 +134,10 @@ struct WireStatus {
   friend bool operator==(const WireStatus&, const WireStatus&) = default;
 
   static WireStatus ok() { return {}; }
-  static WireStatus from(const Error& e) { return {e.code, e.message}; }
+  // Long messages (paths, nested causes) are cut to the wire limit, never refused.
+  static WireStatus from(const Error& e) {
+    return {e.code, e.message.substr(0, kMaxStringBytes)};
+  }
   static WireStatus from(const Status& s) { return s ? ok() : from(s.error()); }
   bool is_ok() const { return code == ErrorCode::kOk; }
   Status to_status() const {
@@ -161,7 +165,10 @@ struct YesItsMe {
   uint32_t version = kProtocolVersion;
   // host:port where this downstairs serves extent files to repairing peers.
   std::string repair_addr;
-  CRU_FIELDS(version, repair_addr)
+  // The highest generation this downstairs has seen (promoted, or stamped on an extent):
+  // an activation must use a higher one; `generation: auto` takes the maximum + 1.
+  Generation highest_generation;
+  CRU_FIELDS(version, repair_addr, highest_generation)
   friend bool operator==(const YesItsMe&, const YesItsMe&) = default;
 };
 
