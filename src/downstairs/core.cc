@@ -190,7 +190,7 @@ void Core::handle_new(Output& out, ConnectionId conn, Message& m) {
   }
   c.hello = *hi;
   c.state = State::kHello;
-  out.send(conn, YesItsMe{kProtocolVersion, options_.repair_addr});
+  out.send(conn, YesItsMe{kProtocolVersion, options_.repair_addr, highest_generation_});
   log::info("upstairs {} session {} connected (connection {}, generation {})", hi->upstairs_id, hi->session_id,
             conn, hi->generation);
 }
@@ -267,8 +267,9 @@ void Core::enqueue_job(Output& out, ConnectionId conn, Job job) {
 }
 
 void Core::run_ready(Output& out, ConnectionId conn) {
-  // Jobs usually arrive in an order that lets each run at once; a scan per completion
-  // is cheap for the short queues that out-of-order arrival or a running fetch leaves.
+  // Jobs usually arrive in an order that lets each run at once. A completion mostly
+  // unblocks jobs queued after it, so one pass continues past it; another pass runs only
+  // if this one made progress (a later job may have unblocked an earlier one).
   bool progress = true;
   while (progress && conns_.contains(conn)) {
     progress = false;
@@ -288,7 +289,7 @@ void Core::run_ready(Output& out, ConnectionId conn) {
       bool resets = std::holds_alternative<Flush>(job.request) || std::holds_alternative<Barrier>(job.request);
       JobId id = job.id;
       if (execute(out, conn, job)) complete(c, id, resets);
-      break;  // completion may have changed readiness: rescan from the start
+      if (!conns_.contains(conn)) return;  // the job's failure closed the connection
     }
   }
 }

@@ -7,6 +7,7 @@
 
 #include "common/hash.h"
 #include "common/log.h"
+#include "proto/integrity.h"
 
 namespace cru::downstairs {
 
@@ -145,10 +146,7 @@ Slot decode_slot(std::span<const std::byte, kSlotBytes> in) {
 }
 
 uint64_t expected_hash(const Slot& slot, std::span<const std::byte> data) {
-  if (slot.encryption)
-    return integrity_hash({std::as_bytes(std::span(slot.encryption->nonce)),
-                           std::as_bytes(std::span(slot.encryption->tag)), data});
-  return integrity_hash(data);
+  return proto::block_hash(slot.encryption, data);
 }
 
 // ---- create / open -------------------------------------------------------------------
@@ -272,8 +270,15 @@ Status Extent::recover() {
           ++rolled_back;
           changed = true;
         }
-      } else if (newest < 0 && all_zero(d)) {
-        // Never written.
+      } else if (all_zero(d)) {
+        // Never written, or a first write whose context landed but whose data did not
+        // (contexts go first): the block is still unwritten.
+        if (newest >= 0) {
+          encode_slot(Slot{}, slot_bytes(pair, 0, 0));
+          encode_slot(Slot{}, slot_bytes(pair, 0, 1));
+          ++rolled_back;
+          changed = true;
+        }
       } else if (!encrypted_) {
         // The data reached the disk but its context did not (contexts and data are not
         // ordered by an fsync on unencrypted regions). The bytes are an unflushed write,
@@ -321,10 +326,13 @@ Status Extent::read(uint64_t first, std::span<std::optional<proto::BlockContext>
     auto pair = std::span<const std::byte>(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
     auto d = data.subspan(i * bs, bs);
     int idx = select_slot(pair, d, check);
+    // The branches mirror recover(), so a read-only open sees what a writable one would.
     if (idx >= 0) {
       contexts[i] = decode_slot(slot_bytes(pair, 0, idx)).context();
-    } else if (check && !all_zero(d) && !encrypted_) {
-      contexts[i] = proto::BlockContext{integrity_hash(d), std::nullopt};  // as recovery would
+    } else if (check && all_zero(d)) {
+      contexts[i] = std::nullopt;
+    } else if (check && !encrypted_) {
+      contexts[i] = proto::BlockContext{integrity_hash(d), std::nullopt};
     } else if (int newest = select_slot(pair, d, false); check && newest >= 0) {
       contexts[i] = decode_slot(slot_bytes(pair, 0, newest)).context();
     } else {
