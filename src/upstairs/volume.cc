@@ -1,0 +1,482 @@
+#include "upstairs/volume.h"
+
+#include <asio/co_spawn.hpp>
+#include <asio/connect.hpp>
+#include <asio/detached.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <semaphore>
+#include <thread>
+#include <unordered_map>
+
+#include "common/log.h"
+#include "proto/framed_socket.h"
+
+namespace cru::upstairs {
+
+using asio::ip::tcp;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+// Frames queued for one downstairs: above the 1500-job admission limit plus pings,
+// flushes and repair jobs, so a healthy connection never fills it.
+constexpr size_t kOutboxFrames = 8192;
+
+Result<std::pair<std::string, std::string>> split_address(const std::string& address) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size())
+    return fail(ErrorCode::kInvalidArgument, fmt::format("'{}' is not host:port", address));
+  std::string host = address.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return std::pair{host, address.substr(colon + 1)};
+}
+}  // namespace
+
+struct Volume::Impl {
+  struct Conn {
+    Conn(asio::io_context& io, ClientId c, ConnId i) : client(c), id(i), socket(io), sink(io.get_executor(), kOutboxFrames) {}
+    ClientId client;
+    ConnId id;
+    tcp::socket socket;
+    proto::FrameSink sink;
+    bool closed = false;
+  };
+  using ConnPtr = std::shared_ptr<Conn>;
+  using Completion = std::function<void(GuestDone&)>;
+
+  explicit Impl(VolumeOptions o)
+      : options(std::move(o)),
+        core(Config{options.targets, options.read_only, options.key.has_value(), Uuid::random(), Uuid::random(),
+                    options.limits}),
+        timer(io),
+        work(asio::make_work_guard(io)),
+        outstanding(kMaxOutstandingCalls) {
+    thread = std::thread([this] {
+      io_thread_id = std::this_thread::get_id();
+      io.run();
+    });
+  }
+
+  ~Impl() {
+    asio::post(io, [this] {
+      for (auto& c : conns)
+        if (c) close(c);
+      timer.cancel();
+      work.reset();
+      stopping = true;
+    });
+    thread.join();
+  }
+
+  bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id; }
+
+  // ---- core driving (io thread only) --------------------------------------------------
+
+  void run_core(Event e) {
+    auto actions = core.apply(std::move(e), Clock::now());
+    for (auto& a : actions) perform(a);
+    // Geometry for the API's callers, once known.
+    if (auto& r = core.region(); r && block_size_.load() == 0) {
+      total_blocks_ = r->total_blocks();
+      block_size_ = r->block_size;
+      crypto.emplace(r->block_size, options.key);
+    }
+    rearm_timer();
+  }
+
+  void rearm_timer() {
+    TimePoint d = core.next_deadline();
+    if (d == armed) return;
+    armed = d;
+    if (d == TimePoint::max()) {
+      timer.cancel();
+      return;
+    }
+    timer.expires_at(d);
+    timer.async_wait([this, d](const asio::error_code& ec) {
+      if (ec || stopping || armed != d) return;
+      armed = TimePoint::max();
+      run_core(Tick{});
+    });
+  }
+
+  void perform(Action& a) {
+    if (auto* s = std::get_if<SendTo>(&a)) {
+      auto& c = conns[s->client];
+      if (!c || c->id != s->conn || c->closed) return;
+      if (!c->sink.try_push(s->message)) {
+        ConnPtr gone = c;
+        close(gone);
+        asio::post(io, [this, gone] { run_core(ClientDisconnected{gone->client, gone->id, "outbox full"}); });
+      }
+    } else if (auto* ct = std::get_if<ConnectTo>(&a)) {
+      if (conns[ct->client]) close(conns[ct->client]);
+      auto c = std::make_shared<Conn>(io, ct->client, ct->conn);
+      conns[ct->client] = c;
+      asio::co_spawn(io, connect(c, ct->address), asio::detached);
+    } else if (auto* d = std::get_if<Disconnect>(&a)) {
+      auto& c = conns[d->client];
+      if (c && c->id == d->conn) {
+        close(c);
+        c.reset();
+      }
+    } else if (auto* g = std::get_if<GuestDone>(&a)) {
+      auto it = pending.find(g->id);
+      CRU_ASSERT(it != pending.end(), "a guest reply for an unknown request");
+      Completion done = std::move(it->second);
+      pending.erase(it);
+      done(*g);
+    }
+  }
+
+  void close(const ConnPtr& c) {
+    if (c->closed) return;
+    c->closed = true;
+    c->sink.close();
+    asio::error_code ignored;
+    c->socket.close(ignored);
+  }
+
+  // Reports a connection's end to the core unless the core already replaced it.
+  void lost(const ConnPtr& c, const std::string& reason) {
+    bool current = conns[c->client] == c;
+    close(c);
+    if (current) run_core(ClientDisconnected{c->client, c->id, reason});
+  }
+
+  asio::awaitable<void> connect(ConnPtr c, std::string address) {
+    try {
+      auto parts = split_address(address);
+      if (!parts) throw std::runtime_error(parts.error().message);
+      tcp::resolver resolver(io);
+      auto endpoints = co_await resolver.async_resolve(parts->first, parts->second, asio::use_awaitable);
+      co_await asio::async_connect(c->socket, endpoints, asio::use_awaitable);
+    } catch (const std::exception& e) {
+      if (!c->closed) lost(c, e.what());
+      co_return;
+    }
+    if (c->closed) co_return;  // the core gave up on it meanwhile
+    proto::tune_socket(c->socket);
+    asio::co_spawn(io, reader(c), asio::detached);
+    asio::co_spawn(io, writer(c), asio::detached);
+    run_core(ClientConnected{c->client, c->id});
+  }
+
+  asio::awaitable<void> reader(ConnPtr c) {
+    proto::FrameSource source(c->socket);
+    std::string reason = "connection closed";
+    try {
+      while (!c->closed) {
+        auto m = co_await source.next();
+        if (!m) {
+          reason = "protocol error: " + m.error().message;
+          break;
+        }
+        if (c->closed) break;
+        run_core(ClientMessage{c->client, c->id, std::move(*m)});
+      }
+    } catch (const std::exception& e) {
+      reason = e.what();
+    }
+    if (!c->closed) lost(c, reason);
+  }
+
+  asio::awaitable<void> writer(ConnPtr c) {
+    std::string reason = "connection closed";
+    try {
+      co_await c->sink.run(c->socket);
+    } catch (const std::exception& e) {
+      reason = std::string("write failed: ") + e.what();
+    }
+    if (!c->closed) lost(c, reason);
+  }
+
+  // ---- guest submissions --------------------------------------------------------------
+
+  // Queues operations for the core (in order) with one completion for each.
+  void submit(std::vector<std::pair<GuestOp, Completion>> ops) {
+    asio::post(io, [this, ops = std::move(ops)]() mutable {
+      if (stopping) return;
+      for (auto& [op, done] : ops) {
+        GuestId id{next_guest++};
+        pending.emplace(id, std::move(done));
+        run_core(GuestSubmit{id, std::move(op)});
+      }
+    });
+  }
+
+  // Bounds calls in flight; not on the io thread (a completion submitting more must not
+  // wait for completions that only the io thread can deliver).
+  bool acquire() {
+    if (on_io_thread()) return false;
+    outstanding.acquire();
+    return true;
+  }
+  std::function<void()> releaser(bool acquired) {
+    return [this, acquired] {
+      if (acquired) outstanding.release();
+    };
+  }
+
+  uint64_t chunk_blocks() const { return std::max<uint64_t>(1, kMaxJobBytes / block_size_); }
+
+  Status check_active() const {
+    if (block_size_.load() == 0) return fail(ErrorCode::kNotActive, "the volume is not active");
+    return {};
+  }
+
+  VolumeOptions options;
+  asio::io_context io;
+  Upstairs core;
+  asio::steady_timer timer;
+  asio::executor_work_guard<asio::io_context::executor_type> work;
+  std::thread thread;
+  std::thread::id io_thread_id;
+  std::counting_semaphore<kMaxOutstandingCalls> outstanding;
+  TimePoint armed = TimePoint::max();
+  bool stopping = false;
+  ClientData<ConnPtr> conns;
+  std::unordered_map<GuestId, Completion> pending;
+  uint64_t next_guest = 1;
+  std::atomic<uint32_t> block_size_{0};
+  std::atomic<uint64_t> total_blocks_{0};
+  std::optional<BlockCrypto> crypto;  // set on the io thread before block_size_ is published
+};
+
+Volume::Volume(VolumeOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Volume::~Volume() = default;
+
+uint32_t Volume::block_size() const { return impl_->block_size_.load(); }
+uint64_t Volume::total_blocks() const { return impl_->total_blocks_.load(); }
+
+namespace {
+template <typename T>
+T wait_for(std::future<T>& f, std::chrono::milliseconds timeout, bool& timed_out) {
+  timed_out = f.wait_for(timeout) != std::future_status::ready;
+  if (timed_out) return T{};
+  return f.get();
+}
+}  // namespace
+
+Status Volume::activate(std::optional<Generation> generation, std::chrono::milliseconds timeout) {
+  auto p = std::make_shared<std::promise<Status>>();
+  auto f = p->get_future();
+  impl_->submit({{ActivateOp{generation}, [p](GuestDone& g) { p->set_value(std::move(g.status)); }}});
+  if (f.wait_for(timeout) == std::future_status::ready) return f.get();
+  // Name what is missing: the downstairs that never became ready.
+  Snapshot s = snapshot();
+  std::string who;
+  for (ClientId c : kAllClients) {
+    const ClientStatus& cs = s.clients[c];
+    if (cs.state == "wait_quorum" || cs.state == "active") continue;
+    who += fmt::format("{}{} ({}{}{})", who.empty() ? "" : "; ", cs.target, cs.state,
+                       cs.last_error.empty() ? "" : ": ", cs.last_error);
+  }
+  return fail(ErrorCode::kTimeout, fmt::format("activation did not finish within {} s; not ready: {}",
+                                               timeout.count() / 1000, who.empty() ? "(reconciling)" : who));
+}
+
+Status Volume::deactivate(std::chrono::milliseconds timeout) {
+  auto p = std::make_shared<std::promise<Status>>();
+  auto f = p->get_future();
+  impl_->submit({{DeactivateOp{}, [p](GuestDone& g) { p->set_value(std::move(g.status)); }}});
+  bool timed_out = false;
+  Status s = wait_for(f, timeout, timed_out);
+  if (timed_out) return fail(ErrorCode::kTimeout, "deactivation did not finish in time");
+  return s;
+}
+
+void Volume::read(BlockIndex start, uint64_t count, ReadFn done) {
+  if (auto s = impl_->check_active(); !s) return done(tl::unexpected(s.error()));
+  Impl& im = *impl_;
+  bool acquired = im.acquire();
+  const uint32_t bs = im.block_size_;
+  const uint64_t per = im.chunk_blocks();
+  // All chunks land in one buffer; the last one to finish decrypts and answers.
+  struct State {
+    ByteBuffer buf;
+    std::vector<std::optional<proto::BlockContext>> contexts;
+    uint64_t remaining = 0;
+    Status status;
+    ReadFn done;
+    std::function<void()> release;
+  };
+  auto st = std::make_shared<State>();
+  st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
+  st->done = std::move(done);
+  st->release = im.releaser(acquired);
+  if (count > 0) {
+    st->buf = ByteBuffer(count * bs);
+    if (im.options.key) st->contexts.resize(count);
+  }
+  std::vector<std::pair<GuestOp, Impl::Completion>> ops;
+  for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
+    uint64_t n = std::min(per, count - off);
+    ops.emplace_back(ReadOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)}, [st, off, bs, &im, start](GuestDone& g) {
+      if (!g.status) {
+        if (st->status) st->status = g.status;
+      } else if (!st->buf.empty()) {
+        std::memcpy(st->buf.data() + off * bs, g.read.data.data(), g.read.data.size());
+        if (!st->contexts.empty())
+          std::move(g.read.contexts.begin(), g.read.contexts.end(), st->contexts.begin() + static_cast<long>(off));
+      }
+      if (--st->remaining > 0) return;
+      if (st->status && !st->contexts.empty())
+        st->status = im.crypto->open(start.value, st->contexts, st->buf.span());
+      auto reply = std::move(st->done);
+      auto release = std::move(st->release);
+      if (st->status) reply(Bytes(std::move(st->buf)));
+      else reply(tl::unexpected(st->status.error()));
+      release();
+    });
+    if (count == 0) break;
+  }
+  im.submit(std::move(ops));
+}
+
+// Seals a write on the caller's thread and submits it as jobs of at most `per` blocks.
+static void submit_write(Volume::DoneFn done, BlockIndex start, std::span<const std::byte> data, bool only_unwritten,
+                         const BlockCrypto& crypto, uint64_t per, uint32_t bs,
+                         const std::function<void(std::vector<std::pair<GuestOp, std::function<void(GuestDone&)>>>)>& submit,
+                         std::function<void()> release) {
+  BlockCrypto::Sealed sealed = crypto.seal(data);
+  const uint64_t count = data.size() / bs;
+  struct State {
+    uint64_t remaining = 0;
+    Status status;
+    Volume::DoneFn done;
+    std::function<void()> release;
+  };
+  auto st = std::make_shared<State>();
+  st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
+  st->done = std::move(done);
+  st->release = std::move(release);
+  std::vector<std::pair<GuestOp, std::function<void(GuestDone&)>>> ops;
+  for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
+    uint64_t n = std::min(per, count - off);
+    WriteOp w;
+    w.start = BlockIndex{start.value + off};
+    w.contexts.assign(sealed.contexts.begin() + static_cast<long>(off), sealed.contexts.begin() + static_cast<long>(off + n));
+    w.data = sealed.data.slice(off * bs, n * bs);
+    w.only_unwritten = only_unwritten;
+    ops.emplace_back(std::move(w), [st](GuestDone& g) {
+      if (!g.status && st->status) st->status = g.status;
+      if (--st->remaining > 0) return;
+      auto d = std::move(st->done);
+      auto r = std::move(st->release);
+      d(st->status);
+      r();
+    });
+    if (count == 0) break;
+  }
+  submit(std::move(ops));
+}
+
+void Volume::write(BlockIndex start, std::span<const std::byte> data, DoneFn done) {
+  if (auto s = impl_->check_active(); !s) return done(s);
+  const uint32_t bs = impl_->block_size_;
+  if (data.size() % bs != 0)
+    return done(fail(ErrorCode::kDataLenUnaligned, fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
+  bool acquired = impl_->acquire();
+  submit_write(std::move(done), start, data, false, *impl_->crypto, impl_->chunk_blocks(), bs,
+               [this](auto ops) { impl_->submit(std::move(ops)); }, impl_->releaser(acquired));
+}
+
+void Volume::write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done) {
+  if (auto s = impl_->check_active(); !s) return done(s);
+  const uint32_t bs = impl_->block_size_;
+  if (data.size() % bs != 0)
+    return done(fail(ErrorCode::kDataLenUnaligned, fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
+  bool acquired = impl_->acquire();
+  submit_write(std::move(done), start, data, true, *impl_->crypto, impl_->chunk_blocks(), bs,
+               [this](auto ops) { impl_->submit(std::move(ops)); }, impl_->releaser(acquired));
+}
+
+void Volume::discard(BlockIndex start, uint64_t count, DoneFn done) {
+  if (auto s = impl_->check_active(); !s) return done(s);
+  Impl& im = *impl_;
+  bool acquired = im.acquire();
+  struct State {
+    uint64_t remaining = 0;
+    Status status;
+    DoneFn done;
+    std::function<void()> release;
+  };
+  auto st = std::make_shared<State>();
+  const uint64_t per = proto::kMaxDiscardBlocks;
+  st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
+  st->done = std::move(done);
+  st->release = im.releaser(acquired);
+  std::vector<std::pair<GuestOp, Impl::Completion>> ops;
+  for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
+    uint64_t n = std::min(per, count - off);
+    ops.emplace_back(DiscardOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)}, [st](GuestDone& g) {
+      if (!g.status && st->status) st->status = g.status;
+      if (--st->remaining > 0) return;
+      auto d = std::move(st->done);
+      auto r = std::move(st->release);
+      d(st->status);
+      r();
+    });
+    if (count == 0) break;
+  }
+  im.submit(std::move(ops));
+}
+
+void Volume::flush(DoneFn done) {
+  bool acquired = impl_->acquire();
+  auto release = impl_->releaser(acquired);
+  impl_->submit({{FlushOp{}, [done = std::move(done), release](GuestDone& g) {
+                    done(g.status);
+                    release();
+                  }}});
+}
+
+void Volume::replace(std::string old_target, std::string new_target, DoneFn done) {
+  impl_->submit({{ReplaceOp{std::move(old_target), std::move(new_target)},
+                  [done = std::move(done)](GuestDone& g) { done(g.status); }}});
+}
+
+namespace {
+template <typename T, typename F>
+T call_sync(F&& start) {
+  auto p = std::make_shared<std::promise<T>>();
+  auto f = p->get_future();
+  start([p](T v) { p->set_value(std::move(v)); });
+  return f.get();
+}
+}  // namespace
+
+Result<Bytes> Volume::read_sync(BlockIndex start, uint64_t count) {
+  return call_sync<Result<Bytes>>([&](auto cb) { read(start, count, cb); });
+}
+Status Volume::write_sync(BlockIndex start, std::span<const std::byte> data) {
+  return call_sync<Status>([&](auto cb) { write(start, data, cb); });
+}
+Status Volume::discard_sync(BlockIndex start, uint64_t count) {
+  return call_sync<Status>([&](auto cb) { discard(start, count, cb); });
+}
+Status Volume::flush_sync() {
+  return call_sync<Status>([&](auto cb) { flush(cb); });
+}
+Status Volume::replace_sync(std::string old_target, std::string new_target) {
+  return call_sync<Status>([&](auto cb) { replace(std::move(old_target), std::move(new_target), cb); });
+}
+
+Snapshot Volume::snapshot() const {
+  auto p = std::make_shared<std::promise<Snapshot>>();
+  auto f = p->get_future();
+  asio::post(impl_->io, [this, p] { p->set_value(impl_->core.snapshot()); });
+  return f.get();
+}
+
+}  // namespace cru::upstairs

@@ -1,0 +1,83 @@
+// The guest API: one replicated volume over three downstairs. Runs the upstairs core on
+// its own io thread with real TCP connections (asio, hidden behind a pimpl so users do
+// not compile asio). Every call may come from any thread. Asynchronous calls complete
+// through a callback that runs on the io thread and must not block; the *_sync forms
+// wait. Offsets and lengths are in blocks; data lengths must be whole blocks. Large IOs
+// are split into jobs of at most kMaxJobBytes; encryption and hashing run on the
+// caller's thread.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "common/bytes.h"
+#include "common/ids.h"
+#include "common/result.h"
+#include "upstairs/block_crypto.h"
+#include "upstairs/upstairs.h"
+
+namespace cru::upstairs {
+
+// One job carries at most this much data: bounds the latency one IO adds in front of
+// others and keeps admission (75 MiB per downstairs) fine-grained.
+inline constexpr uint64_t kMaxJobBytes = 1 * kMiB;
+// Guest calls accepted but not finished; submitters beyond this wait (backpressure for
+// callers that do not wait for completions themselves).
+inline constexpr int kMaxOutstandingCalls = 4096;
+
+struct VolumeOptions {
+  std::array<std::string, kClientCount> targets;
+  bool read_only = false;
+  std::optional<Key> key;
+  Limits limits;
+};
+
+class Volume {
+ public:
+  using DoneFn = std::function<void(Status)>;
+  using ReadFn = std::function<void(Result<Bytes>)>;
+
+  explicit Volume(VolumeOptions options);
+  // Stops the io thread and closes every connection (deactivate first to flush).
+  ~Volume();
+  Volume(const Volume&) = delete;
+  Volume& operator=(const Volume&) = delete;
+
+  // Connects, negotiates, reconciles if needed. nullopt generation: 1 + the highest any
+  // downstairs has seen. Fails after `timeout` naming the downstairs that did not answer.
+  Status activate(std::optional<Generation> generation, std::chrono::milliseconds timeout);
+  // Flushes what is outstanding and disconnects.
+  Status deactivate(std::chrono::milliseconds timeout);
+
+  // Geometry, known once active.
+  uint32_t block_size() const;
+  uint64_t total_blocks() const;
+  uint64_t size_bytes() const { return total_blocks() * block_size(); }
+
+  void read(BlockIndex start, uint64_t count, ReadFn done);
+  void write(BlockIndex start, std::span<const std::byte> data, DoneFn done);
+  void write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done);
+  void discard(BlockIndex start, uint64_t count, DoneFn done);
+  void flush(DoneFn done);
+  void replace(std::string old_target, std::string new_target, DoneFn done);
+
+  Result<Bytes> read_sync(BlockIndex start, uint64_t count);
+  Status write_sync(BlockIndex start, std::span<const std::byte> data);
+  Status discard_sync(BlockIndex start, uint64_t count);
+  Status flush_sync();
+  Status replace_sync(std::string old_target, std::string new_target);
+
+  // A consistent copy of the core's state, taken on the io thread.
+  Snapshot snapshot() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cru::upstairs
