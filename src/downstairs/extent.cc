@@ -226,7 +226,7 @@ Status Extent::mark_dirty() {
   // The dirty flag must be durable before any slot or data write that it covers:
   // after a crash it is what tells open() to check every block.
   Status s = write_meta();
-  if (s) s = file_->sync();
+  if (s) s = sync();
   if (!s) dirty_ = false;
   return s;
 }
@@ -305,6 +305,20 @@ Status Extent::recover() {
   return {};
 }
 
+Status Extent::sync() {
+  CRU_TRY(file_->sync());
+  std::fill(unsynced_.begin(), unsynced_.end(), false);
+  return {};
+}
+
+Status Extent::sync_before_overwriting(uint64_t first, uint64_t count) {
+  if (!encrypted_) return {};  // unencrypted contexts are rebuilt from the data (recover())
+  if (unsynced_.size() != layout_.blocks) unsynced_.assign(layout_.blocks, false);
+  auto b = unsynced_.begin() + static_cast<ptrdiff_t>(first);
+  if (std::find(b, b + static_cast<ptrdiff_t>(count), true) == b + static_cast<ptrdiff_t>(count)) return {};
+  return sync();
+}
+
 Result<std::vector<std::byte>> Extent::read_slot_pairs(uint64_t first, uint64_t count) {
   std::vector<std::byte> pairs(count * kSlotPairBytes);
   CRU_TRY(file_->read_at(layout_.slots_offset(first), pairs));
@@ -366,11 +380,12 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
   }
   if (writing == 0) return {};
   CRU_TRY(mark_dirty());
+  CRU_TRY(sync_before_overwriting(first, n));
   CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
   // Encrypted contexts cannot be rebuilt from the data (the nonce and tag would be lost),
   // so they must be durable before the data they describe. Unencrypted ones can be: a
   // crash between the two is repaired by rehashing on open (see recover()).
-  if (encrypted_) CRU_TRY(file_->sync());
+  if (encrypted_) CRU_TRY(sync());
   for (size_t i = 0; i < n;) {
     if (skip[i]) {
       ++i;
@@ -379,6 +394,7 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
     size_t j = i;
     while (j < n && !skip[j]) ++j;
     Status s = file_->write_at(layout_.data_offset(first + i), data.subspan(i * bs, (j - i) * bs));
+    if (encrypted_) std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(first + i), unsynced_.begin() + static_cast<ptrdiff_t>(first + j), true);
     if (!s) {
       // Put the old contexts back so the active slots describe the data on disk.
       if (!file_->write_at(layout_.slots_offset(first), *old_pairs))
@@ -412,8 +428,9 @@ Status Extent::discard(uint64_t first, uint64_t count) {
     }
     if (!any) continue;
     CRU_TRY(mark_dirty());
+    CRU_TRY(sync_before_overwriting(chunk, n));
     CRU_TRY(file_->write_at(layout_.slots_offset(chunk), pairs));
-    if (encrypted_) CRU_TRY(file_->sync());  // as in write(): contexts before data
+    if (encrypted_) CRU_TRY(sync());  // as in write(): contexts before data
     for (uint64_t i = 0; i < n;) {
       if (!change[i]) {
         ++i;
@@ -422,6 +439,7 @@ Status Extent::discard(uint64_t first, uint64_t count) {
       uint64_t j = i;
       while (j < n && change[j]) ++j;
       Status s = file_->punch_hole(layout_.data_offset(chunk + i), (j - i) * bs);
+      if (encrypted_) std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(chunk + i), unsynced_.begin() + static_cast<ptrdiff_t>(chunk + j), true);
       if (!s) {
         if (!file_->write_at(layout_.slots_offset(chunk), *old_pairs))
           log::error("extent {}: restoring contexts after a failed discard also failed", id_);
@@ -438,14 +456,14 @@ Status Extent::flush(FlushNumber flush, Generation generation) {
   if (read_only_)
     return fail(ErrorCode::kReadOnly, fmt::format("extent {} is dirty but opened read-only", id_));
   // Data and contexts first; only then may the metadata say they are covered.
-  CRU_TRY(file_->sync());
+  CRU_TRY(sync());
   Generation old_gen = generation_;
   FlushNumber old_flush = flush_;
   generation_ = generation;
   flush_ = flush;
   dirty_ = false;
   Status s = write_meta();
-  if (s) s = file_->sync();
+  if (s) s = sync();
   if (!s) {
     generation_ = old_gen;
     flush_ = old_flush;

@@ -111,6 +111,12 @@ class Extent {
   Status load_meta();
   Status write_meta();
   Status mark_dirty();
+  // fdatasync, and forget which blocks had unsynced data.
+  Status sync();
+  // Encrypted only: before a write overwrites the inactive slot of a block, the active
+  // slot's data must be durable, else a crash can leave neither context matching the
+  // data on disk (the older, overwritten slot described it). Syncs if needed.
+  Status sync_before_overwriting(uint64_t first, uint64_t count);
   Status recover();
   Result<std::vector<std::byte>> read_slot_pairs(uint64_t first, uint64_t count);
   // Which of a block's slots is active; with data, only a slot matching it counts.
@@ -127,6 +133,7 @@ class Extent {
   bool dirty_ = false;
   uint64_t meta_seq_ = 0;
   uint64_t next_slot_seq_ = 1;
+  std::vector<bool> unsynced_;  // encrypted only: blocks whose data was written since the last sync
 };
 
 // Slot encoding, exposed for tests and tools.
