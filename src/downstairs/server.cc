@@ -8,6 +8,7 @@
 #include <asio/use_awaitable.hpp>
 #include <fmt/format.h>
 
+#include "common/address.h"
 #include "common/log.h"
 #include "proto/codec.h"
 
@@ -28,15 +29,6 @@ std::string endpoint_string(const tcp::socket& s) {
   return ec ? std::string("?") : fmt::format("{}:{}", ep.address().to_string(), ep.port());
 }
 
-// "host:port" -> (host, port), or an error naming the text.
-Result<std::pair<std::string, std::string>> split_address(const std::string& address) {
-  auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size())
-    return fail(ErrorCode::kInvalidArgument, fmt::format("'{}' is not host:port", address));
-  std::string host = address.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return std::pair{host, address.substr(colon + 1)};
-}
 }  // namespace
 
 Server::Connection::Connection(tcp::socket s, ConnectionId i, std::string p)
@@ -145,12 +137,12 @@ void Server::shutdown(const ConnPtr& c, const std::string& reason) {
 }
 
 asio::awaitable<void> Server::connect_out(ConnectionId id, std::string address) {
-  auto parts = split_address(address);
+  auto parts = parse_address(address);
   std::string error;
   if (parts) {
     try {
       tcp::resolver resolver(io_);
-      auto endpoints = co_await resolver.async_resolve(parts->first, parts->second, asio::use_awaitable);
+      auto endpoints = co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
       tcp::socket s(io_);
       asio::steady_timer timer(io_, kConnectTimeout);
       auto result = co_await (asio::async_connect(s, endpoints, asio::use_awaitable) ||

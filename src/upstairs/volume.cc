@@ -18,7 +18,9 @@
 #include <thread>
 #include <unordered_map>
 
+#include "common/address.h"
 #include "common/log.h"
+#include "common/thread_signals.h"
 #include "proto/framed_socket.h"
 
 namespace cru::upstairs {
@@ -31,14 +33,6 @@ namespace {
 // flushes and repair jobs, so a healthy connection never fills it.
 constexpr size_t kOutboxFrames = 8192;
 
-Result<std::pair<std::string, std::string>> split_address(const std::string& address) {
-  auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size())
-    return fail(ErrorCode::kInvalidArgument, fmt::format("'{}' is not host:port", address));
-  std::string host = address.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  return std::pair{host, address.substr(colon + 1)};
-}
 }  // namespace
 
 struct Volume::Impl {
@@ -61,6 +55,7 @@ struct Volume::Impl {
         work(asio::make_work_guard(io)),
         outstanding(kMaxOutstandingCalls) {
     thread = std::thread([this] {
+      block_async_signals_in_this_thread();
       io_thread_id = std::this_thread::get_id();
       io.run();
     });
@@ -155,10 +150,10 @@ struct Volume::Impl {
 
   asio::awaitable<void> connect(ConnPtr c, std::string address) {
     try {
-      auto parts = split_address(address);
+      auto parts = parse_address(address);
       if (!parts) throw std::runtime_error(parts.error().message);
       tcp::resolver resolver(io);
-      auto endpoints = co_await resolver.async_resolve(parts->first, parts->second, asio::use_awaitable);
+      auto endpoints = co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
       co_await asio::async_connect(c->socket, endpoints, asio::use_awaitable);
     } catch (const std::exception& e) {
       if (!c->closed) lost(c, e.what());

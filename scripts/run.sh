@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# make run: three local downstairs under crucible-dsc (regions in var/, kept between
+# runs) and the volume mounted at ./mnt/disk.img with etc/crucible.yaml. Ctrl-C unmounts
+# (after a final flush) and stops everything.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=build/bin
+var=var
+mnt=mnt
+config=etc/crucible.yaml
+
+if [[ $(id -u) -ne 0 && ! -w /dev/fuse ]]; then
+  echo "make run: needs /dev/fuse (run as root, or be in a group that can open it)" >&2
+  exit 1
+fi
+if mountpoint -q "$mnt" 2>/dev/null; then
+  echo "make run: $mnt is already mounted (another make run?); unmount it first: umount $mnt" >&2
+  exit 1
+fi
+
+if [[ ! -e $var/0/region.json ]]; then
+  echo "make run: creating three regions in $var/ (1 GiB each, 4 KiB blocks)"
+  "$bin/crucible-dsc" create --dir "$var" --count 3 || exit 1
+fi
+mkdir -p "$mnt"
+
+dsc_pid="" fuse_pid=""
+cleanup() {
+  trap - INT TERM EXIT
+  # The volume first, so its final flush reaches the downstairs; then the downstairs.
+  if [[ -n $fuse_pid ]] && kill -0 "$fuse_pid" 2>/dev/null; then
+    if losetup -j "$PWD/$mnt/disk.img" 2>/dev/null | grep -q .; then
+      echo "make run: a loop device still uses $mnt/disk.img; it will see IO errors:" >&2
+      losetup -j "$PWD/$mnt/disk.img" >&2
+    fi
+    kill -TERM "$fuse_pid" 2>/dev/null
+    wait "$fuse_pid" 2>/dev/null
+  fi
+  if [[ -n $dsc_pid ]] && kill -0 "$dsc_pid" 2>/dev/null; then
+    kill -TERM "$dsc_pid" 2>/dev/null
+    wait "$dsc_pid" 2>/dev/null
+  fi
+  echo "make run: stopped; the data stays in $var/ (run again to remount it)"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Own sessions: Ctrl-C reaches this script only, which stops them in the right order.
+setsid "$bin/crucible-dsc" start --dir "$var" --port-base 3810 &
+dsc_pid=$!
+setsid "$bin/crucible-fuse" -c "$config" "$mnt" --foreground 2> >(sed -u 's/^/[fuse] /' >&2) &
+fuse_pid=$!
+
+cat <<INFO
+make run: mounting $mnt/disk.img (replicas on 127.0.0.1:3810, :3820, :3830).
+  In another shell, once it says "ready":
+    dev=\$(losetup -f --show $mnt/disk.img)
+    mkfs.ext4 \$dev && mkdir -p /tmp/vol && mount \$dev /tmp/vol
+    cp -r /usr/share/doc /tmp/vol/ && umount /tmp/vol && losetup -d \$dev
+  Watch it:           build/bin/crucible-fuse status -c $config
+  Kill a replica:     build/bin/crucible-dsc kill-random --dir $var   (start it: crucible-dsc start N --dir $var)
+  Ctrl-C here unmounts and stops everything.
+INFO
+wait "$fuse_pid"
+rc=$?
+fuse_pid=""
+[[ $rc -eq 0 ]] || echo "make run: crucible-fuse exited with status $rc" >&2
+exit "$rc"

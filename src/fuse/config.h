@@ -1,0 +1,41 @@
+// crucible-fuse's configuration: a YAML file (etc/crucible.yaml is the example), checked
+// completely before anything starts. Every key is documented in docs/configuration.md.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "common/ids.h"
+#include "common/result.h"
+#include "upstairs/block_crypto.h"
+#include "upstairs/upstairs.h"
+
+namespace cru::fuse {
+
+struct Config {
+  // volume:
+  std::array<std::string, kClientCount> targets;
+  std::optional<Generation> generation;  // nullopt: auto
+  bool read_only = false;
+  std::optional<upstairs::Key> key;  // volume.key: encryption key, base64 (32 bytes)
+  std::chrono::milliseconds activate_timeout{30'000};
+  upstairs::Limits limits;  // flush_timeout_ms and limits.* land here
+  // mount:
+  std::string mount_path;
+  bool allow_other = false;
+  // log:
+  std::string log_level = "info";
+  std::string log_file;  // empty: stderr in the foreground, <mount path>.log when daemonized
+  // control:
+  std::string control_socket;  // empty: <mount path>.sock
+};
+
+// Parses YAML text; errors read "FILE: KEY: reason" (FILE is `source`).
+Result<Config> parse_config(std::string_view yaml, std::string_view source);
+// Reads and parses a file; a missing or unreadable file is an error naming it.
+Result<Config> load_config(const std::string& path);
+
+}  // namespace cru::fuse

@@ -1,0 +1,311 @@
+#define FUSE_USE_VERSION 312
+#include "fuse/fuse_server.h"
+
+#include <fcntl.h>
+#include <fuse3/fuse_lowlevel.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <string_view>
+
+#include "common/assert.h"
+#include "common/log.h"
+#include "common/units.h"
+
+namespace cru::fuse {
+
+namespace {
+
+constexpr fuse_ino_t kRootIno = FUSE_ROOT_ID;
+constexpr fuse_ino_t kDiskIno = 2;
+constexpr std::string_view kDiskName = "disk.img";
+// The largest read or write the kernel sends us (DESIGN.md: 1 MiB, one upstairs job).
+constexpr unsigned kMaxRequestBytes = 1 * kMiB;
+// Worker threads: a read-modify-write or a discard blocks one, so keep several.
+constexpr unsigned kMaxWorkerThreads = 16;
+constexpr unsigned kIdleWorkerThreads = 4;
+// The file and directory never change shape; the kernel may cache attributes for long.
+constexpr double kAttrTimeoutS = 3600.0;
+// IO errors are logged, but a failed volume fails every request: log the first ones
+// and then one in this many.
+constexpr uint64_t kErrorLogEvery = 1000;
+
+int to_errno(const Error& e) {
+  switch (e.code) {
+    case ErrorCode::kOffsetInvalid: return ENOSPC;
+    case ErrorCode::kReadOnly: return EROFS;
+    case ErrorCode::kInvalidArgument: return EINVAL;
+    default: return EIO;
+  }
+}
+
+}  // namespace
+
+struct FuseServer::Impl {
+  static FuseServer& self(fuse_req_t req) { return *static_cast<FuseServer*>(fuse_req_userdata(req)); }
+
+  static std::atomic<uint64_t>& error_count() {
+    static std::atomic<uint64_t> n{0};
+    return n;
+  }
+
+  static int fail_errno(const char* op, const Error& e) {
+    uint64_t n = error_count().fetch_add(1, std::memory_order_relaxed);
+    if (n < 10 || n % kErrorLogEvery == 0) log::warn("{} failed: {} ({} IO errors so far)", op, e.message, n + 1);
+    return to_errno(e);
+  }
+
+  static struct stat attr(const FuseServer& s, fuse_ino_t ino) {
+    struct stat st {};
+    st.st_ino = ino;
+    st.st_uid = ::getuid();
+    st.st_gid = ::getgid();
+    st.st_atim = st.st_mtim = st.st_ctim = s.mounted_at_;
+    if (ino == kRootIno) {
+      st.st_mode = S_IFDIR | 0755;
+      st.st_nlink = 2;
+    } else {
+      st.st_mode = S_IFREG | (s.options_.read_only ? 0444 : 0644);
+      st.st_nlink = 1;
+      st.st_size = static_cast<off_t>(s.disk_.size_bytes());
+      st.st_blocks = static_cast<blkcnt_t>(s.disk_.size_bytes() / 512);
+      st.st_blksize = s.disk_.block_size();
+    }
+    return st;
+  }
+
+  static void init(void* userdata, fuse_conn_info* conn) {
+    auto& s = *static_cast<FuseServer*>(userdata);
+    // No writeback cache: a write returns only once the volume accepted it.
+    conn->want &= ~static_cast<unsigned>(FUSE_CAP_WRITEBACK_CACHE);
+    if (conn->capable & FUSE_CAP_ASYNC_DIO) conn->want |= FUSE_CAP_ASYNC_DIO;
+    if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+    conn->max_write = kMaxRequestBytes;
+    conn->max_readahead = kMaxRequestBytes;
+    log::info("FUSE session started: max request {} (kernel protocol {}.{})", format_size(conn->max_write),
+              conn->proto_major, conn->proto_minor);
+    static_cast<void>(s);
+  }
+
+  static void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    if (parent != kRootIno || kDiskName != name) return static_cast<void>(fuse_reply_err(req, ENOENT));
+    fuse_entry_param e{};
+    e.ino = kDiskIno;
+    e.attr = attr(self(req), kDiskIno);
+    e.attr_timeout = e.entry_timeout = kAttrTimeoutS;
+    fuse_reply_entry(req, &e);
+  }
+
+  static void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
+    if (ino != kRootIno && ino != kDiskIno) return static_cast<void>(fuse_reply_err(req, ENOENT));
+    struct stat st = attr(self(req), ino);
+    fuse_reply_attr(req, &st, kAttrTimeoutS);
+  }
+
+  static void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* to, int to_set, fuse_file_info*) {
+    FuseServer& s = self(req);
+    if (ino != kDiskIno) return static_cast<void>(fuse_reply_err(req, EPERM));
+    if ((to_set & FUSE_SET_ATTR_SIZE) && static_cast<uint64_t>(to->st_size) != s.disk_.size_bytes()) {
+      log::warn("refused to resize disk.img from {} to {} bytes: the volume's size is fixed", s.disk_.size_bytes(),
+                to->st_size);
+      return static_cast<void>(fuse_reply_err(req, EPERM));
+    }
+    if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
+      return static_cast<void>(fuse_reply_err(req, EPERM));
+    // Timestamps (touch) are accepted and not kept: they carry no meaning for a volume.
+    struct stat st = attr(s, ino);
+    fuse_reply_attr(req, &st, kAttrTimeoutS);
+  }
+
+  static void readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
+    if (ino != kRootIno) return static_cast<void>(fuse_reply_err(req, ENOTDIR));
+    char buf[512];
+    size_t used = 0;
+    struct Entry {
+      const char* name;
+      fuse_ino_t ino;
+      mode_t mode;
+    };
+    const Entry entries[] = {{".", kRootIno, S_IFDIR}, {"..", kRootIno, S_IFDIR}, {kDiskName.data(), kDiskIno, S_IFREG}};
+    for (off_t i = off; i < static_cast<off_t>(std::size(entries)); ++i) {
+      struct stat st {};
+      st.st_ino = entries[i].ino;
+      st.st_mode = entries[i].mode;
+      size_t n = fuse_add_direntry(req, buf + used, std::min(size, sizeof buf) - used, entries[i].name, &st, i + 1);
+      if (used + n > std::min(size, sizeof buf)) break;
+      used += n;
+    }
+    fuse_reply_buf(req, buf, used);
+  }
+
+  static void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    FuseServer& s = self(req);
+    if (ino == kRootIno) return static_cast<void>(fuse_reply_err(req, EISDIR));
+    if (ino != kDiskIno) return static_cast<void>(fuse_reply_err(req, ENOENT));
+    if (s.options_.read_only && (fi->flags & O_ACCMODE) != O_RDONLY) return static_cast<void>(fuse_reply_err(req, EROFS));
+    fi->direct_io = 1;
+    fi->keep_cache = 0;
+    fuse_reply_open(req, fi);
+  }
+
+  static void read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*) {
+    if (off < 0) return static_cast<void>(fuse_reply_err(req, EINVAL));
+    self(req).disk_.read(static_cast<uint64_t>(off), size, [req](Result<Bytes> r) {
+      if (!r) return static_cast<void>(fuse_reply_err(req, fail_errno("read", r.error())));
+      fuse_reply_buf(req, reinterpret_cast<const char*>(r->data()), r->size());
+    });
+  }
+
+  static void write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off, fuse_file_info*) {
+    FuseServer& s = self(req);
+    if (s.options_.read_only) return static_cast<void>(fuse_reply_err(req, EROFS));
+    if (off < 0) return static_cast<void>(fuse_reply_err(req, EINVAL));
+    s.disk_.write(static_cast<uint64_t>(off), std::as_bytes(std::span(buf, size)), [req, size](Status st) {
+      if (!st) return static_cast<void>(fuse_reply_err(req, fail_errno("write", st.error())));
+      fuse_reply_write(req, size);
+    });
+  }
+
+  static void reply_flush(fuse_req_t req, const char* op, Status st) {
+    fuse_reply_err(req, st ? 0 : fail_errno(op, st.error()));
+  }
+
+  // close(): flush only if something was written, so readers' closes cost nothing.
+  static void flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
+    FuseServer& s = self(req);
+    if (!s.disk_.dirty()) return static_cast<void>(fuse_reply_err(req, 0));
+    s.disk_.flush([req](Status st) { reply_flush(req, "flush on close", st); });
+  }
+
+  static void fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+    self(req).disk_.flush([req](Status st) { reply_flush(req, "fsync", st); });
+  }
+
+  static void fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len, fuse_file_info*) {
+    FuseServer& s = self(req);
+    if (off < 0 || len <= 0) return static_cast<void>(fuse_reply_err(req, EINVAL));
+    if (s.options_.read_only) return static_cast<void>(fuse_reply_err(req, EROFS));
+    const uint64_t size = s.disk_.size_bytes(), start = static_cast<uint64_t>(off);
+    const uint64_t end = start + static_cast<uint64_t>(len) < start ? UINT64_MAX : start + static_cast<uint64_t>(len);
+    if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE) {
+      // Preallocation: every block of the volume exists already; growing is refused.
+      return static_cast<void>(fuse_reply_err(req, end <= size || (mode & FALLOC_FL_KEEP_SIZE) ? 0 : ENOSPC));
+    }
+    const bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+    const bool zero = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
+    if (!punch && !zero) return static_cast<void>(fuse_reply_err(req, EOPNOTSUPP));
+    if (zero && !(mode & FALLOC_FL_KEEP_SIZE) && end > size) return static_cast<void>(fuse_reply_err(req, ENOSPC));
+    // Past the end there is nothing to zero (as for a regular file's hole punch).
+    const uint64_t clipped_end = std::min(end, size);
+    Status st = start < clipped_end ? s.disk_.zero_range(start, clipped_end - start) : Status{};
+    fuse_reply_err(req, st ? 0 : fail_errno("fallocate", st.error()));
+  }
+
+  static void statfs(fuse_req_t req, fuse_ino_t) {
+    FuseServer& s = self(req);
+    struct statvfs sv {};
+    sv.f_bsize = sv.f_frsize = s.disk_.block_size();
+    sv.f_blocks = s.disk_.size_bytes() / s.disk_.block_size();
+    sv.f_files = 2;
+    sv.f_namemax = 255;
+    fuse_reply_statfs(req, &sv);
+  }
+
+  // The directory's contents are fixed.
+  static void refuse_entry(fuse_req_t req) { fuse_reply_err(req, EPERM); }
+  static void mknod(fuse_req_t req, fuse_ino_t, const char*, mode_t, dev_t) { refuse_entry(req); }
+  static void mkdir(fuse_req_t req, fuse_ino_t, const char*, mode_t) { refuse_entry(req); }
+  static void unlink(fuse_req_t req, fuse_ino_t, const char*) { refuse_entry(req); }
+  static void rmdir(fuse_req_t req, fuse_ino_t, const char*) { refuse_entry(req); }
+  static void symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { refuse_entry(req); }
+  static void rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) { refuse_entry(req); }
+  static void link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { refuse_entry(req); }
+  static void create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) { refuse_entry(req); }
+
+  static fuse_lowlevel_ops ops() {
+    fuse_lowlevel_ops o{};
+    o.init = init;
+    o.lookup = lookup;
+    o.getattr = getattr;
+    o.setattr = setattr;
+    o.readdir = readdir;
+    o.open = open;
+    o.read = read;
+    o.write = write;
+    o.flush = flush;
+    o.fsync = fsync;
+    o.fallocate = fallocate;
+    o.statfs = statfs;
+    o.mknod = mknod;
+    o.mkdir = mkdir;
+    o.unlink = unlink;
+    o.rmdir = rmdir;
+    o.symlink = symlink;
+    o.rename = rename;
+    o.link = link;
+    o.create = create;
+    return o;
+  }
+};
+
+FuseServer::FuseServer(Disk& disk, MountOptions options) : disk_(disk), options_(std::move(options)) {
+  ::clock_gettime(CLOCK_REALTIME, &mounted_at_);
+}
+
+FuseServer::~FuseServer() {
+  if (session_ == nullptr) return;
+  if (handlers_) fuse_remove_signal_handlers(session_);
+  if (mounted_) fuse_session_unmount(session_);
+  fuse_session_destroy(session_);
+}
+
+Status FuseServer::mount() {
+  CRU_ASSERT(session_ == nullptr);
+  struct stat st {};
+  if (::stat(options_.mountpoint.c_str(), &st) != 0)
+    return fail(ErrorCode::kNotFound, fmt::format("mount point {}: {}", options_.mountpoint, std::strerror(errno)));
+  if (!S_ISDIR(st.st_mode))
+    return fail(ErrorCode::kInvalidArgument, fmt::format("mount point {} is not a directory", options_.mountpoint));
+  std::string opts = "fsname=crucible,subtype=crucible,default_permissions";
+  if (options_.allow_other) opts += ",allow_other";
+  if (options_.read_only) opts += ",ro";
+  const char* argv[] = {"crucible-fuse", "-o", opts.c_str()};
+  fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
+  fuse_lowlevel_ops o = Impl::ops();
+  session_ = fuse_session_new(&args, &o, sizeof o, this);
+  if (session_ == nullptr) return fail(ErrorCode::kIo, "could not create the FUSE session (see the message above)");
+  // Before mounting: from here on SIGINT/SIGTERM/SIGHUP end the session cleanly, never
+  // kill the process with the mount left behind.
+  if (fuse_set_signal_handlers(session_) != 0) return fail(ErrorCode::kIo, "could not install signal handlers");
+  handlers_ = true;
+  if (fuse_session_mount(session_, options_.mountpoint.c_str()) != 0)
+    return fail(ErrorCode::kIo, fmt::format("could not mount {} (is /dev/fuse there, is it already mounted?)",
+                                            options_.mountpoint));
+  mounted_ = true;
+  return {};
+}
+
+Status FuseServer::run() {
+  CRU_ASSERT(mounted_);
+  fuse_loop_config* cfg = fuse_loop_cfg_create();
+  fuse_loop_cfg_set_max_threads(cfg, kMaxWorkerThreads);
+  fuse_loop_cfg_set_idle_threads(cfg, kIdleWorkerThreads);
+  int rc = fuse_session_loop_mt(session_, cfg);
+  fuse_loop_cfg_destroy(cfg);
+  // Default handlers again: a second signal during the final flush kills the process.
+  fuse_remove_signal_handlers(session_);
+  handlers_ = false;
+  fuse_session_unmount(session_);
+  mounted_ = false;
+  // rc > 0 is the signal that ended the loop: a normal stop.
+  if (rc < 0) return fail(ErrorCode::kIo, fmt::format("the FUSE loop failed: {}", std::strerror(-rc)));
+  return {};
+}
+
+}  // namespace cru::fuse

@@ -1,0 +1,48 @@
+// The FUSE side of crucible-fuse: a directory holding one regular file, disk.img, served
+// with libfuse3's low-level API by several worker threads. Requests go to the Disk and
+// are answered asynchronously from the volume's io thread. Every open is direct IO (no
+// page cache in this daemon's kernel mount): the filesystem or loop device above has its
+// own cache, and a fenced or failed volume must fail reads too, not serve stale pages.
+#pragma once
+
+#include <ctime>
+#include <string>
+
+#include "common/result.h"
+#include "fuse/disk.h"
+
+struct fuse_session;
+
+namespace cru::fuse {
+
+struct MountOptions {
+  std::string mountpoint;
+  bool allow_other = false;
+  bool read_only = false;
+};
+
+class FuseServer {
+ public:
+  FuseServer(Disk& disk, MountOptions options);
+  ~FuseServer();  // unmounts if still mounted
+  FuseServer(const FuseServer&) = delete;
+  FuseServer& operator=(const FuseServer&) = delete;
+
+  // Mounts; the error names the mountpoint and the reason.
+  Status mount();
+  // Serves until unmounted or SIGINT/SIGTERM/SIGHUP (which end it); then unmounts.
+  // Other threads of the process must block those signals (thread_signals.h).
+  Status run();
+
+  struct Impl;
+
+ private:
+  Disk& disk_;
+  MountOptions options_;
+  fuse_session* session_ = nullptr;
+  bool mounted_ = false;
+  bool handlers_ = false;
+  timespec mounted_at_{};
+};
+
+}  // namespace cru::fuse

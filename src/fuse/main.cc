@@ -1,0 +1,313 @@
+// crucible-fuse: mounts the replicated volume as MOUNTPOINT/disk.img.
+//   crucible-fuse -c etc/crucible.yaml [MOUNTPOINT] [-f] [--read-only] [--generation N|auto]
+//   crucible-fuse status  [-c CONFIG | --socket PATH] [--json]
+//   crucible-fuse replace OLD NEW [-c CONFIG | --socket PATH]
+#include <fcntl.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "common/log.h"
+#include "common/units.h"
+#include "fuse/config.h"
+#include "fuse/control.h"
+#include "fuse/disk.h"
+#include "fuse/fuse_server.h"
+#include "fuse/status.h"
+#include "upstairs/volume.h"
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+
+namespace {
+
+using namespace cru;
+using Ms = std::chrono::milliseconds;
+
+// The final flush and deactivation get this long before the process gives up on them.
+constexpr Ms kDeactivateTimeout{60'000};
+
+struct Args {
+  std::string config;
+  std::string mountpoint;
+  bool foreground = false;
+  bool read_only = false;
+  std::string generation;
+  std::string log_level;
+  std::string socket;
+  bool json = false;
+  std::string old_target, new_target;
+};
+
+// Tells the shell that started us how the start went: directly in the foreground; through
+// a pipe to the waiting parent when daemonized, so errors still reach the terminal.
+class Starter {
+ public:
+  // Forks unless foreground. Returns in the child (or the only process); the parent
+  // exits with the child's verdict.
+  explicit Starter(bool foreground) {
+    if (foreground) return;
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+    pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid > 0) {
+      ::close(fds[1]);
+      std::string msg;
+      char buf[512];
+      ssize_t n;
+      while ((n = ::read(fds[0], buf, sizeof buf)) > 0) msg.append(buf, static_cast<size_t>(n));
+      // "ok ..." or an error; nothing at all means the child died before reporting.
+      if (msg.rfind("ok ", 0) == 0) {
+        std::cout << msg.substr(3) << std::flush;
+        ::_exit(0);
+      }
+      std::cerr << (msg.empty() ? "crucible-fuse: the daemon exited before mounting\n" : msg) << std::flush;
+      ::_exit(1);
+    }
+    ::close(fds[0]);
+    fd_ = fds[1];
+    ::setsid();
+  }
+
+  bool daemon() const { return fd_ >= 0; }
+
+  void ok(const std::string& msg) {
+    if (!daemon()) {
+      std::cout << msg << std::flush;
+      return;
+    }
+    send("ok " + msg);
+    // Detach from the terminal: the parent is gone, logs go to the log sink.
+    int null = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+      ::dup2(null, 0);
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      ::close(null);
+    }
+    ::chdir("/");
+  }
+
+  void failed(const std::string& msg) {
+    if (daemon()) send("crucible-fuse: " + msg + "\n");
+    else std::cerr << "crucible-fuse: " << msg << "\n";
+  }
+
+ private:
+  void send(const std::string& s) {
+    if (::write(fd_, s.data(), s.size()) < 0) { /* the parent is gone: nothing to tell */ }
+    ::close(fd_);
+    fd_ = -1;
+  }
+  int fd_ = -1;
+};
+
+std::string absolute(const std::string& p) { return p.empty() ? p : std::filesystem::absolute(p).lexically_normal().string(); }
+
+void init_logging(const fuse::Config& c) {
+  if (!c.log_file.empty()) {
+    spdlog::set_default_logger(spdlog::basic_logger_mt("fuse", c.log_file));
+    spdlog::flush_every(std::chrono::seconds(1));
+  } else {
+    log::init("fuse");
+  }
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%L%$ [%n] %v");
+  log::set_level(c.log_level);
+}
+
+// Command-line flags override the file.
+Result<fuse::Config> configure(const Args& a) {
+  auto c = fuse::load_config(a.config);
+  if (!c) return c;
+  if (!a.mountpoint.empty()) c->mount_path = a.mountpoint;
+  if (a.read_only) c->read_only = true;
+  if (!a.generation.empty()) {
+    if (a.generation == "auto") {
+      c->generation.reset();
+    } else {
+      uint64_t g = 0;
+      auto [end, ec] = std::from_chars(a.generation.data(), a.generation.data() + a.generation.size(), g);
+      if (ec != std::errc{} || end != a.generation.data() + a.generation.size() || g == 0)
+        return fail(ErrorCode::kInvalidArgument, fmt::format("--generation: '{}' is not auto or a number >= 1", a.generation));
+      c->generation = Generation{g};
+    }
+  }
+  if (!a.log_level.empty()) {
+    if (!log::valid_level(a.log_level))
+      return fail(ErrorCode::kInvalidArgument, fmt::format("--log-level: '{}' is not a log level", a.log_level));
+    c->log_level = a.log_level;
+  }
+  if (c->mount_path.empty())
+    return fail(ErrorCode::kInvalidArgument, fmt::format("no mount point: give MOUNTPOINT or set mount.path in {}", a.config));
+  c->mount_path = absolute(c->mount_path);
+  if (!std::filesystem::is_directory(c->mount_path))
+    return fail(ErrorCode::kNotFound, fmt::format("mount point {} is not an existing directory", c->mount_path));
+  // A daemon has no stderr: its log goes next to the mount point unless configured.
+  if (c->log_file.empty() && !a.foreground) c->log_file = c->mount_path + ".log";
+  c->log_file = absolute(c->log_file);
+  c->control_socket = absolute(c->control_socket.empty() ? c->mount_path + ".sock" : c->control_socket);
+  return c;
+}
+
+std::string control_reply(upstairs::Volume& v, const std::string& line) {
+  std::istringstream in(line);
+  std::string cmd, a, b, extra;
+  in >> cmd >> a >> b >> extra;
+  if (cmd == "status" && a.empty()) return fuse::status_json(v.snapshot()).dump();
+  if (cmd == "replace" && !b.empty() && extra.empty()) {
+    log::info("control: replace {} with {}", a, b);
+    Status s = v.replace_sync(a, b);
+    return s ? "ok: replacing " + a + " with " + b + "; live repair follows (watch `crucible-fuse status`)"
+             : "error: " + s.error().message;
+  }
+  return "error: unknown request '" + line.substr(0, 80) + "' (expected: status | replace OLD NEW)";
+}
+
+int mount_volume(const Args& a) {
+  auto cfg = configure(a);
+  if (!cfg) {
+    std::cerr << "crucible-fuse: " << cfg.error().message << "\n";
+    return 2;
+  }
+  const fuse::Config& c = *cfg;
+  Starter starter(a.foreground);
+  init_logging(c);
+  // Memory reclaim may wait on writeback through us (a loop device on disk.img): as an IO
+  // flusher our own allocations do not recurse into that writeback.
+  if (::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0)
+    log::warn("PR_SET_IO_FLUSHER failed ({}): under memory pressure a loop device on disk.img may stall",
+              std::strerror(errno));
+
+  upstairs::VolumeOptions vo;
+  vo.targets = c.targets;
+  vo.read_only = c.read_only;
+  vo.key = c.key;
+  vo.limits = c.limits;
+  upstairs::Volume volume(vo);
+  log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1], c.targets[2],
+            c.generation ? std::to_string(c.generation->value) : "auto");
+  if (Status s = volume.activate(c.generation, c.activate_timeout); !s) {
+    starter.failed("activation failed: " + s.error().message);
+    return 1;
+  }
+  fuse::Disk disk(volume);
+  fuse::FuseServer server(disk, fuse::MountOptions{c.mount_path, c.allow_other, c.read_only});
+  if (Status s = server.mount(); !s) {
+    starter.failed(s.error().message);
+    static_cast<void>(volume.deactivate(kDeactivateTimeout));
+    return 1;
+  }
+  fuse::ControlServer control;
+  if (Status s = control.start(c.control_socket, [&](const std::string& l) { return control_reply(volume, l); }); !s)
+    log::warn("no control socket: {}", s.error().message);
+  auto snap = volume.snapshot();
+  std::string ready = fmt::format(
+      "crucible-fuse: {}/disk.img is ready: {} in {}-byte blocks, generation {}{}\n"
+      "  replicas: {}, {}, {}\n  status:   crucible-fuse status --socket {}\n{}",
+      c.mount_path, format_size(disk.size_bytes()), disk.block_size(), snap.generation.value,
+      c.read_only ? ", read-only" : "", c.targets[0], c.targets[1], c.targets[2], c.control_socket,
+      c.log_file.empty() ? "" : fmt::format("  log:      {}\n", c.log_file));
+  log::info("mounted {}/disk.img", c.mount_path);
+  starter.ok(ready);
+
+  Status served = server.run();
+  log::info("unmounted {}; final flush", c.mount_path);
+  control.stop();
+  Status done = volume.deactivate(kDeactivateTimeout);
+  if (!served) log::error("{}", served.error().message);
+  if (!done) log::error("final flush failed: {}", done.error().message);
+  else log::info("volume flushed and deactivated");
+  spdlog::shutdown();
+  return served && done ? 0 : 1;
+}
+
+std::string socket_path(const Args& a) {
+  if (!a.socket.empty()) return a.socket;
+  auto c = fuse::load_config(a.config);
+  if (!c) throw std::runtime_error(c.error().message);
+  std::string mount = absolute(a.mountpoint.empty() ? c->mount_path : a.mountpoint);
+  return absolute(c->control_socket.empty() ? mount + ".sock" : c->control_socket);
+}
+
+int control_command(const Args& a, const std::string& request, bool status) {
+  std::string path;
+  try {
+    path = socket_path(a);
+  } catch (const std::exception& e) {
+    std::cerr << "crucible-fuse: " << e.what() << "\n";
+    return 2;
+  }
+  auto reply = fuse::control_request(path, request);
+  if (!reply) {
+    std::cerr << "crucible-fuse: " << reply.error().message << "\n";
+    return 1;
+  }
+  if (reply->rfind("error:", 0) == 0) {
+    std::cerr << "crucible-fuse: " << *reply;
+    return 1;
+  }
+  if (status && !a.json) {
+    auto j = nlohmann::json::parse(*reply, nullptr, false);
+    if (j.is_discarded()) {
+      std::cerr << "crucible-fuse: the status reply is not JSON\n";
+      return 1;
+    }
+    std::cout << fuse::format_status(j);
+  } else {
+    std::cout << *reply;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  CLI::App app{"crucible-fuse: mounts a volume replicated on three crucible-downstairs as MOUNTPOINT/disk.img"};
+  app.add_option("-c,--config", a.config, "YAML configuration (see etc/crucible.yaml)")->required();
+  app.add_option("mountpoint", a.mountpoint, "directory to mount on (default: mount.path from the config)");
+  app.add_flag("-f,--foreground", a.foreground, "stay in the foreground and log to stderr");
+  app.add_flag("--read-only", a.read_only, "mount read-only (overrides volume.read_only)");
+  app.add_option("--generation", a.generation, "auto or a number (overrides volume.generation)");
+  app.add_option("--log-level", a.log_level, "trace, debug, info, warn, error (overrides log.level)");
+  auto* status = app.add_subcommand("status", "show the running volume's state, replicas and repair progress");
+  status->add_option("-c,--config", a.config, "the mount's YAML configuration (finds its control socket)");
+  status->add_option("--socket", a.socket, "control socket (default: from the config)");
+  status->add_flag("--json", a.json, "print the raw JSON");
+  auto* replace = app.add_subcommand("replace", "replace downstairs OLD by NEW (host:port); NEW is live-repaired");
+  replace->add_option("old", a.old_target, "the target to replace")->required();
+  replace->add_option("new", a.new_target, "its replacement")->required();
+  replace->add_option("-c,--config", a.config, "the mount's YAML configuration (finds its control socket)");
+  replace->add_option("--socket", a.socket, "control socket (default: from the config)");
+  app.require_subcommand(0, 1);
+  // `status` and `replace` find the socket from -c, so -c stays required for them too
+  // unless --socket is given.
+  app.get_option("--config")->required(false);
+  CLI11_PARSE(app, argc, argv);
+  if (a.config.empty() && a.socket.empty()) {
+    std::cerr << "crucible-fuse: --config is required (see --help)\n";
+    return 2;
+  }
+  if (*status) return control_command(a, "status", true);
+  if (*replace) return control_command(a, "replace " + a.old_target + " " + a.new_target, false);
+  if (a.config.empty()) {
+    std::cerr << "crucible-fuse: --config is required to mount\n";
+    return 2;
+  }
+  try {
+    return mount_volume(a);
+  } catch (const std::exception& e) {
+    std::cerr << "crucible-fuse: " << e.what() << "\n";
+    return 1;
+  }
+}
