@@ -24,7 +24,7 @@ if [[ ! -e $var/0/region.json ]]; then
 fi
 mkdir -p "$mnt"
 
-dsc_pid="" fuse_pid=""
+dsc_pid="" fuse_pid="" fuse_rc=0
 cleanup() {
   trap - INT TERM EXIT
   # The volume first, so its final flush reaches the downstairs; then the downstairs.
@@ -35,6 +35,8 @@ cleanup() {
     fi
     kill -TERM "$fuse_pid" 2>/dev/null
     wait "$fuse_pid" 2>/dev/null
+    fuse_rc=$?
+    ((fuse_rc == 0)) || echo "make run: crucible-fuse's final flush or unmount failed (status $fuse_rc)" >&2
   fi
   if [[ -n $dsc_pid ]] && kill -0 "$dsc_pid" 2>/dev/null; then
     kill -TERM "$dsc_pid" 2>/dev/null
@@ -43,12 +45,13 @@ cleanup() {
   echo "make run: stopped; the data stays in $var/ (run again to remount it)"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C is the normal way to stop: exit 0 if everything stopped cleanly.
+trap 'cleanup; exit $fuse_rc' INT TERM
 
 # Own sessions: Ctrl-C reaches this script only, which stops them in the right order.
 setsid "$bin/crucible-dsc" start --dir "$var" --port-base 3810 &
 dsc_pid=$!
-setsid "$bin/crucible-fuse" -c "$config" "$mnt" --foreground 2> >(sed -u 's/^/[fuse] /' >&2) &
+setsid "$bin/crucible-fuse" -c "$config" "$mnt" --foreground &
 fuse_pid=$!
 
 cat <<INFO

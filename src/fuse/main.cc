@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -180,6 +181,8 @@ int mount_volume(const Args& a) {
     return 2;
   }
   const fuse::Config& c = *cfg;
+  // A closed stderr or control client must not kill us in the middle of a final flush.
+  ::signal(SIGPIPE, SIG_IGN);
   Starter starter(a.foreground);
   init_logging(c);
   // Memory reclaim may wait on writeback through us (a loop device on disk.img): as an IO
