@@ -308,16 +308,24 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
     log::warn("injected {} error for job {}", what, id);
     return WireStatus{ErrorCode::kInjected, fmt::format("injected {} error", what)};
   };
+  // A write, discard or flush that failed is answered but never counts as completed:
+  // jobs that depend on it (above all a later flush) must not run on this connection, or
+  // the flush would stamp the extent with a current flush number while it lacks the
+  // write, and repair (which compares flush numbers) would skip it: found by the
+  // simulator as a stale read after an EIO. The upstairs faults this downstairs on the
+  // error and drops the connection, taking the waiting jobs with it.
   if (auto w = std::get_if<Write>(&m)) {
     WireStatus st = inject(options_.faults.write_error)
                         ? injected("write")
                         : WireStatus::from(region_.write(w->start, w->block_size, w->contexts, w->data.span(), false));
     out.send(conn, Ack{id, st});
+    return st.is_ok();
   } else if (auto wu = std::get_if<WriteUnwritten>(&m)) {
     WireStatus st = inject(options_.faults.write_error)
                         ? injected("write")
                         : WireStatus::from(region_.write(wu->start, wu->block_size, wu->contexts, wu->data.span(), true));
     out.send(conn, Ack{id, st});
+    return st.is_ok();
   } else if (auto r = std::get_if<Read>(&m)) {
     ReadResponse resp{id, {}, region_.def().block_size, {}, {}};
     if (inject(options_.faults.read_error)) {
@@ -333,6 +341,7 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
     WireStatus st = inject(options_.faults.write_error) ? injected("discard")
                                                          : WireStatus::from(region_.discard(d->start, d->block_count));
     out.send(conn, Ack{id, st});
+    return st.is_ok();
   } else if (auto f = std::get_if<Flush>(&m)) {
     WireStatus st;
     if (inject(options_.faults.flush_error)) {
@@ -344,6 +353,7 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
     }
     if (f->snapshot) log::info("flush {} asks for snapshot '{}': snapshots are not supported here", id, *f->snapshot);
     out.send(conn, Ack{id, st});
+    return st.is_ok();
   } else if (std::holds_alternative<Barrier>(m)) {
     out.send(conn, Ack{id, WireStatus::ok()});
   } else if (auto lc = std::get_if<ExtentLiveClose>(&m)) {

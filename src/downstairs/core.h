@@ -153,7 +153,8 @@ class Core {
   bool ready(const Conn& c, const Job& job) const;
   // Runs every ready job of conn until none is left.
   void run_ready(Output& out, ConnectionId conn);
-  // Executes one job; false if it completes later (a fetch).
+  // Executes one job; false if it completes later (a fetch) or failed (a failed write,
+  // discard or flush never counts as completed, so nothing depending on it runs here).
   bool execute(Output& out, ConnectionId conn, Job& job);
   void complete(Conn& c, JobId id, bool resets);
   bool inject(double probability);

@@ -76,6 +76,8 @@ TimePoint Upstairs::next_deadline() const {
     }
     if (cl.mode == Mode::kOffline && cl.ds != Ds::kActive && state_ == State::kActive)
       d = std::min(d, cl.offline_since + config_.limits.offline_timeout);
+    if (cl.lagging_since)
+      d = std::min(d, std::max(cl.last_reply, *cl.lagging_since) + config_.limits.stall_timeout);
   }
   return d;
 }
@@ -158,19 +160,36 @@ Upstairs::Job& Upstairs::create_job(JobKind kind, JobId id, std::vector<JobId> d
 }
 
 std::vector<JobId> Upstairs::deps_for(ClientId c, const Job& job) const {
-  // A downstairs can only wait for jobs it was sent: drop the ones skipped for it and the
-  // retired ones (every downstairs completed them). Keep reserved live-repair ids: those
-  // jobs are created and sent later.
+  // A downstairs can only wait for jobs it was sent and has not answered: drop the ones
+  // skipped for it, the retired ones (every downstairs completed them) and the ones it
+  // already answered (it ran them before anything sent now). The last matters after a
+  // reconnect: the new connection starts with an empty completed set, so a dependency on
+  // a job done on the old one would never be met (found by the simulator: a live-repair
+  // close waited forever). Replay resends jobs in id order and marks each sent before the
+  // next is built, so replayed jobs still follow each other. Keep reserved live-repair
+  // ids: those jobs are created and sent later.
+  // A job skipped here (e.g. a read sent to another replica) is not simply dropped: its
+  // own dependencies stand in for it, or a write after a read would not follow the write
+  // before that read on the replicas without the read (the block map keeps only the
+  // frontier).
   std::vector<JobId> out;
-  out.reserve(job.deps.size());
-  for (JobId d : job.deps) {
+  std::vector<JobId> todo(job.deps.rbegin(), job.deps.rend());
+  std::set<JobId> seen;
+  while (!todo.empty()) {
+    JobId d = todo.back();
+    todo.pop_back();
+    if (!seen.insert(d).second) continue;
     auto it = jobs_.find(d);
     if (it == jobs_.end()) {
       if (reserved_.contains(d)) out.push_back(d);
       continue;
     }
-    if (it->second.io[c] != Io::kSkipped && it->second.io[c] != Io::kNone) out.push_back(d);
+    Io io = it->second.io[c];
+    if (io == Io::kSent || io == Io::kHeld) out.push_back(d);
+    else if (io == Io::kSkipped || io == Io::kNone) todo.insert(todo.end(), it->second.deps.rbegin(), it->second.deps.rend());
   }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
 }
 
@@ -560,6 +579,7 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
     return;
   }
   Job& job = it->second;
+  clients_[c].last_reply = now_;
   if (job.kind == JobKind::kRead) {
     auto* resp = reply ? std::get_if<ReadResponse>(reply) : nullptr;
     if (!resp) return lose_connection(c, fmt::format("protocol error: job {} is a read, the reply is not", id), true);
@@ -609,6 +629,8 @@ void Upstairs::on_read_reply(ClientId c, Job& job, const Status& status, ReadRes
   if (corrupt) {
     // Self-healing: the read is served from another replica; this one gets repaired.
     ++clients_[c].self_heals;
+    for (uint64_t b = job.range.start; b < job.range.end(); b += region_->extent_size - b % region_->extent_size)
+      clients_[c].suspect_extents.insert(extent_of(b));
     fault(c, "returned data that failed verification: " + s.error().message);
   }
 }
@@ -1156,6 +1178,11 @@ void Upstairs::repair_begin_extent() {
   r.reopen_id = r.repair_id.next();
   next_job_ = r.reopen_id.next();
   reserved_.insert(r.repair_id);  // created once the close completes
+  // Created once the repair completes on every downstairs: the source must keep the
+  // extent closed until every target has copied it, and on the source the repair job is
+  // a no-op that completes at once (found by the simulator: the source reopened the
+  // extent mid-copy and the copy failed, forever).
+  reserved_.insert(r.reopen_id);
   // The close follows every earlier job on the extent; every later one follows the reopen.
   std::vector<JobId> close_deps = deps_.add_blocking(r.close_id, range);
   deps_.add_blocking(r.reopen_id, range);
@@ -1165,17 +1192,10 @@ void Upstairs::repair_begin_extent() {
   close.flush_number = next_flush_;
   next_flush_ = next_flush_.next();
   close.acked = true;
-  Job& reopen = create_job(JobKind::kLiveReopen, r.reopen_id, {r.repair_id});
-  reopen.range = range;
-  reopen.extent = ExtentId{r.extent};
-  reopen.acked = true;
-  for (JobId id : {r.close_id, r.reopen_id}) {
-    Job& job = jobs_.at(id);
-    for (ClientId c : kAllClients) {
-      Io io = dispatch(c, job);
-      if (io == Io::kSent) send_job(c, job);
-      else set_io(job, c, io);
-    }
+  for (ClientId c : kAllClients) {
+    Io io = dispatch(c, close);
+    if (io == Io::kSent) send_job(c, close);
+    else set_io(close, c, io);
   }
   r.step = LiveRepair::Step::kClosing;
 }
@@ -1192,7 +1212,8 @@ void Upstairs::repair_progress() {
         if (!r.aborting && close.io[r.source] == Io::kDone) {
           const ExtentVersion& src = close.close_versions[r.source];
           for (ClientId t : r.targets)
-            if (close.io[t] == Io::kDone && (close.close_versions[t].dirty || close.close_versions[t] != src))
+            if (close.io[t] == Io::kDone && (close.close_versions[t].dirty || close.close_versions[t] != src ||
+                                             clients_[t].suspect_extents.contains(r.extent)))
               dests.push_back(t);
         }
         Job& repair = create_job(dests.empty() ? JobKind::kLiveNoOp : JobKind::kLiveRepair, r.repair_id, {r.close_id});
@@ -1216,10 +1237,23 @@ void Upstairs::repair_progress() {
         r.step = LiveRepair::Step::kRepairing;
         break;
       }
-      case LiveRepair::Step::kRepairing:
-        if (!complete_on_all(jobs_.at(r.repair_id))) return;
+      case LiveRepair::Step::kRepairing: {
+        Job& repair = jobs_.at(r.repair_id);
+        if (!complete_on_all(repair)) return;
+        for (ClientId t : repair.repair_dests)
+          if (repair.io[t] == Io::kDone) clients_[t].suspect_extents.erase(r.extent);
+        Job& reopen = create_job(JobKind::kLiveReopen, r.reopen_id, {r.repair_id});
+        reopen.range = repair.range;
+        reopen.extent = repair.extent;
+        reopen.acked = true;
+        for (ClientId c : kAllClients) {
+          Io io = dispatch(c, reopen);
+          if (io == Io::kSent) send_job(c, reopen);
+          else set_io(reopen, c, io);
+        }
         r.step = LiveRepair::Step::kReopening;
         break;
+      }
       case LiveRepair::Step::kReopening:
         if (!complete_on_all(jobs_.at(r.reopen_id))) return;
         ++r.extent;
@@ -1306,7 +1340,9 @@ void Upstairs::check_limits() {
       else if (!can_replay_) fault(c, "offline, and a barrier retired jobs it would need replayed");
       else if (now_ >= cl.offline_since + l.offline_timeout) fault(c, "offline too long");
       else if (state_ == State::kDeactivating) fault(c, "offline at deactivation");
-    } else if (cl.ds == Ds::kActive && over(cl)) {
+    } else if (cl.ds != Ds::kActive || !over(cl)) {
+      cl.lagging_since.reset();
+    } else {
       // Lagging far behind the others (stopped, or a slow disk): fault it so the guest
       // does not wait on it. Under heavy load all three legitimately hold a lot, so the
       // limit applies to how far it is behind the other two, and only while both of
@@ -1319,11 +1355,17 @@ void Upstairs::check_limits() {
         others_jobs = std::min<uint64_t>(others_jobs, clients_[o].jobs_in_flight);
         others_bytes = std::min<uint64_t>(others_bytes, clients_[o].bytes_in_flight);
       }
-      if (healthy < 2) continue;
       const uint64_t lag_jobs = cl.jobs_in_flight - std::min<uint64_t>(cl.jobs_in_flight, others_jobs);
       const uint64_t lag_bytes = cl.bytes_in_flight - std::min<uint64_t>(cl.bytes_in_flight, others_bytes);
-      if (lag_jobs > l.fault_jobs || lag_bytes > l.fault_bytes)
-        fault(c, fmt::format("{} jobs ({}) behind the others", lag_jobs, format_size(lag_bytes)));
+      if (healthy < 2 || (lag_jobs <= l.fault_jobs && lag_bytes <= l.fault_bytes)) {
+        cl.lagging_since.reset();
+        continue;
+      }
+      if (!cl.lagging_since) cl.lagging_since = now_;
+      if (now_ - std::max(cl.last_reply, *cl.lagging_since) >= l.stall_timeout)
+        fault(c, fmt::format("{} jobs ({}) behind the others and no reply for {} s", lag_jobs,
+                             format_size(lag_bytes),
+                             std::chrono::duration_cast<std::chrono::seconds>(now_ - cl.last_reply).count()));
     }
   }
 }

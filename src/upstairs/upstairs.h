@@ -42,6 +42,10 @@ struct Limits {
   // and later live-repaired. Below the admission limits so the guest never blocks on it.
   uint64_t fault_jobs = 1000;
   uint64_t fault_bytes = 50 * kMiB;
+  // An Active downstairs that far behind the others is faulted only once it has also
+  // answered no job for this long: a replica that is merely slower (a busy disk, a
+  // loaded host) slows the guest through admission instead of costing a live repair.
+  Duration stall_timeout = std::chrono::seconds(5);
   // Finished jobs kept for replay before a barrier lets them retire.
   uint64_t barrier_jobs = 10000;
   uint64_t barrier_bytes = 64 * kMiB;
@@ -247,6 +251,9 @@ class Upstairs {
     Mode mode = Mode::kNew;
     ConnId conn = 0;  // 0: none
     TimePoint last_heard{}, last_ping{}, next_connect{}, connect_started{}, offline_since{};
+    // Lag faults: the last reply to a job, and since when it has been too far behind.
+    TimePoint last_reply{};
+    std::optional<TimePoint> lagging_since;
     Duration backoff = std::chrono::milliseconds(100);
     Generation highest_generation;
     std::optional<Uuid> region_uuid;
@@ -256,6 +263,9 @@ class Upstairs {
     uint64_t jobs_finished = 0, bytes_finished = 0;    // done/skipped/error, not retired
     std::string last_error;
     uint64_t connects = 0, faults = 0, replays = 0, live_repairs = 0, self_heals = 0;
+    // Extents that returned data failing verification: live repair copies them even when
+    // their (generation, flush, dirty) match the source's.
+    std::set<uint32_t> suspect_extents;
   };
 
   struct Reconcile {

@@ -525,8 +525,10 @@ TEST(CoreJobs, IoErrorsComeBackInTheAckNotAsAClose) {
   limit.extent_limit = ExtentId{kExtents};
   EXPECT_EQ(only<Ack>(f.core->on_message(c, limit), c).status.code, ErrorCode::kInvalidExtent);
   EXPECT_EQ(f.core->connection_count(), 1u);
-  // A failed job still completes: a job depending on it runs.
-  EXPECT_EQ(acked(f.core->on_message(c, make_write(1005, ids({1004}), 0, 1, 1)), c), ids({1005}));
+  // A failed write or flush never completes: a job depending on it does not run (a later
+  // flush must not stamp an extent that lacks a failed write). Jobs without it still run.
+  EXPECT_TRUE(acked(f.core->on_message(c, make_write(1005, ids({1004}), 0, 1, 1)), c).empty());
+  EXPECT_EQ(acked(f.core->on_message(c, make_write(1006, ids({1003}), 0, 1, 1)), c), ids({1006}));
 }
 
 TEST(CoreJobs, MoreThanTheQueueLimitCloses) {

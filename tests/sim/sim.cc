@@ -1,0 +1,885 @@
+#include "sim/sim.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+
+#include "common/assert.h"
+#include "downstairs/core.h"
+#include "downstairs/extent.h"
+#include "downstairs/region.h"
+#include "proto/codec.h"
+#include "proto/integrity.h"
+#include "sim/model.h"
+#include "support/fault_fs.h"
+#include "upstairs/upstairs.h"
+
+namespace cru::sim {
+
+const char* fault_name(FaultKind kind) {
+  switch (kind) {
+    case FaultKind::kDisconnect: return "disconnect";
+    case FaultKind::kPartition: return "partition";
+    case FaultKind::kDelay: return "delay";
+    case FaultKind::kStall: return "stall";
+    case FaultKind::kCrash: return "crash";
+    case FaultKind::kStorageErrors: return "storage-errors";
+    case FaultKind::kBitFlip: return "bit-flip";
+    case FaultKind::kUpstairsCrash: return "upstairs-crash";
+    case FaultKind::kLoseForGood: return "lose-for-good";
+  }
+  return "?";
+}
+
+namespace {
+
+using namespace std::chrono_literals;
+using upstairs::ConnId;
+using upstairs::Duration;
+using upstairs::GuestId;
+using upstairs::TimePoint;
+using DsConn = downstairs::ConnectionId;
+
+// ---- named limits ------------------------------------------------------------------------
+
+// The smallest block size: the most blocks (and so the most overlap) per byte simulated.
+constexpr uint32_t kBlockSize = 512;
+// Guest calls outstanding at once: enough for writes, reads and flushes to overlap in the
+// upstairs and on the wire, few enough that a read usually meets a recent write.
+constexpr size_t kGuestInFlightMax = 8;
+// IOs of 1..8 blocks: small against extents of 16..64 blocks, so some cross an extent edge.
+constexpr uint64_t kIoBlocksMax = 8;
+// A run whose virtual clock passes this is hung (the longest fault plus repairs take a few
+// minutes of virtual time).
+constexpr Duration kVirtualTimeLimit = 30min;
+// Deliveries in one run: a livelock guard far above what a run needs (~10^5).
+constexpr uint64_t kDeliveryLimit = 5'000'000;
+// How often the harness looks at the upstairs' status while it waits for health.
+constexpr Duration kPollInterval = 50ms;
+
+// ---- the fake network --------------------------------------------------------------------
+
+struct Packet {
+  std::optional<proto::Message> message;  // nullopt: the sender closed the connection
+  std::string close_reason;
+  TimePoint at;  // not delivered before
+};
+
+// One TCP connection. Side a opened it (the upstairs, or a downstairs fetching an extent
+// from a repair source); side b is the downstairs that accepted it.
+struct Link {
+  bool from_upstairs = true;
+  ClientId client;
+  ConnId up_conn = 0;
+  int a_ds = -1;
+  uint64_t a_inc = 0;
+  DsConn a_conn;
+  int b_ds = -1;
+  uint64_t b_inc = 0;
+  DsConn b_conn;
+  std::deque<Packet> to_a, to_b;
+  bool a_open = true, b_open = true;
+};
+
+struct PendingConnect {
+  bool from_upstairs = true;
+  ClientId client;
+  ConnId up_conn = 0;
+  int a_ds = -1;
+  uint64_t a_inc = 0;
+  DsConn a_conn;
+  int target = -1;
+  TimePoint at;
+};
+
+struct Downstairs {
+  std::string dir;
+  std::unique_ptr<test::FaultFs> fs;
+  std::unique_ptr<downstairs::Region> region;
+  std::unique_ptr<downstairs::Core> core;
+  uint64_t incarnation = 0;
+  bool up = true;
+  bool gone = false;  // lost for good
+  TimePoint restart_at{}, stalled_until{}, partitioned_until{};
+  Duration extra_delay{0};
+  std::set<uint64_t> flipped;  // blocks whose stored data we corrupted
+  // Lossy mode (the core defers some ready jobs, so they complete out of order): when the
+  // deferred ones run.
+  bool lossy = false;
+  std::optional<TimePoint> tick_at;
+};
+
+enum class OpKind { kActivate, kRead, kWrite, kWriteUnwritten, kDiscard, kFlush };
+
+struct GuestCall {
+  OpKind kind;
+  uint64_t seq = 0;
+  uint64_t start = 0, count = 0;
+  uint64_t epoch = 0;  // disturbances seen when it was submitted
+  bool final_read = false;
+};
+
+enum class Phase { kActivating, kRunning, kDraining, kFinalFlush, kRetiring, kFinalRead, kDone };
+
+class Sim {
+ public:
+  explicit Sim(const SimOptions& o) : options_(o), rng_(o.seed) {}
+
+  SimResult run() {
+    setup();
+    while (result_.ok && phase_ != Phase::kDone) {
+      if (now_ - start_ > kVirtualTimeLimit) {
+        fail_run(fmt::format("hung: still in phase {} after {} s of virtual time; {}", static_cast<int>(phase_),
+                             std::chrono::duration_cast<std::chrono::seconds>(now_ - start_).count(), status_text()));
+        break;
+      }
+      if (result_.deliveries > kDeliveryLimit) {
+        fail_run("livelock: more than " + std::to_string(kDeliveryLimit) + " deliveries; " + status_text());
+        break;
+      }
+      step();
+    }
+    result_.virtual_time = std::chrono::duration_cast<std::chrono::milliseconds>(now_ - start_);
+    return result_;
+  }
+
+ private:
+  // ---- randomness ------------------------------------------------------------------------
+  uint64_t pick(uint64_t lo, uint64_t hi) { return lo + rng_() % (hi - lo + 1); }
+  bool chance(unsigned percent) { return rng_() % 100 < percent; }
+  Duration pick_ms(uint64_t lo, uint64_t hi) { return std::chrono::microseconds(pick(lo * 1000, hi * 1000)); }
+  Uuid random_uuid() {
+    Uuid u;
+    for (auto& b : u.bytes) b = static_cast<uint8_t>(rng_());
+    return u;
+  }
+
+  void fail_run(std::string why) {
+    if (!result_.ok) return;
+    result_.ok = false;
+    result_.failure = fmt::format("t={} ms: {}", std::chrono::duration_cast<std::chrono::milliseconds>(now_ - start_).count(),
+                                  why);
+  }
+
+  // ---- setup ---------------------------------------------------------------------------------
+  void setup() {
+    start_ = now_ = TimePoint{} + 1h;  // away from zero, which the core uses for "never"
+    extent_size_ = std::array<uint64_t, 3>{16, 32, 64}[pick(0, 2)];
+    extent_count_ = static_cast<uint32_t>(pick(2, 4));
+    total_blocks_ = extent_size_ * extent_count_;
+    model_.emplace(total_blocks_);
+    for (int d = 0; d < kClientCount; ++d) {
+      Downstairs& ds = ds_[d];
+      ds.dir = fmt::format("region{}", d);
+      ds.fs = std::make_unique<test::FaultFs>(kBlockSize, rng_());
+      ds.lossy = chance(30);
+      downstairs::RegionOptions ro;
+      ro.def = {kBlockSize, extent_size_, extent_count_, random_uuid(), false};
+      auto r = downstairs::Region::create(*ds.fs, ds.dir, ro);
+      CRU_ASSERT(r.has_value(), "creating a simulated region");
+      // Start from a durable state (a crash keeps all of it), opened as after a reboot.
+      r->reset();
+      ds.fs->crash_keep_all();
+      start_downstairs(d);
+    }
+    plan_faults();
+    new_upstairs();
+  }
+
+  void plan_faults() {
+    for (int i = 0; i < options_.fault_count && !options_.kinds.empty(); ++i) {
+      FaultKind k = options_.kinds[pick(0, options_.kinds.size() - 1)];
+      plan_.push_back(k);
+      if (k == FaultKind::kLoseForGood) break;  // nothing after: two must carry on alone
+    }
+    next_fault_at_ = now_ + pick_ms(0, 300);
+  }
+
+  void start_downstairs(int d) {
+    Downstairs& ds = ds_[d];
+    if (!ds.region) {
+      auto r = downstairs::Region::open(*ds.fs, ds.dir, false);
+      if (!r) return fail_run(fmt::format("downstairs {} cannot reopen its region after a crash: {}", d,
+                                          r.error().to_string()));
+      ds.region = std::move(*r);
+    }
+    downstairs::CoreOptions co;
+    co.repair_addr = fmt::format("ds{}:repair", d);
+    co.faults.lossy = ds.lossy;
+    co.faults.seed = rng_();
+    ds.tick_at.reset();
+    ds.core = std::make_unique<downstairs::Core>(*ds.region, co);
+    ++ds.incarnation;
+    ds.up = true;
+  }
+
+  void new_upstairs() {
+    upstairs::Config c;
+    for (int d = 0; d < kClientCount; ++d) c.targets[d] = fmt::format("ds{}:3810", d);
+    c.upstairs_id = random_uuid();
+    c.session_id = random_uuid();
+    up_ = std::make_unique<upstairs::Upstairs>(c);
+    up_conn_ = ClientData<ConnId>(0);
+    phase_ = Phase::kActivating;
+    submit(upstairs::ActivateOp{}, GuestCall{OpKind::kActivate});
+  }
+
+  // ---- the main loop -------------------------------------------------------------------------
+  void step() {
+    if (now_ >= up_->next_deadline()) apply_up(upstairs::Tick{});
+    restart_due();
+    faults_due();
+    guest_due();
+    if (!result_.ok || phase_ == Phase::kDone) return;
+
+    // Everything that can happen now; one is picked at random.
+    candidates_.clear();
+    for (int d = 0; d < kClientCount; ++d) {
+      if (ds_[d].tick_at && now_ >= *ds_[d].tick_at && can_run(d)) {
+        ds_[d].tick_at.reset();
+        apply_ds(d, ds_[d].core->on_tick());
+      }
+    }
+    for (auto& [id, l] : links_) {
+      if (!l.to_b.empty() && l.to_b.front().at <= now_ && can_run(l.b_ds)) candidates_.push_back({id, true});
+      if (!l.to_a.empty() && l.to_a.front().at <= now_ && (l.from_upstairs || can_run(l.a_ds)))
+        candidates_.push_back({id, false});
+    }
+    size_t links = candidates_.size();
+    for (size_t i = 0; i < connects_.size(); ++i)
+      if (connects_[i].at <= now_) candidates_.push_back({i, false});
+    if (candidates_.empty()) return advance_clock();
+    size_t k = pick(0, candidates_.size() - 1);
+    if (k < links) {
+      deliver(candidates_[k].first, candidates_[k].second);
+    } else {
+      PendingConnect pc = connects_[candidates_[k].first];
+      connects_.erase(connects_.begin() + static_cast<long>(candidates_[k].first));
+      resolve_connect(pc);
+    }
+    ++result_.deliveries;
+    // Time passes while messages move, so timers and the workload interleave with them.
+    if (chance(25)) now_ += std::chrono::microseconds(pick(0, 200));
+  }
+
+  bool can_run(int d) const { return ds_[d].up && now_ >= ds_[d].stalled_until; }
+
+  // Nothing can move now: jump to the next thing that will.
+  void advance_clock() {
+    TimePoint next = up_->next_deadline();
+    auto consider = [&](TimePoint t) {
+      if (t > now_) next = std::min(next, t);
+    };
+    for (auto& [id, l] : links_) {
+      if (!l.to_b.empty()) consider(std::max(l.to_b.front().at, ds_[l.b_ds].stalled_until));
+      if (!l.to_a.empty()) consider(l.from_upstairs ? l.to_a.front().at : std::max(l.to_a.front().at, ds_[l.a_ds].stalled_until));
+    }
+    for (auto& pc : connects_) consider(pc.at);
+    for (auto& ds : ds_) {
+      if (!ds.up && !ds.gone) consider(ds.restart_at);
+      if (ds.up && ds.tick_at) consider(std::max(*ds.tick_at, ds.stalled_until));
+    }
+    if (wants_guest_op()) consider(next_op_at_);
+    if (fault_end_) consider(*fault_end_);
+    if (phase_ == Phase::kRunning && next_fault_ < plan_.size()) consider(next_fault_at_);
+    if (poll_at_) consider(*poll_at_);
+    if (next == TimePoint::max()) return fail_run("deadlock: nothing left to happen; " + status_text());
+    now_ = std::max(next, now_ + 1us);
+  }
+
+  // ---- delivery ------------------------------------------------------------------------------
+  template <typename... Args>
+  void trace(fmt::format_string<Args...> f, Args&&... args) {
+    if (!options_.trace) return;
+    fmt::print(stderr, "{:>10.3f} ms  {}\n", std::chrono::duration<double, std::milli>(now_ - start_).count(),
+               fmt::format(f, std::forward<Args>(args)...));
+  }
+
+  void deliver(uint64_t link_id, bool to_b) {
+    Link& l = links_.at(link_id);
+    Packet p = std::move(to_b ? l.to_b.front() : l.to_a.front());
+    (to_b ? l.to_b : l.to_a).pop_front();
+    if (options_.trace) {
+      std::string a = l.from_upstairs ? fmt::format("up[{}]", l.client) : fmt::format("ds{}.fetch", l.a_ds);
+      std::string b = fmt::format("ds{}", l.b_ds);
+      trace("{} -> {}: {}", to_b ? a : b, to_b ? b : a, p.message ? proto::describe(*p.message) : "close: " + p.close_reason);
+    }
+    if (to_b) {
+      int d = l.b_ds;
+      DsConn conn = l.b_conn;
+      if (!p.message) {
+        l.b_open = false;  // the other side closed first, or learns of a cut from its own packet
+        sweep(link_id);
+        return apply_ds(d, ds_[d].core->on_disconnect(conn, p.close_reason));
+      }
+      return apply_ds(d, ds_[d].core->on_message(conn, std::move(*p.message)));
+    }
+    if (l.from_upstairs) {
+      ClientId c = l.client;
+      ConnId conn = l.up_conn;
+      if (!p.message) {
+        l.a_open = false;
+        sweep(link_id);
+        if (up_conn_[c] == conn) up_conn_[c] = 0;
+        ++epoch_;
+        return apply_up(upstairs::ClientDisconnected{c, conn, p.close_reason});
+      }
+      return apply_up(upstairs::ClientMessage{c, conn, std::move(*p.message)});
+    }
+    int d = l.a_ds;
+    DsConn conn = l.a_conn;
+    if (!p.message) {
+      l.a_open = false;
+      l.to_b.clear();
+      sweep(link_id);
+      return apply_ds(d, ds_[d].core->on_disconnect(conn, p.close_reason));
+    }
+    apply_ds(d, ds_[d].core->on_message(conn, std::move(*p.message)));
+  }
+
+  void sweep(uint64_t link_id) {
+    auto it = links_.find(link_id);
+    if (it != links_.end() && !it->second.a_open && !it->second.b_open) links_.erase(it);
+  }
+
+  // Queues a message on a link, keeping each direction FIFO.
+  void send(Link& l, bool to_b, proto::Message m) {
+    if (!(to_b ? l.b_open : l.a_open) || !(to_b ? l.a_open : l.b_open)) return;  // a closed side sends nothing
+    if (options_.codec) {
+      auto frame = proto::encode_flat(m);
+      auto back = proto::decode_frame(frame);
+      if (!back) return fail_run(fmt::format("codec: {} does not decode: {}", proto::describe(m), back.error().to_string()));
+      if (!(*back == m)) return fail_run(fmt::format("codec: {} changes on a round trip", proto::describe(m)));
+      m = std::move(*back);
+    }
+    Duration latency = std::chrono::microseconds(pick(20, 300)) + ds_[l.b_ds].extra_delay;
+    if (!l.from_upstairs) latency += ds_[l.a_ds].extra_delay;
+    auto& q = to_b ? l.to_b : l.to_a;
+    TimePoint at = now_ + latency;
+    if (!q.empty()) at = std::max(at, q.back().at);
+    q.push_back(Packet{std::move(m), {}, at});
+  }
+
+  // One side closes: it receives nothing more; the other side sees the close after what
+  // was already sent to it.
+  void close_side(uint64_t link_id, bool side_a, const std::string& reason) {
+    Link& l = links_.at(link_id);
+    if (side_a) {
+      if (!l.a_open) return;
+      l.a_open = false;
+      l.to_a.clear();
+      if (l.b_open) l.to_b.push_back(Packet{std::nullopt, reason, l.to_b.empty() ? now_ : l.to_b.back().at});
+    } else {
+      if (!l.b_open) return;
+      l.b_open = false;
+      l.to_b.clear();
+      if (l.a_open) l.to_a.push_back(Packet{std::nullopt, reason, l.to_a.empty() ? now_ : l.to_a.back().at});
+    }
+    sweep(link_id);
+  }
+
+  // The network breaks: both sides see it now, whatever was in flight is lost.
+  void cut(uint64_t link_id, const std::string& reason) {
+    Link& l = links_.at(link_id);
+    l.to_a.clear();
+    l.to_b.clear();
+    if (l.a_open) l.to_a.push_back(Packet{std::nullopt, reason, now_});
+    if (l.b_open) l.to_b.push_back(Packet{std::nullopt, reason, now_});
+  }
+
+  std::optional<uint64_t> upstairs_link(ClientId c, ConnId conn) const {
+    // Only open ones: a new upstairs (after a crash) numbers its connections from 1 again
+    // while the dead one's may still be draining.
+    for (auto& [id, l] : links_)
+      if (l.from_upstairs && l.a_open && l.client == c && l.up_conn == conn) return id;
+    return std::nullopt;
+  }
+
+  // The link and side of a downstairs connection.
+  std::optional<std::pair<uint64_t, bool>> ds_link(int d, DsConn conn) const {
+    uint64_t inc = ds_[d].incarnation;
+    for (auto& [id, l] : links_) {
+      if (!l.from_upstairs && l.a_ds == d && l.a_inc == inc && l.a_conn == conn) return std::pair{id, true};
+      if (l.b_ds == d && l.b_inc == inc && l.b_conn == conn) return std::pair{id, false};
+    }
+    return std::nullopt;
+  }
+
+  void resolve_connect(const PendingConnect& pc) {
+    Downstairs& target = ds_[pc.target];
+    bool reachable = target.up && !(pc.from_upstairs && now_ < target.partitioned_until);
+    if (pc.from_upstairs) {
+      if (up_conn_[pc.client] != pc.up_conn) return;  // the shell gave up on it
+      if (!reachable) {
+        up_conn_[pc.client] = 0;
+        ++epoch_;
+        return apply_up(upstairs::ClientDisconnected{pc.client, pc.up_conn, "connection refused"});
+      }
+    } else if (!ds_[pc.a_ds].up || ds_[pc.a_ds].incarnation != pc.a_inc) {
+      return;  // the fetching downstairs crashed meanwhile
+    } else if (!reachable) {
+      return apply_ds(pc.a_ds, ds_[pc.a_ds].core->on_disconnect(pc.a_conn, "connection refused"));
+    }
+    Link l;
+    l.from_upstairs = pc.from_upstairs;
+    l.client = pc.client;
+    l.up_conn = pc.up_conn;
+    l.a_ds = pc.a_ds;
+    l.a_inc = pc.a_inc;
+    l.a_conn = pc.a_conn;
+    l.b_ds = pc.target;
+    l.b_inc = target.incarnation;
+    l.b_conn = target.core->new_connection();
+    links_.emplace(next_link_++, std::move(l));
+    if (pc.from_upstairs) return apply_up(upstairs::ClientConnected{pc.client, pc.up_conn});
+    apply_ds(pc.a_ds, ds_[pc.a_ds].core->on_connected(pc.a_conn));
+  }
+
+  static std::optional<int> address_ds(const std::string& address) {
+    if (address.size() < 3 || address.compare(0, 2, "ds") != 0) return std::nullopt;
+    int d = address[2] - '0';
+    if (d < 0 || d >= kClientCount) return std::nullopt;
+    return d;
+  }
+
+  // ---- the cores' outputs ----------------------------------------------------------------------
+  void apply_up(upstairs::Event e) {
+    auto actions = up_->apply(std::move(e), now_);
+    for (auto& a : actions) {
+      if (!result_.ok) return;
+      if (auto* s = std::get_if<upstairs::SendTo>(&a)) {
+        if (auto id = upstairs_link(s->client, s->conn)) send(links_.at(*id), true, std::move(s->message));
+      } else if (auto* ct = std::get_if<upstairs::ConnectTo>(&a)) {
+        drop_upstairs_conn(ct->client, "replaced by a new connection");
+        auto d = address_ds(ct->address);
+        if (!d) return fail_run("the upstairs connects to an unknown address " + ct->address);
+        up_conn_[ct->client] = ct->conn;
+        connects_.push_back(PendingConnect{true, ct->client, ct->conn, -1, 0, DsConn{}, *d, now_ + std::chrono::microseconds(pick(50, 1000))});
+      } else if (auto* dc = std::get_if<upstairs::Disconnect>(&a)) {
+        if (up_conn_[dc->client] == dc->conn) drop_upstairs_conn(dc->client, dc->reason);
+        ++epoch_;
+      } else if (auto* g = std::get_if<upstairs::GuestDone>(&a)) {
+        guest_done(*g);
+      }
+    }
+  }
+
+  // The shell closes its connection (or its connect attempt) for a client.
+  void drop_upstairs_conn(ClientId c, const std::string& reason) {
+    ConnId conn = up_conn_[c];
+    if (conn == 0) return;
+    up_conn_[c] = 0;
+    std::erase_if(connects_, [&](const PendingConnect& pc) { return pc.from_upstairs && pc.client == c && pc.up_conn == conn; });
+    if (auto id = upstairs_link(c, conn)) close_side(*id, true, reason);
+  }
+
+  void apply_ds(int d, downstairs::Output out) {
+    if (out.tick_soon && !ds_[d].tick_at) ds_[d].tick_at = now_ + std::chrono::microseconds(pick(100, 5000));
+    for (auto& s : out.sends) {
+      auto where = ds_link(d, s.conn);
+      if (!where) continue;  // closed meanwhile
+      send(links_.at(where->first), /*to_b=*/where->second, std::move(s.message));  // from side a to b, or back
+    }
+    for (auto& cl : out.closes)
+      if (auto where = ds_link(d, cl.conn)) close_side(where->first, where->second, cl.reason);
+    for (auto& co : out.connects) {
+      auto target = address_ds(co.address);
+      if (!target) return fail_run(fmt::format("downstairs {} fetches from an unknown address {}", d, co.address));
+      connects_.push_back(PendingConnect{false, ClientId{}, 0, d, ds_[d].incarnation, co.conn, *target,
+                                         now_ + std::chrono::microseconds(pick(50, 1000))});
+    }
+  }
+
+  // ---- downstairs lifecycle ----------------------------------------------------------------------
+  // The process dies: its connections close (peers see it after what was in flight).
+  void kill_downstairs(int d, const std::string& why) {
+    Downstairs& ds = ds_[d];
+    std::vector<std::pair<uint64_t, bool>> sides;
+    for (auto& [id, l] : links_) {
+      if (!l.from_upstairs && l.a_ds == d && l.a_inc == ds.incarnation && l.a_open) sides.push_back({id, true});
+      if (l.b_ds == d && l.b_inc == ds.incarnation && l.b_open) sides.push_back({id, false});
+    }
+    for (auto [id, side_a] : sides)
+      if (links_.contains(id)) close_side(id, side_a, why);
+    std::erase_if(connects_, [&](const PendingConnect& pc) { return !pc.from_upstairs && pc.a_ds == d; });
+    ds.core.reset();
+    ds.tick_at.reset();
+    ds.up = false;
+  }
+
+  void restart_due() {
+    for (int d = 0; d < kClientCount; ++d) {
+      Downstairs& ds = ds_[d];
+      if (!ds.up && !ds.gone && now_ >= ds.restart_at) start_downstairs(d);
+    }
+  }
+
+  // ---- faults ----------------------------------------------------------------------------------------
+  int pick_victim() { return static_cast<int>(pick(0, kClientCount - 1)); }
+
+  // All three (or the two left) active, no repair, nothing held: the next fault may come.
+  bool healthy() {
+    if (!up_->active()) return false;
+    // The harness' own view first: a break the upstairs has not noticed yet is not health.
+    for (int d = 0; d < kClientCount; ++d) {
+      if (ds_[d].gone) continue;
+      if (!ds_[d].up || now_ < ds_[d].stalled_until || now_ < ds_[d].partitioned_until) return false;
+      auto id = upstairs_link(ClientId{static_cast<uint8_t>(d)}, up_conn_[ClientId{static_cast<uint8_t>(d)}]);
+      if (!id) return false;
+      const Link& l = links_.at(*id);
+      if (!l.b_open || std::any_of(l.to_a.begin(), l.to_a.end(), [](const Packet& p) { return !p.message; })) return false;
+    }
+    upstairs::Snapshot s = up_->snapshot();
+    if (s.repair.running) return false;
+    for (int d = 0; d < kClientCount; ++d)
+      if (!ds_[d].gone && s.clients[ClientId{static_cast<uint8_t>(d)}].state != "active") return false;
+    return true;
+  }
+
+  void faults_due() {
+    if (fault_end_ && now_ >= *fault_end_) end_fault();
+    if (fault_end_ || phase_ != Phase::kRunning || next_fault_ >= plan_.size() || now_ < next_fault_at_) return;
+    if (!healthy()) {
+      next_fault_at_ = now_ + kPollInterval;
+      return;
+    }
+    inject(plan_[next_fault_++]);
+  }
+
+  void inject(FaultKind kind) {
+    ++result_.faults_injected;
+    ++epoch_;
+    int d = pick_victim();
+    trace("FAULT {} on ds{}", fault_name(kind), d);
+    Downstairs& ds = ds_[d];
+    ClientId c{static_cast<uint8_t>(d)};
+    Duration gap = pick_ms(0, 2000);
+    switch (kind) {
+      case FaultKind::kDisconnect:
+        if (auto id = upstairs_link(c, up_conn_[c])) cut(*id, "simulated network failure");
+        break;
+      case FaultKind::kPartition:
+        if (auto id = upstairs_link(c, up_conn_[c])) cut(*id, "simulated partition");
+        // Sometimes past the offline timeout, so the downstairs is faulted and live-repaired.
+        ds.partitioned_until = now_ + (chance(30) ? pick_ms(30'000, 45'000) : pick_ms(100, 5000));
+        fault_end_ = ds.partitioned_until;
+        break;
+      case FaultKind::kDelay:
+        ds.extra_delay = pick_ms(1, 300);
+        fault_end_ = now_ + pick_ms(200, 5000);
+        break;
+      case FaultKind::kStall:
+        // Sometimes past the 45 s silence limit, so the upstairs hangs up on it.
+        ds.stalled_until = now_ + (chance(30) ? pick_ms(46'000, 60'000) : pick_ms(100, 10'000));
+        fault_end_ = ds.stalled_until;
+        break;
+      case FaultKind::kCrash:
+        kill_downstairs(d, "simulated power cut");
+        ds.fs->crash(rng_);
+        ds.region.reset();
+        ds.restart_at = now_ + pick_ms(10, 3000);
+        break;
+      case FaultKind::kStorageErrors: {
+        double p = static_cast<double>(pick(2, 20)) / 100;
+        for (auto op : {test::FaultFs::Op::kRead, test::FaultFs::Op::kWrite, test::FaultFs::Op::kSync})
+          ds.fs->set_failure_probability(op, p);
+        storage_faults_ = true;
+        fault_end_ = now_ + pick_ms(50, 2000);
+        break;
+      }
+      case FaultKind::kBitFlip: {
+        // Corruption stays on one replica: a latent flip on a repair source would be copied
+        // to the replica it repairs (extent files are copied whole), so flip only where
+        // no other replica holds an undetected one.
+        for (int o = 0; o < kClientCount; ++o)
+          if (o != d && latent_flips(o) > 0) d = o;
+        Downstairs& victim = ds_[d];
+        uint64_t block = pick(0, total_blocks_ - 1);
+        downstairs::ExtentLayout layout{kBlockSize, extent_size_};
+        ExtentId e{static_cast<uint32_t>(block / extent_size_)};
+        uint64_t offset = layout.data_offset(block % extent_size_) + pick(0, kBlockSize - 1);
+        victim.fs->corrupt(victim.region->extent_path(e), offset, static_cast<uint8_t>(1u << pick(0, 7)));
+        victim.flipped.insert(block);
+        storage_faults_ = true;
+        break;
+      }
+      case FaultKind::kUpstairsCrash:
+        crash_upstairs();
+        break;
+      case FaultKind::kLoseForGood:
+        ds.gone = true;
+        kill_downstairs(d, "lost for good");
+        break;
+    }
+    victim_ = d;
+    next_fault_at_ = (fault_end_ ? *fault_end_ : now_) + gap;
+  }
+
+  // Flipped blocks of downstairs d that still fail their hash (not yet overwritten or
+  // repaired).
+  int latent_flips(int d) {
+    int n = 0;
+    for (uint64_t b : ds_[d].flipped) {
+      auto r = ds_[d].region->read(BlockIndex{b}, 1);
+      if (!r || !proto::verify_blocks(b, kBlockSize, r->contexts, r->data.span(), false)) ++n;
+    }
+    return n;
+  }
+
+  void end_fault() {
+    trace("fault on ds{} ends", victim_);
+    Downstairs& ds = ds_[victim_];
+    ds.extra_delay = Duration{0};
+    ds.fs->clear_faults();
+    fault_end_.reset();
+    ++epoch_;
+  }
+
+  void crash_upstairs() {
+    // Its connections die with it; what it sent before may still arrive.
+    for (ClientId c : kAllClients) drop_upstairs_conn(c, "the upstairs died");
+    std::erase_if(connects_, [](const PendingConnect& pc) { return pc.from_upstairs; });
+    // Calls in flight never complete; writes already count as acknowledged.
+    calls_.clear();
+    result_.reconciles += up_->snapshot().reconcile_extents_done;
+    model_->upstairs_crash(next_seq_);
+    ++next_seq_;
+    new_upstairs();
+  }
+
+  // ---- the guest ---------------------------------------------------------------------------------------
+  bool wants_guest_op() const {
+    return phase_ == Phase::kRunning && calls_.size() < kGuestInFlightMax &&
+           (ops_ < static_cast<uint64_t>(options_.ops) || next_fault_ < plan_.size() || fault_end_);
+  }
+
+  void submit(upstairs::GuestOp op, GuestCall call) {
+    GuestId id{next_guest_++};
+    call.epoch = epoch_;
+    calls_.emplace(id, call);
+    apply_up(upstairs::GuestSubmit{id, std::move(op)});
+  }
+
+  void guest_due() {
+    if (poll_at_ && now_ >= *poll_at_) {
+      poll_at_.reset();
+      poll();
+    }
+    if (phase_ == Phase::kRunning && !wants_guest_op() && ops_ >= static_cast<uint64_t>(options_.ops) &&
+        next_fault_ >= plan_.size() && !fault_end_) {
+      phase_ = Phase::kDraining;
+      poll_at_ = now_;
+      return;
+    }
+    if (!wants_guest_op() || now_ < next_op_at_) return;
+    // Bursts of back-to-back calls, then quiet spells long enough for automatic flushes.
+    next_op_at_ = now_ + (chance(90) ? std::chrono::microseconds(pick(0, 2000)) : pick_ms(100, 800));
+    ++ops_;
+    uint64_t count = pick(1, kIoBlocksMax);
+    // A quarter of IOs land in the first 16 blocks, so they overlap often.
+    uint64_t limit = chance(25) ? std::min<uint64_t>(16, total_blocks_) : total_blocks_;
+    count = std::min(count, limit);
+    uint64_t start = pick(0, limit - count);
+    uint64_t seq = next_seq_++;
+    unsigned r = static_cast<unsigned>(pick(0, 99));
+    if (r < 45) {
+      bool unwritten = r < 10;
+      upstairs::WriteOp w;
+      w.start = BlockIndex{start};
+      w.only_unwritten = unwritten;
+      ByteBuffer data(count * kBlockSize);
+      for (uint64_t i = 0; i < count; ++i) {
+        auto block = data.span().subspan(i * kBlockSize, kBlockSize);
+        block_bytes(seq, start + i, block);
+        w.contexts.push_back(proto::BlockContext{proto::block_hash(std::nullopt, block), std::nullopt});
+      }
+      w.data = Bytes(std::move(data));
+      model_->write(seq, start, count, unwritten);
+      ++result_.writes;
+      submit(std::move(w), GuestCall{unwritten ? OpKind::kWriteUnwritten : OpKind::kWrite, seq, start, count});
+    } else if (r < 50) {
+      model_->discard(seq, start, count);
+      submit(upstairs::DiscardOp{BlockIndex{start}, static_cast<uint32_t>(count)}, GuestCall{OpKind::kDiscard, seq, start, count});
+    } else if (r < 62) {
+      ++result_.flushes;
+      submit(upstairs::FlushOp{}, GuestCall{OpKind::kFlush, seq});
+    } else {
+      ++result_.reads;
+      submit(upstairs::ReadOp{BlockIndex{start}, static_cast<uint32_t>(count)}, GuestCall{OpKind::kRead, seq, start, count});
+    }
+    result_.ops = ops_;
+  }
+
+  void guest_done(upstairs::GuestDone& g) {
+    auto it = calls_.find(g.id);
+    if (it == calls_.end()) return fail_run(fmt::format("a reply for guest call {} that is not outstanding", g.id.value));
+    GuestCall call = it->second;
+    calls_.erase(it);
+    if (!g.status) {
+      return fail_run(fmt::format("guest op {} ({}) failed: {}; {}", call.seq, static_cast<int>(call.kind),
+                                  g.status.error().to_string(), status_text()));
+    }
+    switch (call.kind) {
+      case OpKind::kActivate:
+        if (phase_ == Phase::kActivating) phase_ = Phase::kRunning;
+        next_op_at_ = now_;
+        break;
+      case OpKind::kFlush:
+        model_->flush_acked(call.seq);
+        if (phase_ == Phase::kFinalFlush) {
+          phase_ = Phase::kRetiring;
+          poll_at_ = now_;
+        }
+        break;
+      case OpKind::kRead: check_read(call, g.read); break;
+      default: break;
+    }
+  }
+
+  void check_read(const GuestCall& call, const upstairs::ReadData& read) {
+    if (read.data.size() != call.count * kBlockSize)
+      return fail_run(fmt::format("read op {} returned {} bytes for {} blocks", call.seq, read.data.size(), call.count));
+    // Strict unless something happened that may have made the upstairs retry it as a new
+    // job (which may then follow writes submitted after it).
+    bool strict = call.epoch == epoch_ && !storage_faults_;
+    for (uint64_t i = 0; i < call.count; ++i) {
+      uint64_t block = call.start + i;
+      auto got = decode_block(block, read.data.span().subspan(i * kBlockSize, kBlockSize));
+      if (auto err = model_->check_read(block, call.seq, next_seq_ - 1, got, strict))
+        return fail_run(*err + "; " + model_->describe(block));
+    }
+    if (call.final_read && calls_.empty()) finish();
+  }
+
+  // ---- the end of a run ------------------------------------------------------------------------------
+  void poll() {
+    switch (phase_) {
+      case Phase::kDraining:
+        // Every call answered and every downstairs back: then a last flush.
+        if (!calls_.empty() || !healthy()) break;
+        phase_ = Phase::kFinalFlush;
+        submit(upstairs::FlushOp{}, GuestCall{OpKind::kFlush, next_seq_++});
+        return;
+      case Phase::kRetiring:
+        // The flush completes everywhere and retires every job.
+        if (up_->snapshot().jobs != 0) break;
+        phase_ = Phase::kFinalRead;
+        for (uint64_t s = 0; s < total_blocks_; s += extent_size_) {
+          GuestCall call{OpKind::kRead, next_seq_++, s, extent_size_};
+          call.final_read = true;
+          submit(upstairs::ReadOp{BlockIndex{s}, static_cast<uint32_t>(extent_size_)}, call);
+        }
+        return;
+      default:
+        return;
+    }
+    poll_at_ = now_ + kPollInterval;
+  }
+
+  // Liveness: the replicas left compare equal, block by block and extent by extent.
+  void finish() {
+    phase_ = Phase::kDone;
+    std::vector<int> live;
+    for (int d = 0; d < kClientCount; ++d)
+      if (!ds_[d].gone) live.push_back(d);
+    std::vector<downstairs::ReadResult> data;
+    for (int d : live) {
+      auto r = ds_[d].region->read(BlockIndex{0}, total_blocks_);
+      if (!r) return fail_run(fmt::format("downstairs {}: reading the region at the end: {}", d, r.error().to_string()));
+      data.push_back(std::move(*r));
+    }
+    for (uint64_t b = 0; b < total_blocks_; ++b) {
+      std::vector<int> bad;
+      for (size_t i = 0; i < live.size(); ++i) {
+        auto bytes = data[i].data.span().subspan(b * kBlockSize, kBlockSize);
+        std::optional<proto::BlockContext> ctx = data[i].contexts[b];
+        if (!proto::verify_blocks(b, kBlockSize, std::span(&ctx, 1), bytes, false)) bad.push_back(live[i]);
+      }
+      if (!bad.empty()) {
+        for (int d : bad)
+          if (!ds_[d].flipped.contains(b))
+            return fail_run(fmt::format("block {} fails its hash on downstairs {}, where it was never corrupted", b, d));
+        if (bad.size() == live.size()) return fail_run(fmt::format("block {} is corrupt on every replica", b));
+        ++result_.latent_corruptions;  // flipped and never read since: nothing could notice
+        continue;
+      }
+      for (size_t i = 1; i < live.size(); ++i) {
+        auto a = data[0].data.span().subspan(b * kBlockSize, kBlockSize);
+        auto o = data[i].data.span().subspan(b * kBlockSize, kBlockSize);
+        if (data[0].contexts[b] != data[i].contexts[b] || !std::equal(a.begin(), a.end(), o.begin()))
+          return fail_run(fmt::format("block {} differs between downstairs {} and {} at the end", b, live[0], live[i]));
+      }
+    }
+    auto v0 = ds_[live[0]].region->versions();
+    for (size_t i = 1; i < live.size(); ++i) {
+      auto vi = ds_[live[i]].region->versions();
+      for (size_t e = 0; e < v0.size(); ++e)
+        if (v0[e] != vi[e])
+          return fail_run(fmt::format("extent {} metadata differs at the end: downstairs {} has (gen {}, flush {}, dirty {}), "
+                                      "downstairs {} has (gen {}, flush {}, dirty {})",
+                                      e, live[0], v0[e].generation, v0[e].flush, v0[e].dirty, live[i], vi[e].generation,
+                                      vi[e].flush, vi[e].dirty));
+    }
+    upstairs::Snapshot s = up_->snapshot();
+    result_.reconciles += s.reconcile_extents_done;
+    for (ClientId c : kAllClients) {
+      result_.replays += s.clients[c].replays;
+      result_.live_repairs += s.clients[c].live_repairs;
+      result_.self_heals += s.clients[c].self_heals;
+    }
+  }
+
+  std::string status_text() const {
+    if (!up_) return "no upstairs";
+    upstairs::Snapshot s = up_->snapshot();
+    std::string out = fmt::format("upstairs {} (jobs {}, waiting {}, repair {} at extent {})", s.state, s.jobs,
+                                  s.guest_waiting, s.repair.running, s.repair.extent);
+    for (ClientId c : kAllClients) {
+      const auto& cs = s.clients[c];
+      out += fmt::format("; ds{}: {} in flight {} last error '{}'{}{}", c, cs.state, cs.jobs_in_flight, cs.last_error,
+                         ds_[c.value].up ? "" : " (down)", ds_[c.value].gone ? " (gone)" : "");
+    }
+    out += fmt::format("; guest calls outstanding {}", calls_.size());
+    return out;
+  }
+
+  SimOptions options_;
+  std::mt19937_64 rng_;
+  SimResult result_;
+  TimePoint start_, now_;
+  uint64_t extent_size_ = 0, total_blocks_ = 0;
+  uint32_t extent_count_ = 0;
+  std::optional<Model> model_;
+  std::array<Downstairs, kClientCount> ds_;
+  std::unique_ptr<upstairs::Upstairs> up_;
+  ClientData<ConnId> up_conn_{0};
+  std::map<uint64_t, Link> links_;
+  uint64_t next_link_ = 1;
+  std::vector<PendingConnect> connects_;
+  std::vector<std::pair<uint64_t, bool>> candidates_;
+  Phase phase_ = Phase::kActivating;
+  std::map<GuestId, GuestCall> calls_;
+  uint64_t next_guest_ = 1, next_seq_ = 1, ops_ = 0;
+  TimePoint next_op_at_{};
+  std::optional<TimePoint> poll_at_;
+  // Bumped by anything that may make the upstairs retry a read.
+  uint64_t epoch_ = 0;
+  bool storage_faults_ = false;
+  std::vector<FaultKind> plan_;
+  size_t next_fault_ = 0;
+  TimePoint next_fault_at_{};
+  std::optional<TimePoint> fault_end_;
+  int victim_ = 0;
+};
+
+}  // namespace
+
+SimResult run_sim(const SimOptions& options) { return Sim(options).run(); }
+
+}  // namespace cru::sim
