@@ -10,8 +10,6 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := all
 .SUFFIXES:
 .DELETE_ON_ERROR:
-# Objects are intermediate files to make; keep them so a rebuild compiles only what changed.
-.SECONDARY:
 
 MODE ?= release
 ifeq ($(MODE),release)
@@ -139,6 +137,11 @@ $(BUILD)/bin/crucible-dsc: $(call objs,$(wildcard src/tools/dsc/*.cc)) $(ALL_LIB
 
 # Test binaries: every .cc in the directory plus the shared helpers in tests/support/.
 TEST_SUPPORT_OBJ := $(call objs,$(wildcard tests/support/*.cc))
+# Named here so make treats test objects as ordinary files, not intermediates to delete
+# (or, when missing, to skip): a rebuild then compiles exactly what changed.
+TEST_OBJS := $(call objs,$(wildcard tests/unit/*/*.cc tests/sim/*.cc tests/e2e/*.cc tests/support/*.cc))
+.PHONY: test-objects
+test-objects: $(TEST_OBJS)
 $(BUILD)/tests/unit_%: $$(call objs,$$(wildcard tests/unit/%/*.cc)) $(TEST_SUPPORT_OBJ) $(ALL_LIBS)
 	$(call link,$(TEST_LDLIBS) -lgtest_main)
 $(BUILD)/tests/sim: $(call objs,$(wildcard tests/sim/*.cc)) $(TEST_SUPPORT_OBJ) $(ALL_LIBS)
@@ -166,8 +169,11 @@ run: all
 bench: all
 	@bench/run.sh
 
+# The end-to-end fault loop (scripts/chaos.sh --help): CHAOS_SECONDS (default 600) of
+# faults, CHAOS_MODE kill (default) or stop.
 chaos: all
-	@scripts/chaos.sh
+	@CRUCIBLE_BIN=$(abspath $(BUILD)/bin) scripts/chaos.sh --seconds $(or $(CHAOS_SECONDS),600) \
+	  --mode $(or $(CHAOS_MODE),kill)
 
 # ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
 FUZZ_SECONDS ?= 60

@@ -133,13 +133,17 @@ void run_pipelined(uint64_t total_ios, int depth, Submit submit) {
     if (!s && error.empty()) error = s.error().to_string();
     cv.notify_all();
   };
+  // Every condition is re-checked under the lock right before waiting: completions that
+  // arrive while a submission runs unlocked must not be missed (the last ones finishing
+  // then would leave this waiting forever).
   std::unique_lock lock(mu);
   while (finished < total_ios) {
-    while (issued < total_ios && issued - finished < static_cast<uint64_t>(depth) && error.empty()) {
+    if (issued < total_ios && issued - finished < static_cast<uint64_t>(depth) && error.empty()) {
       uint64_t i = issued++;
       lock.unlock();
       submit(i, on_done);
       lock.lock();
+      continue;
     }
     if (!error.empty() && issued == finished) break;
     cv.wait(lock);
@@ -282,7 +286,8 @@ void workload_perf(Volume& v, const Args& a, std::mt19937_64& rng) {
         v.write(BlockIndex{start}, payload, [finish](Status s) { finish(s.has_value(), s ? "" : s.error().to_string()); });
       lock.lock();
     }
-    cv.wait_for(lock, Ms(100));
+    // A predicate, so completions that came while submitting unlocked are not missed.
+    cv.wait_until(lock, deadline, [&] { return in_flight < a.depth || !error.empty(); });
   }
   cv.wait(lock, [&] { return in_flight == 0; });
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
