@@ -4,6 +4,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -224,6 +225,8 @@ Result<Config> parse_config(std::string_view yaml, std::string_view source) {
 }
 
 Result<Config> load_config(const std::string& path) {
+  if (std::filesystem::is_directory(path))
+    return fail(ErrorCode::kInvalidArgument, fmt::format("{}: is a directory, not a config file", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) return fail(ErrorCode::kNotFound, fmt::format("{}: cannot open the config file: {}", path, std::strerror(errno)));
   std::ostringstream text;

@@ -149,6 +149,9 @@ struct FuseServer::Impl {
     if (ino == kRootIno) return static_cast<void>(fuse_reply_err(req, EISDIR));
     if (ino != kDiskIno) return static_cast<void>(fuse_reply_err(req, ENOENT));
     if (s.options_.read_only && (fi->flags & O_ACCMODE) != O_RDONLY) return static_cast<void>(fuse_reply_err(req, EROFS));
+    // With atomic O_TRUNC (libfuse's default) the kernel sends no setattr for O_TRUNC: it
+    // trusts open to truncate and then caches size 0. The volume's size is fixed.
+    if (fi->flags & O_TRUNC) return static_cast<void>(fuse_reply_err(req, EPERM));
     fi->direct_io = 1;
     fi->keep_cache = 0;
     fuse_reply_open(req, fi);
