@@ -15,10 +15,11 @@ for bin in "$@"; do
   timeout --kill-after=30 "$timeout_s" "$bin" --gtest_brief=1 ${GTEST_ARGS:-} 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   p=$(grep -oP '^\[  PASSED  \] \K[0-9]+' "$log" | tail -1)
-  # --gtest_brief prints one line per failed or skipped test, "[  FAILED  ] Suite.Name (N ms)",
+  # --gtest_brief prints one line per failed or skipped test, "[  FAILED  ] Suite.Name[, where
+  # GetParam() = ...] (N ms)",
   # and no "listed below" summary: count those lines.
-  f=$(grep -cP '^\[  FAILED  \] \S+ \([0-9]+ ms\)' "$log")
-  s=$(grep -cP '^\[  SKIPPED \] \S+ \([0-9]+ ms\)' "$log")
+  f=$(grep -cP '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$log")
+  s=$(grep -cP '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$log")
   passed=$((passed + ${p:-0}))
   failed=$((failed + ${f:-0}))
   skipped=$((skipped + ${s:-0}))
