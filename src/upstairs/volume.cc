@@ -338,6 +338,33 @@ void Volume::read(BlockIndex start, uint64_t count, ReadFn done) {
   im.submit(std::move(ops));
 }
 
+// One guest call split into several jobs: the first error wins, the last job to finish
+// answers the call and frees its admission slot.
+struct SplitCall {
+  uint64_t remaining = 0;
+  Status status;
+  Volume::DoneFn done;
+  std::function<void()> release;
+
+  static std::shared_ptr<SplitCall> make(uint64_t jobs, Volume::DoneFn done, std::function<void()> release) {
+    auto st = std::make_shared<SplitCall>();
+    st->remaining = std::max<uint64_t>(1, jobs);
+    st->done = std::move(done);
+    st->release = std::move(release);
+    return st;
+  }
+  static std::function<void(GuestDone&)> job_done(const std::shared_ptr<SplitCall>& st) {
+    return [st](GuestDone& g) {
+      if (!g.status && st->status) st->status = g.status;
+      if (--st->remaining > 0) return;
+      auto d = std::move(st->done);
+      auto r = std::move(st->release);
+      d(st->status);
+      r();
+    };
+  }
+};
+
 // Seals a write on the caller's thread and submits it as jobs of at most `per` blocks.
 static void submit_write(Volume::DoneFn done, BlockIndex start, std::span<const std::byte> data, bool only_unwritten,
                          const BlockCrypto& crypto, uint64_t per, uint32_t bs,
@@ -345,16 +372,7 @@ static void submit_write(Volume::DoneFn done, BlockIndex start, std::span<const 
                          std::function<void()> release) {
   BlockCrypto::Sealed sealed = crypto.seal(data);
   const uint64_t count = data.size() / bs;
-  struct State {
-    uint64_t remaining = 0;
-    Status status;
-    Volume::DoneFn done;
-    std::function<void()> release;
-  };
-  auto st = std::make_shared<State>();
-  st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
-  st->done = std::move(done);
-  st->release = std::move(release);
+  auto st = SplitCall::make((count + per - 1) / per, std::move(done), std::move(release));
   std::vector<std::pair<GuestOp, std::function<void(GuestDone&)>>> ops;
   for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
     uint64_t n = std::min(per, count - off);
@@ -363,14 +381,7 @@ static void submit_write(Volume::DoneFn done, BlockIndex start, std::span<const 
     w.contexts.assign(sealed.contexts.begin() + static_cast<long>(off), sealed.contexts.begin() + static_cast<long>(off + n));
     w.data = sealed.data.slice(off * bs, n * bs);
     w.only_unwritten = only_unwritten;
-    ops.emplace_back(std::move(w), [st](GuestDone& g) {
-      if (!g.status && st->status) st->status = g.status;
-      if (--st->remaining > 0) return;
-      auto d = std::move(st->done);
-      auto r = std::move(st->release);
-      d(st->status);
-      r();
-    });
+    ops.emplace_back(std::move(w), SplitCall::job_done(st));
     if (count == 0) break;
   }
   submit(std::move(ops));
@@ -400,28 +411,12 @@ void Volume::discard(BlockIndex start, uint64_t count, DoneFn done) {
   if (auto s = impl_->check_active(); !s) return done(s);
   Impl& im = *impl_;
   bool acquired = im.acquire();
-  struct State {
-    uint64_t remaining = 0;
-    Status status;
-    DoneFn done;
-    std::function<void()> release;
-  };
-  auto st = std::make_shared<State>();
   const uint64_t per = proto::kMaxDiscardBlocks;
-  st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
-  st->done = std::move(done);
-  st->release = im.releaser(acquired);
+  auto st = SplitCall::make((count + per - 1) / per, std::move(done), im.releaser(acquired));
   std::vector<std::pair<GuestOp, Impl::Completion>> ops;
   for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
     uint64_t n = std::min(per, count - off);
-    ops.emplace_back(DiscardOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)}, [st](GuestDone& g) {
-      if (!g.status && st->status) st->status = g.status;
-      if (--st->remaining > 0) return;
-      auto d = std::move(st->done);
-      auto r = std::move(st->release);
-      d(st->status);
-      r();
-    });
+    ops.emplace_back(DiscardOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)}, SplitCall::job_done(st));
     if (count == 0) break;
   }
   im.submit(std::move(ops));
