@@ -235,7 +235,8 @@ struct Volume::Impl {
   asio::steady_timer timer;
   asio::executor_work_guard<asio::io_context::executor_type> work;
   std::thread thread;
-  std::thread::id io_thread_id;
+  // Written by the io thread as it starts, read by any caller: atomic so TSan-clean.
+  std::atomic<std::thread::id> io_thread_id{};
   std::counting_semaphore<kMaxOutstandingCalls> outstanding;
   TimePoint armed = TimePoint::max();
   bool stopping = false;
