@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/hash.h"
 #include "common/log.h"
 #include "proto/codec.h"
 #include "proto/limits.h"
@@ -419,7 +420,10 @@ void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) 
   ByteBuffer chunk(n);
   if (auto r = s.file->read_at(s.next_offset, chunk.span()); !r) return done_with_error(r.error());
   s.hash.update(chunk.span());
-  out.send(conn, ExtentChunk{req->extent, s.next_offset, Bytes(std::move(chunk))});
+  if (req->have_hash && *req->have_hash == integrity_hash(chunk.span()))
+    out.send(conn, ExtentChunk{req->extent, s.next_offset, true, Bytes{}});
+  else
+    out.send(conn, ExtentChunk{req->extent, s.next_offset, false, Bytes(std::move(chunk))});
   s.next_offset += n;
   if (s.next_offset < s.file_bytes) return;
   // The extent was closed throughout only if it was never reopened meanwhile.
@@ -446,9 +450,11 @@ void Core::start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job
     }
     return;
   }
+  auto local = region_.open_for_transfer(extent);
+  if (!local) log::warn("extent {}: cannot read our own copy, fetching all of it: {}", extent, local.error().to_string());
   ConnectionId fc = new_connection();
   conns_.at(fc).state = State::kFetching;
-  fetches_[fc] = Fetch{owner, job, repair, extent, std::move(*staging), 0, false};
+  fetches_[fc] = Fetch{owner, job, repair, extent, std::move(*staging), 0, false, local ? std::move(*local) : nullptr, {}, 0};
   out.connects.push_back({fc, source_addr});
   log::info("repairing extent {} from {}", extent, source_addr);
 }
@@ -457,8 +463,21 @@ void Core::request_chunks(Output& out, ConnectionId fetch_conn, Fetch& f) {
   uint64_t file_bytes = region_.extent_file_bytes();
   uint64_t window = f.staging->received_bytes() + kFetchPipelineChunks * kRepairChunkBytes;
   while (f.requested < file_bytes && f.requested < window) {
-    out.send(fetch_conn, ExtentFetch{f.extent, f.requested});
-    f.requested += std::min<uint64_t>(kRepairChunkBytes, file_bytes - f.requested);
+    uint64_t n = std::min<uint64_t>(kRepairChunkBytes, file_bytes - f.requested);
+    std::optional<ByteBuffer> mine;
+    if (f.local) {
+      mine.emplace(n);
+      if (auto r = f.local->read_at(f.requested, mine->span()); !r) {
+        log::warn("extent {}: reading our copy at {}: {}; fetching the rest whole", f.extent, f.requested,
+                  r.error().to_string());
+        mine.reset();
+        f.local.reset();
+      }
+    }
+    std::optional<uint64_t> have = mine ? std::optional(integrity_hash(mine->span())) : std::nullopt;
+    f.offered.push_back(std::move(mine));
+    out.send(fetch_conn, ExtentFetch{f.extent, f.requested, have});
+    f.requested += n;
   }
 }
 
@@ -476,9 +495,15 @@ void Core::handle_fetching(Output& out, ConnectionId conn, Message& m) {
     return request_chunks(out, conn, f);
   }
   if (auto chunk = as<ExtentChunk>(m)) {
-    if (!f.got_info || chunk->extent != f.extent)
+    if (!f.got_info || chunk->extent != f.extent || f.offered.empty())
       return finish_fetch(out, conn, fail(ErrorCode::kRepair, "unexpected chunk from the repair source"));
-    if (auto s = f.staging->append(chunk->offset, chunk->data.span()); !s) return finish_fetch(out, conn, s);
+    std::optional<ByteBuffer> mine = std::move(f.offered.front());
+    f.offered.pop_front();
+    if (chunk->unchanged && !mine)
+      return finish_fetch(out, conn, fail(ErrorCode::kRepair, "the repair source called a chunk we did not offer unchanged"));
+    std::span<const std::byte> bytes = chunk->unchanged ? mine->span() : chunk->data.span();
+    if (auto s = f.staging->append(chunk->offset, bytes); !s) return finish_fetch(out, conn, s);
+    f.network_bytes += chunk->data.size();
     return request_chunks(out, conn, f);
   }
   if (auto done = as<ExtentFetchDone>(m)) {
@@ -497,7 +522,8 @@ void Core::finish_fetch(Output& out, ConnectionId fetch_conn, const Status& resu
   conns_.erase(fetch_conn);
   out.closes.push_back({fetch_conn, result ? "repair transfer complete" : "repair transfer failed"});
   if (result) {
-    log::info("extent {} repaired ({} bytes)", f.extent, f.staging->received_bytes());
+    log::info("extent {} repaired ({} of its {} bytes differed and were copied)", f.extent, f.network_bytes,
+              f.staging->received_bytes());
   } else {
     log::warn("repair of extent {} failed: {}", f.extent, result.error().to_string());
   }

@@ -127,6 +127,12 @@ class Core {
     std::unique_ptr<RepairStaging> staging;
     uint64_t requested = 0;  // bytes asked for so far
     bool got_info = false;
+    // Our own copy of the (closed) extent, offered chunk by chunk so the source sends
+    // only chunks that differ; null if it cannot be read (then everything is fetched).
+    std::unique_ptr<File> local;
+    // Per chunk asked for and not yet answered, in order: our bytes if offered.
+    std::deque<std::optional<ByteBuffer>> offered;
+    uint64_t network_bytes = 0;  // chunk data that actually crossed the network
   };
 
   struct Conn {

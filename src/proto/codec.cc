@@ -308,6 +308,7 @@ Status validate_one(const ExtentChunk& m, const char* name) {
   if (m.data.size() > kRepairChunkBytes)
     return bad(name, fmt::format("chunk of {} bytes exceeds the limit {}", m.data.size(),
                                  kRepairChunkBytes));
+  if (m.unchanged && !m.data.empty()) return bad(name, "an unchanged chunk carries data");
   return {};
 }
 template <typename T>

@@ -25,7 +25,7 @@ namespace cru::proto {
 
 // Bump on any change to a message's tag or fields, to the frame layout, or to the meaning
 // of an ErrorCode: peers compare versions first and refuse a mismatch with both numbers.
-inline constexpr uint32_t kProtocolVersion = 1;
+inline constexpr uint32_t kProtocolVersion = 2;  // 2: ExtentFetch.have_hash, ExtentChunk.unchanged
 
 #define CRU_FIELDS(...)                                       \
   auto fields() { return std::tie(__VA_ARGS__); }             \
@@ -481,20 +481,26 @@ struct RepairHello {
 // Asks for the next chunk of a closed extent's file, starting at offset 0; the receiver
 // may ask for a few chunks ahead. Each is answered with an ExtentChunk; the last chunk is
 // followed by ExtentFetchDone. An error is answered with ExtentFetchDone alone.
+// have_hash: XXH64 of the receiver's own bytes at this place, so a chunk that already
+// matches is not sent again (only what differs crosses the network).
 struct ExtentFetch {
   static constexpr Tag kTag = Tag::kExtentFetch;
   ExtentId extent;
   uint64_t offset = 0;
-  CRU_FIELDS(extent, offset)
+  std::optional<uint64_t> have_hash;
+  CRU_FIELDS(extent, offset, have_hash)
   friend bool operator==(const ExtentFetch&, const ExtentFetch&) = default;
 };
 
+// unchanged: the source's bytes hash to the fetch's have_hash; no data follows and the
+// receiver keeps its own (ExtentFetchDone's whole-file hash still checks them).
 struct ExtentChunk {
   static constexpr Tag kTag = Tag::kExtentChunk;
   ExtentId extent;
   uint64_t offset = 0;  // byte offset of data in the extent file
+  bool unchanged = false;
   Bytes data;
-  CRU_FIELDS(extent, offset)
+  CRU_FIELDS(extent, offset, unchanged)
   friend bool operator==(const ExtentChunk&, const ExtentChunk&) = default;
 };
 

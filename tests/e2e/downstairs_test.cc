@@ -451,7 +451,7 @@ TEST(DownstairsE2e, ARepairKilledMidTransferRecoversOnTheNextOpen) {
   auto fetch = link->recv_as<ExtentFetch>(kIoTimeout);
   ASSERT_TRUE(fetch) << fetch.error().to_string();
   EXPECT_EQ(fetch->offset, 0u);
-  ASSERT_TRUE(link->send(ExtentChunk{ExtentId{0}, 0, Bytes::zeros(kRepairChunkBytes)}));
+  ASSERT_TRUE(link->send(ExtentChunk{ExtentId{0}, 0, false, Bytes::zeros(kRepairChunkBytes)}));
   const std::string staging = s.b + "/00/000/000.repair";
   EXPECT_TRUE(fs::exists(staging)) << "the target stages before it connects to the source";
   rb->process->kill(SIGKILL);

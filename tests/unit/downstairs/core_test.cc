@@ -611,6 +611,7 @@ struct RepairPair {
   Output src_upstairs, dst_upstairs;  // what each core sent its upstairs
   std::set<ConnectionId> cut_fetches;  // links the test broke
   int chunks_seen = 0;
+  int data_chunks_seen = 0;  // chunks that carried data (not "unchanged")
   // Set to cut the link after this many chunks have reached the target.
   std::optional<int> cut_after_chunks;
 
@@ -688,7 +689,10 @@ struct RepairPair {
             q.emplace_back(false, src->on_disconnect(peer, "link cut by the test"));
             break;
           }
-          if (std::holds_alternative<ExtentChunk>(s.message)) ++chunks_seen;
+          if (auto* c = std::get_if<ExtentChunk>(&s.message)) {
+            ++chunks_seen;
+            if (!c->unchanged) ++data_chunks_seen;
+          }
           q.emplace_back(true, dst->on_message(it->second, std::move(s.message)));
         }
         for (auto& cl : out.closes) {
@@ -788,6 +792,52 @@ TEST(CoreLiveRepair, RepairCopiesTheExtentSoBothRegionsMatch) {
   ASSERT_TRUE(r.status.is_ok());
   auto [ctx, data] = blocks(kExtentSize * 2, 10);
   EXPECT_EQ(r.data, data.slice(0, kExtentSize * kBs));
+}
+
+TEST(CoreLiveRepair, OnlyChunksThatDifferCrossTheNetwork) {
+  // 8192 blocks of 512 bytes: an extent file of six repair chunks (4 MiB of data, 1 MiB
+  // of context slots, then the metadata).
+  constexpr uint64_t kBig = 8192;
+  RepairPair p(kBig);
+  p.fill(*p.src_region, 10, 7, 2);
+  p.fill(*p.dst_region, 10, 7, 2);
+  // The target missed one write to the first block: its data (chunk 0), its context
+  // slot (chunk 4) and the metadata (chunk 5) differ; chunks 1-3 are the same.
+  auto [ctx, data] = blocks(1, 99);
+  ASSERT_TRUE(p.src_region->write(BlockIndex{0}, kBs, ctx, data.span(), false));
+  p.activate();
+  ASSERT_TRUE(only<ExtentLiveCloseAck>(
+                  p.to_src(ExtentLiveFlushClose{JobId{1000}, {}, ExtentId{0}, FlushNumber{8}, Generation{2}}), p.src_up)
+                  .status.is_ok());
+  ASSERT_TRUE(only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}}), p.dst_up).status.is_ok());
+  auto ack = only<Ack>(p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}), p.dst_up);
+  ASSERT_TRUE(ack.status.is_ok()) << ack.status.message;
+  uint64_t chunks = (p.dst_region->extent_file_bytes() + kRepairChunkBytes - 1) / kRepairChunkBytes;
+  EXPECT_EQ(p.chunks_seen, static_cast<int>(chunks));
+  EXPECT_EQ(chunks, 6u);
+  EXPECT_EQ(p.data_chunks_seen, 3) << "only the chunks that differ carry data";
+  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up).status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_src(ExtentLiveReopen{JobId{1001}, ids({1000}), ExtentId{0}}), p.src_up).status.is_ok());
+  EXPECT_EQ(p.dst_region->versions()[0], (ExtentVersion{Generation{2}, FlushNumber{8}, false}));
+  EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), p.extent_data(*p.src_region, 0)));
+}
+
+TEST(CoreLiveRepair, AChunkBeyondThoseAskedForFailsTheRepair) {
+  RepairPair p;
+  p.activate();
+  p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
+  auto started = p.dst->on_message(p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  ASSERT_EQ(started.connects.size(), 1u);
+  ConnectionId fetch = started.connects[0].conn;
+  auto hello = to(p.dst->on_connected(fetch), fetch);
+  ASSERT_EQ(hello.size(), 1u);
+  auto asked = to(p.dst->on_message(fetch, RegionInfo{p.dst_region->def()}), fetch);
+  ASSERT_EQ(asked.size(), 1u) << "a one-chunk extent";
+  EXPECT_TRUE(std::get<ExtentFetch>(asked[0]).have_hash) << "our own bytes are offered";
+  // The one chunk asked for is answered "unchanged"; a second answer is a broken source.
+  (void)p.dst->on_message(fetch, ExtentChunk{ExtentId{0}, 0, true, Bytes{}});
+  auto out = p.dst->on_message(fetch, ExtentChunk{ExtentId{0}, 0, true, Bytes{}});
+  EXPECT_EQ(only<Ack>(out, p.dst_up).status.code, ErrorCode::kRepair);
 }
 
 TEST(CoreLiveRepair, JobsDependingOnARepairWaitForItsEnd) {
@@ -937,11 +987,11 @@ TEST(CoreRepairSource, ChunksAskedOutOfOrderEndTheTransferWithAnError) {
   ASSERT_TRUE(p.src_region->close_extent(ExtentId{0}));
   ConnectionId peer = p.src->new_connection();
   EXPECT_EQ(only<RegionInfo>(p.src->on_message(peer, RepairHello{}), peer).region, p.src_region->def());
-  auto done = only<ExtentFetchDone>(p.src->on_message(peer, ExtentFetch{ExtentId{0}, 4096}), peer);
+  auto done = only<ExtentFetchDone>(p.src->on_message(peer, ExtentFetch{ExtentId{0}, 4096, std::nullopt}), peer);
   EXPECT_EQ(done.status.code, ErrorCode::kRepair);
-  auto bad_extent = only<ExtentFetchDone>(p.src->on_message(peer, ExtentFetch{ExtentId{99}, 0}), peer);
+  auto bad_extent = only<ExtentFetchDone>(p.src->on_message(peer, ExtentFetch{ExtentId{99}, 0, std::nullopt}), peer);
   EXPECT_EQ(bad_extent.status.code, ErrorCode::kInvalidExtent);
-  auto chunk = p.src->on_message(peer, ExtentFetch{ExtentId{0}, 0});
+  auto chunk = p.src->on_message(peer, ExtentFetch{ExtentId{0}, 0, std::nullopt});
   auto msgs = to(chunk, peer);
   ASSERT_EQ(msgs.size(), 2u) << "a small extent is one chunk, then done";
   EXPECT_TRUE(std::holds_alternative<ExtentChunk>(msgs[0]));

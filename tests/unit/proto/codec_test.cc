@@ -253,7 +253,8 @@ std::vector<std::byte> bytes_of(std::initializer_list<int> v) {
   return out;
 }
 
-TEST(Golden, ProtocolVersionIsOne) { EXPECT_EQ(kProtocolVersion, 1u); }
+// A reminder that a version change is deliberate: update docs/protocol.md with it.
+TEST(Golden, ProtocolVersionIsTwo) { EXPECT_EQ(kProtocolVersion, 2u); }
 
 TEST(Golden, HereIAmEncoding) {
   HereIAm m;
@@ -516,8 +517,13 @@ TEST(Codec, RejectsBlockCountAboveLimit) {
 
 TEST(Codec, RejectsChunkLargerThanLimit) {
   EXPECT_TRUE(rejected_with(
-      decode_frame(frame(Tag::kExtentChunk, Meta().u32(1).u64(0), kRepairChunkBytes + 1)),
+      decode_frame(frame(Tag::kExtentChunk, Meta().u32(1).u64(0).u8(0), kRepairChunkBytes + 1)),
       "chunk of " + std::to_string(kRepairChunkBytes + 1) + " bytes exceeds the limit"));
+}
+
+TEST(Codec, RejectsUnchangedChunkWithData) {
+  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kExtentChunk, Meta().u32(1).u64(0).u8(1), 4096)),
+                            "ExtentChunk: an unchanged chunk carries data"));
 }
 
 TEST(Codec, RejectsBooleanByteOtherThanZeroOrOne) {

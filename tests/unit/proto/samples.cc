@@ -167,10 +167,12 @@ std::vector<Message> small_samples() {
   // extent transfer
   s.push_back(RepairHello{});
   s.push_back(RepairHello{kU32Max});
-  s.push_back(ExtentFetch{ExtentId{3}, 0});
-  s.push_back(ExtentFetch{ExtentId{kU32Max}, kU64Max});
-  s.push_back(ExtentChunk{ExtentId{3}, 0, Bytes{}});
-  s.push_back(ExtentChunk{ExtentId{3}, kU64Max, pattern_bytes(1000, 7)});
+  s.push_back(ExtentFetch{ExtentId{3}, 0, std::nullopt});
+  s.push_back(ExtentFetch{ExtentId{kU32Max}, kU64Max, kU64Max});
+  s.push_back(ExtentFetch{ExtentId{3}, 1, 0});
+  s.push_back(ExtentChunk{ExtentId{3}, 0, false, Bytes{}});
+  s.push_back(ExtentChunk{ExtentId{3}, kU64Max, false, pattern_bytes(1000, 7)});
+  s.push_back(ExtentChunk{ExtentId{3}, 1u << 20, true, Bytes{}});
   s.push_back(ExtentFetchDone{ExtentId{3}, WireStatus::ok(), 1000, kU64Max});
   s.push_back(ExtentFetchDone{ExtentId{4}, error_status(ErrorCode::kNotFound, "no extent 4"), 0, 0});
 
@@ -205,7 +207,7 @@ std::vector<Message> huge_samples() {
     r.data = pattern_bytes(uint64_t{kMaxIoBlocks} * kMinBlockSize, 9);
     s.push_back(std::move(r));
   }
-  s.push_back(ExtentChunk{ExtentId{kU32Max}, kU64Max - kRepairChunkBytes,
+  s.push_back(ExtentChunk{ExtentId{kU32Max}, kU64Max - kRepairChunkBytes, false,
                           pattern_bytes(kRepairChunkBytes, 10)});
   return s;
 }
