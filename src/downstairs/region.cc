@@ -15,6 +15,8 @@ namespace {
 constexpr std::string_view kRegionFile = "region.json";
 // region.json is a few hundred bytes; anything larger is not ours.
 constexpr size_t kMaxRegionFileBytes = 64 * 1024;
+// A received extent is checked this many blocks at a time, bounding the memory it takes.
+constexpr uint64_t kVerifyStepBlocks = 1024;
 
 Status invalid(std::string msg) { return fail(ErrorCode::kInvalidArgument, std::move(msg)); }
 
@@ -390,11 +392,24 @@ Status RepairStaging::commit(uint64_t file_bytes, uint64_t file_hash) {
                             hash_.digest(), file_hash));
   CRU_TRY(file_->sync());
   file_.reset();
-  // Check the file opens as an extent before it replaces a good one.
+  // Check the file opens as an extent, and every block against its context, before it
+  // replaces a good one: a latent error on the source must not spread to this replica.
   {
     auto probe = Extent::open(region_.fs_, path_, region_.layout_, extent_, true, region_.def().encrypted);
     if (!probe) return fail(ErrorCode::kRepair, fmt::format("extent {}: received file is not a valid extent: {}",
                                                            extent_, probe.error().message));
+    const uint64_t blocks = region_.layout_.blocks;
+    for (uint64_t first = 0; first < blocks; first += kVerifyStepBlocks) {
+      uint64_t n = std::min(kVerifyStepBlocks, blocks - first);
+      auto report = (*probe)->inspect(first, n);
+      if (!report) return fail(ErrorCode::kRepair, fmt::format("extent {}: checking the received copy: {}", extent_,
+                                                              report.error().message));
+      for (uint64_t i = 0; i < n; ++i)
+        if (!(*report)[i].data_matches)
+          return fail(ErrorCode::kRepair, fmt::format("extent {}: block {} of the received copy does not match its "
+                                                      "hash (the source's copy is damaged); not taken",
+                                                      extent_, first + i));
+    }
   }
   std::string target = region_.extent_path(extent_);
   CRU_TRY(region_.fs_.rename(path_, target));

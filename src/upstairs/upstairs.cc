@@ -1158,7 +1158,9 @@ void Upstairs::start_live_repair_if_ready() {
     if (clients_[c].mode == Mode::kOffline && clients_[c].ds != Ds::kActive) fault(c, "offline when a live repair started");
   repair_ = LiveRepair{};
   repair_->targets = targets;
-  repair_->source = sources.front();
+  // Each abort moves to the next healthy source, so one with a damaged extent (the
+  // target refuses a copy that fails its hashes) cannot fail every attempt.
+  repair_->source = sources[repairs_aborted_ % sources.size()];
   repair_->started = now_;
   for (ClientId t : targets) {
     clients_[t].ds = Ds::kLiveRepair;

@@ -725,6 +725,17 @@ struct RepairPair {
     ASSERT_TRUE(r.write(BlockIndex{0}, kBs, ctx, data.span(), false));
     ASSERT_TRUE(r.flush(FlushNumber{flush}, Generation{gen}, std::nullopt));
   }
+  // Different contents on the two, both negotiated, extent 0 closed on both; returns the
+  // target's extent 0 as it was.
+  ByteBuffer diverge_and_close() {
+    fill(*src_region, 10, 7, 2);
+    fill(*dst_region, 20, 3, 1);
+    auto before = extent_data(*dst_region, 0);
+    activate();
+    to_src(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
+    to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
+    return before;
+  }
   ByteBuffer extent_data(Region& r, uint32_t e) {
     auto got = r.read(BlockIndex{e * r.def().extent_size}, r.def().extent_size);
     EXPECT_TRUE(got) << got.error().to_string();
@@ -822,6 +833,21 @@ TEST(CoreLiveRepair, OnlyChunksThatDifferCrossTheNetwork) {
   EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), p.extent_data(*p.src_region, 0)));
 }
 
+TEST(CoreLiveRepair, ADamagedBlockOnTheSourceIsNotCopied) {
+  RepairPair p;
+  auto before = p.diverge_and_close();
+  // A latent media error in the source's block 3.
+  p.fs.corrupt(p.src_region->extent_path(ExtentId{0}), 3 * kBs + 17, 0x10);
+  auto ack = only<Ack>(p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}), p.dst_up);
+  EXPECT_EQ(ack.status.code, ErrorCode::kRepair);
+  EXPECT_NE(ack.status.message.find("block 3 of the received copy does not match its hash"), std::string::npos)
+      << ack.status.message;
+  EXPECT_FALSE(*p.fs.exists(Extent::staging_path(p.dst_region->extent_path(ExtentId{0}))));
+  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up).status.is_ok());
+  EXPECT_EQ(p.dst_region->versions()[0], (ExtentVersion{Generation{1}, FlushNumber{3}, false}));
+  EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), before)) << "the target keeps its own copy";
+}
+
 TEST(CoreLiveRepair, AChunkBeyondThoseAskedForFailsTheRepair) {
   RepairPair p;
   p.activate();
@@ -863,12 +889,7 @@ TEST(CoreLiveRepair, ASourceLostMidTransferFailsTheJobAndKeepsTheOldExtent) {
   constexpr uint64_t kBig = 2048;
   RepairPair p(kBig);
   ASSERT_GT(p.dst_region->extent_file_bytes(), kRepairChunkBytes);
-  p.fill(*p.src_region, 10, 7, 2);
-  p.fill(*p.dst_region, 20, 3, 1);
-  auto before = p.extent_data(*p.dst_region, 0);
-  p.activate();
-  p.to_src(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
-  p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
+  auto before = p.diverge_and_close();
   p.cut_after_chunks = 1;
   auto out = p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   EXPECT_EQ(p.chunks_seen, 1);

@@ -724,7 +724,7 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
   ASSERT_TRUE(s.repair.running);
   EXPECT_EQ(s.repair.extent, 0u) << "repair restarts from the beginning";
   EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_copied, 0u);
-  EXPECT_EQ(s.repair.source, source_lost ? kC1 : kC0);
+  EXPECT_EQ(s.repair.source, kC1) << "after an abort the next healthy downstairs is the source (or the only one)";
   bool saw_close0 = false;
   for (ClientId c : kAllClients)
     for (const Message& m : h.inbox(c))
@@ -911,7 +911,8 @@ TEST_F(Replace, ReplacingTheDownstairsUnderRepairAbortsThatRepairAndRepairsTheNe
   ASSERT_TRUE(s.repair.running);
   EXPECT_EQ(s.repair.extent, 0u);
   close_version[kC2] = ver(0, 0);
-  for (uint32_t e = 0; e < kExtents; ++e) run_extent(e, {kC2}, {kC2}, kC0);
+  EXPECT_EQ(s.repair.source, kC1) << "after an abort the next healthy downstairs is the source";
+  for (uint32_t e = 0; e < kExtents; ++e) run_extent(e, {kC2}, {kC2}, kC1);
   run_final_flush();
   EXPECT_EQ(state(kC2), "active");
   EXPECT_EQ(snap().live_repairs_completed, 1u);
