@@ -25,6 +25,7 @@ nlohmann::json status_json(const upstairs::Snapshot& s) {
                                {"jobs_in_flight", c.jobs_in_flight},
                                {"bytes_in_flight", c.bytes_in_flight},
                                {"last_error", c.last_error},
+                               {"last_error_age_s", c.last_error_age_s},
                                {"connects", c.connects},
                                {"faults", c.faults},
                                {"replays", c.replays},
@@ -65,7 +66,8 @@ std::string format_status(const nlohmann::json& j) {
                        i++, d.value("target", ""), d.value("state", ""), d.value("jobs_in_flight", 0),
                        format_size(d.value("bytes_in_flight", uint64_t{0})), d.value("connects", 0),
                        d.value("faults", 0), d.value("self_heals", 0));
-    if (!d.value("last_error", "").empty()) out += fmt::format("; last error: {}", d.value("last_error", ""));
+    if (!d.value("last_error", "").empty())
+      out += fmt::format("; last error {:.0f} s ago: {}", d.value("last_error_age_s", 0.0), d.value("last_error", ""));
     out += "\n";
   }
   const auto& r = j["live_repair"];

@@ -692,7 +692,7 @@ void Upstairs::fault(ClientId c, const std::string& reason) {
   }
   log::warn("{} faulted: {}", describe(c), reason);
   ++cl.faults;
-  cl.last_error = reason;
+  cl.set_error(reason, now_);
   if (cl.mode != Mode::kReplaced) cl.mode = Mode::kFaulted;
   bool was_repairing = cl.ds == Ds::kLiveRepair;
   skip_all(c);
@@ -746,7 +746,7 @@ void Upstairs::lose_connection(ClientId c, const std::string& reason, bool emit)
 }
 
 void Upstairs::on_disconnected(ClientId c, const std::string& reason) {
-  clients_[c].last_error = reason;
+  clients_[c].set_error(reason, now_);
   lose_connection(c, reason, false);
 }
 
@@ -863,7 +863,7 @@ void Upstairs::negotiate(ClientId c, Message& m) {
   // A refusal during activation fails it (the configuration is wrong); later it only
   // keeps this downstairs out until a retry succeeds.
   auto refuse = [&](ErrorCode code, std::string why) {
-    cl.last_error = why;
+    cl.set_error(why, now_);
     if (state_ == State::kActivating) return fail_activation(Error{code, describe(c) + ": " + why});
     log::warn("{}: {}", describe(c), why);
     if (state_ == State::kActive || state_ == State::kDeactivating) fault(c, why);
@@ -1306,13 +1306,13 @@ void Upstairs::on_tick() {
   for (ClientId c : kAllClients) {
     Client& cl = clients_[c];
     if (cl.ds == Ds::kConnecting && now_ >= cl.connect_started + config_.limits.connect_timeout) {
-      cl.last_error = "connect timed out";
+      cl.set_error("connect timed out", now_);
       lose_connection(c, "connect timed out", true);
       continue;
     }
     if (cl.conn == 0 || cl.ds == Ds::kConnecting) continue;
     if (now_ >= cl.last_heard + config_.limits.client_timeout) {
-      cl.last_error = "no reply for 45 s";
+      cl.set_error("no reply for 45 s", now_);
       lose_connection(c, fmt::format("silent for {} s", std::chrono::duration_cast<std::chrono::seconds>(
                                                              config_.limits.client_timeout).count()),
                       true);
@@ -1447,6 +1447,7 @@ Snapshot Upstairs::snapshot() const {
     o.jobs_in_flight = cl.jobs_in_flight;
     o.bytes_in_flight = cl.bytes_in_flight;
     o.last_error = cl.last_error;
+    if (!cl.last_error.empty()) o.last_error_age_s = std::chrono::duration<double>(now_ - cl.last_error_at).count();
     o.connects = cl.connects;
     o.faults = cl.faults;
     o.replays = cl.replays;

@@ -155,6 +155,7 @@ struct ClientStatus {
   uint64_t jobs_in_flight = 0;
   uint64_t bytes_in_flight = 0;
   std::string last_error;
+  double last_error_age_s = 0;  // how long ago last_error happened (it may be history)
   uint64_t connects = 0, faults = 0, replays = 0, live_repairs = 0, self_heals = 0;
 };
 
@@ -262,6 +263,11 @@ class Upstairs {
     uint64_t jobs_in_flight = 0, bytes_in_flight = 0;  // kHeld or kSent
     uint64_t jobs_finished = 0, bytes_finished = 0;    // done/skipped/error, not retired
     std::string last_error;
+    TimePoint last_error_at{};
+    void set_error(std::string why, TimePoint at) {
+      last_error = std::move(why);
+      last_error_at = at;
+    }
     uint64_t connects = 0, faults = 0, replays = 0, live_repairs = 0, self_heals = 0;
     // Extents that returned data failing verification: live repair copies them even when
     // their (generation, flush, dirty) match the source's.

@@ -1,0 +1,38 @@
+// fuse::status_json and format_status: what `crucible-fuse status` shows of a snapshot.
+#include <gtest/gtest.h>
+
+#include "fuse/status.h"
+
+namespace cru::fuse {
+namespace {
+
+upstairs::Snapshot snapshot_with_history() {
+  upstairs::Snapshot s;
+  s.state = "active";
+  s.generation = Generation{3};
+  for (auto& c : s.clients) c.state = "active";
+  s.clients[ClientId{1}].target = "127.0.0.1:3820";
+  s.clients[ClientId{1}].last_error = "End of file";
+  s.clients[ClientId{1}].last_error_age_s = 37.2;
+  s.clients[ClientId{1}].faults = 1;
+  return s;
+}
+
+TEST(Status, ALastErrorSaysHowLongAgoItHappened) {
+  auto j = status_json(snapshot_with_history());
+  EXPECT_EQ(j["downstairs"][1]["last_error"], "End of file");
+  EXPECT_DOUBLE_EQ(j["downstairs"][1]["last_error_age_s"].get<double>(), 37.2);
+  std::string text = format_status(j);
+  EXPECT_NE(text.find("127.0.0.1:3820"), std::string::npos) << text;
+  EXPECT_NE(text.find("last error 37 s ago: End of file"), std::string::npos) << text;
+}
+
+TEST(Status, NoErrorShowsNoErrorClause) {
+  upstairs::Snapshot s = snapshot_with_history();
+  s.clients[ClientId{1}].last_error.clear();
+  std::string text = format_status(status_json(s));
+  EXPECT_EQ(text.find("last error"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace cru::fuse
