@@ -458,7 +458,7 @@ bool Upstairs::admit(const GuestSubmit& g) {
             std::string old = cl.target;
             cl.mode = Mode::kReplaced;
             skip_all(*which);
-            lose_connection(*which, "replaced by " + op.new_target, true);
+            lose_connection(*which, "replaced by " + op.new_target, true, /*counted=*/true);
             cl.target = op.new_target;
             cl.region_uuid.reset();
             cl.backoff = std::chrono::milliseconds(100);
@@ -680,6 +680,15 @@ void Upstairs::skip_all(ClientId c) {
   for (JobId id : reads_to_retry) retry_read(jobs_.at(id));
 }
 
+// Marks it Faulted (a replaced one stays Replaced) and counts it, once per fault.
+void Upstairs::count_fault(ClientId c, const std::string& reason) {
+  Client& cl = clients_[c];
+  log::warn("{} faulted: {}", describe(c), reason);
+  ++cl.faults;
+  cl.set_error(reason, now_);
+  if (cl.mode != Mode::kReplaced) cl.mode = Mode::kFaulted;
+}
+
 void Upstairs::fault(ClientId c, const std::string& reason) {
   Client& cl = clients_[c];
   if (state_ != State::kActive && state_ != State::kDeactivating) {
@@ -690,17 +699,14 @@ void Upstairs::fault(ClientId c, const std::string& reason) {
     skip_all(c);
     return;  // already faulted
   }
-  log::warn("{} faulted: {}", describe(c), reason);
-  ++cl.faults;
-  cl.set_error(reason, now_);
-  if (cl.mode != Mode::kReplaced) cl.mode = Mode::kFaulted;
+  count_fault(c, reason);
   bool was_repairing = cl.ds == Ds::kLiveRepair;
   skip_all(c);
   if (repair_ && (was_repairing || c == repair_->source)) abort_live_repair(describe(c) + " faulted");
-  if (cl.conn != 0) lose_connection(c, reason, true);
+  if (cl.conn != 0) lose_connection(c, reason, true, /*counted=*/true);
 }
 
-void Upstairs::lose_connection(ClientId c, const std::string& reason, bool emit) {
+void Upstairs::lose_connection(ClientId c, const std::string& reason, bool emit, bool counted) {
   Client& cl = clients_[c];
   Ds prev = cl.ds;
   if (cl.conn != 0 && emit) actions_.push_back(Disconnect{c, cl.conn, reason});
@@ -731,11 +737,11 @@ void Upstairs::lose_connection(ClientId c, const std::string& reason, bool emit)
           }
         }
     } else {
-      cl.mode = Mode::kFaulted;
+      count_fault(c, reason + "; its jobs cannot be replayed");
       skip_all(c);
     }
   } else if (prev == Ds::kLiveRepair) {
-    cl.mode = Mode::kFaulted;
+    if (!counted) count_fault(c, reason + ", during its live repair");
     skip_all(c);
     abort_live_repair(describe(c) + " disconnected during its repair");
   } else if (prev == Ds::kReconcile || reconcile_) {
@@ -1209,13 +1215,16 @@ void Upstairs::repair_progress() {
       case LiveRepair::Step::kClosing: {
         Job& close = jobs_.at(r.close_id);
         if (!complete_on_all(close)) return;
-        // Copy only where the target differs from the source (or is dirty).
+        // Copy only where the target differs from the source (or is dirty). A replacement
+        // is another region whose equal numbers prove nothing: every extent is copied
+        // (only its chunks that differ cross the network).
         std::vector<ClientId> dests;
         if (!r.aborting && close.io[r.source] == Io::kDone) {
           const ExtentVersion& src = close.close_versions[r.source];
           for (ClientId t : r.targets)
-            if (close.io[t] == Io::kDone && (close.close_versions[t].dirty || close.close_versions[t] != src ||
-                                             clients_[t].suspect_extents.contains(r.extent)))
+            if (close.io[t] == Io::kDone &&
+                (close.close_versions[t].dirty || close.close_versions[t] != src ||
+                 clients_[t].mode == Mode::kReplaced || clients_[t].suspect_extents.contains(r.extent)))
               dests.push_back(t);
         }
         Job& repair = create_job(dests.empty() ? JobKind::kLiveNoOp : JobKind::kLiveRepair, r.repair_id, {r.close_id});

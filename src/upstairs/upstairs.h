@@ -306,7 +306,9 @@ class Upstairs {
   void on_message(ClientId c, proto::Message& m);
   void on_disconnected(ClientId c, const std::string& reason);
   // The connection is gone (we dropped it if `emit`): decide how the client rejoins.
-  void lose_connection(ClientId c, const std::string& reason, bool emit);
+  // counted: the caller already accounted for this (a fault, a replacement), so losing a
+  // repair target here is not counted as another fault.
+  void lose_connection(ClientId c, const std::string& reason, bool emit, bool counted = false);
   void on_tick();
 
   // ---- negotiation and activation
@@ -345,6 +347,7 @@ class Upstairs {
   void guest_done(GuestId id, Status status, ReadData read = {});
 
   // ---- faults
+  void count_fault(ClientId c, const std::string& reason);
   void fault(ClientId c, const std::string& reason);
   void skip_all(ClientId c);
 

@@ -713,6 +713,9 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
   if (cause == Cause::kTargetFails) {
     EXPECT_EQ(s.clients[kC2].faults, 2u) << "the write error, then the failed step";
   }
+  if (cause == Cause::kTargetDisconnects) {
+    EXPECT_EQ(s.clients[kC2].faults, 2u) << "the write error, then the disconnect during its repair";
+  }
   if (cause == Cause::kSourceFails) {
     EXPECT_EQ(s.clients[kC0].faults, 1u);
   }
@@ -887,6 +890,22 @@ TEST_F(Replace, AcceptedNewTargetIsLiveRepairedAndGuestIoNeverStops) {
   EXPECT_EQ(s.clients[kC2].state, "active");
   EXPECT_EQ(s.live_repairs_completed, 1u);
   EXPECT_EQ(s.clients[kC2].target, "127.0.0.1:3900");
+}
+
+TEST_F(Replace, AReplacementWithTheSameNumbersStillHasEveryExtentCopied) {
+  GuestId g = h.submit(ReplaceOp{"127.0.0.1:3803", "127.0.0.1:3900"});
+  ASSERT_TRUE(h.done(g));
+  ASSERT_TRUE(h.reply(g).status) << h.reply(g).status.error().to_string();
+  drop(kC2);
+  answer_all();
+  // A used region from elsewhere whose (generation, flush, dirty) happen to match.
+  ds[kC2] = FakeDs{};
+  reconnect({kC2}, false);
+  ASSERT_TRUE(snap().repair.running);
+  close_version = ClientData<ExtentVersion>(ver(1, 2));
+  for (uint32_t e = 0; e < kExtents; ++e) run_extent(e, {kC2}, {kC2}, kC0);
+  run_final_flush();
+  EXPECT_EQ(state(kC2), "active");
 }
 
 TEST_F(Replace, ReplacingTheDownstairsUnderRepairAbortsThatRepairAndRepairsTheNewOne) {
