@@ -127,6 +127,12 @@ TEST_F(CrucibleE2e, DefaultRunWritesFlushesReadsBackAndVerifies) {
   expect_success(c.run({"one"}), c, "verified");
 }
 
+TEST_F(CrucibleE2e, MainOptionsAlsoWorkAfterTheSubcommand) {
+  auto r = c.run({"one", "--quiet"});
+  EXPECT_EQ(r.exit_code(), 0) << r.describe() << c.logs();
+  EXPECT_EQ(r.out.find("flushed"), std::string::npos) << "--quiet after the subcommand was ignored:\n" << r.describe();
+}
+
 TEST_F(CrucibleE2e, RandVerifiesEveryRead) {
   auto r = c.run({"rand", "--count", "400"});
   expect_success(r, c, "(all verified)");

@@ -320,6 +320,9 @@ int main(int argc, char** argv) {
   app.add_option("--seed", a.seed, "random seed (default: random, printed)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.require_subcommand(0, 1);
+  // Subcommands (created below, inheriting this) pass options they do not know to the
+  // main command, so `crucible -t ... rand --count 5 --quiet` works as well.
+  app.fallthrough();
   app.add_subcommand("one", "write, flush and read back one random IO (the default)");
   auto* rand = app.add_subcommand("rand", "random reads, writes and flushes, verified");
   rand->add_option("-c,--count", a.count, "operations")->default_val(1000);
