@@ -185,17 +185,21 @@ dsc() { "$bin/crucible-dsc" "$@" --dir "$regions"; }
 event() { echo "$(date +%H:%M:%S.%3N) $*" >>"$work/chaos.log"; }
 
 # ---- start ----------------------------------------------------------------------------------
+# await_line LOG TEXT PID NAME WHAT: until LOG has TEXT; fails if PID (NAME) exits or 60 s pass.
+await_line() {
+  local deadline=$((SECONDS + 60))
+  until grep -q "$2" "$1"; do
+    kill -0 "$3" 2>/dev/null || die "$4 exited before $5"
+    [[ $SECONDS -lt $deadline ]] || die "waited 60 s for $5"
+    sleep 0.2
+  done
+}
 echo "chaos: $mode mode for ${seconds} s in $work (binaries: $bin)"
 dsc create --count 3 --block-size "$block_size" --extent-size "$extent_blocks" \
   --extent-count "$extent_count" >"$work/create.log" 2>&1 || { cat "$work/create.log" >&2; die "crucible-dsc create failed"; }
 "$bin/crucible-dsc" start --dir "$regions" --port-base 0 >"$work/dsc.log" 2>&1 &
 dsc_pid=$!
-deadline=$((SECONDS + 60))
-until grep -q "supervising 3 downstairs" "$work/dsc.log"; do
-  kill -0 "$dsc_pid" 2>/dev/null || die "crucible-dsc start exited"
-  [[ $SECONDS -lt $deadline ]] || die "the downstairs did not all listen within 60 s"
-  sleep 0.2
-done
+await_line "$work/dsc.log" "supervising 3 downstairs" "$dsc_pid" "crucible-dsc start" "all three downstairs listen"
 mapfile -t targets < <(dsc status | sed -n 's/^downstairs [0-9]*: \([0-9.]*:[0-9]*\) running .*/\1/p')
 [[ ${#targets[@]} -eq 3 ]] || die "could not read three addresses from crucible-dsc status"
 
@@ -214,12 +218,7 @@ log:
 EOF
 "$bin/crucible-fuse" -c "$config" -f >"$work/fuse.log" 2>&1 &
 fuse_pid=$!
-deadline=$((SECONDS + 60))
-until grep -q "disk.img is ready" "$work/fuse.log"; do
-  kill -0 "$fuse_pid" 2>/dev/null || die "crucible-fuse exited before mounting"
-  [[ $SECONDS -lt $deadline ]] || die "crucible-fuse did not mount within 60 s"
-  sleep 0.2
-done
+await_line "$work/fuse.log" "disk.img is ready" "$fuse_pid" "crucible-fuse" "the mount"
 echo "chaos: mounted $mnt/disk.img ($((size_bytes >> 20)) MiB) on ${targets[*]}"
 
 # ---- workload -------------------------------------------------------------------------------

@@ -69,26 +69,21 @@ class Fd {
 };
 
 // pwrite/pread of the whole buffer; false (errno set) on an error or a short transfer.
-bool pwrite_all(int fd, const void* data, size_t len, uint64_t off) {
-  const char* p = static_cast<const char*>(data);
+template <typename Op, typename Ptr>
+bool transfer_all(Op op, int fd, Ptr p, size_t len, uint64_t off) {
   while (len > 0) {
-    ssize_t n = ::pwrite(fd, p, len, static_cast<off_t>(off));
+    ssize_t n = op(fd, p, len, static_cast<off_t>(off));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) return false;
     p += n, len -= static_cast<size_t>(n), off += static_cast<uint64_t>(n);
   }
   return true;
 }
-
+bool pwrite_all(int fd, const void* data, size_t len, uint64_t off) {
+  return transfer_all(::pwrite, fd, static_cast<const char*>(data), len, off);
+}
 bool pread_all(int fd, void* data, size_t len, uint64_t off) {
-  char* p = static_cast<char*>(data);
-  while (len > 0) {
-    ssize_t n = ::pread(fd, p, len, static_cast<off_t>(off));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    p += n, len -= static_cast<size_t>(n), off += static_cast<uint64_t>(n);
-  }
-  return true;
+  return transfer_all(::pread, fd, static_cast<char*>(data), len, off);
 }
 
 std::vector<char> read_at(const std::string& path, uint64_t off, size_t len) {

@@ -71,15 +71,19 @@ struct Packet {
   TimePoint at;  // not delivered before
 };
 
-// One TCP connection. Side a opened it (the upstairs, or a downstairs fetching an extent
-// from a repair source); side b is the downstairs that accepted it.
-struct Link {
+// Side a of a connection, the one that opens it: the upstairs, or a downstairs fetching
+// an extent from a repair source.
+struct Opener {
   bool from_upstairs = true;
-  ClientId client;
+  ClientId client;  // upstairs side
   ConnId up_conn = 0;
-  int a_ds = -1;
+  int a_ds = -1;  // downstairs side
   uint64_t a_inc = 0;
   DsConn a_conn;
+};
+
+// One TCP connection; side b is the downstairs that accepted it.
+struct Link : Opener {
   int b_ds = -1;
   uint64_t b_inc = 0;
   DsConn b_conn;
@@ -87,13 +91,7 @@ struct Link {
   bool a_open = true, b_open = true;
 };
 
-struct PendingConnect {
-  bool from_upstairs = true;
-  ClientId client;
-  ConnId up_conn = 0;
-  int a_ds = -1;
-  uint64_t a_inc = 0;
-  DsConn a_conn;
+struct PendingConnect : Opener {
   int target = -1;
   TimePoint at;
 };
@@ -427,12 +425,7 @@ class Sim {
       return apply_ds(pc.a_ds, ds_[pc.a_ds].core->on_disconnect(pc.a_conn, "connection refused"));
     }
     Link l;
-    l.from_upstairs = pc.from_upstairs;
-    l.client = pc.client;
-    l.up_conn = pc.up_conn;
-    l.a_ds = pc.a_ds;
-    l.a_inc = pc.a_inc;
-    l.a_conn = pc.a_conn;
+    static_cast<Opener&>(l) = pc;
     l.b_ds = pc.target;
     l.b_inc = target.incarnation;
     l.b_conn = target.core->new_connection();
@@ -460,7 +453,7 @@ class Sim {
         auto d = address_ds(ct->address);
         if (!d) return fail_run("the upstairs connects to an unknown address " + ct->address);
         up_conn_[ct->client] = ct->conn;
-        connects_.push_back(PendingConnect{true, ct->client, ct->conn, -1, 0, DsConn{}, *d, now_ + std::chrono::microseconds(pick(50, 1000))});
+        connects_.push_back(PendingConnect{{true, ct->client, ct->conn, -1, 0, DsConn{}}, *d, now_ + std::chrono::microseconds(pick(50, 1000))});
       } else if (auto* dc = std::get_if<upstairs::Disconnect>(&a)) {
         if (up_conn_[dc->client] == dc->conn) drop_upstairs_conn(dc->client, dc->reason);
         ++epoch_;
@@ -491,7 +484,7 @@ class Sim {
     for (auto& co : out.connects) {
       auto target = address_ds(co.address);
       if (!target) return fail_run(fmt::format("downstairs {} fetches from an unknown address {}", d, co.address));
-      connects_.push_back(PendingConnect{false, ClientId{}, 0, d, ds_[d].incarnation, co.conn, *target,
+      connects_.push_back(PendingConnect{{false, ClientId{}, 0, d, ds_[d].incarnation, co.conn}, *target,
                                          now_ + std::chrono::microseconds(pick(50, 1000))});
     }
   }

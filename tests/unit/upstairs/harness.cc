@@ -22,6 +22,23 @@ template <typename... Ts>
 Overloaded(Ts...) -> Overloaded<Ts...>;
 }  // namespace
 
+std::optional<Message> Harness::sent(ClientId c, JobId id) const {
+  for (const Message& m : jobs_sent_[c])
+    if (job_view(m)->id == id) return m;
+  return std::nullopt;
+}
+
+std::vector<JobId> Harness::deps(ClientId c, JobId id) const {
+  auto m = sent(c, id);
+  EXPECT_TRUE(m) << "job " << id.value << " was not sent to downstairs " << int(c.value);
+  return m ? job_view(*m)->deps : std::vector<JobId>{};
+}
+
+JobId Harness::newest(ClientId c) const {
+  EXPECT_FALSE(jobs_sent_[c].empty()) << "downstairs " << int(c.value) << " was sent no job";
+  return jobs_sent_[c].empty() ? JobId{} : job_view(jobs_sent_[c].back())->id;
+}
+
 std::optional<JobView> job_view(const Message& m) {
   return std::visit(
       [](const auto& x) -> std::optional<JobView> {

@@ -111,6 +111,12 @@ class Harness {
   const std::vector<ConnectTo>& connects() const { return connects_; }
   // Every IO job message each downstairs was sent, in order (kept after the inbox pops).
   const std::vector<Message>& jobs_sent(ClientId c) const { return jobs_sent_[c]; }
+  // The job with id `id` as sent to `c` (nullopt if it was not sent there).
+  std::optional<Message> sent(ClientId c, JobId id) const;
+  // Its dependencies (a test failure if it was not sent to `c`).
+  std::vector<JobId> deps(ClientId c, JobId id) const;
+  // The id of the newest job sent to `c` (a test failure if none was).
+  JobId newest(ClientId c) const;
 
   // Whether downstairs `c` cannot run job `y` before job `x` finished there: `x` was
   // answered by `c` before `y` was sent, or `y` depends on `x` directly or through jobs

@@ -300,18 +300,6 @@ class LiveRepair : public ::testing::Test {
       }
     return std::nullopt;
   }
-  // The job with id `id` as sent to `c` (nullopt if it was not sent there).
-  std::optional<Message> sent(ClientId c, JobId id) {
-    for (const Message& m : h.jobs_sent(c))
-      if (job_view(m)->id == id) return m;
-    return std::nullopt;
-  }
-  std::vector<JobId> deps(ClientId c, JobId id) {
-    auto m = sent(c, id);
-    EXPECT_TRUE(m) << "job " << id.value << " was not sent to downstairs " << int(c.value);
-    return m ? job_view(*m)->deps : std::vector<JobId>{};
-  }
-  JobId newest(ClientId c) { return job_view(h.jobs_sent(c).back())->id; }
 
   // Checks the close of extent `e` waiting in the inboxes: ExtentLiveClose to each
   // target, ExtentLiveFlushClose (this generation) to the others, one job id everywhere.
@@ -455,7 +443,7 @@ TEST_F(LiveRepair, FaultedDownstairsIsRepairedExtentByExtentThenAFinalFlushMakes
   // Back in full service: a write goes to all three again.
   GuestId w = h.submit(write_op(kExtentSize * 3, 1, 5));
   ASSERT_TRUE(h.done(w));
-  EXPECT_EQ(newest(kC2), newest(kC0));
+  EXPECT_EQ(h.newest(kC2), h.newest(kC0));
 }
 
 TEST_F(LiveRepair, ExtentsWhoseTuplesMatchAreNeverCopied) {
@@ -491,26 +479,26 @@ TEST_F(LiveRepair, GuestIoWaitsForTheReopenOfTheExtentUnderRepairAndSkipsTheTarg
 
   // At the extent under repair: sent to all three, and ordered after its reopen.
   GuestId w_at = h.submit(write_op(kExtentSize + 1, 2, 1));
-  JobId at = newest(kC0);
+  JobId at = h.newest(kC0);
   for (ClientId c : kAllClients) {
-    ASSERT_TRUE(sent(c, at)) << "downstairs " << int(c.value);
-    auto d = deps(c, at);
+    ASSERT_TRUE(h.sent(c, at)) << "downstairs " << int(c.value);
+    auto d = h.deps(c, at);
     EXPECT_TRUE(std::find(d.begin(), d.end(), reopen1) != d.end())
         << "downstairs " << int(c.value) << ": the write does not wait for the reopen";
   }
   // Below the repair point: repaired already, so the target gets it, with no wait.
   h.submit(write_op(2, 1, 2));
-  JobId below = newest(kC0);
-  ASSERT_TRUE(sent(kC2, below)) << "IO below the repair point reaches the repairing downstairs";
+  JobId below = h.newest(kC0);
+  ASSERT_TRUE(h.sent(kC2, below)) << "IO below the repair point reaches the repairing downstairs";
   for (ClientId c : kAllClients) {
-    auto d = deps(c, below);
+    auto d = h.deps(c, below);
     EXPECT_TRUE(std::find(d.begin(), d.end(), reopen1) == d.end());
   }
   // Above: it will be copied later, so the target is skipped.
   h.submit(write_op(kExtentSize * 3 + 2, 2, 3));
-  JobId above = newest(kC0);
-  EXPECT_TRUE(sent(kC1, above));
-  EXPECT_FALSE(sent(kC2, above)) << "IO above the repair point skips the repairing downstairs";
+  JobId above = h.newest(kC0);
+  EXPECT_TRUE(h.sent(kC1, above));
+  EXPECT_FALSE(h.sent(kC2, above)) << "IO above the repair point skips the repairing downstairs";
   // A read of the extent under repair: never from the target, and after the reopen.
   GuestId r = h.submit(ReadOp{BlockIndex{kExtentSize + 4}, 2});
   std::optional<ClientId> reader;
@@ -518,13 +506,13 @@ TEST_F(LiveRepair, GuestIoWaitsForTheReopenOfTheExtentUnderRepairAndSkipsTheTarg
     if (std::holds_alternative<Read>(h.jobs_sent(c).back())) reader = c;
   ASSERT_TRUE(reader);
   EXPECT_NE(*reader, kC2) << "reads never go to the repairing downstairs";
-  auto rd = deps(*reader, newest(*reader));
+  auto rd = h.deps(*reader, h.newest(*reader));
   EXPECT_TRUE(std::find(rd.begin(), rd.end(), reopen1) != rd.end()) << "the read does not wait for the reopen";
   // A flush: the target flushes only the extents up to the repair point.
   GuestId f = h.submit(FlushOp{});
-  JobId fid = newest(kC0);
+  JobId fid = h.newest(kC0);
   for (ClientId c : kAllClients) {
-    auto m = sent(c, fid);
+    auto m = h.sent(c, fid);
     ASSERT_TRUE(m && std::holds_alternative<Flush>(*m));
     if (c == kC2) EXPECT_EQ(std::get<Flush>(*m).extent_limit, ExtentId{1});
     else EXPECT_FALSE(std::get<Flush>(*m).extent_limit);
@@ -697,11 +685,11 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
       EXPECT_FALSE(std::holds_alternative<ExtentLiveFlushClose>(m)) << int(c.value) << ": " << describe(m);
     }
   if (step == Step::kClose) {
-    auto m = sent(kC1, repair1);
+    auto m = h.sent(kC1, repair1);
     ASSERT_TRUE(m);
     EXPECT_TRUE(std::holds_alternative<ExtentLiveNoOp>(*m)) << "the repair job became a no-op: " << describe(*m);
   }
-  auto reopen = sent(kC1, reopen1);
+  auto reopen = h.sent(kC1, reopen1);
   ASSERT_TRUE(reopen) << "the extent closed on the healthy downstairs is reopened";
   EXPECT_TRUE(std::holds_alternative<ExtentLiveReopen>(*reopen));
 

@@ -16,6 +16,13 @@ namespace {
 class Active : public ::testing::Test {
  protected:
   explicit Active(Limits limits = {}) : h(limits) {}
+  // Default limits but one.
+  template <typename T, typename V>
+  static Limits with(T Limits::*field, V value) {
+    Limits l;
+    l.*field = static_cast<T>(value);
+    return l;
+  }
   void SetUp() override { h.activate_fresh(); }
 
   // The job ids each downstairs was sent, in order.
@@ -23,22 +30,6 @@ class Active : public ::testing::Test {
     std::vector<JobId> out;
     for (const Message& m : h.jobs_sent(c)) out.push_back(job_view(m)->id);
     return out;
-  }
-  // The one message with this id sent to `c` (nullopt if `c` was not sent it).
-  std::optional<Message> sent(ClientId c, JobId id) {
-    for (const Message& m : h.jobs_sent(c))
-      if (job_view(m)->id == id) return m;
-    return std::nullopt;
-  }
-  std::vector<JobId> deps(ClientId c, JobId id) {
-    auto m = sent(c, id);
-    EXPECT_TRUE(m) << "job " << id.value << " was not sent to downstairs " << int(c.value);
-    return m ? job_view(*m)->deps : std::vector<JobId>{};
-  }
-  // The id of the newest job sent to `c`.
-  JobId last_id(ClientId c) {
-    EXPECT_FALSE(h.jobs_sent(c).empty());
-    return h.jobs_sent(c).empty() ? JobId{} : job_view(h.jobs_sent(c).back())->id;
   }
   // Acks every Write/Flush/Barrier waiting in every inbox (reads stay).
   void ack_all_but_reads() {
@@ -61,7 +52,7 @@ class Active : public ::testing::Test {
   JobId write(uint64_t start, size_t n, uint8_t seed) {
     GuestId g = h.submit(write_op(start, n, seed));
     EXPECT_TRUE(h.done(g) && h.reply(g).status) << "write not acknowledged";
-    return last_id(kC0);
+    return h.newest(kC0);
   }
   // Submits a read; returns its guest id and the job id (from whichever replica got it).
   std::pair<GuestId, JobId> read(uint64_t start, uint32_t n) {
@@ -139,11 +130,11 @@ TEST_F(Active, WriteDependsOnTheLatestEarlierOverlappingWrite) {
   JobId e = write(3, 1, 5);   // [3, 4): the latest write there is c, not a
   for (ClientId cl : kAllClients) {
     SCOPED_TRACE(::testing::Message() << "downstairs " << int(cl.value));
-    EXPECT_TRUE(deps(cl, a).empty());
-    EXPECT_TRUE(deps(cl, b).empty());
-    EXPECT_EQ(deps(cl, c), (std::vector<JobId>{a, b}));
-    EXPECT_TRUE(deps(cl, d).empty());
-    EXPECT_EQ(deps(cl, e), (std::vector<JobId>{c}));
+    EXPECT_TRUE(h.deps(cl, a).empty());
+    EXPECT_TRUE(h.deps(cl, b).empty());
+    EXPECT_EQ(h.deps(cl, c), (std::vector<JobId>{a, b}));
+    EXPECT_TRUE(h.deps(cl, d).empty());
+    EXPECT_EQ(h.deps(cl, e), (std::vector<JobId>{c}));
   }
 }
 
@@ -155,7 +146,7 @@ TEST_F(Active, ReadDependsOnTheLatestOverlappingWritesAndNotOnOtherReads) {
   auto [g3, r3] = read(0, 2);   // only a; not r1
   auto deps_anywhere = [&](JobId id) {
     for (ClientId c : kAllClients)
-      if (auto m = sent(c, id)) return job_view(*m)->deps;
+      if (auto m = h.sent(c, id)) return job_view(*m)->deps;
     ADD_FAILURE() << "read " << id.value << " was not sent";
     return std::vector<JobId>{};
   };
@@ -178,7 +169,7 @@ TEST_F(Active, WriteAfterAReadStillFollowsThePreviousWriteOnEveryDownstairs) {
   for (ClientId c : kAllClients) {
     SCOPED_TRACE(::testing::Message() << "downstairs " << int(c.value));
     EXPECT_TRUE(h.precedes(c, a, b)) << "write " << b.value << " does not follow write " << a.value;
-    if (sent(c, r)) {
+    if (h.sent(c, r)) {
       EXPECT_TRUE(h.precedes(c, r, b)) << "write " << b.value << " does not follow read " << r.value;
     }
   }
@@ -196,7 +187,7 @@ TEST_F(Active, FlushFollowsEverythingOutstandingAndEverythingLaterFollowsIt) {
   write(11, 4, 3);
   read(30, 2);
   h.submit(FlushOp{});
-  JobId f = last_id(kC0);
+  JobId f = h.newest(kC0);
   write(0, 1, 4);
   read(12, 1);
   write(31, 1, 5);
@@ -217,9 +208,9 @@ TEST_F(Active, WritesToDisjointRangesAreIndependent) {
   JobId b = write(8, 8, 2);
   JobId c = write(16, 1, 3);
   for (ClientId cl : kAllClients) {
-    EXPECT_TRUE(deps(cl, a).empty());
-    EXPECT_TRUE(deps(cl, b).empty());
-    EXPECT_TRUE(deps(cl, c).empty());
+    EXPECT_TRUE(h.deps(cl, a).empty());
+    EXPECT_TRUE(h.deps(cl, b).empty());
+    EXPECT_TRUE(h.deps(cl, c).empty());
   }
 }
 
@@ -239,12 +230,7 @@ TEST_F(Active, WriteIsAcknowledgedOnceQueuedBeforeAnyDownstairsAnswers) {
 
 class SmallJobLimit : public Active {
  protected:
-  static Limits limits() {
-    Limits l;
-    l.jobs_in_flight_max = 2;
-    return l;
-  }
-  SmallJobLimit() : Active(limits()) {}
+  SmallJobLimit() : Active(with(&Limits::jobs_in_flight_max, 2)) {}
 };
 
 TEST_F(SmallJobLimit, GuestWaitsBeyondTheJobLimitUntilJobsFinish) {
@@ -274,12 +260,7 @@ TEST_F(SmallJobLimit, GuestWaitsBeyondTheJobLimitUntilJobsFinish) {
 
 class SmallByteLimit : public Active {
  protected:
-  static Limits limits() {
-    Limits l;
-    l.bytes_in_flight_max = 4 * kBs;
-    return l;
-  }
-  SmallByteLimit() : Active(limits()) {}
+  SmallByteLimit() : Active(with(&Limits::bytes_in_flight_max, 4 * kBs)) {}
 };
 
 TEST_F(SmallByteLimit, GuestWaitsBeyondTheByteLimitUntilBytesFinish) {
@@ -452,7 +433,7 @@ TEST_F(Active, JobsRetireOnlyWhenAFlushCompletedOnAllThree) {
   EXPECT_EQ(h.up().snapshot().jobs, 0u) << "retired once the flush completed everywhere";
   // Nothing retired is named as a dependency afterwards.
   JobId w = write(0, 1, 3);
-  for (ClientId c : kAllClients) EXPECT_TRUE(deps(c, w).empty());
+  for (ClientId c : kAllClients) EXPECT_TRUE(h.deps(c, w).empty());
 }
 
 TEST_F(Active, FlushIsIssuedAutomaticallyAboutHalfASecondAfterIoGoesQuiet) {
@@ -488,12 +469,7 @@ TEST_F(Active, NoAutomaticFlushWithoutIo) {
 
 class SmallBarrierJobs : public Active {
  protected:
-  static Limits limits() {
-    Limits l;
-    l.barrier_jobs = 4;
-    return l;
-  }
-  SmallBarrierJobs() : Active(limits()) {}
+  SmallBarrierJobs() : Active(with(&Limits::barrier_jobs, 4)) {}
 };
 
 TEST_F(SmallBarrierJobs, BarrierAfterTheFinishedJobLimitLetsJobsRetire) {
@@ -515,12 +491,7 @@ TEST_F(SmallBarrierJobs, BarrierAfterTheFinishedJobLimitLetsJobsRetire) {
 
 class SmallBarrierBytes : public Active {
  protected:
-  static Limits limits() {
-    Limits l;
-    l.barrier_bytes = 4 * kBs;
-    return l;
-  }
-  SmallBarrierBytes() : Active(limits()) {}
+  SmallBarrierBytes() : Active(with(&Limits::barrier_bytes, 4 * kBs)) {}
 };
 
 TEST_F(SmallBarrierBytes, BarrierAfterTheFinishedByteLimit) {
@@ -542,7 +513,7 @@ TEST_F(SmallBarrierJobs, BarrierFollowsEverythingBeforeAndEverythingLaterFollows
   for (ClientId c : kAllClients)
     for (int i = 0; i < 3; ++i) h.ack_next(c);
   h.ack_next(kC0);  // 4 finished on downstairs 0: barrier; the 4th write still in flight on 1 and 2
-  JobId b = last_id(kC0);
+  JobId b = h.newest(kC0);
   ASSERT_TRUE(std::holds_alternative<Barrier>(h.jobs_sent(kC0).back()));
   JobId later = write(2, 1, 9);
   for (ClientId c : kAllClients) {
