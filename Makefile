@@ -5,7 +5,7 @@
 #   make deps       install the Debian packages (as root; quiet when present)
 #   make asan|tsan  unit and simulation tests under sanitizers
 #   make fuzz       libFuzzer on the protocol decoder (FUZZ_SECONDS, default 60)
-#   make format|lint|check-headers|bench|clean
+#   make format|format-check|lint|check-headers|bench|clean
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
 .SUFFIXES:
@@ -87,7 +87,7 @@ ALL_TESTS := $(FAST_TESTS) $(E2E_TEST)
 
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all test asan tsan fast-test deps run bench chaos fuzz format lint check-headers clean
+.PHONY: all test asan tsan fast-test deps run bench chaos fuzz format format-check lint check-headers clean
 
 all: $(BINARIES)
 
@@ -202,6 +202,10 @@ fuzz: $(FUZZ_DIR)/fuzz_decode $(FUZZ_DIR)/make_corpus
 CXX_FILES = $(shell git ls-files '*.cc' '*.h')
 format: | $(DEPS_STAMP)
 	clang-format -i $(CXX_FILES)
+
+# The tree is formatted (.clang-format: Google base, 100 columns); CI fails otherwise.
+format-check: | $(DEPS_STAMP)
+	clang-format --dry-run --Werror $(CXX_FILES)
 
 lint: | $(DEPS_STAMP)
 	clang-tidy --quiet $(filter %.cc,$(filter src/%,$(CXX_FILES))) -- $(CXXFLAGS) $(FUSE_CFLAGS)

@@ -11,7 +11,8 @@ namespace {
 
 bool is_ip(const std::string& host) {
   in6_addr buf{};
-  return ::inet_pton(AF_INET, host.c_str(), &buf) == 1 || ::inet_pton(AF_INET6, host.c_str(), &buf) == 1;
+  return ::inet_pton(AF_INET, host.c_str(), &buf) == 1 ||
+         ::inet_pton(AF_INET6, host.c_str(), &buf) == 1;
 }
 
 // RFC 1123 labels: letters, digits and inner hyphens, dot-separated, at most 253 bytes.

@@ -10,11 +10,10 @@ namespace cru::detail {
                                 const char* file, int line);
 }  // namespace cru::detail
 
-#define CRU_ASSERT(cond, ...)                                                          \
-  do {                                                                                \
-    if (!(cond)) [[unlikely]]                                                         \
-      ::cru::detail::assert_failed(#cond, std::string_view{"" __VA_ARGS__}, __FILE__, \
-                                   __LINE__);                                         \
+#define CRU_ASSERT(cond, ...)                                                                    \
+  do {                                                                                           \
+    if (!(cond)) [[unlikely]]                                                                    \
+      ::cru::detail::assert_failed(#cond, std::string_view{"" __VA_ARGS__}, __FILE__, __LINE__); \
   } while (0)
 
 #define CRU_UNREACHABLE(msg) ::cru::detail::assert_failed("unreachable", msg, __FILE__, __LINE__)

@@ -25,9 +25,9 @@ struct StrongId {
   constexpr StrongId next() const { return StrongId(static_cast<Int>(value + 1)); }
 };
 
-using JobId = StrongId<struct JobIdTag, uint64_t>;          // one counter for every job
-using RepairId = StrongId<struct RepairIdTag, uint64_t>;    // reconciliation steps
-using ExtentId = StrongId<struct ExtentIdTag, uint32_t>;    // extent index in a region
+using JobId = StrongId<struct JobIdTag, uint64_t>;            // one counter for every job
+using RepairId = StrongId<struct RepairIdTag, uint64_t>;      // reconciliation steps
+using ExtentId = StrongId<struct ExtentIdTag, uint32_t>;      // extent index in a region
 using BlockIndex = StrongId<struct BlockIndexTag, uint64_t>;  // absolute block in a region
 using Generation = StrongId<struct GenerationTag, uint64_t>;  // upstairs activation number
 using FlushNumber = StrongId<struct FlushNumberTag, uint64_t>;
@@ -73,7 +73,9 @@ class ClientData {
 
 template <typename Tag, typename Int>
 struct std::hash<cru::StrongId<Tag, Int>> {
-  size_t operator()(cru::StrongId<Tag, Int> id) const noexcept { return std::hash<Int>{}(id.value); }
+  size_t operator()(cru::StrongId<Tag, Int> id) const noexcept {
+    return std::hash<Int>{}(id.value);
+  }
 };
 
 template <typename Tag, typename Int>

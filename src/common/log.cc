@@ -9,7 +9,7 @@
 namespace cru::log {
 
 namespace {
-constexpr std::array<std::string_view, 7> kLevelNames = {"trace", "debug", "info",    "warn",
+constexpr std::array<std::string_view, 7> kLevelNames = {"trace", "debug",    "info", "warn",
                                                          "error", "critical", "off"};
 }  // namespace
 

@@ -31,7 +31,8 @@ void Progress::update(uint64_t done_bytes) {
   double rate = secs > 0 ? static_cast<double>(done_bytes) / secs : 0;
   std::string line = fmt::format("{}: {}", label_, format_size(done_bytes));
   if (total_ > 0)
-    line += fmt::format(" / {} ({:.0f}%)", format_size(total_), 100.0 * static_cast<double>(done_bytes) / static_cast<double>(total_));
+    line += fmt::format(" / {} ({:.0f}%)", format_size(total_),
+                        100.0 * static_cast<double>(done_bytes) / static_cast<double>(total_));
   line += fmt::format(", {}/s", format_size(static_cast<uint64_t>(rate)));
   if (total_ > done_bytes && rate > 0)
     line += fmt::format(", {:.0f} s left", static_cast<double>(total_ - done_bytes) / rate);

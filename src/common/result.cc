@@ -6,14 +6,37 @@ namespace cru {
 
 std::string_view error_code_name(ErrorCode code) {
   static constexpr std::array<std::string_view, kErrorCodeMax + 1> kNames = {
-      "ok",           "io error",         "offset invalid",     "offset unaligned",
-      "data length unaligned", "block size mismatch", "invalid extent", "extent closed",
-      "hash mismatch", "read-only",       "uuid mismatch",      "generation too low",
-      "version mismatch", "encryption mismatch", "read-only mismatch", "not active",
-      "no longer active", "protocol error", "repair failed",   "injected error",
-      "decryption failed", "timeout",     "disconnected",       "quorum lost",
-      "invalid argument", "unsupported",  "corrupt",            "already exists",
-      "not found",     "busy",            "shutting down"};
+      "ok",
+      "io error",
+      "offset invalid",
+      "offset unaligned",
+      "data length unaligned",
+      "block size mismatch",
+      "invalid extent",
+      "extent closed",
+      "hash mismatch",
+      "read-only",
+      "uuid mismatch",
+      "generation too low",
+      "version mismatch",
+      "encryption mismatch",
+      "read-only mismatch",
+      "not active",
+      "no longer active",
+      "protocol error",
+      "repair failed",
+      "injected error",
+      "decryption failed",
+      "timeout",
+      "disconnected",
+      "quorum lost",
+      "invalid argument",
+      "unsupported",
+      "corrupt",
+      "already exists",
+      "not found",
+      "busy",
+      "shutting down"};
   auto i = static_cast<size_t>(code);
   return i < kNames.size() ? kNames[i] : "unknown error";
 }

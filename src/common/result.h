@@ -28,12 +28,12 @@ enum class ErrorCode : uint16_t {
   kVersionMismatch = 12,   // protocol version differs
   kEncryptionMismatch = 13,
   kReadOnlyMismatch = 14,
-  kNotActive = 15,        // request needs an active session/volume
-  kNoLongerActive = 16,   // a newer upstairs took over
-  kProtocol = 17,         // malformed or out-of-order message
-  kRepair = 18,           // extent repair failed
-  kInjected = 19,         // an error injected by a test flag
-  kDecrypt = 20,          // AEAD authentication failed
+  kNotActive = 15,       // request needs an active session/volume
+  kNoLongerActive = 16,  // a newer upstairs took over
+  kProtocol = 17,        // malformed or out-of-order message
+  kRepair = 18,          // extent repair failed
+  kInjected = 19,        // an error injected by a test flag
+  kDecrypt = 20,         // AEAD authentication failed
   kTimeout = 21,
   kDisconnected = 22,
   kQuorumLost = 23,       // fewer than two downstairs can take the IO
@@ -66,9 +66,9 @@ inline tl::unexpected<Error> fail(ErrorCode code, std::string message) {
 }
 
 // Evaluates a Result expression; on error returns the error from the enclosing function.
-#define CRU_TRY(expr)                                                     \
-  do {                                                                    \
-    if (auto cru_try_result_ = (expr); !cru_try_result_)                  \
+#define CRU_TRY(expr)                                                            \
+  do {                                                                           \
+    if (auto cru_try_result_ = (expr); !cru_try_result_)                         \
       return ::tl::unexpected<::cru::Error>(std::move(cru_try_result_.error())); \
   } while (0)
 

@@ -23,11 +23,22 @@ Result<uint64_t> parse_size(std::string_view text) {
   if (i == 0) return bad("expected digits, e.g. 64MiB");
   while (i < text.size() && text[i] == ' ') ++i;
   std::string unit;
-  for (; i < text.size(); ++i) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
+  for (; i < text.size(); ++i)
+    unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
   static const std::array<std::pair<std::string_view, uint64_t>, 13> kUnits = {{
-      {"", 1},       {"b", 1},          {"k", kKiB},       {"kb", kKiB}, {"kib", kKiB},
-      {"m", kMiB},   {"mb", kMiB},      {"mib", kMiB},     {"g", kGiB},  {"gb", kGiB},
-      {"gib", kGiB}, {"t", kTiB},       {"tib", kTiB},
+      {"", 1},
+      {"b", 1},
+      {"k", kKiB},
+      {"kb", kKiB},
+      {"kib", kKiB},
+      {"m", kMiB},
+      {"mb", kMiB},
+      {"mib", kMiB},
+      {"g", kGiB},
+      {"gb", kGiB},
+      {"gib", kGiB},
+      {"t", kTiB},
+      {"tib", kTiB},
   }};
   for (auto [name, mult] : kUnits) {
     if (unit != name) continue;
@@ -46,7 +57,8 @@ std::string format_size(uint64_t bytes) {
     ++u;
   }
   if (u == 0) return fmt::format("{} B", bytes);
-  if (v == static_cast<double>(static_cast<uint64_t>(v))) return fmt::format("{} {}", static_cast<uint64_t>(v), kNames[u]);
+  if (v == static_cast<double>(static_cast<uint64_t>(v)))
+    return fmt::format("{} {}", static_cast<uint64_t>(v), kNames[u]);
   return fmt::format("{:.1f} {}", v, kNames[u]);
 }
 

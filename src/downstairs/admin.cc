@@ -34,7 +34,8 @@ Result<ImportStats> import_file(Region& region, const std::string& file) {
   const uint32_t bs = region.def().block_size;
   const uint64_t blocks = (*size + bs - 1) / bs;
   const uint64_t extent_blocks = region.def().extent_size;
-  const uint64_t extents_needed = std::max<uint64_t>(1, (blocks + extent_blocks - 1) / extent_blocks);
+  const uint64_t extents_needed =
+      std::max<uint64_t>(1, (blocks + extent_blocks - 1) / extent_blocks);
   if (extents_needed > region.def().extent_count) {
     uint32_t before = region.def().extent_count;
     if (extents_needed > UINT32_MAX)
@@ -66,7 +67,8 @@ Result<ImportStats> import_file(Region& region, const std::string& file) {
         contexts.push_back({integrity_hash(buf.span().subspan(j * bs, bs)), std::nullopt});
         ++j;
       }
-      CRU_TRY(region.write(BlockIndex{first_block + i}, bs, contexts, buf.span().subspan(i * bs, (j - i) * bs), false));
+      CRU_TRY(region.write(BlockIndex{first_block + i}, bs, contexts,
+                           buf.span().subspan(i * bs, (j - i) * bs), false));
       stats.blocks_copied += j - i;
       i = j;
     }
@@ -77,15 +79,18 @@ Result<ImportStats> import_file(Region& region, const std::string& file) {
   return stats;
 }
 
-Result<uint64_t> export_file(Region& region, const std::string& file, uint64_t skip, std::optional<uint64_t> count) {
+Result<uint64_t> export_file(Region& region, const std::string& file, uint64_t skip,
+                             std::optional<uint64_t> count) {
   const uint32_t bs = region.def().block_size;
   const uint64_t total = region.def().total_blocks();
   if (skip > total)
-    return fail(ErrorCode::kOffsetInvalid, fmt::format("--skip {} is beyond the region's {} blocks", skip, total));
+    return fail(ErrorCode::kOffsetInvalid,
+                fmt::format("--skip {} is beyond the region's {} blocks", skip, total));
   uint64_t n = count.value_or(total - skip);
   if (n > total - skip)
-    return fail(ErrorCode::kOffsetInvalid, fmt::format("--skip {} --count {} reaches past the region's {} blocks",
-                                                       skip, n, total));
+    return fail(
+        ErrorCode::kOffsetInvalid,
+        fmt::format("--skip {} --count {} reaches past the region's {} blocks", skip, n, total));
   FileSystem& fs = posix_fs();
   CRU_TRY(fs.remove(file));
   auto out = fs.open(file, OpenMode::kCreateExclusive);
@@ -112,22 +117,24 @@ Result<DumpReport> dump(const std::vector<Region*>& regions, const std::vector<s
   const auto& def0 = regions[0]->def();
   for (size_t i = 1; i < regions.size(); ++i) {
     const auto& d = regions[i]->def();
-    if (d.block_size != def0.block_size || d.extent_size != def0.extent_size || d.extent_count != def0.extent_count)
+    if (d.block_size != def0.block_size || d.extent_size != def0.extent_size ||
+        d.extent_count != def0.extent_count)
       return fail(ErrorCode::kInvalidArgument,
-                  fmt::format("{} has a different geometry from {} ({}x{}x{} vs {}x{}x{})", names[i], names[0],
-                              d.extent_count, d.extent_size, d.block_size, def0.extent_count, def0.extent_size,
-                              def0.block_size));
+                  fmt::format("{} has a different geometry from {} ({}x{}x{} vs {}x{}x{})",
+                              names[i], names[0], d.extent_count, d.extent_size, d.block_size,
+                              def0.extent_count, def0.extent_size, def0.block_size));
   }
   std::string& t = report.text;
   for (size_t i = 0; i < regions.size(); ++i)
     t += fmt::format("region {}: {} ({} extents x {} blocks x {} bytes, uuid {})\n", i, names[i],
-                     regions[i]->def().extent_count, regions[i]->def().extent_size, regions[i]->def().block_size,
-                     regions[i]->def().uuid);
+                     regions[i]->def().extent_count, regions[i]->def().extent_size,
+                     regions[i]->def().block_size, regions[i]->def().uuid);
   if (options.block) {
     uint64_t b = *options.block;
     if (b >= def0.total_blocks())
-      return fail(ErrorCode::kOffsetInvalid, fmt::format("--block {} is beyond the region's {} blocks", b,
-                                                         def0.total_blocks()));
+      return fail(
+          ErrorCode::kOffsetInvalid,
+          fmt::format("--block {} is beyond the region's {} blocks", b, def0.total_blocks()));
     ExtentId e{static_cast<uint32_t>(b / def0.extent_size)};
     t += fmt::format("block {} (extent {}, block {} in it):\n", b, e, b % def0.extent_size);
     std::optional<uint64_t> first_hash;
@@ -135,36 +142,40 @@ Result<DumpReport> dump(const std::vector<Region*>& regions, const std::vector<s
       auto r = regions[i]->inspect(e, b % def0.extent_size, 1);
       if (!r) return tl::unexpected(r.error());
       const BlockReport& br = (*r)[0];
-      t += fmt::format("  region {}: data xxh64 {:016x}, active slot {}, data {}\n", i, br.data_hash,
-                       br.active < 0 ? std::string("none") : std::to_string(br.active),
-                       br.data_matches ? "matches" : "DOES NOT MATCH");
+      t +=
+          fmt::format("  region {}: data xxh64 {:016x}, active slot {}, data {}\n", i, br.data_hash,
+                      br.active < 0 ? std::string("none") : std::to_string(br.active),
+                      br.data_matches ? "matches" : "DOES NOT MATCH");
       for (int s = 0; s < 2; ++s) {
         const Slot& sl = br.slots[s];
         if (sl.empty()) {
           t += fmt::format("    slot {}: empty\n", s);
           continue;
         }
-        t += fmt::format("    slot {}: seq {} hash {:016x}{}{}\n", s, sl.seq, sl.hash, sl.discarded ? " discarded" : "",
-                         sl.encryption ? " encrypted" : "");
+        t += fmt::format("    slot {}: seq {} hash {:016x}{}{}\n", s, sl.seq, sl.hash,
+                         sl.discarded ? " discarded" : "", sl.encryption ? " encrypted" : "");
       }
       if (first_hash && *first_hash != br.data_hash) report.differ = true;
       first_hash = br.data_hash;
     }
-    if (regions.size() > 1) t += report.differ ? "the block's data DIFFERS\n" : "the block's data is the same\n";
+    if (regions.size() > 1)
+      t += report.differ ? "the block's data DIFFERS\n" : "the block's data is the same\n";
     return report;
   }
   // Per-extent metadata table.
   t += fmt::format("{:>6}", "EXT");
-  for (size_t i = 0; i < regions.size(); ++i) t += fmt::format(" | {:>8} {:>8} {:>5}", fmt::format("GEN{}", i),
-                                                              fmt::format("FL{}", i), fmt::format("D{}", i));
+  for (size_t i = 0; i < regions.size(); ++i)
+    t += fmt::format(" | {:>8} {:>8} {:>5}", fmt::format("GEN{}", i), fmt::format("FL{}", i),
+                     fmt::format("D{}", i));
   t += "\n";
   std::vector<std::vector<proto::ExtentVersion>> versions;
   for (auto* r : regions) versions.push_back(r->versions());
   uint32_t first = options.extent.value_or(0);
   uint32_t last = options.extent ? *options.extent + 1 : def0.extent_count;
   if (first >= def0.extent_count)
-    return fail(ErrorCode::kInvalidExtent, fmt::format("--extent {} does not exist (the region has {})", first,
-                                                       def0.extent_count));
+    return fail(
+        ErrorCode::kInvalidExtent,
+        fmt::format("--extent {} does not exist (the region has {})", first, def0.extent_count));
   uint64_t max_gen = 0, max_flush = 0, differing = 0;
   for (uint32_t e = first; e < last; ++e) {
     bool diff = false;
@@ -194,7 +205,8 @@ Result<VerifyReport> verify(Region& region) {
   VerifyReport report;
   const auto& def = region.def();
   // Inspect a bounded number of blocks at a time (the extent reads them in chunks).
-  const uint64_t step = std::max<uint64_t>(1, std::min<uint64_t>(def.extent_size, 8 * kMiB / def.block_size));
+  const uint64_t step =
+      std::max<uint64_t>(1, std::min<uint64_t>(def.extent_size, 8 * kMiB / def.block_size));
   Progress progress("verifying " + region.dir(), def.total_bytes());
   for (uint32_t e = 0; e < def.extent_count; ++e) {
     for (uint64_t first = 0; first < def.extent_size; first += step) {
@@ -208,11 +220,14 @@ Result<VerifyReport> verify(Region& region) {
         if (!b.data_matches) {
           ++report.mismatches;
           uint64_t abs = static_cast<uint64_t>(e) * def.extent_size + first + i;
-          report.text += b.active < 0
-                             ? fmt::format("block {} (extent {}): unwritten but its data is not zeros\n", abs, e)
-                             : fmt::format("block {} (extent {}): data xxh64 {:016x} does not match its context "
-                                           "hash {:016x}\n",
-                                           abs, e, b.data_hash, b.slots[b.active].hash);
+          report.text +=
+              b.active < 0
+                  ? fmt::format("block {} (extent {}): unwritten but its data is not zeros\n", abs,
+                                e)
+                  : fmt::format(
+                        "block {} (extent {}): data xxh64 {:016x} does not match its context "
+                        "hash {:016x}\n",
+                        abs, e, b.data_hash, b.slots[b.active].hash);
         }
       }
       progress.update((static_cast<uint64_t>(e) * def.extent_size + first + n) * def.block_size);
@@ -220,10 +235,10 @@ Result<VerifyReport> verify(Region& region) {
   }
   progress.finish();
   report.text += report.mismatches == 0
-                     ? fmt::format("verified {} blocks ({} written) in {} extents: all match\n", report.blocks,
-                                   report.written, def.extent_count)
-                     : fmt::format("verified {} blocks: {} DO NOT MATCH their contexts\n", report.blocks,
-                                   report.mismatches);
+                     ? fmt::format("verified {} blocks ({} written) in {} extents: all match\n",
+                                   report.blocks, report.written, def.extent_count)
+                     : fmt::format("verified {} blocks: {} DO NOT MATCH their contexts\n",
+                                   report.blocks, report.mismatches);
   return report;
 }
 

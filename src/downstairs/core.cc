@@ -25,7 +25,8 @@ std::optional<std::pair<JobId, std::vector<JobId>*>> job_header(Message& m) {
   return std::visit(
       [](auto& v) -> std::optional<std::pair<JobId, std::vector<JobId>*>> {
         using T = std::decay_t<decltype(v)>;
-        if constexpr (requires { v.deps; } && !std::is_same_v<T, Ack>) return std::pair{v.job_id, &v.deps};
+        if constexpr (requires { v.deps; } && !std::is_same_v<T, Ack>)
+          return std::pair{v.job_id, &v.deps};
         return std::nullopt;
       },
       m);
@@ -41,7 +42,8 @@ bool is_reconcile(const Message& m) {
 Core::Core(Region& region, CoreOptions options)
     : region_(region), options_(std::move(options)), rng_(options_.faults.seed) {
   // A promotion below a generation already on disk can only be a stale upstairs.
-  for (const auto& v : region_.versions()) highest_generation_ = std::max(highest_generation_, v.generation);
+  for (const auto& v : region_.versions())
+    highest_generation_ = std::max(highest_generation_, v.generation);
 }
 
 ConnectionId Core::new_connection() {
@@ -84,9 +86,11 @@ Output Core::on_disconnect(ConnectionId conn, const std::string& reason) {
     return out;
   }
   if (!conns_.contains(conn)) return out;
-  if (active_ == conn) log::info("upstairs connection {} closed ({}); no active upstairs", conn, reason);
+  if (active_ == conn)
+    log::info("upstairs connection {} closed ({}); no active upstairs", conn, reason);
   drop(out, conn, reason);
-  std::erase_if(out.closes, [&](const Output::Close& c) { return c.conn == conn; });  // already gone
+  std::erase_if(out.closes,
+                [&](const Output::Close& c) { return c.conn == conn; });  // already gone
   return out;
 }
 
@@ -105,8 +109,10 @@ Output Core::on_tick() {
     if (!conns_.contains(conn)) continue;
     Conn& c = conns_.at(conn);
     JobId id = job.id;
-    if (execute(out, conn, job)) complete(c, id, std::holds_alternative<Flush>(job.request) ||
-                                                   std::holds_alternative<Barrier>(job.request));
+    if (execute(out, conn, job))
+      complete(c, id,
+               std::holds_alternative<Flush>(job.request) ||
+                   std::holds_alternative<Barrier>(job.request));
     touched.insert(conn);
   }
   for (auto conn : touched)
@@ -124,10 +130,14 @@ Output Core::on_message(ConnectionId conn, Message m) {
     return out;
   }
   switch (it->second.state) {
-    case State::kNew: handle_new(out, conn, m); break;
+    case State::kNew:
+      handle_new(out, conn, m);
+      break;
     case State::kHello:
-      if (auto p = as<PromoteToActive>(m)) handle_promote(out, conn, *p);
-      else protocol_error(out, conn, fmt::format("expected PromoteToActive, got {}", describe(m)));
+      if (auto p = as<PromoteToActive>(m))
+        handle_promote(out, conn, *p);
+      else
+        protocol_error(out, conn, fmt::format("expected PromoteToActive, got {}", describe(m)));
       break;
     case State::kPromoted:
       if (as<RegionInfoPlease>(m)) {
@@ -148,12 +158,20 @@ Output Core::on_message(ConnectionId conn, Message m) {
         it->second.completed = {lf->last_flushed};
         log::info("upstairs {} replays jobs after {}", conn, lf->last_flushed);
       } else {
-        protocol_error(out, conn, fmt::format("expected ExtentVersionsPlease or LastFlush, got {}", describe(m)));
+        protocol_error(
+            out, conn,
+            fmt::format("expected ExtentVersionsPlease or LastFlush, got {}", describe(m)));
       }
       break;
-    case State::kRunning: handle_running(out, conn, m); break;
-    case State::kRepairPeer: handle_repair_peer(out, conn, m); break;
-    case State::kFetching: handle_fetching(out, conn, m); break;
+    case State::kRunning:
+      handle_running(out, conn, m);
+      break;
+    case State::kRepairPeer:
+      handle_repair_peer(out, conn, m);
+      break;
+    case State::kFetching:
+      handle_fetching(out, conn, m);
+      break;
   }
   out.tick_soon = !deferred_.empty();
   return out;
@@ -181,19 +199,23 @@ void Core::handle_new(Output& out, ConnectionId conn, Message& m) {
   }
   if (hi->read_only != options_.read_only) {
     out.send(conn, ReadOnlyMismatch{options_.read_only});
-    return drop(out, conn, fmt::format("upstairs is {} but this downstairs is {}", hi->read_only ? "read-only" : "read-write",
-                                       options_.read_only ? "read-only" : "read-write"));
+    return drop(out, conn,
+                fmt::format("upstairs is {} but this downstairs is {}",
+                            hi->read_only ? "read-only" : "read-write",
+                            options_.read_only ? "read-only" : "read-write"));
   }
   if (hi->encrypted != region_.def().encrypted) {
     out.send(conn, EncryptedMismatch{region_.def().encrypted});
-    return drop(out, conn, fmt::format("upstairs is {} but the region is {}", hi->encrypted ? "encrypted" : "not encrypted",
-                                       region_.def().encrypted ? "encrypted" : "not encrypted"));
+    return drop(out, conn,
+                fmt::format("upstairs is {} but the region is {}",
+                            hi->encrypted ? "encrypted" : "not encrypted",
+                            region_.def().encrypted ? "encrypted" : "not encrypted"));
   }
   c.hello = *hi;
   c.state = State::kHello;
   out.send(conn, YesItsMe{kProtocolVersion, options_.repair_addr, highest_generation_});
-  log::info("upstairs {} session {} connected (connection {}, generation {})", hi->upstairs_id, hi->session_id,
-            conn, hi->generation);
+  log::info("upstairs {} session {} connected (connection {}, generation {})", hi->upstairs_id,
+            hi->session_id, conn, hi->generation);
 }
 
 void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive& p) {
@@ -211,18 +233,22 @@ void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive&
     if (p.generation.value == 0) return refuse("generation 0 is not allowed");
     if (active_ && *active_ != conn) {
       Conn& old = conns_.at(*active_);
-      bool same_session = old.hello.upstairs_id == p.upstairs_id && old.hello.session_id == p.session_id;
+      bool same_session =
+          old.hello.upstairs_id == p.upstairs_id && old.hello.session_id == p.session_id;
       if (p.generation < old.generation || (p.generation == old.generation && !same_session))
-        return refuse(fmt::format("generation {} does not exceed the active upstairs {}'s generation {}",
-                                  p.generation, old.hello.upstairs_id, old.generation));
-      log::warn("upstairs {} (generation {}) takes over from upstairs {} (generation {})", p.upstairs_id,
-                p.generation, old.hello.upstairs_id, old.generation);
+        return refuse(
+            fmt::format("generation {} does not exceed the active upstairs {}'s generation {}",
+                        p.generation, old.hello.upstairs_id, old.generation));
+      log::warn("upstairs {} (generation {}) takes over from upstairs {} (generation {})",
+                p.upstairs_id, p.generation, old.hello.upstairs_id, old.generation);
       ConnectionId old_conn = *active_;
       out.send(old_conn, YouAreNoLongerActive{p.upstairs_id, p.session_id, p.generation});
-      drop(out, old_conn, fmt::format("taken over by upstairs {} with generation {}", p.upstairs_id, p.generation));
+      drop(
+          out, old_conn,
+          fmt::format("taken over by upstairs {} with generation {}", p.upstairs_id, p.generation));
     } else if (p.generation < highest_generation_) {
-      return refuse(fmt::format("generation {} is lower than generation {} already seen", p.generation,
-                                highest_generation_));
+      return refuse(fmt::format("generation {} is lower than generation {} already seen",
+                                p.generation, highest_generation_));
     }
     active_ = conn;
     highest_generation_ = std::max(highest_generation_, p.generation);
@@ -236,7 +262,8 @@ void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive&
   c.generation = p.generation;
   c.state = State::kPromoted;
   out.send(conn, YouAreNowActive{p.upstairs_id, p.session_id, p.generation});
-  log::info("upstairs {} is active with generation {} (connection {})", p.upstairs_id, p.generation, conn);
+  log::info("upstairs {} is active with generation {} (connection {})", p.upstairs_id, p.generation,
+            conn);
 }
 
 // ---- jobs ------------------------------------------------------------------------------------
@@ -244,11 +271,13 @@ void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive&
 void Core::handle_running(Output& out, ConnectionId conn, Message& m) {
   if (is_reconcile(m)) return handle_reconcile(out, conn, m);
   auto header = job_header(m);
-  if (!header) return protocol_error(out, conn, fmt::format("unexpected {} while running jobs", describe(m)));
+  if (!header)
+    return protocol_error(out, conn, fmt::format("unexpected {} while running jobs", describe(m)));
   if (options_.read_only && !std::holds_alternative<Read>(m) && !std::holds_alternative<Flush>(m) &&
       !std::holds_alternative<Barrier>(m)) {
     // Answered, not dropped: the upstairs sees why.
-    out.send(conn, Ack{header->first, WireStatus{ErrorCode::kReadOnly, "this downstairs is read-only"}});
+    out.send(conn,
+             Ack{header->first, WireStatus{ErrorCode::kReadOnly, "this downstairs is read-only"}});
     return;
   }
   Conn& c = conns_.at(conn);
@@ -258,7 +287,8 @@ void Core::handle_running(Output& out, ConnectionId conn, Message& m) {
 }
 
 bool Core::ready(const Conn& c, const Job& job) const {
-  return std::all_of(job.deps.begin(), job.deps.end(), [&](JobId d) { return c.completed.contains(d); });
+  return std::all_of(job.deps.begin(), job.deps.end(),
+                     [&](JobId d) { return c.completed.contains(d); });
 }
 
 void Core::enqueue_job(Output& out, ConnectionId conn, Job job) {
@@ -287,7 +317,8 @@ void Core::run_ready(Output& out, ConnectionId conn) {
         deferred_.emplace_back(conn, std::move(job));
         continue;
       }
-      bool resets = std::holds_alternative<Flush>(job.request) || std::holds_alternative<Barrier>(job.request);
+      bool resets = std::holds_alternative<Flush>(job.request) ||
+                    std::holds_alternative<Barrier>(job.request);
       JobId id = job.id;
       if (execute(out, conn, job)) complete(c, id, resets);
       if (!conns_.contains(conn)) return;  // the job's failure closed the connection
@@ -318,13 +349,15 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
   if (auto w = std::get_if<Write>(&m)) {
     WireStatus st = inject(options_.faults.write_error)
                         ? injected("write")
-                        : WireStatus::from(region_.write(w->start, w->block_size, w->contexts, w->data.span(), false));
+                        : WireStatus::from(region_.write(w->start, w->block_size, w->contexts,
+                                                         w->data.span(), false));
     out.send(conn, Ack{id, st});
     return st.is_ok();
   } else if (auto wu = std::get_if<WriteUnwritten>(&m)) {
     WireStatus st = inject(options_.faults.write_error)
                         ? injected("write")
-                        : WireStatus::from(region_.write(wu->start, wu->block_size, wu->contexts, wu->data.span(), true));
+                        : WireStatus::from(region_.write(wu->start, wu->block_size, wu->contexts,
+                                                         wu->data.span(), true));
     out.send(conn, Ack{id, st});
     return st.is_ok();
   } else if (auto r = std::get_if<Read>(&m)) {
@@ -339,8 +372,9 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
     }
     out.send(conn, std::move(resp));
   } else if (auto d = std::get_if<Discard>(&m)) {
-    WireStatus st = inject(options_.faults.write_error) ? injected("discard")
-                                                         : WireStatus::from(region_.discard(d->start, d->block_count));
+    WireStatus st = inject(options_.faults.write_error)
+                        ? injected("discard")
+                        : WireStatus::from(region_.discard(d->start, d->block_count));
     out.send(conn, Ack{id, st});
     return st.is_ok();
   } else if (auto f = std::get_if<Flush>(&m)) {
@@ -352,18 +386,22 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
     } else {
       st = WireStatus::from(region_.flush(f->flush_number, f->generation, f->extent_limit));
     }
-    if (f->snapshot) log::info("flush {} asks for snapshot '{}': snapshots are not supported here", id, *f->snapshot);
+    if (f->snapshot)
+      log::info("flush {} asks for snapshot '{}': snapshots are not supported here", id,
+                *f->snapshot);
     out.send(conn, Ack{id, st});
     return st.is_ok();
   } else if (std::holds_alternative<Barrier>(m)) {
     out.send(conn, Ack{id, WireStatus::ok()});
   } else if (auto lc = std::get_if<ExtentLiveClose>(&m)) {
     auto v = region_.close_extent(lc->extent);
-    out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()), v.value_or(ExtentVersion{})});
+    out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()),
+                                      v.value_or(ExtentVersion{})});
   } else if (auto lfc = std::get_if<ExtentLiveFlushClose>(&m)) {
     Status s = region_.flush_extent(lfc->extent, lfc->flush_number, lfc->generation);
     Result<ExtentVersion> v = s ? region_.close_extent(lfc->extent) : tl::unexpected(s.error());
-    out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()), v.value_or(ExtentVersion{})});
+    out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()),
+                                      v.value_or(ExtentVersion{})});
   } else if (auto lr = std::get_if<ExtentLiveRepair>(&m)) {
     conns_.at(conn).running.insert(id);
     start_fetch(out, conn, id, std::nullopt, lr->extent, lr->source_addr);
@@ -382,7 +420,8 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
 
 void Core::handle_reconcile(Output& out, ConnectionId conn, Message& m) {
   if (auto f = as<ExtentFlush>(m)) {
-    out.send(conn, RepairAck{f->repair_id, WireStatus::from(region_.flush_extent(f->extent, f->flush_number, f->generation))});
+    out.send(conn, RepairAck{f->repair_id, WireStatus::from(region_.flush_extent(
+                                               f->extent, f->flush_number, f->generation))});
   } else if (auto c = as<ExtentClose>(m)) {
     auto v = region_.close_extent(c->extent);
     out.send(conn, RepairAck{c->repair_id, v ? WireStatus::ok() : WireStatus::from(v.error())});
@@ -414,7 +453,8 @@ void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) 
     c.stream->epoch = region_.extent_epoch(req->extent);
   }
   if (!c.stream || c.stream->extent != req->extent || c.stream->next_offset != req->offset)
-    return done_with_error(Error{ErrorCode::kRepair, fmt::format("chunk at offset {} asked out of order", req->offset)});
+    return done_with_error(Error{
+        ErrorCode::kRepair, fmt::format("chunk at offset {} asked out of order", req->offset)});
   Stream& s = *c.stream;
   uint64_t n = std::min<uint64_t>(kRepairChunkBytes, s.file_bytes - s.next_offset);
   ByteBuffer chunk(n);
@@ -428,7 +468,8 @@ void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) 
   if (s.next_offset < s.file_bytes) return;
   // The extent was closed throughout only if it was never reopened meanwhile.
   if (region_.extent_epoch(s.extent) != s.epoch || region_.is_open(s.extent))
-    return done_with_error(Error{ErrorCode::kRepair, "the extent was reopened during the transfer"});
+    return done_with_error(
+        Error{ErrorCode::kRepair, "the extent was reopened during the transfer"});
   out.send(conn, ExtentFetchDone{s.extent, WireStatus::ok(), s.file_bytes, s.hash.digest()});
   log::info("sent extent {} ({} bytes) to repair peer {}", s.extent, s.file_bytes, conn);
   c.stream.reset();
@@ -436,8 +477,9 @@ void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) 
 
 // ---- repair: target side -----------------------------------------------------------------------
 
-void Core::start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job, std::optional<RepairId> repair,
-                       ExtentId extent, const std::string& source_addr) {
+void Core::start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job,
+                       std::optional<RepairId> repair, ExtentId extent,
+                       const std::string& source_addr) {
   auto staging = region_.begin_repair(extent);
   if (!staging) {
     Error e = staging.error();
@@ -451,10 +493,21 @@ void Core::start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job
     return;
   }
   auto local = region_.open_for_transfer(extent);
-  if (!local) log::warn("extent {}: cannot read our own copy, fetching all of it: {}", extent, local.error().to_string());
+  if (!local)
+    log::warn("extent {}: cannot read our own copy, fetching all of it: {}", extent,
+              local.error().to_string());
   ConnectionId fc = new_connection();
   conns_.at(fc).state = State::kFetching;
-  fetches_[fc] = Fetch{owner, job, repair, extent, std::move(*staging), 0, false, local ? std::move(*local) : nullptr, {}, 0};
+  fetches_[fc] = Fetch{owner,
+                       job,
+                       repair,
+                       extent,
+                       std::move(*staging),
+                       0,
+                       false,
+                       local ? std::move(*local) : nullptr,
+                       {},
+                       0};
   out.connects.push_back({fc, source_addr});
   log::info("repairing extent {} from {}", extent, source_addr);
 }
@@ -468,13 +521,14 @@ void Core::request_chunks(Output& out, ConnectionId fetch_conn, Fetch& f) {
     if (f.local) {
       mine.emplace(n);
       if (auto r = f.local->read_at(f.requested, mine->span()); !r) {
-        log::warn("extent {}: reading our copy at {}: {}; fetching the rest whole", f.extent, f.requested,
-                  r.error().to_string());
+        log::warn("extent {}: reading our copy at {}: {}; fetching the rest whole", f.extent,
+                  f.requested, r.error().to_string());
         mine.reset();
         f.local.reset();
       }
     }
-    std::optional<uint64_t> have = mine ? std::optional(integrity_hash(mine->span())) : std::nullopt;
+    std::optional<uint64_t> have =
+        mine ? std::optional(integrity_hash(mine->span())) : std::nullopt;
     f.offered.push_back(std::move(mine));
     out.send(fetch_conn, ExtentFetch{f.extent, f.requested, have});
     f.requested += n;
@@ -488,19 +542,25 @@ void Core::handle_fetching(Output& out, ConnectionId conn, Message& m) {
   if (auto info = as<RegionInfo>(m)) {
     const auto& mine = region_.def();
     const auto& theirs = info->region;
-    if (f.got_info || theirs.block_size != mine.block_size || theirs.extent_size != mine.extent_size ||
-        theirs.encrypted != mine.encrypted || theirs.extent_count <= f.extent.value)
-      return finish_fetch(out, conn, fail(ErrorCode::kRepair, "the repair source's region geometry differs from ours"));
+    if (f.got_info || theirs.block_size != mine.block_size ||
+        theirs.extent_size != mine.extent_size || theirs.encrypted != mine.encrypted ||
+        theirs.extent_count <= f.extent.value)
+      return finish_fetch(
+          out, conn,
+          fail(ErrorCode::kRepair, "the repair source's region geometry differs from ours"));
     f.got_info = true;
     return request_chunks(out, conn, f);
   }
   if (auto chunk = as<ExtentChunk>(m)) {
     if (!f.got_info || chunk->extent != f.extent || f.offered.empty())
-      return finish_fetch(out, conn, fail(ErrorCode::kRepair, "unexpected chunk from the repair source"));
+      return finish_fetch(out, conn,
+                          fail(ErrorCode::kRepair, "unexpected chunk from the repair source"));
     std::optional<ByteBuffer> mine = std::move(f.offered.front());
     f.offered.pop_front();
     if (chunk->unchanged && !mine)
-      return finish_fetch(out, conn, fail(ErrorCode::kRepair, "the repair source called a chunk we did not offer unchanged"));
+      return finish_fetch(
+          out, conn,
+          fail(ErrorCode::kRepair, "the repair source called a chunk we did not offer unchanged"));
     std::span<const std::byte> bytes = chunk->unchanged ? mine->span() : chunk->data.span();
     if (auto s = f.staging->append(chunk->offset, bytes); !s) return finish_fetch(out, conn, s);
     f.network_bytes += chunk->data.size();
@@ -510,8 +570,12 @@ void Core::handle_fetching(Output& out, ConnectionId conn, Message& m) {
     if (!done->status.is_ok()) return finish_fetch(out, conn, done->status.to_status());
     return finish_fetch(out, conn, f.staging->commit(done->file_bytes, done->file_hash));
   }
-  if (as<VersionMismatch>(m)) return finish_fetch(out, conn, fail(ErrorCode::kVersionMismatch, "repair source speaks another protocol version"));
-  finish_fetch(out, conn, fail(ErrorCode::kRepair, fmt::format("repair source sent {}", describe(m))));
+  if (as<VersionMismatch>(m))
+    return finish_fetch(
+        out, conn,
+        fail(ErrorCode::kVersionMismatch, "repair source speaks another protocol version"));
+  finish_fetch(out, conn,
+               fail(ErrorCode::kRepair, fmt::format("repair source sent {}", describe(m))));
 }
 
 void Core::finish_fetch(Output& out, ConnectionId fetch_conn, const Status& result) {
@@ -520,10 +584,11 @@ void Core::finish_fetch(Output& out, ConnectionId fetch_conn, const Status& resu
   Fetch f = std::move(it->second);
   fetches_.erase(it);
   conns_.erase(fetch_conn);
-  out.closes.push_back({fetch_conn, result ? "repair transfer complete" : "repair transfer failed"});
+  out.closes.push_back(
+      {fetch_conn, result ? "repair transfer complete" : "repair transfer failed"});
   if (result) {
-    log::info("extent {} repaired ({} of its {} bytes differed and were copied)", f.extent, f.network_bytes,
-              f.staging->received_bytes());
+    log::info("extent {} repaired ({} of its {} bytes differed and were copied)", f.extent,
+              f.network_bytes, f.staging->received_bytes());
   } else {
     log::warn("repair of extent {} failed: {}", f.extent, result.error().to_string());
   }

@@ -120,7 +120,7 @@ class Core {
 
   // The target side: an extent being fetched for an upstairs job.
   struct Fetch {
-    ConnectionId owner;  // the upstairs connection whose job this is
+    ConnectionId owner;              // the upstairs connection whose job this is
     std::optional<JobId> job;        // live repair
     std::optional<RepairId> repair;  // reconciliation
     ExtentId extent;
@@ -165,8 +165,8 @@ class Core {
   void complete(Conn& c, JobId id, bool resets);
   bool inject(double probability);
 
-  void start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job, std::optional<RepairId> repair,
-                   ExtentId extent, const std::string& source_addr);
+  void start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job,
+                   std::optional<RepairId> repair, ExtentId extent, const std::string& source_addr);
   void finish_fetch(Output& out, ConnectionId fetch_conn, const Status& result);
   void request_chunks(Output& out, ConnectionId fetch_conn, Fetch& f);
 
@@ -175,9 +175,9 @@ class Core {
   std::mt19937_64 rng_;
   uint64_t next_conn_ = 1;
   std::map<ConnectionId, Conn> conns_;
-  std::map<ConnectionId, Fetch> fetches_;  // keyed by the outgoing connection
-  std::optional<ConnectionId> active_;     // the read-write upstairs
-  Generation highest_generation_;          // highest ever promoted or found on disk
+  std::map<ConnectionId, Fetch> fetches_;               // keyed by the outgoing connection
+  std::optional<ConnectionId> active_;                  // the read-write upstairs
+  Generation highest_generation_;                       // highest ever promoted or found on disk
   std::vector<std::pair<ConnectionId, Job>> deferred_;  // lossy mode
 };
 

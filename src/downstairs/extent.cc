@@ -23,12 +23,14 @@ void put_u32(std::span<std::byte> b, size_t at, uint32_t v) {
 }
 uint64_t get_u64(std::span<const std::byte> b, size_t at) {
   uint64_t v = 0;
-  for (size_t i = 0; i < 8; ++i) v |= static_cast<uint64_t>(std::to_integer<uint8_t>(b[at + i])) << (8 * i);
+  for (size_t i = 0; i < 8; ++i)
+    v |= static_cast<uint64_t>(std::to_integer<uint8_t>(b[at + i])) << (8 * i);
   return v;
 }
 uint32_t get_u32(std::span<const std::byte> b, size_t at) {
   uint32_t v = 0;
-  for (size_t i = 0; i < 4; ++i) v |= static_cast<uint32_t>(std::to_integer<uint8_t>(b[at + i])) << (8 * i);
+  for (size_t i = 0; i < 4; ++i)
+    v |= static_cast<uint32_t>(std::to_integer<uint8_t>(b[at + i])) << (8 * i);
   return v;
 }
 
@@ -41,7 +43,8 @@ bool all_zero(std::span<const std::byte> data) {
 // 60 check u32 = low half of XXH64(bytes 0..60)
 constexpr size_t kSlotSeq = 0, kSlotHash = 8, kSlotFlags = 16, kSlotNonce = 17, kSlotTag = 41,
                  kSlotCheck = 60;
-constexpr uint8_t kFlagEncrypted = 1, kFlagDiscarded = 2, kKnownFlags = kFlagEncrypted | kFlagDiscarded;
+constexpr uint8_t kFlagEncrypted = 1, kFlagDiscarded = 2,
+                  kKnownFlags = kFlagEncrypted | kFlagDiscarded;
 
 // ---- metadata copy layout --------------------------------------------------------------
 // 0 magic[8] | 8 format u32 | 12 block_size u32 | 16 blocks u64 | 24 meta_seq u64 |
@@ -75,10 +78,12 @@ std::vector<std::byte> encode_meta(const ExtentLayout& layout, const Meta& m) {
 // Why a copy is unusable, or the metadata.
 Result<Meta> decode_meta(const ExtentLayout& layout, std::span<const std::byte> b) {
   auto bad = [](std::string why) { return fail(ErrorCode::kCorrupt, std::move(why)); };
-  if (std::memcmp(b.data(), kMetaMagic.data(), kMetaMagic.size()) != 0) return bad("no metadata magic");
+  if (std::memcmp(b.data(), kMetaMagic.data(), kMetaMagic.size()) != 0)
+    return bad("no metadata magic");
   if (get_u64(b, 64) != integrity_hash(b.first(64))) return bad("metadata checksum mismatch");
   if (uint32_t v = get_u32(b, 8); v != kExtentFormatVersion)
-    return bad(fmt::format("format version {}, this build reads version {}", v, kExtentFormatVersion));
+    return bad(
+        fmt::format("format version {}, this build reads version {}", v, kExtentFormatVersion));
   if (get_u32(b, 12) != layout.block_size || get_u64(b, 16) != layout.blocks)
     return bad(fmt::format("geometry {} blocks of {} bytes, region says {} of {}", get_u64(b, 16),
                            get_u32(b, 12), layout.blocks, layout.block_size));
@@ -87,11 +92,14 @@ Result<Meta> decode_meta(const ExtentLayout& layout, std::span<const std::byte> 
   return Meta{get_u64(b, 24), get_u64(b, 32), get_u64(b, 40), dirty == 1, get_u64(b, 56)};
 }
 
-std::span<const std::byte, kSlotBytes> slot_bytes(std::span<const std::byte> pairs, size_t block, int slot) {
-  return pairs.subspan(block * kSlotPairBytes + static_cast<size_t>(slot) * kSlotBytes).first<kSlotBytes>();
+std::span<const std::byte, kSlotBytes> slot_bytes(std::span<const std::byte> pairs, size_t block,
+                                                  int slot) {
+  return pairs.subspan(block * kSlotPairBytes + static_cast<size_t>(slot) * kSlotBytes)
+      .first<kSlotBytes>();
 }
 std::span<std::byte, kSlotBytes> slot_bytes(std::span<std::byte> pairs, size_t block, int slot) {
-  return pairs.subspan(block * kSlotPairBytes + static_cast<size_t>(slot) * kSlotBytes).first<kSlotBytes>();
+  return pairs.subspan(block * kSlotPairBytes + static_cast<size_t>(slot) * kSlotBytes)
+      .first<kSlotBytes>();
 }
 
 uint64_t zero_block_hash(uint32_t block_size) {
@@ -130,7 +138,8 @@ Slot decode_slot(std::span<const std::byte, kSlotBytes> in) {
   Slot s;
   uint64_t seq = get_u64(in, kSlotSeq);
   if (seq == 0) return s;
-  if (get_u32(in, kSlotCheck) != static_cast<uint32_t>(integrity_hash(in.first(kSlotCheck)))) return s;
+  if (get_u32(in, kSlotCheck) != static_cast<uint32_t>(integrity_hash(in.first(kSlotCheck))))
+    return s;
   uint8_t flags = std::to_integer<uint8_t>(in[kSlotFlags]);
   if ((flags & ~kKnownFlags) != 0) return s;
   s.seq = seq;
@@ -187,8 +196,8 @@ Result<std::unique_ptr<Extent>> Extent::open(FileSystem& fs, const std::string& 
   auto size = (*f)->size();
   if (!size) return tl::unexpected(size.error());
   if (*size != layout.file_bytes())
-    return fail(ErrorCode::kCorrupt, fmt::format("extent {} ({}) is {} bytes, expected {}", id, path,
-                                                  *size, layout.file_bytes()));
+    return fail(ErrorCode::kCorrupt, fmt::format("extent {} ({}) is {} bytes, expected {}", id,
+                                                 path, *size, layout.file_bytes()));
   std::unique_ptr<Extent> e(new Extent(std::move(*f), layout, id, read_only, encrypted));
   CRU_TRY(e->load_meta());
   if (e->dirty_ && !read_only) CRU_TRY(e->recover());
@@ -202,7 +211,7 @@ Status Extent::load_meta() {
   auto b = decode_meta(layout_, std::span(buf).subspan(kMetaCopyBytes));
   if (!a && !b)
     return fail(ErrorCode::kCorrupt, fmt::format("extent {}: no valid metadata ({}; {})", id_,
-                                                  a.error().message, b.error().message));
+                                                 a.error().message, b.error().message));
   const Meta& m = !a ? *b : !b ? *a : (a->meta_seq > b->meta_seq ? *a : *b);
   meta_seq_ = m.meta_seq;
   generation_ = Generation{m.generation};
@@ -215,7 +224,8 @@ Status Extent::load_meta() {
 Status Extent::write_meta() {
   Meta m{meta_seq_ + 1, generation_.value, flush_.value, dirty_, next_slot_seq_};
   // Alternate copies: the one holding the current state is never overwritten.
-  CRU_TRY(file_->write_at(layout_.meta_offset(static_cast<int>(m.meta_seq % 2)), encode_meta(layout_, m)));
+  CRU_TRY(file_->write_at(layout_.meta_offset(static_cast<int>(m.meta_seq % 2)),
+                          encode_meta(layout_, m)));
   meta_seq_ = m.meta_seq;
   return {};
 }
@@ -235,7 +245,8 @@ Status Extent::mark_dirty() {
 
 int Extent::select_slot(std::span<const std::byte> pair, std::span<const std::byte> data,
                         bool check_data) const {
-  std::array<Slot, 2> s = {decode_slot(slot_bytes(pair, 0, 0)), decode_slot(slot_bytes(pair, 0, 1))};
+  std::array<Slot, 2> s = {decode_slot(slot_bytes(pair, 0, 0)),
+                           decode_slot(slot_bytes(pair, 0, 1))};
   std::array<int, 2> order = s[1].seq > s[0].seq ? std::array{1, 0} : std::array{0, 1};
   for (int i : order) {
     if (s[i].empty()) continue;
@@ -259,7 +270,8 @@ Status Extent::recover() {
     for (uint64_t i = 0; i < n; ++i) {
       auto d = block_data.subspan(i * bs, bs);
       auto pair = std::span(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
-      std::array<Slot, 2> s = {decode_slot(slot_bytes(pair, 0, 0)), decode_slot(slot_bytes(pair, 0, 1))};
+      std::array<Slot, 2> s = {decode_slot(slot_bytes(pair, 0, 0)),
+                               decode_slot(slot_bytes(pair, 0, 1))};
       max_seq = std::max({max_seq, s[0].seq, s[1].seq});
       int newest = select_slot(pair, d, false);
       int match = select_slot(pair, d, true);
@@ -298,8 +310,9 @@ Status Extent::recover() {
   }
   next_slot_seq_ = max_seq + 1;
   if (rolled_back + rehashed + unrecoverable > 0)
-    log::info("extent {} recovered after a crash: {} blocks rolled back, {} rehashed, {} unrecoverable",
-              id_, rolled_back, rehashed, unrecoverable);
+    log::info(
+        "extent {} recovered after a crash: {} blocks rolled back, {} rehashed, {} unrecoverable",
+        id_, rolled_back, rehashed, unrecoverable);
   if (unrecoverable > 0)
     log::error("extent {}: {} blocks have no context matching their data", id_, unrecoverable);
   return {};
@@ -315,7 +328,8 @@ Status Extent::sync_before_overwriting(uint64_t first, uint64_t count) {
   if (!encrypted_) return {};  // unencrypted contexts are rebuilt from the data (recover())
   if (unsynced_.size() != layout_.blocks) unsynced_.assign(layout_.blocks, false);
   auto b = unsynced_.begin() + static_cast<ptrdiff_t>(first);
-  if (std::find(b, b + static_cast<ptrdiff_t>(count), true) == b + static_cast<ptrdiff_t>(count)) return {};
+  if (std::find(b, b + static_cast<ptrdiff_t>(count), true) == b + static_cast<ptrdiff_t>(count))
+    return {};
   return sync();
 }
 
@@ -394,7 +408,9 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
     size_t j = i;
     while (j < n && !skip[j]) ++j;
     Status s = file_->write_at(layout_.data_offset(first + i), data.subspan(i * bs, (j - i) * bs));
-    if (encrypted_) std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(first + i), unsynced_.begin() + static_cast<ptrdiff_t>(first + j), true);
+    if (encrypted_)
+      std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(first + i),
+                unsynced_.begin() + static_cast<ptrdiff_t>(first + j), true);
     if (!s) {
       // Put the old contexts back so the active slots describe the data on disk.
       if (!file_->write_at(layout_.slots_offset(first), *old_pairs))
@@ -421,7 +437,8 @@ Status Extent::discard(uint64_t first, uint64_t count) {
     for (uint64_t i = 0; i < n; ++i) {
       auto pair = std::span(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
       int active = select_slot(pair, {}, false);
-      if (active < 0 || decode_slot(slot_bytes(pair, 0, active)).discarded) continue;  // already zeros
+      if (active < 0 || decode_slot(slot_bytes(pair, 0, active)).discarded)
+        continue;  // already zeros
       encode_slot(Slot{next_slot_seq_++, zero_hash, true, std::nullopt},
                   slot_bytes(pair, 0, active == 0 ? 1 : 0));
       change[i] = any = true;
@@ -439,7 +456,9 @@ Status Extent::discard(uint64_t first, uint64_t count) {
       uint64_t j = i;
       while (j < n && change[j]) ++j;
       Status s = file_->punch_hole(layout_.data_offset(chunk + i), (j - i) * bs);
-      if (encrypted_) std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(chunk + i), unsynced_.begin() + static_cast<ptrdiff_t>(chunk + j), true);
+      if (encrypted_)
+        std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(chunk + i),
+                  unsynced_.begin() + static_cast<ptrdiff_t>(chunk + j), true);
       if (!s) {
         if (!file_->write_at(layout_.slots_offset(chunk), *old_pairs))
           log::error("extent {}: restoring contexts after a failed discard also failed", id_);

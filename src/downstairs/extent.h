@@ -34,7 +34,9 @@ struct ExtentLayout {
   uint64_t blocks = 0;  // blocks per extent
 
   uint64_t data_offset(uint64_t block) const { return block * block_size; }
-  uint64_t slots_offset(uint64_t block) const { return blocks * block_size + block * kSlotPairBytes; }
+  uint64_t slots_offset(uint64_t block) const {
+    return blocks * block_size + block * kSlotPairBytes;
+  }
   uint64_t meta_offset(int copy) const {
     uint64_t end_of_slots = slots_offset(blocks);
     uint64_t aligned = (end_of_slots + kMetaCopyBytes - 1) / kMetaCopyBytes * kMetaCopyBytes;
@@ -47,7 +49,7 @@ struct ExtentLayout {
 // the higher seq is the newer one. seq 0 means the slot is empty.
 struct Slot {
   uint64_t seq = 0;
-  uint64_t hash = 0;  // integrity hash of the stored bytes (see expected_hash)
+  uint64_t hash = 0;       // integrity hash of the stored bytes (see expected_hash)
   bool discarded = false;  // the block was discarded: reads as zeros, unwritten
   std::optional<proto::EncryptionContext> encryption;
 
@@ -106,7 +108,11 @@ class Extent {
  private:
   Extent(std::unique_ptr<File> file, const ExtentLayout& layout, ExtentId id, bool read_only,
          bool encrypted)
-      : file_(std::move(file)), layout_(layout), id_(id), read_only_(read_only), encrypted_(encrypted) {}
+      : file_(std::move(file)),
+        layout_(layout),
+        id_(id),
+        read_only_(read_only),
+        encrypted_(encrypted) {}
 
   Status load_meta();
   Status write_meta();

@@ -34,9 +34,11 @@ Status raise_file_limit(uint32_t extents) {
   lim.rlim_cur = std::min(want, lim.rlim_max);
   setrlimit(RLIMIT_NOFILE, &lim);
   if (lim.rlim_cur < want)
-    return fail(ErrorCode::kInvalidArgument,
-                fmt::format("the region has {} extents but this process may open only {} files (raise ulimit -n)",
-                            extents, lim.rlim_max));
+    return fail(
+        ErrorCode::kInvalidArgument,
+        fmt::format(
+            "the region has {} extents but this process may open only {} files (raise ulimit -n)",
+            extents, lim.rlim_max));
   return {};
 }
 
@@ -46,12 +48,15 @@ Result<FaultInjection> parse_inject(const std::string& spec) {
   size_t pos = 0;
   while (pos < spec.size()) {
     size_t comma = spec.find(',', pos);
-    std::string item = spec.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    std::string item =
+        spec.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     pos = comma == std::string::npos ? spec.size() : comma + 1;
     size_t eq = item.find('=');
     auto bad = [&] {
-      return fail(ErrorCode::kInvalidArgument,
-                  fmt::format("--inject-errors: '{}' is not read=P, write=P or flush=P with P in [0, 1]", item));
+      return fail(
+          ErrorCode::kInvalidArgument,
+          fmt::format("--inject-errors: '{}' is not read=P, write=P or flush=P with P in [0, 1]",
+                      item));
     };
     if (eq == std::string::npos) return bad();
     std::string key = item.substr(0, eq);
@@ -64,10 +69,14 @@ Result<FaultInjection> parse_inject(const std::string& spec) {
       return bad();
     }
     if (!(p >= 0 && p <= 1)) return bad();
-    if (key == "read") f.read_error = p;
-    else if (key == "write") f.write_error = p;
-    else if (key == "flush") f.flush_error = p;
-    else return bad();
+    if (key == "read")
+      f.read_error = p;
+    else if (key == "write")
+      f.write_error = p;
+    else if (key == "flush")
+      f.flush_error = p;
+    else
+      return bad();
   }
   return f;
 }
@@ -83,43 +92,52 @@ struct CreateArgs {
 
 int cmd_create(const CreateArgs& a) {
   auto uuid = Uuid::parse(a.uuid);
-  if (!uuid) return fail_with(Error{ErrorCode::kInvalidArgument, "-u/--uuid: " + uuid.error().message});
+  if (!uuid)
+    return fail_with(Error{ErrorCode::kInvalidArgument, "-u/--uuid: " + uuid.error().message});
   RegionOptions o;
   o.def.uuid = *uuid;
   o.def.block_size = a.block_size;
   o.def.encrypted = a.encrypted;
   o.default_port = a.port;
-  if (!proto::valid_block_size(a.block_size))
-    return fail_with(validate_geometry(o.def).error());
-  o.def.extent_size = a.extent_size ? a.extent_size : std::max<uint64_t>(1, kDefaultExtentBytes / a.block_size);
+  if (!proto::valid_block_size(a.block_size)) return fail_with(validate_geometry(o.def).error());
+  o.def.extent_size =
+      a.extent_size ? a.extent_size : std::max<uint64_t>(1, kDefaultExtentBytes / a.block_size);
   if (!a.size.empty()) {
     if (a.extent_count)
-      return fail_with(Error{ErrorCode::kInvalidArgument, "give --size or --extent-count, not both"});
+      return fail_with(
+          Error{ErrorCode::kInvalidArgument, "give --size or --extent-count, not both"});
     auto bytes = parse_size(a.size);
-    if (!bytes) return fail_with(Error{ErrorCode::kInvalidArgument, "--size: " + bytes.error().message});
+    if (!bytes)
+      return fail_with(Error{ErrorCode::kInvalidArgument, "--size: " + bytes.error().message});
     uint64_t count = (*bytes + o.def.extent_bytes() - 1) / o.def.extent_bytes();
     if (count == 0 || count > UINT32_MAX)
-      return fail_with(Error{ErrorCode::kInvalidArgument, fmt::format("--size {} gives {} extents", a.size, count)});
+      return fail_with(Error{ErrorCode::kInvalidArgument,
+                             fmt::format("--size {} gives {} extents", a.size, count)});
     o.def.extent_count = static_cast<uint32_t>(count);
   } else {
-    o.def.extent_count = a.extent_count ? a.extent_count : (a.import.empty() ? kDefaultExtentCount : 1);
+    o.def.extent_count =
+        a.extent_count ? a.extent_count : (a.import.empty() ? kDefaultExtentCount : 1);
   }
   if (auto s = validate_geometry(o.def); !s) return fail_with(s.error());
   if (!a.import.empty() && a.encrypted)
-    return fail_with(Error{ErrorCode::kUnsupported, "-i cannot import into an --encrypted region (no key here)"});
+    return fail_with(Error{ErrorCode::kUnsupported,
+                           "-i cannot import into an --encrypted region (no key here)"});
   auto region = Region::create(posix_fs(), a.dir, o);
   if (!region) return fail_with(region.error());
   if (!a.import.empty()) {
     auto stats = import_file(**region, a.import);
     if (!stats) return fail_with(stats.error());
-    std::printf("imported %s (%s): %u extents created, %llu blocks copied (%llu all-zero blocks left sparse)\n",
-                a.import.c_str(), format_size(stats->file_bytes).c_str(), (*region)->def().extent_count,
-                static_cast<unsigned long long>(stats->blocks_copied + stats->zero_blocks),
-                static_cast<unsigned long long>(stats->zero_blocks));
+    std::printf(
+        "imported %s (%s): %u extents created, %llu blocks copied (%llu all-zero blocks left "
+        "sparse)\n",
+        a.import.c_str(), format_size(stats->file_bytes).c_str(), (*region)->def().extent_count,
+        static_cast<unsigned long long>(stats->blocks_copied + stats->zero_blocks),
+        static_cast<unsigned long long>(stats->zero_blocks));
   }
   const auto& d = (*region)->def();
-  std::printf("created region %s in %s: %u extents x %llu blocks x %u bytes = %s%s%s\n", d.uuid.to_string().c_str(),
-              a.dir.c_str(), d.extent_count, static_cast<unsigned long long>(d.extent_size), d.block_size,
+  std::printf("created region %s in %s: %u extents x %llu blocks x %u bytes = %s%s%s\n",
+              d.uuid.to_string().c_str(), a.dir.c_str(), d.extent_count,
+              static_cast<unsigned long long>(d.extent_size), d.block_size,
               format_size(d.total_bytes()).c_str(), d.encrypted ? ", encrypted" : "",
               a.port ? fmt::format(", port {}", a.port).c_str() : "");
   return 0;
@@ -136,8 +154,9 @@ int cmd_run(const RunArgs& a) {
   if (!options) return fail_with(options.error());
   int port = a.port >= 0 ? a.port : options->default_port;
   if (a.port < 0 && options->default_port == 0)
-    return fail_with(Error{ErrorCode::kInvalidArgument,
-                           fmt::format("no port: give -p PORT (the region in {} has no default port)", a.dir)});
+    return fail_with(
+        Error{ErrorCode::kInvalidArgument,
+              fmt::format("no port: give -p PORT (the region in {} has no default port)", a.dir)});
   if (auto s = raise_file_limit(options->def.extent_count); !s) return fail_with(s.error());
   CoreOptions core_options;
   core_options.read_only = a.read_only;
@@ -150,7 +169,9 @@ int cmd_run(const RunArgs& a) {
   core_options.faults.seed = std::random_device{}();
   asio::error_code ec;
   auto addr = asio::ip::make_address(a.address, ec);
-  if (ec) return fail_with(Error{ErrorCode::kInvalidArgument, fmt::format("-a/--address '{}': {}", a.address, ec.message())});
+  if (ec)
+    return fail_with(Error{ErrorCode::kInvalidArgument,
+                           fmt::format("-a/--address '{}': {}", a.address, ec.message())});
   auto region = Region::open(posix_fs(), a.dir, a.read_only);
   if (!region) return fail_with(region.error());
 
@@ -158,17 +179,24 @@ int cmd_run(const RunArgs& a) {
   std::unique_ptr<Server> server;
   Core core(**region, core_options);
   try {
-    server = std::make_unique<Server>(io, core, asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)));
+    server = std::make_unique<Server>(io, core,
+                                      asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)));
   } catch (const std::system_error& e) {
-    return fail_with(Error{ErrorCode::kIo, fmt::format("cannot listen on {}:{}: {}", a.address, port, e.what())});
+    return fail_with(Error{ErrorCode::kIo,
+                           fmt::format("cannot listen on {}:{}: {}", a.address, port, e.what())});
   }
   core.set_repair_addr(fmt::format("{}:{}", a.address, server->port()));
   const auto& d = (*region)->def();
-  log::info("serving region {} ({} extents x {} blocks x {} bytes{}{}) from {}", d.uuid, d.extent_count, d.extent_size,
-            d.block_size, d.encrypted ? ", encrypted" : "", a.read_only ? ", read-only" : "", a.dir);
-  if (core_options.faults.read_error + core_options.faults.write_error + core_options.faults.flush_error > 0 || a.lossy)
-    log::warn("fault injection on: read={} write={} flush={} lossy={}", core_options.faults.read_error,
-              core_options.faults.write_error, core_options.faults.flush_error, a.lossy);
+  log::info("serving region {} ({} extents x {} blocks x {} bytes{}{}) from {}", d.uuid,
+            d.extent_count, d.extent_size, d.block_size, d.encrypted ? ", encrypted" : "",
+            a.read_only ? ", read-only" : "", a.dir);
+  if (core_options.faults.read_error + core_options.faults.write_error +
+              core_options.faults.flush_error >
+          0 ||
+      a.lossy)
+    log::warn("fault injection on: read={} write={} flush={} lossy={}",
+              core_options.faults.read_error, core_options.faults.write_error,
+              core_options.faults.flush_error, a.lossy);
   // Scripts and tests read this line to learn the port (-p 0 picks a free one).
   std::printf("listening on %s:%u\n", a.address.c_str(), server->port());
   std::fflush(stdout);
@@ -184,7 +212,8 @@ int cmd_run(const RunArgs& a) {
   return 0;
 }
 
-int cmd_export(const std::string& dir, const std::string& out, uint64_t skip, std::optional<uint64_t> count) {
+int cmd_export(const std::string& dir, const std::string& out, uint64_t skip,
+               std::optional<uint64_t> count) {
   auto region = Region::open(posix_fs(), dir, true);
   if (!region) return fail_with(region.error());
   auto n = export_file(**region, out, skip, count);
@@ -222,20 +251,24 @@ int cmd_verify(const std::string& dir) {
 
 int main(int argc, char** argv) {
   cru::log::init("downstairs");
-  CLI::App app{"crucible-downstairs: one replica of a Crucible volume (a region of extent files) served over TCP"};
+  CLI::App app{
+      "crucible-downstairs: one replica of a Crucible volume (a region of extent files) served "
+      "over TCP"};
   app.require_subcommand(1);
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->check(CLI::IsMember(
-      {"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
 
   CreateArgs ca;
   auto* create = app.add_subcommand("create", "create a region (optionally importing a file)");
   create->add_option("-u,--uuid", ca.uuid, "region UUID (e.g. $(uuidgen))")->required();
   create->add_option("-d,--data,--dir", ca.dir, "region directory")->required();
   create->add_option("-p,--port", ca.port, "default port for 'run'");
-  create->add_option("--block-size", ca.block_size, "bytes per block: 512..32768, a power of two")->capture_default_str();
+  create->add_option("--block-size", ca.block_size, "bytes per block: 512..32768, a power of two")
+      ->capture_default_str();
   create->add_option("--extent-size", ca.extent_size, "blocks per extent (default: 64 MiB worth)");
-  create->add_option("--extent-count", ca.extent_count, "number of extents (default: 16, i.e. 1 GiB)");
+  create->add_option("--extent-count", ca.extent_count,
+                     "number of extents (default: 16, i.e. 1 GiB)");
   create->add_option("--size", ca.size, "volume size, e.g. 10G (picks the extent count)");
   create->add_flag("--encrypted", ca.encrypted, "the upstairs encrypts every block");
   create->add_option("-i,--import-path", ca.import, "import this file (grows the region to fit)");
@@ -243,11 +276,14 @@ int main(int argc, char** argv) {
   RunArgs ra;
   auto* run = app.add_subcommand("run", "serve a region");
   run->add_option("-d,--data,--dir", ra.dir, "region directory")->required();
-  run->add_option("-p,--port", ra.port, "TCP port (0: any free port; default: the region's)")->check(CLI::Range(0, 65535));
+  run->add_option("-p,--port", ra.port, "TCP port (0: any free port; default: the region's)")
+      ->check(CLI::Range(0, 65535));
   run->add_option("-a,--address", ra.address, "address to listen on")->capture_default_str();
   run->add_flag("--read-only", ra.read_only, "open the region read-only and refuse writes");
-  run->add_flag("--lossy", ra.lossy, "test only: delay a quarter of jobs so they complete out of order");
-  run->add_option("--inject-errors", ra.inject, "test only: read=P,write=P,flush=P error probabilities");
+  run->add_flag("--lossy", ra.lossy,
+                "test only: delay a quarter of jobs so they complete out of order");
+  run->add_option("--inject-errors", ra.inject,
+                  "test only: read=P,write=P,flush=P error probabilities");
 
   std::string ex_dir, ex_out;
   uint64_t ex_skip = 0;
@@ -260,8 +296,10 @@ int main(int argc, char** argv) {
 
   std::vector<std::string> dump_dirs;
   DumpOptions dump_options;
-  auto* dmp = app.add_subcommand("dump", "compare extent metadata of one or more regions; non-zero exit if they differ");
-  dmp->add_option("-d,--data,--dir", dump_dirs, "region directory (repeat for each replica)")->required();
+  auto* dmp = app.add_subcommand(
+      "dump", "compare extent metadata of one or more regions; non-zero exit if they differ");
+  dmp->add_option("-d,--data,--dir", dump_dirs, "region directory (repeat for each replica)")
+      ->required();
   dmp->add_option("-e,--extent", dump_options.extent, "only this extent");
   dmp->add_option("-b,--block", dump_options.block, "show this block's contexts in each region");
   dmp->add_flag("-o,--only-diffs", dump_options.only_diffs, "show only extents that differ");

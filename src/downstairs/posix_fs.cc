@@ -15,7 +15,8 @@ namespace cru::downstairs {
 namespace {
 
 tl::unexpected<Error> errno_error(std::string_view what, const std::string& path, int err) {
-  return tl::unexpected(Error{ErrorCode::kIo, fmt::format("{} {}: {}", what, path, std::strerror(err))});
+  return tl::unexpected(
+      Error{ErrorCode::kIo, fmt::format("{} {}: {}", what, path, std::strerror(err))});
 }
 
 class PosixFile final : public File {
@@ -28,14 +29,15 @@ class PosixFile final : public File {
   Status read_at(uint64_t offset, std::span<std::byte> out) override {
     size_t done = 0;
     while (done < out.size()) {
-      ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+      ssize_t n =
+          ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return errno_error("read", path_, errno);
       }
       if (n == 0)
-        return fail(ErrorCode::kIo, fmt::format("read {}: unexpected end of file at offset {}", path_,
-                                                offset + done));
+        return fail(ErrorCode::kIo, fmt::format("read {}: unexpected end of file at offset {}",
+                                                path_, offset + done));
       done += static_cast<size_t>(n);
     }
     return {};
@@ -44,7 +46,8 @@ class PosixFile final : public File {
   Status write_at(uint64_t offset, std::span<const std::byte> data) override {
     size_t done = 0;
     while (done < data.size()) {
-      ssize_t n = ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+      ssize_t n =
+          ::pwrite(fd_, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
       if (n < 0) {
         if (errno == EINTR) continue;
         return errno_error("write", path_, errno);
@@ -83,7 +86,8 @@ class PosixFile final : public File {
   }
 
   Status truncate(uint64_t size) override {
-    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) return errno_error("truncate", path_, errno);
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+      return errno_error("truncate", path_, errno);
     return {};
   }
 
@@ -97,14 +101,22 @@ class PosixFileSystem final : public FileSystem {
   Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override {
     int flags = O_CLOEXEC;
     switch (mode) {
-      case OpenMode::kReadOnly: flags |= O_RDONLY; break;
-      case OpenMode::kReadWrite: flags |= O_RDWR; break;
-      case OpenMode::kCreateExclusive: flags |= O_RDWR | O_CREAT | O_EXCL; break;
+      case OpenMode::kReadOnly:
+        flags |= O_RDONLY;
+        break;
+      case OpenMode::kReadWrite:
+        flags |= O_RDWR;
+        break;
+      case OpenMode::kCreateExclusive:
+        flags |= O_RDWR | O_CREAT | O_EXCL;
+        break;
     }
     int fd = ::open(path.c_str(), flags, 0644);
     if (fd < 0) {
-      if (errno == EEXIST) return fail(ErrorCode::kAlreadyExists, fmt::format("{} already exists", path));
-      if (errno == ENOENT) return fail(ErrorCode::kNotFound, fmt::format("{} does not exist", path));
+      if (errno == EEXIST)
+        return fail(ErrorCode::kAlreadyExists, fmt::format("{} already exists", path));
+      if (errno == ENOENT)
+        return fail(ErrorCode::kNotFound, fmt::format("{} does not exist", path));
       return errno_error("open", path, errno);
     }
     return std::make_unique<PosixFile>(fd, path);
@@ -118,7 +130,8 @@ class PosixFileSystem final : public FileSystem {
   }
 
   Status rename(const std::string& from, const std::string& to) override {
-    if (::rename(from.c_str(), to.c_str()) != 0) return errno_error("rename to " + to + ":", from, errno);
+    if (::rename(from.c_str(), to.c_str()) != 0)
+      return errno_error("rename to " + to + ":", from, errno);
     return {};
   }
 
@@ -133,7 +146,8 @@ class PosixFileSystem final : public FileSystem {
     std::filesystem::path p(path);
     if (p.empty() || std::filesystem::is_directory(p)) return {};
     if (p.has_parent_path() && p.parent_path() != p) CRU_TRY(make_dirs(p.parent_path().string()));
-    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) return errno_error("create directory", path, errno);
+    if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST)
+      return errno_error("create directory", path, errno);
     return sync_dir(p.has_parent_path() ? p.parent_path().string() : std::string("."));
   }
 

@@ -45,13 +45,13 @@ std::vector<ExtentRun> split(uint64_t extent_size, BlockIndex start, uint64_t co
 
 Status validate_geometry(const proto::RegionDefinition& def) {
   if (!proto::valid_block_size(def.block_size))
-    return invalid(fmt::format("--block-size {} is not a power of two from {} to {}", def.block_size,
-                               proto::kMinBlockSize, proto::kMaxBlockSize));
+    return invalid(fmt::format("--block-size {} is not a power of two from {} to {}",
+                               def.block_size, proto::kMinBlockSize, proto::kMaxBlockSize));
   if (def.extent_size == 0) return invalid("--extent-size must be at least 1 block");
   if (def.extent_bytes() > kMaxExtentBytes)
-    return invalid(fmt::format("--extent-size {} blocks of {} bytes is {}; the limit is {} per extent",
-                               def.extent_size, def.block_size, format_size(def.extent_bytes()),
-                               format_size(kMaxExtentBytes)));
+    return invalid(fmt::format(
+        "--extent-size {} blocks of {} bytes is {}; the limit is {} per extent", def.extent_size,
+        def.block_size, format_size(def.extent_bytes()), format_size(kMaxExtentBytes)));
   if (def.extent_count == 0) return invalid("--extent-count must be at least 1");
   if (def.extent_count > proto::kMaxExtents)
     return invalid(fmt::format("--extent-count {} exceeds the limit {}", def.extent_count,
@@ -77,17 +77,21 @@ Result<RegionOptions> Region::read_options(FileSystem& fs, const std::string& di
   std::string path = join_path(dir, std::string(kRegionFile));
   auto there = fs.exists(path);
   if (!there) return tl::unexpected(there.error());
-  if (!*there) return fail(ErrorCode::kNotFound, fmt::format("{} is not a region: no {}", dir, kRegionFile));
+  if (!*there)
+    return fail(ErrorCode::kNotFound, fmt::format("{} is not a region: no {}", dir, kRegionFile));
   auto text = read_whole_file(fs, path, kMaxRegionFileBytes);
   if (!text) return tl::unexpected(text.error());
-  auto bad = [&](std::string why) { return fail(ErrorCode::kCorrupt, fmt::format("{}: {}", path, why)); };
+  auto bad = [&](std::string why) {
+    return fail(ErrorCode::kCorrupt, fmt::format("{}: {}", path, why));
+  };
   nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
   RegionOptions o;
   try {
     auto version = j.at("format_version").get<uint32_t>();
     if (version != kRegionFormatVersion)
-      return bad(fmt::format("format version {}, this build reads version {}", version, kRegionFormatVersion));
+      return bad(fmt::format("format version {}, this build reads version {}", version,
+                             kRegionFormatVersion));
     auto uuid = Uuid::parse(j.at("uuid").get<std::string>());
     if (!uuid) return bad(uuid.error().message);
     o.def.uuid = *uuid;
@@ -113,7 +117,8 @@ Region::Region(FileSystem& fs, std::string dir, RegionOptions options, bool read
 std::string Region::extent_path(ExtentId e) const {
   // As in the original: XX/YYY/ZZZ in hex, so no directory holds more than 4096 files.
   uint32_t n = e.value;
-  return join_path(dir_, fmt::format("{:02X}/{:03X}/{:03X}", (n >> 24) & 0xff, (n >> 12) & 0xfff, n & 0xfff));
+  return join_path(
+      dir_, fmt::format("{:02X}/{:03X}/{:03X}", (n >> 24) & 0xff, (n >> 12) & 0xfff, n & 0xfff));
 }
 
 Result<std::unique_ptr<Region>> Region::create(FileSystem& fs, const std::string& dir,
@@ -143,7 +148,8 @@ Status Region::extend(uint32_t extent_count) {
   // region.json last: until it names them, the new extents are not part of the region.
   CRU_TRY(write_file_atomic(fs_, join_path(dir_, std::string(kRegionFile)), encode_options(grown)));
   for (uint32_t i = options_.def.extent_count; i < extent_count; ++i) {
-    auto e = Extent::open(fs_, extent_path(ExtentId{i}), layout_, ExtentId{i}, false, grown.def.encrypted);
+    auto e = Extent::open(fs_, extent_path(ExtentId{i}), layout_, ExtentId{i}, false,
+                          grown.def.encrypted);
     if (!e) return tl::unexpected(e.error());
     extents_.push_back(std::move(*e));
     closed_versions_.emplace_back();
@@ -153,7 +159,8 @@ Status Region::extend(uint32_t extent_count) {
   return {};
 }
 
-Result<std::unique_ptr<Region>> Region::open(FileSystem& fs, const std::string& dir, bool read_only) {
+Result<std::unique_ptr<Region>> Region::open(FileSystem& fs, const std::string& dir,
+                                             bool read_only) {
   auto options = read_options(fs, dir);
   if (!options) return tl::unexpected(options.error());
   std::unique_ptr<Region> r(new Region(fs, dir, *options, read_only));
@@ -189,7 +196,8 @@ Status Region::check_extent(ExtentId e) const {
 Result<Extent*> Region::open_extent(ExtentId e) {
   CRU_TRY(check_extent(e));
   Extent* x = extents_[e.value].get();
-  if (x == nullptr) return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", e));
+  if (x == nullptr)
+    return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", e));
   return x;
 }
 
@@ -200,7 +208,8 @@ Result<ReadResult> Region::read(BlockIndex start, uint64_t count) {
   auto runs = split(def().extent_size, start, count);
   for (const auto& run : runs)
     if (!is_open(run.extent))
-      return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", run.extent));
+      return fail(ErrorCode::kExtentClosed,
+                  fmt::format("extent {} is closed for repair", run.extent));
   const uint32_t bs = def().block_size;
   ReadResult out;
   out.contexts.resize(count);
@@ -214,18 +223,21 @@ Result<ReadResult> Region::read(BlockIndex start, uint64_t count) {
   return out;
 }
 
-Status Region::write(BlockIndex start, uint32_t block_size, std::span<const proto::BlockContext> contexts,
-                     std::span<const std::byte> data, bool only_unwritten) {
+Status Region::write(BlockIndex start, uint32_t block_size,
+                     std::span<const proto::BlockContext> contexts, std::span<const std::byte> data,
+                     bool only_unwritten) {
   if (read_only_) return fail(ErrorCode::kReadOnly, "write to a read-only region");
   if (block_size != def().block_size)
     return fail(ErrorCode::kBlockSizeMismatch,
-                fmt::format("write uses {}-byte blocks, the region {}-byte blocks", block_size, def().block_size));
+                fmt::format("write uses {}-byte blocks, the region {}-byte blocks", block_size,
+                            def().block_size));
   CRU_ASSERT(data.size() == contexts.size() * block_size, "the codec checks data against contexts");
   CRU_TRY(check_range(start, contexts.size()));
   auto runs = split(def().extent_size, start, contexts.size());
   for (const auto& run : runs)
     if (!is_open(run.extent))
-      return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", run.extent));
+      return fail(ErrorCode::kExtentClosed,
+                  fmt::format("extent {} is closed for repair", run.extent));
   // Every block is checked before any is written, so a bad request writes nothing.
   for (size_t i = 0; i < contexts.size(); ++i) {
     const auto& ctx = contexts[i];
@@ -236,14 +248,16 @@ Status Region::write(BlockIndex start, uint32_t block_size, std::span<const prot
                               def().encrypted ? "encrypted" : "not encrypted"));
     Slot as_stored{1, ctx.hash, false, ctx.encryption};
     if (expected_hash(as_stored, data.subspan(i * block_size, block_size)) != ctx.hash)
-      return fail(ErrorCode::kHashMismatch,
-                  fmt::format("block {}: data does not match its hash {:016x}", start.value + i, ctx.hash));
+      return fail(
+          ErrorCode::kHashMismatch,
+          fmt::format("block {}: data does not match its hash {:016x}", start.value + i, ctx.hash));
   }
   for (const auto& run : runs) {
     auto x = open_extent(run.extent);
     if (!x) return tl::unexpected(x.error());
     CRU_TRY((*x)->write(run.first, contexts.subspan(run.offset, run.count),
-                        data.subspan(run.offset * block_size, run.count * block_size), only_unwritten));
+                        data.subspan(run.offset * block_size, run.count * block_size),
+                        only_unwritten));
   }
   return {};
 }
@@ -254,7 +268,8 @@ Status Region::discard(BlockIndex start, uint64_t count) {
   auto runs = split(def().extent_size, start, count);
   for (const auto& run : runs)
     if (!is_open(run.extent))
-      return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", run.extent));
+      return fail(ErrorCode::kExtentClosed,
+                  fmt::format("extent {} is closed for repair", run.extent));
   for (const auto& run : runs) {
     auto x = open_extent(run.extent);
     if (!x) return tl::unexpected(x.error());
@@ -263,7 +278,8 @@ Status Region::discard(BlockIndex start, uint64_t count) {
   return {};
 }
 
-Status Region::flush(FlushNumber flush, Generation generation, std::optional<ExtentId> extent_limit) {
+Status Region::flush(FlushNumber flush, Generation generation,
+                     std::optional<ExtentId> extent_limit) {
   uint32_t end = def().extent_count;
   if (extent_limit) {
     CRU_TRY(check_extent(*extent_limit));
@@ -286,7 +302,9 @@ std::vector<proto::ExtentVersion> Region::versions() const {
   return v;
 }
 
-bool Region::is_open(ExtentId e) const { return e.value < extents_.size() && extents_[e.value] != nullptr; }
+bool Region::is_open(ExtentId e) const {
+  return e.value < extents_.size() && extents_[e.value] != nullptr;
+}
 
 Result<proto::ExtentVersion> Region::close_extent(ExtentId e) {
   auto x = open_extent(e);
@@ -305,7 +323,8 @@ Status Region::flush_extent(ExtentId e, FlushNumber flush, Generation generation
 
 Status Region::reopen_extent(ExtentId e) {
   CRU_TRY(check_extent(e));
-  if (extents_[e.value]) return fail(ErrorCode::kInvalidArgument, fmt::format("extent {} is already open", e));
+  if (extents_[e.value])
+    return fail(ErrorCode::kInvalidArgument, fmt::format("extent {} is already open", e));
   if (repairing_.contains(e))
     return fail(ErrorCode::kBusy, fmt::format("extent {} is still being repaired", e));
   auto x = Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted);
@@ -325,8 +344,8 @@ Result<std::vector<BlockReport>> Region::inspect(ExtentId e, uint64_t first, uin
   auto x = open_extent(e);
   if (!x) return tl::unexpected(x.error());
   if (first + count > def().extent_size)
-    return fail(ErrorCode::kOffsetInvalid, fmt::format("blocks [{}, {}) are outside extent {}", first,
-                                                       first + count, e));
+    return fail(ErrorCode::kOffsetInvalid,
+                fmt::format("blocks [{}, {}) are outside extent {}", first, first + count, e));
   return (*x)->inspect(first, count);
 }
 
@@ -335,7 +354,8 @@ Result<std::vector<BlockReport>> Region::inspect(ExtentId e, uint64_t first, uin
 Result<std::unique_ptr<File>> Region::open_for_transfer(ExtentId e) {
   CRU_TRY(check_extent(e));
   if (is_open(e))
-    return fail(ErrorCode::kRepair, fmt::format("extent {} is open; only a closed extent can be copied", e));
+    return fail(ErrorCode::kRepair,
+                fmt::format("extent {} is open; only a closed extent can be copied", e));
   return fs_.open(extent_path(e), OpenMode::kReadOnly);
 }
 
@@ -348,33 +368,40 @@ Result<std::unique_ptr<RepairStaging>> Region::begin_repair(ExtentId e) {
   if (read_only_) return fail(ErrorCode::kReadOnly, "cannot repair a read-only region");
   CRU_TRY(check_extent(e));
   if (is_open(e))
-    return fail(ErrorCode::kRepair, fmt::format("extent {} must be closed before it is repaired", e));
-  if (repairing_.contains(e)) return fail(ErrorCode::kBusy, fmt::format("extent {} is already being repaired", e));
+    return fail(ErrorCode::kRepair,
+                fmt::format("extent {} must be closed before it is repaired", e));
+  if (repairing_.contains(e))
+    return fail(ErrorCode::kBusy, fmt::format("extent {} is already being repaired", e));
   std::string path = Extent::staging_path(extent_path(e));
   CRU_TRY(fs_.remove(path));
   auto f = fs_.open(path, OpenMode::kCreateExclusive);
   if (!f) return tl::unexpected(f.error());
   repairing_.insert(e);
-  return std::unique_ptr<RepairStaging>(new RepairStaging(*this, e, std::move(*f), std::move(path)));
+  return std::unique_ptr<RepairStaging>(
+      new RepairStaging(*this, e, std::move(*f), std::move(path)));
 }
 
-RepairStaging::RepairStaging(Region& region, ExtentId extent, std::unique_ptr<File> file, std::string path)
+RepairStaging::RepairStaging(Region& region, ExtentId extent, std::unique_ptr<File> file,
+                             std::string path)
     : region_(region), extent_(extent), file_(std::move(file)), path_(std::move(path)) {}
 
 RepairStaging::~RepairStaging() {
   if (!committed_) {
     file_.reset();
-    if (auto s = region_.fs_.remove(path_); !s) log::warn("removing {}: {}", path_, s.error().message);
+    if (auto s = region_.fs_.remove(path_); !s)
+      log::warn("removing {}: {}", path_, s.error().message);
   }
   region_.end_repair(extent_);
 }
 
 Status RepairStaging::append(uint64_t offset, std::span<const std::byte> data) {
   if (offset != received_)
-    return fail(ErrorCode::kRepair, fmt::format("extent {}: chunk at offset {}, expected {}", extent_, offset, received_));
+    return fail(ErrorCode::kRepair, fmt::format("extent {}: chunk at offset {}, expected {}",
+                                                extent_, offset, received_));
   if (received_ + data.size() > region_.extent_file_bytes())
-    return fail(ErrorCode::kRepair, fmt::format("extent {}: more than the {} bytes of an extent file", extent_,
-                                                region_.extent_file_bytes()));
+    return fail(ErrorCode::kRepair,
+                fmt::format("extent {}: more than the {} bytes of an extent file", extent_,
+                            region_.extent_file_bytes()));
   CRU_TRY(file_->write_at(offset, data));
   hash_.update(data);
   received_ += data.size();
@@ -384,31 +411,38 @@ Status RepairStaging::append(uint64_t offset, std::span<const std::byte> data) {
 Status RepairStaging::commit(uint64_t file_bytes, uint64_t file_hash) {
   CRU_ASSERT(!committed_);
   if (file_bytes != region_.extent_file_bytes() || received_ != file_bytes)
-    return fail(ErrorCode::kRepair, fmt::format("extent {}: received {} bytes, source sent {}, an extent file is {}",
-                                                extent_, received_, file_bytes, region_.extent_file_bytes()));
-  if (hash_.digest() != file_hash)
     return fail(ErrorCode::kRepair,
-                fmt::format("extent {}: transfer checksum mismatch ({:016x} received, {:016x} sent)", extent_,
-                            hash_.digest(), file_hash));
+                fmt::format("extent {}: received {} bytes, source sent {}, an extent file is {}",
+                            extent_, received_, file_bytes, region_.extent_file_bytes()));
+  if (hash_.digest() != file_hash)
+    return fail(
+        ErrorCode::kRepair,
+        fmt::format("extent {}: transfer checksum mismatch ({:016x} received, {:016x} sent)",
+                    extent_, hash_.digest(), file_hash));
   CRU_TRY(file_->sync());
   file_.reset();
   // Check the file opens as an extent, and every block against its context, before it
   // replaces a good one: a latent error on the source must not spread to this replica.
   {
-    auto probe = Extent::open(region_.fs_, path_, region_.layout_, extent_, true, region_.def().encrypted);
-    if (!probe) return fail(ErrorCode::kRepair, fmt::format("extent {}: received file is not a valid extent: {}",
-                                                           extent_, probe.error().message));
+    auto probe =
+        Extent::open(region_.fs_, path_, region_.layout_, extent_, true, region_.def().encrypted);
+    if (!probe)
+      return fail(ErrorCode::kRepair,
+                  fmt::format("extent {}: received file is not a valid extent: {}", extent_,
+                              probe.error().message));
     const uint64_t blocks = region_.layout_.blocks;
     for (uint64_t first = 0; first < blocks; first += kVerifyStepBlocks) {
       uint64_t n = std::min(kVerifyStepBlocks, blocks - first);
       auto report = (*probe)->inspect(first, n);
-      if (!report) return fail(ErrorCode::kRepair, fmt::format("extent {}: checking the received copy: {}", extent_,
-                                                              report.error().message));
+      if (!report)
+        return fail(ErrorCode::kRepair, fmt::format("extent {}: checking the received copy: {}",
+                                                    extent_, report.error().message));
       for (uint64_t i = 0; i < n; ++i)
         if (!(*report)[i].data_matches)
-          return fail(ErrorCode::kRepair, fmt::format("extent {}: block {} of the received copy does not match its "
-                                                      "hash (the source's copy is damaged); not taken",
-                                                      extent_, first + i));
+          return fail(ErrorCode::kRepair,
+                      fmt::format("extent {}: block {} of the received copy does not match its "
+                                  "hash (the source's copy is damaged); not taken",
+                                  extent_, first + i));
     }
   }
   std::string target = region_.extent_path(extent_);

@@ -54,7 +54,8 @@ class Region {
   static Result<std::unique_ptr<Region>> create(FileSystem& fs, const std::string& dir,
                                                 const RegionOptions& options);
   // Opens every extent (recovering dirty ones unless read_only).
-  static Result<std::unique_ptr<Region>> open(FileSystem& fs, const std::string& dir, bool read_only);
+  static Result<std::unique_ptr<Region>> open(FileSystem& fs, const std::string& dir,
+                                              bool read_only);
   // Reads region.json only.
   static Result<RegionOptions> read_options(FileSystem& fs, const std::string& dir);
 

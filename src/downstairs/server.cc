@@ -1,12 +1,13 @@
 #include "downstairs/server.h"
 
+#include <fmt/format.h>
+
 #include <asio/co_spawn.hpp>
 #include <asio/connect.hpp>
 #include <asio/detached.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
-#include <fmt/format.h>
 
 #include "common/address.h"
 #include "common/log.h"
@@ -142,7 +143,8 @@ asio::awaitable<void> Server::connect_out(ConnectionId id, std::string address) 
   if (parts) {
     try {
       tcp::resolver resolver(io_);
-      auto endpoints = co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
+      auto endpoints =
+          co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
       tcp::socket s(io_);
       asio::steady_timer timer(io_, kConnectTimeout);
       auto result = co_await (asio::async_connect(s, endpoints, asio::use_awaitable) ||
@@ -176,7 +178,8 @@ void Server::apply(Output out) {
   for (auto& s : out.sends) {
     auto it = conns_.find(s.conn);
     if (it == conns_.end()) continue;  // closed meanwhile
-    if (!it->second->sink.try_push(s.message)) shutdown(it->second, "outbox full: the peer does not read its replies");
+    if (!it->second->sink.try_push(s.message))
+      shutdown(it->second, "outbox full: the peer does not read its replies");
   }
   for (auto& cl : out.closes) {
     auto it = conns_.find(cl.conn);
@@ -185,7 +188,8 @@ void Server::apply(Output out) {
     // Deliver what was queued (e.g. YouAreNoLongerActive), then the writer hangs up.
     it->second->sink.close_after_drain();
   }
-  for (auto& co : out.connects) asio::co_spawn(io_, connect_out(co.conn, co.address), asio::detached);
+  for (auto& co : out.connects)
+    asio::co_spawn(io_, connect_out(co.conn, co.address), asio::detached);
   if (out.tick_soon && !tick_scheduled_) {
     tick_scheduled_ = true;
     asio::co_spawn(io_, tick_later(), asio::detached);

@@ -37,8 +37,10 @@ class Reader {
   }
 
   // A mapping whose keys must all be in `allowed`.
-  Status map(const YAML::Node& n, const std::string& key, std::initializer_list<std::string_view> allowed) const {
-    if (!n.IsMap()) return tl::unexpected(error(key.empty() ? "(top level)" : key, "expected a mapping of keys"));
+  Status map(const YAML::Node& n, const std::string& key,
+             std::initializer_list<std::string_view> allowed) const {
+    if (!n.IsMap())
+      return tl::unexpected(error(key.empty() ? "(top level)" : key, "expected a mapping of keys"));
     std::set<std::string_view> ok(allowed);
     for (const auto& kv : n) {
       if (!kv.first.IsScalar()) return tl::unexpected(error(key, "keys must be plain names"));
@@ -46,7 +48,8 @@ class Reader {
       if (!ok.contains(k)) {
         std::string names;
         for (auto a : allowed) names += fmt::format("{}{}", names.empty() ? "" : ", ", a);
-        return tl::unexpected(error(join(key, k), fmt::format("unknown key (expected one of: {})", names)));
+        return tl::unexpected(
+            error(join(key, k), fmt::format("unknown key (expected one of: {})", names)));
       }
     }
     return {};
@@ -65,48 +68,57 @@ class Reader {
     return tl::unexpected(error(key, fmt::format("'{}' is not true or false", *s)));
   }
 
-  Result<uint64_t> integer(const YAML::Node& n, const std::string& key, uint64_t min, uint64_t max) const {
+  Result<uint64_t> integer(const YAML::Node& n, const std::string& key, uint64_t min,
+                           uint64_t max) const {
     auto s = scalar(n, key);
     if (!s) return tl::unexpected(s.error());
     uint64_t v = 0;
     auto [end, ec] = std::from_chars(s->data(), s->data() + s->size(), v);
     if (s->empty() || ec != std::errc{} || end != s->data() + s->size())
       return tl::unexpected(error(key, fmt::format("'{}' is not a whole number", *s)));
-    if (v < min || v > max) return tl::unexpected(error(key, fmt::format("{} is not in {}..{}", v, min, max)));
+    if (v < min || v > max)
+      return tl::unexpected(error(key, fmt::format("{} is not in {}..{}", v, min, max)));
     return v;
   }
 
-  Result<uint64_t> size(const YAML::Node& n, const std::string& key, uint64_t min, uint64_t max) const {
+  Result<uint64_t> size(const YAML::Node& n, const std::string& key, uint64_t min,
+                        uint64_t max) const {
     auto s = scalar(n, key);
     if (!s) return tl::unexpected(s.error());
     auto v = parse_size(*s);
     if (!v) return tl::unexpected(error(key, v.error().message));
     if (*v < min || *v > max)
-      return tl::unexpected(error(key, fmt::format("{} is not in {}..{}", *s, format_size(min), format_size(max))));
+      return tl::unexpected(
+          error(key, fmt::format("{} is not in {}..{}", *s, format_size(min), format_size(max))));
     return *v;
   }
 
-  static std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
+  static std::string join(const std::string& a, const std::string& b) {
+    return a.empty() ? b : a + "." + b;
+  }
 
  private:
   std::string source_;
 };
 
 Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
-  CRU_TRY(r.map(v, "volume", {"targets", "generation", "read_only", "key", "activate_timeout_ms",
-                              "flush_timeout_ms", "limits"}));
+  CRU_TRY(r.map(v, "volume",
+                {"targets", "generation", "read_only", "key", "activate_timeout_ms",
+                 "flush_timeout_ms", "limits"}));
   const YAML::Node t = v["targets"];
   if (!t) return tl::unexpected(r.error("volume.targets", "missing (three host:port addresses)"));
   if (!t.IsSequence() || t.size() != kClientCount)
-    return tl::unexpected(r.error("volume.targets", fmt::format("expected exactly {} host:port addresses, got {}",
-                                                                kClientCount, t.IsSequence() ? t.size() : 1)));
+    return tl::unexpected(
+        r.error("volume.targets", fmt::format("expected exactly {} host:port addresses, got {}",
+                                              kClientCount, t.IsSequence() ? t.size() : 1)));
   std::set<std::string> seen;
   for (size_t i = 0; i < kClientCount; ++i) {
     std::string key = fmt::format("volume.targets[{}]", i);
     auto s = r.scalar(t[i], key);
     if (!s) return tl::unexpected(s.error());
     if (auto a = parse_address(*s); !a) return tl::unexpected(r.error(key, a.error().message));
-    if (!seen.insert(*s).second) return tl::unexpected(r.error(key, fmt::format("'{}' is listed twice", *s)));
+    if (!seen.insert(*s).second)
+      return tl::unexpected(r.error(key, fmt::format("'{}' is listed twice", *s)));
     c.targets[i] = *s;
   }
   if (const auto g = v["generation"]) {
@@ -116,7 +128,9 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
       c.generation.reset();
     } else {
       auto n = r.integer(g, "volume.generation", 1, UINT64_MAX);
-      if (!n) return tl::unexpected(r.error("volume.generation", fmt::format("'{}' is not auto or a number >= 1", *s)));
+      if (!n)
+        return tl::unexpected(
+            r.error("volume.generation", fmt::format("'{}' is not auto or a number >= 1", *s)));
       c.generation = Generation{*n};
     }
   }
@@ -188,7 +202,9 @@ Status parse_top(const Reader& r, const YAML::Node& root, Config& c) {
       auto s = r.scalar(lv, "log.level");
       if (!s) return tl::unexpected(s.error());
       if (!log::valid_level(*s))
-        return tl::unexpected(r.error("log.level", fmt::format("'{}' is not one of trace, debug, info, warn, error, critical, off", *s)));
+        return tl::unexpected(r.error(
+            "log.level",
+            fmt::format("'{}' is not one of trace, debug, info, warn, error, critical, off", *s)));
       c.log_level = *s;
     }
     if (const auto f = l["file"]) {
@@ -219,23 +235,28 @@ Result<Config> parse_config(std::string_view yaml, std::string_view source) {
   } catch (const YAML::Exception& e) {
     // Syntax errors: yaml-cpp's mark is 0-based.
     return fail(ErrorCode::kInvalidArgument,
-                fmt::format("{}: line {}, column {}: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg));
+                fmt::format("{}: line {}, column {}: {}", source, e.mark.line + 1,
+                            e.mark.column + 1, e.msg));
   }
   return c;
 }
 
 Result<Config> load_config(const std::string& path) {
   if (std::filesystem::is_directory(path))
-    return fail(ErrorCode::kInvalidArgument, fmt::format("{}: is a directory, not a config file", path));
+    return fail(ErrorCode::kInvalidArgument,
+                fmt::format("{}: is a directory, not a config file", path));
   std::ifstream in(path, std::ios::binary);
-  if (!in) return fail(ErrorCode::kNotFound, fmt::format("{}: cannot open the config file: {}", path, std::strerror(errno)));
+  if (!in)
+    return fail(ErrorCode::kNotFound,
+                fmt::format("{}: cannot open the config file: {}", path, std::strerror(errno)));
   std::ostringstream text;
   char buf[64 * 1024];
   uint64_t total = 0;
   while (in.read(buf, sizeof buf) || in.gcount() > 0) {
     total += static_cast<uint64_t>(in.gcount());
     if (total > kMaxConfigBytes)
-      return fail(ErrorCode::kInvalidArgument, fmt::format("{}: larger than {}, not a config file", path, format_size(kMaxConfigBytes)));
+      return fail(ErrorCode::kInvalidArgument, fmt::format("{}: larger than {}, not a config file",
+                                                           path, format_size(kMaxConfigBytes)));
     text.write(buf, in.gcount());
   }
   if (in.bad()) return fail(ErrorCode::kIo, fmt::format("{}: read error", path));

@@ -29,8 +29,9 @@ Result<sockaddr_un> unix_address(const std::string& path) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof a.sun_path)
-    return fail(ErrorCode::kInvalidArgument,
-                fmt::format("control socket path '{}' must be 1..{} bytes", path, sizeof a.sun_path - 1));
+    return fail(
+        ErrorCode::kInvalidArgument,
+        fmt::format("control socket path '{}' must be 1..{} bytes", path, sizeof a.sun_path - 1));
   std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
   return a;
 }
@@ -43,8 +44,9 @@ Result<int> connect_to(const std::string& path) {
   if (::connect(fd, reinterpret_cast<sockaddr*>(&*a), sizeof *a) != 0) {
     int err = errno;
     ::close(fd);
-    return fail(err == ENOENT || err == ECONNREFUSED ? ErrorCode::kNotFound : ErrorCode::kIo,
-                fmt::format("control socket {}: {} (is crucible-fuse running?)", path, std::strerror(err)));
+    return fail(
+        err == ENOENT || err == ECONNREFUSED ? ErrorCode::kNotFound : ErrorCode::kIo,
+        fmt::format("control socket {}: {} (is crucible-fuse running?)", path, std::strerror(err)));
   }
   return fd;
 }
@@ -69,12 +71,14 @@ Status ControlServer::start(const std::string& path, Handler handler) {
   if (!a) return tl::unexpected(a.error());
   if (auto probe = connect_to(path); probe) {
     ::close(*probe);
-    return fail(ErrorCode::kAlreadyExists, fmt::format("control socket {} is served by another process", path));
+    return fail(ErrorCode::kAlreadyExists,
+                fmt::format("control socket {} is served by another process", path));
   }
   ::unlink(path.c_str());  // stale: its server is gone
   listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) return fail(ErrorCode::kIo, fmt::format("socket: {}", std::strerror(errno)));
-  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&*a), sizeof *a) != 0 || ::listen(listen_fd_, 8) != 0) {
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&*a), sizeof *a) != 0 ||
+      ::listen(listen_fd_, 8) != 0) {
     int err = errno;
     ::close(listen_fd_);
     listen_fd_ = -1;
@@ -155,7 +159,8 @@ Result<std::string> control_request(const std::string& path, const std::string& 
     reply.append(buf, static_cast<size_t>(n));
   }
   ::close(*fd);
-  if (!sent || reply.empty()) return fail(ErrorCode::kIo, fmt::format("control socket {}: no reply", path));
+  if (!sent || reply.empty())
+    return fail(ErrorCode::kIo, fmt::format("control socket {}: no reply", path));
   return reply;
 }
 

@@ -15,8 +15,9 @@ Disk::Disk(upstairs::Volume& volume)
 
 Status Disk::check_range(uint64_t offset, uint64_t len) const {
   if (offset > size_bytes_ || len > size_bytes_ - offset)
-    return fail(ErrorCode::kOffsetInvalid, fmt::format("bytes {}..{} reach past the end of the {}-byte disk", offset,
-                                                    offset + len, size_bytes_));
+    return fail(ErrorCode::kOffsetInvalid,
+                fmt::format("bytes {}..{} reach past the end of the {}-byte disk", offset,
+                            offset + len, size_bytes_));
   return {};
 }
 
@@ -26,10 +27,11 @@ void Disk::read(uint64_t offset, uint64_t len, ReadFn done) {
   const uint64_t first = offset / block_size_;
   const uint64_t end = (offset + len + block_size_ - 1) / block_size_;
   const uint64_t skip = offset - first * block_size_;
-  volume_.read(BlockIndex{first}, end - first, [done = std::move(done), skip, len](Result<Bytes> r) {
-    if (!r) return done(tl::unexpected(r.error()));
-    done(r->slice(skip, len));
-  });
+  volume_.read(BlockIndex{first}, end - first,
+               [done = std::move(done), skip, len](Result<Bytes> r) {
+                 if (!r) return done(tl::unexpected(r.error()));
+                 done(r->slice(skip, len));
+               });
 }
 
 void Disk::write(uint64_t offset, std::span<const std::byte> data, DoneFn done) {

@@ -38,17 +38,23 @@ constexpr uint64_t kErrorLogEvery = 1000;
 
 int to_errno(const Error& e) {
   switch (e.code) {
-    case ErrorCode::kOffsetInvalid: return ENOSPC;
-    case ErrorCode::kReadOnly: return EROFS;
-    case ErrorCode::kInvalidArgument: return EINVAL;
-    default: return EIO;
+    case ErrorCode::kOffsetInvalid:
+      return ENOSPC;
+    case ErrorCode::kReadOnly:
+      return EROFS;
+    case ErrorCode::kInvalidArgument:
+      return EINVAL;
+    default:
+      return EIO;
   }
 }
 
 }  // namespace
 
 struct FuseServer::Impl {
-  static FuseServer& self(fuse_req_t req) { return *static_cast<FuseServer*>(fuse_req_userdata(req)); }
+  static FuseServer& self(fuse_req_t req) {
+    return *static_cast<FuseServer*>(fuse_req_userdata(req));
+  }
 
   static std::atomic<uint64_t>& error_count() {
     static std::atomic<uint64_t> n{0};
@@ -57,7 +63,8 @@ struct FuseServer::Impl {
 
   static int fail_errno(const char* op, const Error& e) {
     uint64_t n = error_count().fetch_add(1, std::memory_order_relaxed);
-    if (n < 10 || n % kErrorLogEvery == 0) log::warn("{} failed: {} ({} IO errors so far)", op, e.message, n + 1);
+    if (n < 10 || n % kErrorLogEvery == 0)
+      log::warn("{} failed: {} ({} IO errors so far)", op, e.message, n + 1);
     return to_errno(e);
   }
 
@@ -88,13 +95,14 @@ struct FuseServer::Impl {
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
     conn->max_write = kMaxRequestBytes;
     conn->max_readahead = kMaxRequestBytes;
-    log::info("FUSE session started: max request {} (kernel protocol {}.{})", format_size(conn->max_write),
-              conn->proto_major, conn->proto_minor);
+    log::info("FUSE session started: max request {} (kernel protocol {}.{})",
+              format_size(conn->max_write), conn->proto_major, conn->proto_minor);
     static_cast<void>(s);
   }
 
   static void lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
-    if (parent != kRootIno || kDiskName != name) return static_cast<void>(fuse_reply_err(req, ENOENT));
+    if (parent != kRootIno || kDiskName != name)
+      return static_cast<void>(fuse_reply_err(req, ENOENT));
     fuse_entry_param e{};
     e.ino = kDiskIno;
     e.attr = attr(self(req), kDiskIno);
@@ -108,12 +116,14 @@ struct FuseServer::Impl {
     fuse_reply_attr(req, &st, kAttrTimeoutS);
   }
 
-  static void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* to, int to_set, fuse_file_info*) {
+  static void setattr(fuse_req_t req, fuse_ino_t ino, struct stat* to, int to_set,
+                      fuse_file_info*) {
     FuseServer& s = self(req);
     if (ino != kDiskIno) return static_cast<void>(fuse_reply_err(req, EPERM));
-    if ((to_set & FUSE_SET_ATTR_SIZE) && static_cast<uint64_t>(to->st_size) != s.disk_.size_bytes()) {
-      log::warn("refused to resize disk.img from {} to {} bytes: the volume's size is fixed", s.disk_.size_bytes(),
-                to->st_size);
+    if ((to_set & FUSE_SET_ATTR_SIZE) &&
+        static_cast<uint64_t>(to->st_size) != s.disk_.size_bytes()) {
+      log::warn("refused to resize disk.img from {} to {} bytes: the volume's size is fixed",
+                s.disk_.size_bytes(), to->st_size);
       return static_cast<void>(fuse_reply_err(req, EPERM));
     }
     if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID))
@@ -132,12 +142,14 @@ struct FuseServer::Impl {
       fuse_ino_t ino;
       mode_t mode;
     };
-    const Entry entries[] = {{".", kRootIno, S_IFDIR}, {"..", kRootIno, S_IFDIR}, {kDiskName.data(), kDiskIno, S_IFREG}};
+    const Entry entries[] = {
+        {".", kRootIno, S_IFDIR}, {"..", kRootIno, S_IFDIR}, {kDiskName.data(), kDiskIno, S_IFREG}};
     for (off_t i = off; i < static_cast<off_t>(std::size(entries)); ++i) {
       struct stat st {};
       st.st_ino = entries[i].ino;
       st.st_mode = entries[i].mode;
-      size_t n = fuse_add_direntry(req, buf + used, std::min(size, sizeof buf) - used, entries[i].name, &st, i + 1);
+      size_t n = fuse_add_direntry(req, buf + used, std::min(size, sizeof buf) - used,
+                                   entries[i].name, &st, i + 1);
       if (used + n > std::min(size, sizeof buf)) break;
       used += n;
     }
@@ -148,7 +160,8 @@ struct FuseServer::Impl {
     FuseServer& s = self(req);
     if (ino == kRootIno) return static_cast<void>(fuse_reply_err(req, EISDIR));
     if (ino != kDiskIno) return static_cast<void>(fuse_reply_err(req, ENOENT));
-    if (s.options_.read_only && (fi->flags & O_ACCMODE) != O_RDONLY) return static_cast<void>(fuse_reply_err(req, EROFS));
+    if (s.options_.read_only && (fi->flags & O_ACCMODE) != O_RDONLY)
+      return static_cast<void>(fuse_reply_err(req, EROFS));
     // With atomic O_TRUNC (libfuse's default) the kernel sends no setattr for O_TRUNC: it
     // trusts open to truncate and then caches size 0. The volume's size is fixed.
     if (fi->flags & O_TRUNC) return static_cast<void>(fuse_reply_err(req, EPERM));
@@ -165,14 +178,16 @@ struct FuseServer::Impl {
     });
   }
 
-  static void write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off, fuse_file_info*) {
+  static void write(fuse_req_t req, fuse_ino_t, const char* buf, size_t size, off_t off,
+                    fuse_file_info*) {
     FuseServer& s = self(req);
     if (s.options_.read_only) return static_cast<void>(fuse_reply_err(req, EROFS));
     if (off < 0) return static_cast<void>(fuse_reply_err(req, EINVAL));
-    s.disk_.write(static_cast<uint64_t>(off), std::as_bytes(std::span(buf, size)), [req, size](Status st) {
-      if (!st) return static_cast<void>(fuse_reply_err(req, fail_errno("write", st.error())));
-      fuse_reply_write(req, size);
-    });
+    s.disk_.write(
+        static_cast<uint64_t>(off), std::as_bytes(std::span(buf, size)), [req, size](Status st) {
+          if (!st) return static_cast<void>(fuse_reply_err(req, fail_errno("write", st.error())));
+          fuse_reply_write(req, size);
+        });
   }
 
   static void reply_flush(fuse_req_t req, const char* op, Status st) {
@@ -190,20 +205,25 @@ struct FuseServer::Impl {
     self(req).disk_.flush([req](Status st) { reply_flush(req, "fsync", st); });
   }
 
-  static void fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len, fuse_file_info*) {
+  static void fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
+                        fuse_file_info*) {
     FuseServer& s = self(req);
     if (off < 0 || len <= 0) return static_cast<void>(fuse_reply_err(req, EINVAL));
     if (s.options_.read_only) return static_cast<void>(fuse_reply_err(req, EROFS));
     const uint64_t size = s.disk_.size_bytes(), start = static_cast<uint64_t>(off);
-    const uint64_t end = start + static_cast<uint64_t>(len) < start ? UINT64_MAX : start + static_cast<uint64_t>(len);
+    const uint64_t end = start + static_cast<uint64_t>(len) < start
+                             ? UINT64_MAX
+                             : start + static_cast<uint64_t>(len);
     if (mode == 0 || mode == FALLOC_FL_KEEP_SIZE) {
       // Preallocation: every block of the volume exists already; growing is refused.
-      return static_cast<void>(fuse_reply_err(req, end <= size || (mode & FALLOC_FL_KEEP_SIZE) ? 0 : ENOSPC));
+      return static_cast<void>(
+          fuse_reply_err(req, end <= size || (mode & FALLOC_FL_KEEP_SIZE) ? 0 : ENOSPC));
     }
     const bool punch = mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
     const bool zero = (mode & ~FALLOC_FL_KEEP_SIZE) == FALLOC_FL_ZERO_RANGE;
     if (!punch && !zero) return static_cast<void>(fuse_reply_err(req, EOPNOTSUPP));
-    if (zero && !(mode & FALLOC_FL_KEEP_SIZE) && end > size) return static_cast<void>(fuse_reply_err(req, ENOSPC));
+    if (zero && !(mode & FALLOC_FL_KEEP_SIZE) && end > size)
+      return static_cast<void>(fuse_reply_err(req, ENOSPC));
     // Past the end there is nothing to zero (as for a regular file's hole punch).
     const uint64_t clipped_end = std::min(end, size);
     Status st = start < clipped_end ? s.disk_.zero_range(start, clipped_end - start) : Status{};
@@ -227,9 +247,13 @@ struct FuseServer::Impl {
   static void unlink(fuse_req_t req, fuse_ino_t, const char*) { refuse_entry(req); }
   static void rmdir(fuse_req_t req, fuse_ino_t, const char*) { refuse_entry(req); }
   static void symlink(fuse_req_t req, const char*, fuse_ino_t, const char*) { refuse_entry(req); }
-  static void rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) { refuse_entry(req); }
+  static void rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*, unsigned) {
+    refuse_entry(req);
+  }
   static void link(fuse_req_t req, fuse_ino_t, fuse_ino_t, const char*) { refuse_entry(req); }
-  static void create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) { refuse_entry(req); }
+  static void create(fuse_req_t req, fuse_ino_t, const char*, mode_t, fuse_file_info*) {
+    refuse_entry(req);
+  }
 
   static fuse_lowlevel_ops ops() {
     fuse_lowlevel_ops o{};
@@ -257,7 +281,8 @@ struct FuseServer::Impl {
   }
 };
 
-FuseServer::FuseServer(Disk& disk, MountOptions options) : disk_(disk), options_(std::move(options)) {
+FuseServer::FuseServer(Disk& disk, MountOptions options)
+    : disk_(disk), options_(std::move(options)) {
   ::clock_gettime(CLOCK_REALTIME, &mounted_at_);
 }
 
@@ -272,9 +297,11 @@ Status FuseServer::mount() {
   CRU_ASSERT(session_ == nullptr);
   struct stat st {};
   if (::stat(options_.mountpoint.c_str(), &st) != 0)
-    return fail(ErrorCode::kNotFound, fmt::format("mount point {}: {}", options_.mountpoint, std::strerror(errno)));
+    return fail(ErrorCode::kNotFound,
+                fmt::format("mount point {}: {}", options_.mountpoint, std::strerror(errno)));
   if (!S_ISDIR(st.st_mode))
-    return fail(ErrorCode::kInvalidArgument, fmt::format("mount point {} is not a directory", options_.mountpoint));
+    return fail(ErrorCode::kInvalidArgument,
+                fmt::format("mount point {} is not a directory", options_.mountpoint));
   std::string opts = "fsname=crucible,subtype=crucible,default_permissions";
   if (options_.allow_other) opts += ",allow_other";
   if (options_.read_only) opts += ",ro";
@@ -282,14 +309,17 @@ Status FuseServer::mount() {
   fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
   fuse_lowlevel_ops o = Impl::ops();
   session_ = fuse_session_new(&args, &o, sizeof o, this);
-  if (session_ == nullptr) return fail(ErrorCode::kIo, "could not create the FUSE session (see the message above)");
+  if (session_ == nullptr)
+    return fail(ErrorCode::kIo, "could not create the FUSE session (see the message above)");
   // Before mounting: from here on SIGINT/SIGTERM/SIGHUP end the session cleanly, never
   // kill the process with the mount left behind.
-  if (fuse_set_signal_handlers(session_) != 0) return fail(ErrorCode::kIo, "could not install signal handlers");
+  if (fuse_set_signal_handlers(session_) != 0)
+    return fail(ErrorCode::kIo, "could not install signal handlers");
   handlers_ = true;
   if (fuse_session_mount(session_, options_.mountpoint.c_str()) != 0)
-    return fail(ErrorCode::kIo, fmt::format("could not mount {} (is /dev/fuse there, is it already mounted?)",
-                                            options_.mountpoint));
+    return fail(ErrorCode::kIo,
+                fmt::format("could not mount {} (is /dev/fuse there, is it already mounted?)",
+                            options_.mountpoint));
   mounted_ = true;
   return {};
 }
@@ -307,7 +337,8 @@ Status FuseServer::run() {
   fuse_session_unmount(session_);
   mounted_ = false;
   // rc > 0 is the signal that ended the loop: a normal stop.
-  if (rc < 0) return fail(ErrorCode::kIo, fmt::format("the FUSE loop failed: {}", std::strerror(-rc)));
+  if (rc < 0)
+    return fail(ErrorCode::kIo, fmt::format("the FUSE loop failed: {}", std::strerror(-rc)));
   return {};
 }
 

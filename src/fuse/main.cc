@@ -72,7 +72,8 @@ class Starter {
         std::cout << msg.substr(3) << std::flush;
         ::_exit(0);
       }
-      std::cerr << (msg.empty() ? "crucible-fuse: the daemon exited before mounting\n" : msg) << std::flush;
+      std::cerr << (msg.empty() ? "crucible-fuse: the daemon exited before mounting\n" : msg)
+                << std::flush;
       ::_exit(1);
     }
     ::close(fds[0]);
@@ -100,20 +101,25 @@ class Starter {
   }
 
   void failed(const std::string& msg) {
-    if (daemon()) send("crucible-fuse: " + msg + "\n");
-    else std::cerr << "crucible-fuse: " << msg << "\n";
+    if (daemon())
+      send("crucible-fuse: " + msg + "\n");
+    else
+      std::cerr << "crucible-fuse: " << msg << "\n";
   }
 
  private:
   void send(const std::string& s) {
-    if (::write(fd_, s.data(), s.size()) < 0) { /* the parent is gone: nothing to tell */ }
+    if (::write(fd_, s.data(), s.size()) < 0) { /* the parent is gone: nothing to tell */
+    }
     ::close(fd_);
     fd_ = -1;
   }
   int fd_ = -1;
 };
 
-std::string absolute(const std::string& p) { return p.empty() ? p : std::filesystem::absolute(p).lexically_normal().string(); }
+std::string absolute(const std::string& p) {
+  return p.empty() ? p : std::filesystem::absolute(p).lexically_normal().string();
+}
 
 void init_logging(const fuse::Config& c) {
   if (!c.log_file.empty()) {
@@ -137,26 +143,32 @@ Result<fuse::Config> configure(const Args& a) {
       c->generation.reset();
     } else {
       uint64_t g = 0;
-      auto [end, ec] = std::from_chars(a.generation.data(), a.generation.data() + a.generation.size(), g);
+      auto [end, ec] =
+          std::from_chars(a.generation.data(), a.generation.data() + a.generation.size(), g);
       if (ec != std::errc{} || end != a.generation.data() + a.generation.size() || g == 0)
-        return fail(ErrorCode::kInvalidArgument, fmt::format("--generation: '{}' is not auto or a number >= 1", a.generation));
+        return fail(ErrorCode::kInvalidArgument,
+                    fmt::format("--generation: '{}' is not auto or a number >= 1", a.generation));
       c->generation = Generation{g};
     }
   }
   if (!a.log_level.empty()) {
     if (!log::valid_level(a.log_level))
-      return fail(ErrorCode::kInvalidArgument, fmt::format("--log-level: '{}' is not a log level", a.log_level));
+      return fail(ErrorCode::kInvalidArgument,
+                  fmt::format("--log-level: '{}' is not a log level", a.log_level));
     c->log_level = a.log_level;
   }
   if (c->mount_path.empty())
-    return fail(ErrorCode::kInvalidArgument, fmt::format("no mount point: give MOUNTPOINT or set mount.path in {}", a.config));
+    return fail(ErrorCode::kInvalidArgument,
+                fmt::format("no mount point: give MOUNTPOINT or set mount.path in {}", a.config));
   c->mount_path = absolute(c->mount_path);
   if (!std::filesystem::is_directory(c->mount_path))
-    return fail(ErrorCode::kNotFound, fmt::format("mount point {} is not an existing directory", c->mount_path));
+    return fail(ErrorCode::kNotFound,
+                fmt::format("mount point {} is not an existing directory", c->mount_path));
   // A daemon has no stderr: its log goes next to the mount point unless configured.
   if (c->log_file.empty() && !a.foreground) c->log_file = c->mount_path + ".log";
   c->log_file = absolute(c->log_file);
-  c->control_socket = absolute(c->control_socket.empty() ? c->mount_path + ".sock" : c->control_socket);
+  c->control_socket =
+      absolute(c->control_socket.empty() ? c->mount_path + ".sock" : c->control_socket);
   return c;
 }
 
@@ -168,7 +180,8 @@ std::string control_reply(upstairs::Volume& v, const std::string& line) {
   if (cmd == "replace" && !b.empty() && extra.empty()) {
     log::info("control: replace {} with {}", a, b);
     Status s = v.replace_sync(a, b);
-    return s ? "ok: replacing " + a + " with " + b + "; live repair follows (watch `crucible-fuse status`)"
+    return s ? "ok: replacing " + a + " with " + b +
+                   "; live repair follows (watch `crucible-fuse status`)"
              : "error: " + s.error().message;
   }
   return "error: unknown request '" + line.substr(0, 80) + "' (expected: status | replace OLD NEW)";
@@ -188,8 +201,9 @@ int mount_volume(const Args& a) {
   // Memory reclaim may wait on writeback through us (a loop device on disk.img): as an IO
   // flusher our own allocations do not recurse into that writeback.
   if (::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0)
-    log::warn("PR_SET_IO_FLUSHER failed ({}): under memory pressure a loop device on disk.img may stall",
-              std::strerror(errno));
+    log::warn(
+        "PR_SET_IO_FLUSHER failed ({}): under memory pressure a loop device on disk.img may stall",
+        std::strerror(errno));
 
   upstairs::VolumeOptions vo;
   vo.targets = c.targets;
@@ -197,8 +211,8 @@ int mount_volume(const Args& a) {
   vo.key = c.key;
   vo.limits = c.limits;
   upstairs::Volume volume(vo);
-  log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1], c.targets[2],
-            c.generation ? std::to_string(c.generation->value) : "auto");
+  log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1],
+            c.targets[2], c.generation ? std::to_string(c.generation->value) : "auto");
   if (Status s = volume.activate(c.generation, c.activate_timeout); !s) {
     starter.failed("activation failed: " + s.error().message);
     return 1;
@@ -211,7 +225,9 @@ int mount_volume(const Args& a) {
     return 1;
   }
   fuse::ControlServer control;
-  if (Status s = control.start(c.control_socket, [&](const std::string& l) { return control_reply(volume, l); }); !s)
+  if (Status s = control.start(c.control_socket,
+                               [&](const std::string& l) { return control_reply(volume, l); });
+      !s)
     log::warn("no control socket: {}", s.error().message);
   auto snap = volume.snapshot();
   std::string ready = fmt::format(
@@ -228,8 +244,10 @@ int mount_volume(const Args& a) {
   control.stop();
   Status done = volume.deactivate(kDeactivateTimeout);
   if (!served) log::error("{}", served.error().message);
-  if (!done) log::error("final flush failed: {}", done.error().message);
-  else log::info("volume flushed and deactivated");
+  if (!done)
+    log::error("final flush failed: {}", done.error().message);
+  else
+    log::info("volume flushed and deactivated");
   spdlog::shutdown();
   return served && done ? 0 : 1;
 }
@@ -276,21 +294,29 @@ int control_command(const Args& a, const std::string& request, bool status) {
 
 int main(int argc, char** argv) {
   Args a;
-  CLI::App app{"crucible-fuse: mounts a volume replicated on three crucible-downstairs as MOUNTPOINT/disk.img"};
+  CLI::App app{
+      "crucible-fuse: mounts a volume replicated on three crucible-downstairs as "
+      "MOUNTPOINT/disk.img"};
   app.add_option("-c,--config", a.config, "YAML configuration (see etc/crucible.yaml)")->required();
-  app.add_option("mountpoint", a.mountpoint, "directory to mount on (default: mount.path from the config)");
+  app.add_option("mountpoint", a.mountpoint,
+                 "directory to mount on (default: mount.path from the config)");
   app.add_flag("-f,--foreground", a.foreground, "stay in the foreground and log to stderr");
   app.add_flag("--read-only", a.read_only, "mount read-only (overrides volume.read_only)");
   app.add_option("--generation", a.generation, "auto or a number (overrides volume.generation)");
-  app.add_option("--log-level", a.log_level, "trace, debug, info, warn, error (overrides log.level)");
-  auto* status = app.add_subcommand("status", "show the running volume's state, replicas and repair progress");
-  status->add_option("-c,--config", a.config, "the mount's YAML configuration (finds its control socket)");
+  app.add_option("--log-level", a.log_level,
+                 "trace, debug, info, warn, error (overrides log.level)");
+  auto* status =
+      app.add_subcommand("status", "show the running volume's state, replicas and repair progress");
+  status->add_option("-c,--config", a.config,
+                     "the mount's YAML configuration (finds its control socket)");
   status->add_option("--socket", a.socket, "control socket (default: from the config)");
   status->add_flag("--json", a.json, "print the raw JSON");
-  auto* replace = app.add_subcommand("replace", "replace downstairs OLD by NEW (host:port); NEW is live-repaired");
+  auto* replace = app.add_subcommand(
+      "replace", "replace downstairs OLD by NEW (host:port); NEW is live-repaired");
   replace->add_option("old", a.old_target, "the target to replace")->required();
   replace->add_option("new", a.new_target, "its replacement")->required();
-  replace->add_option("-c,--config", a.config, "the mount's YAML configuration (finds its control socket)");
+  replace->add_option("-c,--config", a.config,
+                      "the mount's YAML configuration (finds its control socket)");
   replace->add_option("--socket", a.socket, "control socket (default: from the config)");
   app.require_subcommand(0, 1);
   // `status` and `replace` find the socket from -c, so -c stays required for them too

@@ -10,7 +10,8 @@ RangeLock::Token RangeLock::lock(uint64_t first, uint64_t end) {
   CRU_ASSERT(first < end);
   std::unique_lock lk(mu_);
   released_.wait(lk, [&] {
-    return std::none_of(held_.begin(), held_.end(), [&](const Range& r) { return r.first < end && first < r.end; });
+    return std::none_of(held_.begin(), held_.end(),
+                        [&](const Range& r) { return r.first < end && first < r.end; });
   });
   held_.push_front(Range{first, end});
   return held_.begin();

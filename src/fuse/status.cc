@@ -11,12 +11,10 @@ nlohmann::json status_json(const upstairs::Snapshot& s) {
   j["state"] = s.state;
   j["generation"] = s.generation.value;
   if (s.region) {
-    j["region"] = {{"block_size", s.region->block_size},
-                   {"extent_size", s.region->extent_size},
-                   {"extent_count", s.region->extent_count},
-                   {"size_bytes", s.region->total_bytes()},
-                   {"encrypted", s.region->encrypted},
-                   {"uuid", s.region->uuid.to_string()}};
+    j["region"] = {
+        {"block_size", s.region->block_size},     {"extent_size", s.region->extent_size},
+        {"extent_count", s.region->extent_count}, {"size_bytes", s.region->total_bytes()},
+        {"encrypted", s.region->encrypted},       {"uuid", s.region->uuid.to_string()}};
   }
   j["downstairs"] = nlohmann::json::array();
   for (const auto& c : s.clients) {
@@ -34,10 +32,15 @@ nlohmann::json status_json(const upstairs::Snapshot& s) {
   }
   j["jobs"] = s.jobs;
   j["guest_waiting"] = s.guest_waiting;
-  j["counters"] = {{"reads", s.reads},         {"writes", s.writes},         {"discards", s.discards},
-                   {"flushes", s.flushes},     {"barriers", s.barriers},     {"read_bytes", s.read_bytes},
+  j["counters"] = {{"reads", s.reads},
+                   {"writes", s.writes},
+                   {"discards", s.discards},
+                   {"flushes", s.flushes},
+                   {"barriers", s.barriers},
+                   {"read_bytes", s.read_bytes},
                    {"write_bytes", s.write_bytes}};
-  j["reconcile"] = {{"extents_total", s.reconcile_extents_total}, {"extents_done", s.reconcile_extents_done}};
+  j["reconcile"] = {{"extents_total", s.reconcile_extents_total},
+                    {"extents_done", s.reconcile_extents_done}};
   const auto& r = s.repair;
   j["live_repair"] = {{"running", r.running},
                       {"extent", r.extent},
@@ -54,32 +57,43 @@ nlohmann::json status_json(const upstairs::Snapshot& s) {
 }
 
 std::string format_status(const nlohmann::json& j) {
-  std::string out = fmt::format("volume: {} (generation {})", j.value("state", "?"), j.value("generation", 0));
+  std::string out =
+      fmt::format("volume: {} (generation {})", j.value("state", "?"), j.value("generation", 0));
   if (j.contains("region"))
-    out += fmt::format(", {} in {}-byte blocks{}", format_size(j["region"].value("size_bytes", uint64_t{0})),
-                       j["region"].value("block_size", 0), j["region"].value("encrypted", false) ? ", encrypted" : "");
+    out += fmt::format(", {} in {}-byte blocks{}",
+                       format_size(j["region"].value("size_bytes", uint64_t{0})),
+                       j["region"].value("block_size", 0),
+                       j["region"].value("encrypted", false) ? ", encrypted" : "");
   out += "\n";
-  if (j.contains("disabled_reason")) out += fmt::format("  stopped: {}\n", j["disabled_reason"].get<std::string>());
+  if (j.contains("disabled_reason"))
+    out += fmt::format("  stopped: {}\n", j["disabled_reason"].get<std::string>());
   int i = 0;
   for (const auto& d : j.value("downstairs", nlohmann::json::array())) {
-    out += fmt::format("  downstairs {} {:<22} {:<12} {} jobs, {} in flight; {} connects, {} faults, {} self-heals",
-                       i++, d.value("target", ""), d.value("state", ""), d.value("jobs_in_flight", 0),
-                       format_size(d.value("bytes_in_flight", uint64_t{0})), d.value("connects", 0),
-                       d.value("faults", 0), d.value("self_heals", 0));
+    out += fmt::format(
+        "  downstairs {} {:<22} {:<12} {} jobs, {} in flight; {} connects, {} faults, {} "
+        "self-heals",
+        i++, d.value("target", ""), d.value("state", ""), d.value("jobs_in_flight", 0),
+        format_size(d.value("bytes_in_flight", uint64_t{0})), d.value("connects", 0),
+        d.value("faults", 0), d.value("self_heals", 0));
     if (!d.value("last_error", "").empty())
-      out += fmt::format("; last error {:.0f} s ago: {}", d.value("last_error_age_s", 0.0), d.value("last_error", ""));
+      out += fmt::format("; last error {:.0f} s ago: {}", d.value("last_error_age_s", 0.0),
+                         d.value("last_error", ""));
     out += "\n";
   }
   const auto& r = j["live_repair"];
   if (r.value("running", false))
-    out += fmt::format("  live repair: extent {}/{}, {} copied at {}/s, about {:.0f} s left\n", r.value("extent", 0),
-                       r.value("extent_count", 0), format_size(r.value("bytes_copied", uint64_t{0})),
-                       format_size(static_cast<uint64_t>(r.value("rate_bytes_per_s", 0.0))), r.value("eta_s", 0.0));
+    out += fmt::format("  live repair: extent {}/{}, {} copied at {}/s, about {:.0f} s left\n",
+                       r.value("extent", 0), r.value("extent_count", 0),
+                       format_size(r.value("bytes_copied", uint64_t{0})),
+                       format_size(static_cast<uint64_t>(r.value("rate_bytes_per_s", 0.0))),
+                       r.value("eta_s", 0.0));
   const auto& c = j["counters"];
-  out += fmt::format("  io: {} reads ({}), {} writes ({}), {} flushes, {} discards; repairs: {} done, {} aborted\n",
-                     c.value("reads", 0), format_size(c.value("read_bytes", uint64_t{0})), c.value("writes", 0),
-                     format_size(c.value("write_bytes", uint64_t{0})), c.value("flushes", 0), c.value("discards", 0),
-                     r.value("completed", 0), r.value("aborted", 0));
+  out += fmt::format(
+      "  io: {} reads ({}), {} writes ({}), {} flushes, {} discards; repairs: {} done, {} "
+      "aborted\n",
+      c.value("reads", 0), format_size(c.value("read_bytes", uint64_t{0})), c.value("writes", 0),
+      format_size(c.value("write_bytes", uint64_t{0})), c.value("flushes", 0),
+      c.value("discards", 0), r.value("completed", 0), r.value("aborted", 0));
   return out;
 }
 

@@ -12,7 +12,9 @@ namespace {
 // ---- field encoding ------------------------------------------------------------------
 
 template <typename T>
-concept HasFields = requires(T t) { t.fields(); };
+concept HasFields = requires(T t) {
+  t.fields();
+};
 
 template <typename T>
 struct IsOptional : std::false_type {};
@@ -36,13 +38,15 @@ class Writer {
   explicit Writer(std::vector<std::byte>& out) : out_(out) {}
 
   template <typename Int>
-    requires std::is_integral_v<Int>
+  requires std::is_integral_v<Int>
   void integer(Int v) {
     using U = std::make_unsigned_t<Int>;
     auto u = static_cast<U>(v);
     for (size_t i = 0; i < sizeof(U); ++i) out_.push_back(static_cast<std::byte>(u >> (8 * i)));
   }
-  void raw(std::span<const std::byte> bytes) { out_.insert(out_.end(), bytes.begin(), bytes.end()); }
+  void raw(std::span<const std::byte> bytes) {
+    out_.insert(out_.end(), bytes.begin(), bytes.end());
+  }
 
   template <typename T>
   void put(const T& v) {
@@ -106,7 +110,8 @@ constexpr size_t min_wire_bytes() {
     return []<size_t... I>(std::index_sequence<I...>) {
       return (size_t{0} + ... +
               min_wire_bytes<std::remove_cvref_t<std::tuple_element_t<I, Tuple>>>());
-    }(std::make_index_sequence<std::tuple_size_v<Tuple>>{});
+    }
+    (std::make_index_sequence<std::tuple_size_v<Tuple>>{});
   } else {
     static_assert(sizeof(T) == 0, "no wire encoding for this type");
   }
@@ -185,8 +190,8 @@ class Reader {
       uint32_t n = 0;
       CRU_TRY(integer(n));
       if (n > kMaxVectorElements)
-        return error(fmt::format("vector of {} elements exceeds the limit {}", n,
-                                 kMaxVectorElements));
+        return error(
+            fmt::format("vector of {} elements exceeds the limit {}", n, kMaxVectorElements));
       constexpr size_t kMin = min_wire_bytes<typename T::value_type>();
       // Refuse before allocating: n elements cannot fit in fewer than n * kMin bytes.
       if (static_cast<uint64_t>(n) * kMin > remaining())
@@ -262,8 +267,8 @@ Status check_data(const char* name, uint32_t block_size, size_t contexts, size_t
     return bad(name, fmt::format("data of {} bytes is not a multiple of the block size {}",
                                  data_bytes, block_size));
   if (data_bytes / block_size != contexts)
-    return bad(name, fmt::format("{} contexts but {} blocks of data", contexts,
-                                 data_bytes / block_size));
+    return bad(name,
+               fmt::format("{} contexts but {} blocks of data", contexts, data_bytes / block_size));
   return {};
 }
 
@@ -328,7 +333,8 @@ constexpr bool has_checked_fields() {
     return []<size_t... I>(std::index_sequence<I...>) {
       return (false || ... ||
               has_checked_fields<std::remove_cvref_t<std::tuple_element_t<I, Tuple>>>());
-    }(std::make_index_sequence<std::tuple_size_v<Tuple>>{});
+    }
+    (std::make_index_sequence<std::tuple_size_v<Tuple>>{});
   } else {
     return false;
   }
@@ -340,8 +346,8 @@ template <typename T>
 Status check_fields(const char* name, const T& v) {
   if constexpr (std::is_same_v<T, std::string>) {
     if (v.size() > kMaxStringBytes)
-      return bad(name, fmt::format("string of {} bytes exceeds the limit {}", v.size(),
-                                   kMaxStringBytes));
+      return bad(name,
+                 fmt::format("string of {} bytes exceeds the limit {}", v.size(), kMaxStringBytes));
   } else if constexpr (std::is_same_v<T, ClientId>) {
     if (v.value >= kClientCount)
       return bad(name, fmt::format("client id {} is not 0, 1 or 2", v.value));
@@ -422,8 +428,9 @@ Result<FrameHeader> parse_header(std::span<const std::byte, kFrameHeaderBytes> b
   CRU_TRY(r.integer(h.tag));
   CRU_TRY(r.integer(h.meta_bytes));
   if (h.frame_bytes < kFrameHeaderBytes)
-    return fail(ErrorCode::kProtocol, fmt::format("frame length {} is shorter than the {}-byte header",
-                                                  h.frame_bytes, kFrameHeaderBytes));
+    return fail(ErrorCode::kProtocol,
+                fmt::format("frame length {} is shorter than the {}-byte header", h.frame_bytes,
+                            kFrameHeaderBytes));
   if (h.frame_bytes > kMaxFrameBytes)
     return fail(ErrorCode::kProtocol,
                 fmt::format("frame length {} exceeds the limit {}", h.frame_bytes, kMaxFrameBytes));
@@ -431,13 +438,14 @@ Result<FrameHeader> parse_header(std::span<const std::byte, kFrameHeaderBytes> b
     return fail(ErrorCode::kProtocol, fmt::format("metadata length {} exceeds the frame's {} bytes",
                                                   h.meta_bytes, h.frame_bytes - kFrameHeaderBytes));
   if (h.meta_bytes > kMaxMetaBytes)
-    return fail(ErrorCode::kProtocol,
-                fmt::format("metadata length {} exceeds the limit {}", h.meta_bytes, kMaxMetaBytes));
+    return fail(ErrorCode::kProtocol, fmt::format("metadata length {} exceeds the limit {}",
+                                                  h.meta_bytes, kMaxMetaBytes));
   auto probe = make_for_tag(h.tag);
   if (!probe) return tl::unexpected(probe.error());
   if (!tag_has_data(*probe) && h.data_bytes() != 0)
-    return fail(ErrorCode::kProtocol, fmt::format("{}: {} trailing bytes after the message",
-                                                  tag_name(static_cast<Tag>(h.tag)), h.data_bytes()));
+    return fail(ErrorCode::kProtocol,
+                fmt::format("{}: {} trailing bytes after the message",
+                            tag_name(static_cast<Tag>(h.tag)), h.data_bytes()));
   return h;
 }
 

@@ -21,8 +21,8 @@ namespace cru::proto {
 class FrameReader {
  public:
   struct FeedResult {
-    size_t consumed = 0;                // bytes taken from the input
-    std::optional<Message> message;     // set when a frame completed
+    size_t consumed = 0;             // bytes taken from the input
+    std::optional<Message> message;  // set when a frame completed
   };
 
   // Consumes bytes from `in` up to the end of the current frame. Call again with the

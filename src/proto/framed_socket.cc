@@ -18,13 +18,15 @@ constexpr size_t kMaxBatchFrames = 256;
 constexpr size_t kMaxBatchBytes = 8 * 1024 * 1024;
 }  // namespace
 
-FrameSource::FrameSource(asio::ip::tcp::socket& socket) : socket_(socket), staging_(kStagingBytes) {}
+FrameSource::FrameSource(asio::ip::tcp::socket& socket)
+    : socket_(socket), staging_(kStagingBytes) {}
 
 asio::awaitable<Result<Message>> FrameSource::next() {
   for (;;) {
     // Drain what is already staged.
     while (staged_begin_ < staged_end_) {
-      auto fed = reader_.feed(std::span(staging_).subspan(staged_begin_, staged_end_ - staged_begin_));
+      auto fed =
+          reader_.feed(std::span(staging_).subspan(staged_begin_, staged_end_ - staged_begin_));
       if (!fed) co_return tl::unexpected(fed.error());
       staged_begin_ += fed->consumed;
       if (fed->message) co_return std::move(*fed->message);
@@ -64,7 +66,7 @@ asio::awaitable<void> FrameSink::run(asio::ip::tcp::socket& socket) {
     asio::error_code ec;
     EncodedFrame first =
         co_await channel_.async_receive(asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) co_return;  // closed
+    if (ec) co_return;                  // closed
     if (first.head.empty()) co_return;  // the end marker of close_after_drain()
     batch.clear();
     size_t bytes = first.size();

@@ -7,7 +7,6 @@
 #include <asio/awaitable.hpp>
 #include <asio/experimental/channel.hpp>
 #include <asio/ip/tcp.hpp>
-
 #include <cstddef>
 #include <vector>
 

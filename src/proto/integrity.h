@@ -12,13 +12,14 @@
 
 namespace cru::proto {
 
-uint64_t block_hash(const std::optional<EncryptionContext>& encryption, std::span<const std::byte> data);
+uint64_t block_hash(const std::optional<EncryptionContext>& encryption,
+                    std::span<const std::byte> data);
 
 // Checks a read's blocks against their contexts: a present context's hash must match;
 // an absent one (never written) needs all-zero data; `encrypted` must agree with the
 // context kind. Errors name the first bad block (kHashMismatch).
 Status verify_blocks(uint64_t first_block, uint32_t block_size,
-                     std::span<const std::optional<BlockContext>> contexts, std::span<const std::byte> data,
-                     bool encrypted);
+                     std::span<const std::optional<BlockContext>> contexts,
+                     std::span<const std::byte> data, bool encrypted);
 
 }  // namespace cru::proto

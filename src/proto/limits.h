@@ -35,7 +35,8 @@ inline constexpr uint32_t kMaxExtents = 1u << 18;
 // No vector field may hold more elements than the largest semantic limit above; checked
 // before allocating, so a small frame cannot make the decoder allocate much more than
 // its own size (an absent context is 1 byte on the wire but 64 in memory).
-inline constexpr uint32_t kMaxVectorElements = kMaxExtents > kMaxIoBlocks ? kMaxExtents : kMaxIoBlocks;
+inline constexpr uint32_t kMaxVectorElements =
+    kMaxExtents > kMaxIoBlocks ? kMaxExtents : kMaxIoBlocks;
 // The fixed part of a frame: u32 frame length, u32 tag, u32 metadata length.
 inline constexpr size_t kFrameHeaderBytes = 12;
 // Metadata (everything but bulk data): contexts of the largest IO (49 B per block for

@@ -10,46 +10,86 @@ Tag tag_of(const Message& m) {
 
 std::string_view tag_name(Tag tag) {
   switch (tag) {
-    case Tag::kHereIAm: return "HereIAm";
-    case Tag::kYesItsMe: return "YesItsMe";
-    case Tag::kVersionMismatch: return "VersionMismatch";
-    case Tag::kReadOnlyMismatch: return "ReadOnlyMismatch";
-    case Tag::kEncryptedMismatch: return "EncryptedMismatch";
-    case Tag::kPromoteToActive: return "PromoteToActive";
-    case Tag::kYouAreNowActive: return "YouAreNowActive";
-    case Tag::kYouAreNoLongerActive: return "YouAreNoLongerActive";
-    case Tag::kUuidMismatch: return "UuidMismatch";
-    case Tag::kRegionInfoPlease: return "RegionInfoPlease";
-    case Tag::kRegionInfo: return "RegionInfo";
-    case Tag::kExtentVersionsPlease: return "ExtentVersionsPlease";
-    case Tag::kExtentVersions: return "ExtentVersions";
-    case Tag::kLastFlush: return "LastFlush";
-    case Tag::kWrite: return "Write";
-    case Tag::kWriteUnwritten: return "WriteUnwritten";
-    case Tag::kRead: return "Read";
-    case Tag::kReadResponse: return "ReadResponse";
-    case Tag::kDiscard: return "Discard";
-    case Tag::kFlush: return "Flush";
-    case Tag::kBarrier: return "Barrier";
-    case Tag::kAck: return "Ack";
-    case Tag::kExtentFlush: return "ExtentFlush";
-    case Tag::kExtentClose: return "ExtentClose";
-    case Tag::kExtentRepair: return "ExtentRepair";
-    case Tag::kExtentReopen: return "ExtentReopen";
-    case Tag::kRepairAck: return "RepairAck";
-    case Tag::kExtentLiveClose: return "ExtentLiveClose";
-    case Tag::kExtentLiveFlushClose: return "ExtentLiveFlushClose";
-    case Tag::kExtentLiveRepair: return "ExtentLiveRepair";
-    case Tag::kExtentLiveReopen: return "ExtentLiveReopen";
-    case Tag::kExtentLiveNoOp: return "ExtentLiveNoOp";
-    case Tag::kExtentLiveCloseAck: return "ExtentLiveCloseAck";
-    case Tag::kRepairHello: return "RepairHello";
-    case Tag::kExtentFetch: return "ExtentFetch";
-    case Tag::kExtentChunk: return "ExtentChunk";
-    case Tag::kExtentFetchDone: return "ExtentFetchDone";
-    case Tag::kRuok: return "Ruok";
-    case Tag::kImok: return "Imok";
-    case Tag::kErrorReport: return "ErrorReport";
+    case Tag::kHereIAm:
+      return "HereIAm";
+    case Tag::kYesItsMe:
+      return "YesItsMe";
+    case Tag::kVersionMismatch:
+      return "VersionMismatch";
+    case Tag::kReadOnlyMismatch:
+      return "ReadOnlyMismatch";
+    case Tag::kEncryptedMismatch:
+      return "EncryptedMismatch";
+    case Tag::kPromoteToActive:
+      return "PromoteToActive";
+    case Tag::kYouAreNowActive:
+      return "YouAreNowActive";
+    case Tag::kYouAreNoLongerActive:
+      return "YouAreNoLongerActive";
+    case Tag::kUuidMismatch:
+      return "UuidMismatch";
+    case Tag::kRegionInfoPlease:
+      return "RegionInfoPlease";
+    case Tag::kRegionInfo:
+      return "RegionInfo";
+    case Tag::kExtentVersionsPlease:
+      return "ExtentVersionsPlease";
+    case Tag::kExtentVersions:
+      return "ExtentVersions";
+    case Tag::kLastFlush:
+      return "LastFlush";
+    case Tag::kWrite:
+      return "Write";
+    case Tag::kWriteUnwritten:
+      return "WriteUnwritten";
+    case Tag::kRead:
+      return "Read";
+    case Tag::kReadResponse:
+      return "ReadResponse";
+    case Tag::kDiscard:
+      return "Discard";
+    case Tag::kFlush:
+      return "Flush";
+    case Tag::kBarrier:
+      return "Barrier";
+    case Tag::kAck:
+      return "Ack";
+    case Tag::kExtentFlush:
+      return "ExtentFlush";
+    case Tag::kExtentClose:
+      return "ExtentClose";
+    case Tag::kExtentRepair:
+      return "ExtentRepair";
+    case Tag::kExtentReopen:
+      return "ExtentReopen";
+    case Tag::kRepairAck:
+      return "RepairAck";
+    case Tag::kExtentLiveClose:
+      return "ExtentLiveClose";
+    case Tag::kExtentLiveFlushClose:
+      return "ExtentLiveFlushClose";
+    case Tag::kExtentLiveRepair:
+      return "ExtentLiveRepair";
+    case Tag::kExtentLiveReopen:
+      return "ExtentLiveReopen";
+    case Tag::kExtentLiveNoOp:
+      return "ExtentLiveNoOp";
+    case Tag::kExtentLiveCloseAck:
+      return "ExtentLiveCloseAck";
+    case Tag::kRepairHello:
+      return "RepairHello";
+    case Tag::kExtentFetch:
+      return "ExtentFetch";
+    case Tag::kExtentChunk:
+      return "ExtentChunk";
+    case Tag::kExtentFetchDone:
+      return "ExtentFetchDone";
+    case Tag::kRuok:
+      return "Ruok";
+    case Tag::kImok:
+      return "Imok";
+    case Tag::kErrorReport:
+      return "ErrorReport";
   }
   return "Unknown";
 }

@@ -27,8 +27,8 @@ namespace cru::proto {
 // of an ErrorCode: peers compare versions first and refuse a mismatch with both numbers.
 inline constexpr uint32_t kProtocolVersion = 2;  // 2: ExtentFetch.have_hash, ExtentChunk.unchanged
 
-#define CRU_FIELDS(...)                                       \
-  auto fields() { return std::tie(__VA_ARGS__); }             \
+#define CRU_FIELDS(...)                           \
+  auto fields() { return std::tie(__VA_ARGS__); } \
   auto fields() const { return std::tie(__VA_ARGS__); }
 
 // Wire tags. Grouped by family; gaps leave room to add messages without renumbering.
@@ -135,9 +135,7 @@ struct WireStatus {
 
   static WireStatus ok() { return {}; }
   // Long messages (paths, nested causes) are cut to the wire limit, never refused.
-  static WireStatus from(const Error& e) {
-    return {e.code, e.message.substr(0, kMaxStringBytes)};
-  }
+  static WireStatus from(const Error& e) { return {e.code, e.message.substr(0, kMaxStringBytes)}; }
   static WireStatus from(const Status& s) { return s ? ok() : from(s.error()); }
   bool is_ok() const { return code == ErrorCode::kOk; }
   Status to_status() const {
@@ -545,10 +543,10 @@ using Message =
                  PromoteToActive, YouAreNowActive, YouAreNoLongerActive, UuidMismatch,
                  RegionInfoPlease, RegionInfo, ExtentVersionsPlease, ExtentVersions, LastFlush,
                  Write, WriteUnwritten, Read, ReadResponse, Discard, Flush, Barrier, Ack,
-                 ExtentFlush, ExtentClose, ExtentRepair, ExtentReopen, RepairAck,
-                 ExtentLiveClose, ExtentLiveFlushClose, ExtentLiveRepair, ExtentLiveReopen,
-                 ExtentLiveNoOp, ExtentLiveCloseAck, RepairHello, ExtentFetch, ExtentChunk,
-                 ExtentFetchDone, Ruok, Imok, ErrorReport>;
+                 ExtentFlush, ExtentClose, ExtentRepair, ExtentReopen, RepairAck, ExtentLiveClose,
+                 ExtentLiveFlushClose, ExtentLiveRepair, ExtentLiveReopen, ExtentLiveNoOp,
+                 ExtentLiveCloseAck, RepairHello, ExtentFetch, ExtentChunk, ExtentFetchDone, Ruok,
+                 Imok, ErrorReport>;
 
 // Messages that carry bulk data after their metadata.
 template <typename T>

@@ -24,12 +24,14 @@ Result<Key> parse_key(std::string_view base64) {
                         sodium_base64_VARIANT_ORIGINAL) != 0 ||
       end != base64.data() + base64.size() || len != kKeyBytes) {
     sodium_memzero(key.data(), key.size());
-    return fail(ErrorCode::kInvalidArgument, "the encryption key must be 32 bytes in standard base64 (44 characters)");
+    return fail(ErrorCode::kInvalidArgument,
+                "the encryption key must be 32 bytes in standard base64 (44 characters)");
   }
   return key;
 }
 
-BlockCrypto::BlockCrypto(uint32_t block_size, std::optional<Key> key) : block_size_(block_size), key_(key) {
+BlockCrypto::BlockCrypto(uint32_t block_size, std::optional<Key> key)
+    : block_size_(block_size), key_(key) {
   CRU_ASSERT(sodium_init() >= 0);
 }
 
@@ -50,26 +52,31 @@ BlockCrypto::Sealed BlockCrypto::seal(std::span<const std::byte> plain) const {
     randombytes_buf(e.nonce.data(), e.nonce.size());  // fresh per write: never reused
     auto* c = reinterpret_cast<unsigned char*>(cipher.data() + i * block_size_);
     const auto* p = reinterpret_cast<const unsigned char*>(plain.data() + i * block_size_);
-    crypto_aead_xchacha20poly1305_ietf_encrypt_detached(c, e.tag.data(), nullptr, p, block_size_, nullptr, 0, nullptr,
-                                                        e.nonce.data(), key_->data());
-    out.contexts[i].hash = proto::block_hash(e, cipher.span().subspan(i * block_size_, block_size_));
+    crypto_aead_xchacha20poly1305_ietf_encrypt_detached(c, e.tag.data(), nullptr, p, block_size_,
+                                                        nullptr, 0, nullptr, e.nonce.data(),
+                                                        key_->data());
+    out.contexts[i].hash =
+        proto::block_hash(e, cipher.span().subspan(i * block_size_, block_size_));
     out.contexts[i].encryption = e;
   }
   out.data = Bytes(std::move(cipher));
   return out;
 }
 
-Status BlockCrypto::open(uint64_t first_block, std::span<const std::optional<proto::BlockContext>> contexts,
+Status BlockCrypto::open(uint64_t first_block,
+                         std::span<const std::optional<proto::BlockContext>> contexts,
                          std::span<std::byte> data) const {
   if (!key_) return {};
   for (size_t i = 0; i < contexts.size(); ++i) {
     const auto& ctx = contexts[i];
     if (!ctx || !ctx->encryption) continue;
     auto* d = reinterpret_cast<unsigned char*>(data.data() + i * block_size_);
-    if (crypto_aead_xchacha20poly1305_ietf_decrypt_detached(d, nullptr, d, block_size_, ctx->encryption->tag.data(),
-                                                            nullptr, 0, ctx->encryption->nonce.data(), key_->data()) != 0)
-      return fail(ErrorCode::kDecrypt, fmt::format("block {} failed authentication (wrong key or tampered data)",
-                                                   first_block + i));
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
+            d, nullptr, d, block_size_, ctx->encryption->tag.data(), nullptr, 0,
+            ctx->encryption->nonce.data(), key_->data()) != 0)
+      return fail(ErrorCode::kDecrypt,
+                  fmt::format("block {} failed authentication (wrong key or tampered data)",
+                              first_block + i));
   }
   return {};
 }

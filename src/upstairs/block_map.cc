@@ -42,7 +42,8 @@ std::vector<JobId> BlockMap::add_blocking(JobId job, BlockRange range) {
   std::vector<JobId> deps;
   split_at(range.start);
   split_at(range.end());
-  for (auto it = ranges_.lower_bound(range.start); it != ranges_.end() && it->first < range.end();) {
+  for (auto it = ranges_.lower_bound(range.start);
+       it != ranges_.end() && it->first < range.end();) {
     const Entry& e = it->second;
     if (!e.reads.empty()) {
       for (JobId r : e.reads) add_unique(deps, r);

@@ -29,12 +29,14 @@ std::vector<ExtentMend> plan_mend(const ClientData<std::vector<proto::ExtentVers
                                   const std::vector<ClientId>& present) {
   CRU_ASSERT(present.size() >= 2);
   size_t n = versions[present.front()].size();
-  for (ClientId c : present) CRU_ASSERT(versions[c].size() == n, "clients report different extent counts");
+  for (ClientId c : present)
+    CRU_ASSERT(versions[c].size() == n, "clients report different extent counts");
   std::vector<ExtentMend> out;
   for (size_t e = 0; e < n; ++e) {
     ClientData<proto::ExtentVersion> v;
     for (ClientId c : present) v[c] = versions[c][e];
-    if (auto m = mend_extent(ExtentId{static_cast<uint32_t>(e)}, v, present)) out.push_back(std::move(*m));
+    if (auto m = mend_extent(ExtentId{static_cast<uint32_t>(e)}, v, present))
+      out.push_back(std::move(*m));
   }
   return out;
 }

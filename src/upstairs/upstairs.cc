@@ -22,12 +22,13 @@ template <typename... Ts>
 Overloaded(Ts...) -> Overloaded<Ts...>;
 
 bool in_flight(uint8_t io) { return io == 1 || io == 2; }  // kHeld, kSent
-bool finished(uint8_t io) { return io >= 3; }               // kDone, kSkipped, kError
+bool finished(uint8_t io) { return io >= 3; }              // kDone, kSkipped, kError
 
 const char* ds_name(int ds) {
-  static constexpr const char* kNames[] = {"idle",          "disconnected",   "connecting",   "negotiating",
-                                           "waiting_promote", "negotiating",  "negotiating",  "negotiating",
-                                           "wait_quorum",   "reconciling",    "live_repair_ready", "live_repair",
+  static constexpr const char* kNames[] = {"idle",        "disconnected",      "connecting",
+                                           "negotiating", "waiting_promote",   "negotiating",
+                                           "negotiating", "negotiating",       "wait_quorum",
+                                           "reconciling", "live_repair_ready", "live_repair",
                                            "active"};
   return kNames[ds];
 }
@@ -38,7 +39,9 @@ Upstairs::Upstairs(Config config) : config_(std::move(config)) {
   for (ClientId c : kAllClients) clients_[c].target = config_.targets[c.value];
 }
 
-std::string Upstairs::describe(ClientId c) const { return fmt::format("downstairs {} ({})", c, clients_[c].target); }
+std::string Upstairs::describe(ClientId c) const {
+  return fmt::format("downstairs {} ({})", c, clients_[c].target);
+}
 
 // ---- the entry point -------------------------------------------------------------------
 
@@ -51,10 +54,12 @@ std::vector<Action> Upstairs::apply(Event event, TimePoint now) {
                    if (e.conn == clients_[e.client].conn) on_connected(e.client, e.conn);
                  },
                  [&](ClientMessage& e) {
-                   if (e.conn == clients_[e.client].conn && e.conn != 0) on_message(e.client, e.message);
+                   if (e.conn == clients_[e.client].conn && e.conn != 0)
+                     on_message(e.client, e.message);
                  },
                  [&](ClientDisconnected& e) {
-                   if (e.conn == clients_[e.client].conn && e.conn != 0) on_disconnected(e.client, e.reason);
+                   if (e.conn == clients_[e.client].conn && e.conn != 0)
+                     on_disconnected(e.client, e.reason);
                  },
                  [&](Tick&) { on_tick(); },
              },
@@ -69,7 +74,8 @@ TimePoint Upstairs::next_deadline() const {
     d = std::min(d, last_io_ + config_.limits.flush_timeout);
   for (const Client& cl : clients_) {
     if (cl.ds == Ds::kDisconnected) d = std::min(d, cl.next_connect);
-    if (cl.ds == Ds::kConnecting) d = std::min(d, cl.connect_started + config_.limits.connect_timeout);
+    if (cl.ds == Ds::kConnecting)
+      d = std::min(d, cl.connect_started + config_.limits.connect_timeout);
     if (cl.conn != 0 && cl.ds != Ds::kConnecting) {
       d = std::min(d, cl.last_ping + config_.limits.ping_interval);
       d = std::min(d, cl.last_heard + config_.limits.client_timeout);
@@ -118,7 +124,8 @@ Upstairs::Io Upstairs::dispatch(ClientId c, const Job& job) const {
           return Io::kSent;
       }
     default:
-      if (cl.mode == Mode::kOffline && cl.ds != Ds::kIdle && job.kind != JobKind::kRead) return Io::kHeld;
+      if (cl.mode == Mode::kOffline && cl.ds != Ds::kIdle && job.kind != JobKind::kRead)
+        return Io::kHeld;
       return Io::kSkipped;
   }
 }
@@ -185,8 +192,10 @@ std::vector<JobId> Upstairs::deps_for(ClientId c, const Job& job) const {
       continue;
     }
     Io io = it->second.io[c];
-    if (io == Io::kSent || io == Io::kHeld) out.push_back(d);
-    else if (io == Io::kSkipped || io == Io::kNone) todo.insert(todo.end(), it->second.deps.rbegin(), it->second.deps.rend());
+    if (io == Io::kSent || io == Io::kHeld)
+      out.push_back(d);
+    else if (io == Io::kSkipped || io == Io::kNone)
+      todo.insert(todo.end(), it->second.deps.rbegin(), it->second.deps.rend());
   }
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
@@ -203,26 +212,34 @@ std::optional<ExtentId> Upstairs::repair_extent_limit(ClientId c) const {
 
 Message Upstairs::job_message(ClientId c, const Job& job) const {
   std::vector<JobId> deps = deps_for(c, job);
-  bool is_target = repair_ && std::find(repair_->targets.begin(), repair_->targets.end(), c) != repair_->targets.end();
+  bool is_target = repair_ && std::find(repair_->targets.begin(), repair_->targets.end(), c) !=
+                                  repair_->targets.end();
   switch (job.kind) {
     case JobKind::kRead:
-      return Read{job.id, std::move(deps), BlockIndex{job.range.start}, static_cast<uint32_t>(job.range.count)};
+      return Read{job.id, std::move(deps), BlockIndex{job.range.start},
+                  static_cast<uint32_t>(job.range.count)};
     case JobKind::kWrite:
-      return Write{{job.id, std::move(deps), BlockIndex{job.range.start}, region_->block_size, job.contexts, job.data}};
+      return Write{{job.id, std::move(deps), BlockIndex{job.range.start}, region_->block_size,
+                    job.contexts, job.data}};
     case JobKind::kWriteUnwritten:
-      return WriteUnwritten{{job.id, std::move(deps), BlockIndex{job.range.start}, region_->block_size, job.contexts, job.data}};
+      return WriteUnwritten{{job.id, std::move(deps), BlockIndex{job.range.start},
+                             region_->block_size, job.contexts, job.data}};
     case JobKind::kDiscard:
-      return Discard{job.id, std::move(deps), BlockIndex{job.range.start}, static_cast<uint32_t>(job.range.count)};
+      return Discard{job.id, std::move(deps), BlockIndex{job.range.start},
+                     static_cast<uint32_t>(job.range.count)};
     case JobKind::kFlush:
-      return Flush{job.id, std::move(deps), job.flush_number, generation_, std::nullopt, repair_extent_limit(c)};
+      return Flush{job.id,      std::move(deps), job.flush_number,
+                   generation_, std::nullopt,    repair_extent_limit(c)};
     case JobKind::kBarrier:
       return Barrier{job.id, std::move(deps)};
     case JobKind::kLiveClose:
       if (is_target) return ExtentLiveClose{job.id, std::move(deps), job.extent};
-      return ExtentLiveFlushClose{job.id, std::move(deps), job.extent, job.flush_number, generation_};
+      return ExtentLiveFlushClose{job.id, std::move(deps), job.extent, job.flush_number,
+                                  generation_};
     case JobKind::kLiveRepair:
       if (std::find(job.repair_dests.begin(), job.repair_dests.end(), c) != job.repair_dests.end())
-        return ExtentLiveRepair{job.id, std::move(deps), job.extent, repair_->source, clients_[repair_->source].target};
+        return ExtentLiveRepair{job.id, std::move(deps), job.extent, repair_->source,
+                                clients_[repair_->source].target};
       return ExtentLiveNoOp{job.id, std::move(deps)};
     case JobKind::kLiveReopen:
       return ExtentLiveReopen{job.id, std::move(deps), job.extent};
@@ -240,16 +257,21 @@ void Upstairs::send_job(ClientId c, Job& job) {
 bool Upstairs::admit(const GuestSubmit& g) {
   auto not_active = [&]() -> bool {
     std::string why = state_ == State::kDisabled ? disabled_reason_ : "the volume is not active";
-    guest_done(g.id, fail(state_ == State::kDisabled ? ErrorCode::kNoLongerActive : ErrorCode::kNotActive, why));
+    guest_done(
+        g.id,
+        fail(state_ == State::kDisabled ? ErrorCode::kNoLongerActive : ErrorCode::kNotActive, why));
     return true;
   };
   auto check_range = [&](BlockIndex start, uint64_t count, uint64_t max) -> Status {
     uint64_t total = region_->total_blocks();
     if (count == 0) return fail(ErrorCode::kInvalidArgument, "zero-length IO");
-    if (count > max) return fail(ErrorCode::kInvalidArgument, fmt::format("{} blocks exceed the {}-block limit of one IO", count, max));
+    if (count > max)
+      return fail(ErrorCode::kInvalidArgument,
+                  fmt::format("{} blocks exceed the {}-block limit of one IO", count, max));
     if (start.value >= total || count > total - start.value)
-      return fail(ErrorCode::kOffsetInvalid, fmt::format("blocks [{}, {}) are outside the volume's {} blocks",
-                                                         start.value, start.value + count, total));
+      return fail(ErrorCode::kOffsetInvalid,
+                  fmt::format("blocks [{}, {}) are outside the volume's {} blocks", start.value,
+                              start.value + count, total));
     return {};
   };
   auto quorum = [&](const char* what) -> Status {
@@ -266,7 +288,9 @@ bool Upstairs::admit(const GuestSubmit& g) {
       if (io != Io::kSent && io != Io::kHeld) continue;
       const Client& cl = clients_[c];
       if (cl.jobs_in_flight >= config_.limits.jobs_in_flight_max) return false;
-      if (cl.bytes_in_flight > 0 && cl.bytes_in_flight + probe.bytes > config_.limits.bytes_in_flight_max) return false;
+      if (cl.bytes_in_flight > 0 &&
+          cl.bytes_in_flight + probe.bytes > config_.limits.bytes_in_flight_max)
+        return false;
     }
     return true;
   };
@@ -274,8 +298,10 @@ bool Upstairs::admit(const GuestSubmit& g) {
   auto place = [&](Job& job) {
     for (ClientId c : kAllClients) {
       Io io = dispatch(c, job);
-      if (io == Io::kSent) send_job(c, job);
-      else set_io(job, c, io);
+      if (io == Io::kSent)
+        send_job(c, job);
+      else
+        set_io(job, c, io);
     }
   };
 
@@ -290,16 +316,19 @@ bool Upstairs::admit(const GuestSubmit& g) {
             // The least loaded active downstairs; reads go to one replica and are verified.
             std::optional<ClientId> best;
             for (ClientId c : kAllClients)
-              if (clients_[c].ds == Ds::kActive && (!best || clients_[c].jobs_in_flight < clients_[*best].jobs_in_flight))
+              if (clients_[c].ds == Ds::kActive &&
+                  (!best || clients_[c].jobs_in_flight < clients_[*best].jobs_in_flight))
                 best = c;
             if (!best) {
-              guest_done(g.id, fail(ErrorCode::kQuorumLost, "no downstairs is active to read from"));
+              guest_done(g.id,
+                         fail(ErrorCode::kQuorumLost, "no downstairs is active to read from"));
               return true;
             }
             uint64_t bytes = static_cast<uint64_t>(op.count) * region_->block_size;
             const Client& cl = clients_[*best];
             if (cl.jobs_in_flight >= config_.limits.jobs_in_flight_max ||
-                (cl.bytes_in_flight > 0 && cl.bytes_in_flight + bytes > config_.limits.bytes_in_flight_max))
+                (cl.bytes_in_flight > 0 &&
+                 cl.bytes_in_flight + bytes > config_.limits.bytes_in_flight_max))
               return false;
             JobId id = next_job_;
             next_job_ = next_job_.next();
@@ -339,8 +368,8 @@ bool Upstairs::admit(const GuestSubmit& g) {
             if (!room(probe)) return false;
             JobId id = next_job_;
             next_job_ = next_job_.next();
-            Job& job = create_job(op.only_unwritten ? JobKind::kWriteUnwritten : JobKind::kWrite, id,
-                                  deps_.add_blocking(id, probe.range));
+            Job& job = create_job(op.only_unwritten ? JobKind::kWriteUnwritten : JobKind::kWrite,
+                                  id, deps_.add_blocking(id, probe.range));
             job.range = probe.range;
             job.bytes = probe.bytes;
             job.contexts = op.contexts;
@@ -402,8 +431,9 @@ bool Upstairs::admit(const GuestSubmit& g) {
           [&](const ActivateOp& op) -> bool {
             if (state_ == State::kActive) {
               if (op.generation && *op.generation != generation_)
-                guest_done(g.id, fail(ErrorCode::kInvalidArgument,
-                                      fmt::format("already active with generation {}", generation_)));
+                guest_done(g.id,
+                           fail(ErrorCode::kInvalidArgument,
+                                fmt::format("already active with generation {}", generation_)));
               else
                 guest_done(g.id, {});
               return true;
@@ -429,16 +459,18 @@ bool Upstairs::admit(const GuestSubmit& g) {
             for (ClientId c : kAllClients) {
               if (clients_[c].target == op.new_target) {
                 guest_done(g.id, fail(ErrorCode::kInvalidArgument,
-                                      fmt::format("{} is already a target of this volume", op.new_target)));
+                                      fmt::format("{} is already a target of this volume",
+                                                  op.new_target)));
                 return true;
               }
               if (clients_[c].target == op.old_target) which = c;
             }
             if (!which) {
-              guest_done(g.id, fail(ErrorCode::kNotFound,
-                                    fmt::format("{} is not a target (targets: {}, {}, {})", op.old_target,
-                                                clients_[ClientId{0}].target, clients_[ClientId{1}].target,
-                                                clients_[ClientId{2}].target)));
+              guest_done(
+                  g.id, fail(ErrorCode::kNotFound,
+                             fmt::format("{} is not a target (targets: {}, {}, {})", op.old_target,
+                                         clients_[ClientId{0}].target, clients_[ClientId{1}].target,
+                                         clients_[ClientId{2}].target)));
               return true;
             }
             if (state_ != State::kActive) {
@@ -448,8 +480,9 @@ bool Upstairs::admit(const GuestSubmit& g) {
             for (ClientId c : kAllClients) {
               if (c != *which && clients_[c].ds != Ds::kActive) {
                 guest_done(g.id, fail(ErrorCode::kBusy,
-                                      fmt::format("{} is not healthy ({}): replace one replica at a time", describe(c),
-                                                  ds_name(static_cast<int>(clients_[c].ds)))));
+                                      fmt::format(
+                                          "{} is not healthy ({}): replace one replica at a time",
+                                          describe(c), ds_name(static_cast<int>(clients_[c].ds)))));
                 return true;
               }
             }
@@ -480,7 +513,8 @@ void Upstairs::admit_waiting() {
 JobId Upstairs::submit_flush(std::optional<GuestId> guest) {
   JobId id = next_job_;
   next_job_ = next_job_.next();
-  Job& job = create_job(JobKind::kFlush, id, deps_.add_blocking(id, BlockRange{0, region_->total_blocks()}));
+  Job& job = create_job(JobKind::kFlush, id,
+                        deps_.add_blocking(id, BlockRange{0, region_->total_blocks()}));
   job.range = BlockRange{0, region_->total_blocks()};
   job.flush_number = next_flush_;
   next_flush_ = next_flush_.next();
@@ -488,8 +522,10 @@ JobId Upstairs::submit_flush(std::optional<GuestId> guest) {
   job.acked = !guest.has_value();
   for (ClientId c : kAllClients) {
     Io io = dispatch(c, job);
-    if (io == Io::kSent) send_job(c, job);
-    else set_io(job, c, io);
+    if (io == Io::kSent)
+      send_job(c, job);
+    else
+      set_io(job, c, io);
   }
   need_flush_ = false;
   ++flushes_;
@@ -500,13 +536,16 @@ JobId Upstairs::submit_flush(std::optional<GuestId> guest) {
 void Upstairs::submit_barrier() {
   JobId id = next_job_;
   next_job_ = next_job_.next();
-  Job& job = create_job(JobKind::kBarrier, id, deps_.add_blocking(id, BlockRange{0, region_->total_blocks()}));
+  Job& job = create_job(JobKind::kBarrier, id,
+                        deps_.add_blocking(id, BlockRange{0, region_->total_blocks()}));
   job.range = BlockRange{0, region_->total_blocks()};
   job.acked = true;
   for (ClientId c : kAllClients) {
     Io io = dispatch(c, job);
-    if (io == Io::kSent) send_job(c, job);
-    else set_io(job, c, io);
+    if (io == Io::kSent)
+      send_job(c, job);
+    else
+      set_io(job, c, io);
   }
   ++barriers_;
   log::debug("barrier {} so finished jobs can retire", id);
@@ -536,7 +575,10 @@ void Upstairs::ack_check(Job& job) {
     guest_done(*job.guest, {});
   } else if (failed >= 2) {
     job.acked = true;
-    guest_done(*job.guest, fail(ErrorCode::kIo, fmt::format("flush failed: only {} of 3 downstairs could make it durable", done)));
+    guest_done(
+        *job.guest,
+        fail(ErrorCode::kIo,
+             fmt::format("flush failed: only {} of 3 downstairs could make it durable", done)));
   }
 }
 
@@ -582,7 +624,9 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
   clients_[c].last_reply = now_;
   if (job.kind == JobKind::kRead) {
     auto* resp = reply ? std::get_if<ReadResponse>(reply) : nullptr;
-    if (!resp) return lose_connection(c, fmt::format("protocol error: job {} is a read, the reply is not", id), true);
+    if (!resp)
+      return lose_connection(
+          c, fmt::format("protocol error: job {} is a read, the reply is not", id), true);
     return on_read_reply(c, job, status, resp);
   }
   bool close_ack = reply && std::holds_alternative<ExtentLiveCloseAck>(*reply);
@@ -591,8 +635,10 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
   if (!status) {
     set_io(job, c, Io::kError);
     log::warn("{}: job {} failed: {}", describe(c), id, status.error().to_string());
-    if (job.kind == JobKind::kLiveRepair || job.kind == JobKind::kLiveClose || job.kind == JobKind::kLiveReopen)
-      abort_live_repair(fmt::format("{} failed a repair step: {}", describe(c), status.error().to_string()));
+    if (job.kind == JobKind::kLiveRepair || job.kind == JobKind::kLiveClose ||
+        job.kind == JobKind::kLiveReopen)
+      abort_live_repair(
+          fmt::format("{} failed a repair step: {}", describe(c), status.error().to_string()));
     // A downstairs that cannot write (or flush) no longer holds a faithful replica.
     fault(c, fmt::format("job {} failed: {}", id, status.error().to_string()));
   } else {
@@ -607,12 +653,13 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
 void Upstairs::on_read_reply(ClientId c, Job& job, const Status& status, ReadResponse* resp) {
   Status s = status;
   if (s && (resp->contexts.size() != job.range.count || resp->block_size != region_->block_size))
-    s = fail(ErrorCode::kProtocol, fmt::format("read job {} answered with {} blocks of {} bytes", job.id,
-                                              resp->contexts.size(), resp->block_size));
+    s = fail(ErrorCode::kProtocol, fmt::format("read job {} answered with {} blocks of {} bytes",
+                                               job.id, resp->contexts.size(), resp->block_size));
   bool corrupt = false;
   if (s && !job.acked) {
     // Every block is checked before it can reach the guest.
-    s = verify_blocks(job.range.start, region_->block_size, resp->contexts, resp->data.span(), config_.encrypted);
+    s = verify_blocks(job.range.start, region_->block_size, resp->contexts, resp->data.span(),
+                      config_.encrypted);
     corrupt = !s;
   }
   if (s) {
@@ -629,7 +676,8 @@ void Upstairs::on_read_reply(ClientId c, Job& job, const Status& status, ReadRes
   if (corrupt) {
     // Self-healing: the read is served from another replica; this one gets repaired.
     ++clients_[c].self_heals;
-    for (uint64_t b = job.range.start; b < job.range.end(); b += region_->extent_size - b % region_->extent_size)
+    for (uint64_t b = job.range.start; b < job.range.end();
+         b += region_->extent_size - b % region_->extent_size)
       clients_[c].suspect_extents.insert(extent_of(b));
     fault(c, "returned data that failed verification: " + s.error().message);
   }
@@ -645,8 +693,9 @@ void Upstairs::retry_read(Job& failed) {
     if (!best || clients_[c].jobs_in_flight < clients_[*best].jobs_in_flight) best = c;
   }
   if (!best) {
-    guest_done(guest, fail(ErrorCode::kIo, fmt::format("read of blocks [{}, {}) failed on every downstairs",
-                                                       failed.range.start, failed.range.end())));
+    guest_done(guest, fail(ErrorCode::kIo,
+                           fmt::format("read of blocks [{}, {}) failed on every downstairs",
+                                       failed.range.start, failed.range.end())));
     return;
   }
   JobId id = next_job_;
@@ -667,7 +716,8 @@ void Upstairs::retry_read(Job& failed) {
   send_job(*best, job);
 }
 
-// ---- faults ---------------------------------------------------------------------------------------
+// ---- faults
+// ---------------------------------------------------------------------------------------
 
 void Upstairs::skip_all(ClientId c) {
   std::vector<JobId> reads_to_retry;
@@ -702,7 +752,8 @@ void Upstairs::fault(ClientId c, const std::string& reason) {
   count_fault(c, reason);
   bool was_repairing = cl.ds == Ds::kLiveRepair;
   skip_all(c);
-  if (repair_ && (was_repairing || c == repair_->source)) abort_live_repair(describe(c) + " faulted");
+  if (repair_ && (was_repairing || c == repair_->source))
+    abort_live_repair(describe(c) + " faulted");
   if (cl.conn != 0) lose_connection(c, reason, true, /*counted=*/true);
 }
 
@@ -712,7 +763,8 @@ void Upstairs::lose_connection(ClientId c, const std::string& reason, bool emit,
   if (cl.conn != 0 && emit) actions_.push_back(Disconnect{c, cl.conn, reason});
   cl.conn = 0;
   if (prev == Ds::kIdle) return;
-  bool wanted = state_ == State::kActivating || state_ == State::kActive || state_ == State::kDeactivating;
+  bool wanted =
+      state_ == State::kActivating || state_ == State::kActive || state_ == State::kDeactivating;
   cl.ds = wanted ? Ds::kDisconnected : Ds::kIdle;
   cl.next_connect = now_ + cl.backoff;
   cl.backoff = std::min(cl.backoff * 2, config_.limits.reconnect_backoff_max);
@@ -748,7 +800,8 @@ void Upstairs::lose_connection(ClientId c, const std::string& reason, bool emit,
     cl.mode = Mode::kFaulted;
     if (reconcile_) abort_reconcile(describe(c) + " disconnected");
   }
-  if (repair_ && c == repair_->source) abort_live_repair("the repair source " + describe(c) + " is gone");
+  if (repair_ && c == repair_->source)
+    abort_live_repair("the repair source " + describe(c) + " is gone");
 }
 
 void Upstairs::on_disconnected(ClientId c, const std::string& reason) {
@@ -770,8 +823,10 @@ void Upstairs::fence(const std::string& why) {
   deps_ = BlockMap{};
   for (auto& g : waiting_) guest_done(g.id, tl::unexpected(e));
   waiting_.clear();
-  if (activation_guest_) guest_done(*std::exchange(activation_guest_, std::nullopt), tl::unexpected(e));
-  if (deactivation_guest_) guest_done(*std::exchange(deactivation_guest_, std::nullopt), tl::unexpected(e));
+  if (activation_guest_)
+    guest_done(*std::exchange(activation_guest_, std::nullopt), tl::unexpected(e));
+  if (deactivation_guest_)
+    guest_done(*std::exchange(deactivation_guest_, std::nullopt), tl::unexpected(e));
   reconcile_.reset();
   repair_.reset();
   for (ClientId c : kAllClients) {
@@ -781,10 +836,12 @@ void Upstairs::fence(const std::string& why) {
   }
 }
 
-// ---- connections and negotiation -------------------------------------------------------------------
+// ---- connections and negotiation
+// -------------------------------------------------------------------
 
 void Upstairs::start_activation(GuestId id, std::optional<Generation> generation) {
-  log::info("activating: connecting to {}, {}, {}", config_.targets[0], config_.targets[1], config_.targets[2]);
+  log::info("activating: connecting to {}, {}, {}", config_.targets[0], config_.targets[1],
+            config_.targets[2]);
   state_ = State::kActivating;
   activation_guest_ = id;
   requested_generation_ = generation;
@@ -818,9 +875,10 @@ void Upstairs::on_connected(ClientId c, ConnId) {
   if (cl.ds != Ds::kConnecting) return;
   cl.ds = Ds::kWaitYesItsMe;
   cl.last_heard = cl.last_ping = now_;
-  actions_.push_back(SendTo{c, cl.conn,
-                            HereIAm{kProtocolVersion, config_.upstairs_id, config_.session_id,
-                                    requested_generation_.value_or(generation_), config_.read_only, config_.encrypted}});
+  actions_.push_back(SendTo{
+      c, cl.conn,
+      HereIAm{kProtocolVersion, config_.upstairs_id, config_.session_id,
+              requested_generation_.value_or(generation_), config_.read_only, config_.encrypted}});
 }
 
 void Upstairs::on_message(ClientId c, Message& m) {
@@ -832,8 +890,8 @@ void Upstairs::on_message(ClientId c, Message& m) {
     return;
   }
   if (auto* gone = std::get_if<YouAreNoLongerActive>(&m)) {
-    return fence(fmt::format("upstairs {} with generation {} took over (reported by {})", gone->new_upstairs_id,
-                             gone->new_generation, describe(c)));
+    return fence(fmt::format("upstairs {} with generation {} took over (reported by {})",
+                             gone->new_upstairs_id, gone->new_generation, describe(c)));
   }
   switch (cl.ds) {
     case Ds::kWaitYesItsMe:
@@ -846,21 +904,27 @@ void Upstairs::on_message(ClientId c, Message& m) {
       break;
     case Ds::kActive:
     case Ds::kLiveRepair:
-      if (auto* a = std::get_if<Ack>(&m)) return on_job_reply(c, a->job_id, a->status.to_status(), &m);
-      if (auto* r = std::get_if<ReadResponse>(&m)) return on_job_reply(c, r->job_id, r->status.to_status(), &m);
-      if (auto* k = std::get_if<ExtentLiveCloseAck>(&m)) return on_job_reply(c, k->job_id, k->status.to_status(), &m);
+      if (auto* a = std::get_if<Ack>(&m))
+        return on_job_reply(c, a->job_id, a->status.to_status(), &m);
+      if (auto* r = std::get_if<ReadResponse>(&m))
+        return on_job_reply(c, r->job_id, r->status.to_status(), &m);
+      if (auto* k = std::get_if<ExtentLiveCloseAck>(&m))
+        return on_job_reply(c, k->job_id, k->status.to_status(), &m);
       if (auto* e = std::get_if<ErrorReport>(&m)) {
-        if (e->status.code == ErrorCode::kNoLongerActive || e->status.code == ErrorCode::kGenerationTooLow)
+        if (e->status.code == ErrorCode::kNoLongerActive ||
+            e->status.code == ErrorCode::kGenerationTooLow)
           return fence(fmt::format("{}: {}", describe(c), e->status.message));
-        log::warn("{} reports: {}", describe(c), Error{e->status.code, e->status.message}.to_string());
+        log::warn("{} reports: {}", describe(c),
+                  Error{e->status.code, e->status.message}.to_string());
         return;
       }
       break;
     default:
       break;
   }
-  lose_connection(c, fmt::format("protocol error: unexpected {} while {}", proto::describe(m),
-                                 ds_name(static_cast<int>(cl.ds))),
+  lose_connection(c,
+                  fmt::format("protocol error: unexpected {} while {}", proto::describe(m),
+                              ds_name(static_cast<int>(cl.ds))),
                   true);
 }
 
@@ -876,18 +940,22 @@ void Upstairs::negotiate(ClientId c, Message& m) {
     lose_connection(c, why, true);
   };
   if (auto* v = std::get_if<VersionMismatch>(&m))
-    return refuse(ErrorCode::kVersionMismatch, fmt::format("speaks protocol version {}, this upstairs speaks version {}",
-                                                           v->version, kProtocolVersion));
+    return refuse(ErrorCode::kVersionMismatch,
+                  fmt::format("speaks protocol version {}, this upstairs speaks version {}",
+                              v->version, kProtocolVersion));
   if (auto* ro = std::get_if<ReadOnlyMismatch>(&m))
-    return refuse(ErrorCode::kReadOnlyMismatch, fmt::format("the downstairs is {} but this volume is {}",
-                                                            ro->expected ? "read-only" : "read-write",
-                                                            config_.read_only ? "read-only" : "read-write"));
+    return refuse(ErrorCode::kReadOnlyMismatch,
+                  fmt::format("the downstairs is {} but this volume is {}",
+                              ro->expected ? "read-only" : "read-write",
+                              config_.read_only ? "read-only" : "read-write"));
   if (auto* en = std::get_if<EncryptedMismatch>(&m))
-    return refuse(ErrorCode::kEncryptionMismatch, fmt::format("the region is {} but this volume {}",
-                                                              en->expected ? "encrypted" : "not encrypted",
-                                                              config_.encrypted ? "has a key" : "has no key"));
+    return refuse(ErrorCode::kEncryptionMismatch,
+                  fmt::format("the region is {} but this volume {}",
+                              en->expected ? "encrypted" : "not encrypted",
+                              config_.encrypted ? "has a key" : "has no key"));
   if (auto* er = std::get_if<ErrorReport>(&m)) return refuse(er->status.code, er->status.message);
-  if (std::get_if<UuidMismatch>(&m)) return refuse(ErrorCode::kUuidMismatch, "the downstairs reports an id mismatch");
+  if (std::get_if<UuidMismatch>(&m))
+    return refuse(ErrorCode::kUuidMismatch, "the downstairs reports an id mismatch");
 
   switch (cl.ds) {
     case Ds::kWaitYesItsMe:
@@ -898,14 +966,17 @@ void Upstairs::negotiate(ClientId c, Message& m) {
           return promote_all_if_ready();
         }
         cl.ds = Ds::kWaitActive;
-        actions_.push_back(SendTo{c, cl.conn, PromoteToActive{config_.upstairs_id, config_.session_id, generation_}});
+        actions_.push_back(SendTo{
+            c, cl.conn, PromoteToActive{config_.upstairs_id, config_.session_id, generation_}});
         return;
       }
       break;
     case Ds::kWaitActive:
       if (auto* a = std::get_if<YouAreNowActive>(&m)) {
-        if (a->upstairs_id != config_.upstairs_id || a->session_id != config_.session_id || a->generation != generation_)
-          return refuse(ErrorCode::kUuidMismatch, "YouAreNowActive does not echo our ids and generation");
+        if (a->upstairs_id != config_.upstairs_id || a->session_id != config_.session_id ||
+            a->generation != generation_)
+          return refuse(ErrorCode::kUuidMismatch,
+                        "YouAreNowActive does not echo our ids and generation");
         cl.ds = Ds::kWaitRegionInfo;
         actions_.push_back(SendTo{c, cl.conn, RegionInfoPlease{}});
         return;
@@ -915,18 +986,24 @@ void Upstairs::negotiate(ClientId c, Message& m) {
       if (auto* ri = std::get_if<RegionInfo>(&m)) {
         const RegionDefinition& d = ri->region;
         if (d.encrypted != config_.encrypted)
-          return refuse(ErrorCode::kEncryptionMismatch, fmt::format("the region is {}encrypted but this volume is {}",
-                                                                    d.encrypted ? "" : "not ", config_.encrypted ? "encrypted" : "not"));
-        if (region_ && (d.block_size != region_->block_size || d.extent_size != region_->extent_size ||
-                        d.extent_count != region_->extent_count))
-          return refuse(ErrorCode::kInvalidArgument,
-                        fmt::format("geometry mismatch: this region has {} extents x {} blocks x {} bytes, the others "
-                                    "{} x {} x {}",
-                                    d.extent_count, d.extent_size, d.block_size, region_->extent_count,
-                                    region_->extent_size, region_->block_size));
+          return refuse(
+              ErrorCode::kEncryptionMismatch,
+              fmt::format("the region is {}encrypted but this volume is {}",
+                          d.encrypted ? "" : "not ", config_.encrypted ? "encrypted" : "not"));
+        if (region_ &&
+            (d.block_size != region_->block_size || d.extent_size != region_->extent_size ||
+             d.extent_count != region_->extent_count))
+          return refuse(
+              ErrorCode::kInvalidArgument,
+              fmt::format("geometry mismatch: this region has {} extents x {} blocks x {} bytes, "
+                          "the others "
+                          "{} x {} x {}",
+                          d.extent_count, d.extent_size, d.block_size, region_->extent_count,
+                          region_->extent_size, region_->block_size));
         if (cl.region_uuid && *cl.region_uuid != d.uuid && cl.mode != Mode::kReplaced)
-          return refuse(ErrorCode::kUuidMismatch, fmt::format("now serves region {}, it served {} before", d.uuid,
-                                                              *cl.region_uuid));
+          return refuse(
+              ErrorCode::kUuidMismatch,
+              fmt::format("now serves region {}, it served {} before", d.uuid, *cl.region_uuid));
         if (!region_) region_ = d;
         cl.region_uuid = d.uuid;
         if (cl.mode == Mode::kOffline && state_ != State::kActivating) return replay(c);
@@ -938,8 +1015,9 @@ void Upstairs::negotiate(ClientId c, Message& m) {
     case Ds::kWaitVersions:
       if (auto* ev = std::get_if<ExtentVersions>(&m)) {
         if (ev->extents.size() != region_->extent_count)
-          return refuse(ErrorCode::kProtocol, fmt::format("reported {} extents, the region has {}", ev->extents.size(),
-                                                          region_->extent_count));
+          return refuse(ErrorCode::kProtocol,
+                        fmt::format("reported {} extents, the region has {}", ev->extents.size(),
+                                    region_->extent_count));
         cl.versions = ev->extents;
         if (state_ == State::kActivating) {
           cl.ds = Ds::kWaitQuorum;
@@ -954,8 +1032,9 @@ void Upstairs::negotiate(ClientId c, Message& m) {
     default:
       break;
   }
-  lose_connection(c, fmt::format("protocol error: unexpected {} during negotiation ({})", proto::describe(m),
-                                 ds_name(static_cast<int>(cl.ds))),
+  lose_connection(c,
+                  fmt::format("protocol error: unexpected {} during negotiation ({})",
+                              proto::describe(m), ds_name(static_cast<int>(cl.ds))),
                   true);
 }
 
@@ -974,9 +1053,10 @@ void Upstairs::promote_all_if_ready() {
       if (requested_generation_->value == 0)
         return fail_activation(Error{ErrorCode::kGenerationTooLow, "generation 0 is not allowed"});
       if (*requested_generation_ <= seen)
-        return fail_activation(Error{ErrorCode::kGenerationTooLow,
-                                     fmt::format("generation {} is not higher than generation {} already used on {}",
-                                                 *requested_generation_, seen, describe(who))});
+        return fail_activation(
+            Error{ErrorCode::kGenerationTooLow,
+                  fmt::format("generation {} is not higher than generation {} already used on {}",
+                              *requested_generation_, seen, describe(who))});
       generation_ = *requested_generation_;
     } else {
       generation_ = seen.next();
@@ -985,7 +1065,9 @@ void Upstairs::promote_all_if_ready() {
   }
   for (ClientId c : kAllClients) {
     clients_[c].ds = Ds::kWaitActive;
-    actions_.push_back(SendTo{c, clients_[c].conn, PromoteToActive{config_.upstairs_id, config_.session_id, generation_}});
+    actions_.push_back(
+        SendTo{c, clients_[c].conn,
+               PromoteToActive{config_.upstairs_id, config_.session_id, generation_}});
   }
 }
 
@@ -1008,7 +1090,8 @@ void Upstairs::fail_activation(const Error& e) {
   log::error("activation failed: {}", e.to_string());
   state_ = State::kInitializing;
   reconcile_.reset();
-  if (activation_guest_) guest_done(*std::exchange(activation_guest_, std::nullopt), tl::unexpected(e));
+  if (activation_guest_)
+    guest_done(*std::exchange(activation_guest_, std::nullopt), tl::unexpected(e));
   for (ClientId c : kAllClients) {
     lose_connection(c, "activation failed", true);
     clients_[c].ds = Ds::kIdle;
@@ -1025,8 +1108,8 @@ void Upstairs::go_active(ClientId c) {
 void Upstairs::finish_activation() {
   for (ClientId c : kAllClients) go_active(c);
   state_ = State::kActive;
-  log::info("active: generation {}, {} extents x {} blocks x {} bytes", generation_, region_->extent_count,
-            region_->extent_size, region_->block_size);
+  log::info("active: generation {}, {} extents x {} blocks x {} bytes", generation_,
+            region_->extent_count, region_->extent_size, region_->block_size);
   if (activation_guest_) guest_done(*std::exchange(activation_guest_, std::nullopt), {});
 }
 
@@ -1048,13 +1131,16 @@ void Upstairs::replay(ClientId c) {
   log::info("{} is back: replayed {} jobs after job {}", describe(c), n, cl.last_flush);
 }
 
-// ---- reconciliation ----------------------------------------------------------------------------------
+// ---- reconciliation
+// ----------------------------------------------------------------------------------
 
 void Upstairs::start_reconcile(std::vector<ExtentMend> plan, bool while_active) {
-  log::info("reconciliation: {} of {} extents differ between the downstairs", plan.size(), region_->extent_count);
+  log::info("reconciliation: {} of {} extents differ between the downstairs", plan.size(),
+            region_->extent_count);
   reconcile_total_ = plan.size();
   reconcile_done_ = 0;
-  reconcile_ = Reconcile{std::move(plan), 0, Reconcile::Step::kFlush, RepairId{0}, {}, while_active};
+  reconcile_ =
+      Reconcile{std::move(plan), 0, Reconcile::Step::kFlush, RepairId{0}, {}, while_active};
   for (Client& cl : clients_) cl.ds = Ds::kReconcile;
   reconcile_step();
 }
@@ -1100,17 +1186,23 @@ void Upstairs::on_repair_ack(ClientId c, const RepairAck& ack) {
   auto it = std::find(w.begin(), w.end(), c);
   if (it == w.end()) return;
   if (!ack.status.is_ok()) {
-    return abort_reconcile(fmt::format("{} failed a reconciliation step on extent {}: {}", describe(c),
-                                       reconcile_->plan[reconcile_->index].extent,
+    return abort_reconcile(fmt::format("{} failed a reconciliation step on extent {}: {}",
+                                       describe(c), reconcile_->plan[reconcile_->index].extent,
                                        Error{ack.status.code, ack.status.message}.to_string()));
   }
   w.erase(it);
   if (!w.empty()) return;
   Reconcile& r = *reconcile_;
   switch (r.step) {
-    case Reconcile::Step::kFlush: r.step = Reconcile::Step::kClose; break;
-    case Reconcile::Step::kClose: r.step = Reconcile::Step::kRepair; break;
-    case Reconcile::Step::kRepair: r.step = Reconcile::Step::kReopen; break;
+    case Reconcile::Step::kFlush:
+      r.step = Reconcile::Step::kClose;
+      break;
+    case Reconcile::Step::kClose:
+      r.step = Reconcile::Step::kRepair;
+      break;
+    case Reconcile::Step::kRepair:
+      r.step = Reconcile::Step::kReopen;
+      break;
     case Reconcile::Step::kReopen:
       r.step = Reconcile::Step::kFlush;
       ++r.index;
@@ -1137,7 +1229,8 @@ void Upstairs::abort_reconcile(const std::string& why) {
   }
 }
 
-// ---- live repair ----------------------------------------------------------------------------------------
+// ---- live repair
+// ----------------------------------------------------------------------------------------
 
 void Upstairs::start_live_repair_if_ready() {
   if (state_ != State::kActive || repair_ || reconcile_ || config_.read_only) return;
@@ -1161,7 +1254,8 @@ void Upstairs::start_live_repair_if_ready() {
   }
   // Replay is impossible across a repair: an Offline downstairs is faulted now.
   for (ClientId c : kAllClients)
-    if (clients_[c].mode == Mode::kOffline && clients_[c].ds != Ds::kActive) fault(c, "offline when a live repair started");
+    if (clients_[c].mode == Mode::kOffline && clients_[c].ds != Ds::kActive)
+      fault(c, "offline when a live repair started");
   repair_ = LiveRepair{};
   repair_->targets = targets;
   // Each abort moves to the next healthy source, so one with a damaged extent (the
@@ -1172,8 +1266,8 @@ void Upstairs::start_live_repair_if_ready() {
     clients_[t].ds = Ds::kLiveRepair;
     ++clients_[t].live_repairs;
   }
-  log::info("live repair of {} from {}: {} extents", describe(targets.front()), describe(repair_->source),
-            region_->extent_count);
+  log::info("live repair of {} from {}: {} extents", describe(targets.front()),
+            describe(repair_->source), region_->extent_count);
   repair_begin_extent();
 }
 
@@ -1202,8 +1296,10 @@ void Upstairs::repair_begin_extent() {
   close.acked = true;
   for (ClientId c : kAllClients) {
     Io io = dispatch(c, close);
-    if (io == Io::kSent) send_job(c, close);
-    else set_io(close, c, io);
+    if (io == Io::kSent)
+      send_job(c, close);
+    else
+      set_io(close, c, io);
   }
   r.step = LiveRepair::Step::kClosing;
 }
@@ -1224,10 +1320,12 @@ void Upstairs::repair_progress() {
           for (ClientId t : r.targets)
             if (close.io[t] == Io::kDone &&
                 (close.close_versions[t].dirty || close.close_versions[t] != src ||
-                 clients_[t].mode == Mode::kReplaced || clients_[t].suspect_extents.contains(r.extent)))
+                 clients_[t].mode == Mode::kReplaced ||
+                 clients_[t].suspect_extents.contains(r.extent)))
               dests.push_back(t);
         }
-        Job& repair = create_job(dests.empty() ? JobKind::kLiveNoOp : JobKind::kLiveRepair, r.repair_id, {r.close_id});
+        Job& repair = create_job(dests.empty() ? JobKind::kLiveNoOp : JobKind::kLiveRepair,
+                                 r.repair_id, {r.close_id});
         repair.range = close.range;
         repair.extent = close.extent;
         repair.repair_dests = dests;
@@ -1242,8 +1340,10 @@ void Upstairs::repair_progress() {
         }
         for (ClientId c : kAllClients) {
           Io io = dispatch(c, repair);
-          if (io == Io::kSent) send_job(c, repair);
-          else set_io(repair, c, io);
+          if (io == Io::kSent)
+            send_job(c, repair);
+          else
+            set_io(repair, c, io);
         }
         r.step = LiveRepair::Step::kRepairing;
         break;
@@ -1259,8 +1359,10 @@ void Upstairs::repair_progress() {
         reopen.acked = true;
         for (ClientId c : kAllClients) {
           Io io = dispatch(c, reopen);
-          if (io == Io::kSent) send_job(c, reopen);
-          else set_io(reopen, c, io);
+          if (io == Io::kSent)
+            send_job(c, reopen);
+          else
+            set_io(reopen, c, io);
         }
         r.step = LiveRepair::Step::kReopening;
         break;
@@ -1280,14 +1382,15 @@ void Upstairs::repair_progress() {
         if (!complete_on_all(flush)) return;
         if (r.aborting) {
           ++repairs_aborted_;
-          log::warn("live repair aborted after {} extents; it restarts when the downstairs returns", r.extent);
+          log::warn("live repair aborted after {} extents; it restarts when the downstairs returns",
+                    r.extent);
         } else {
           ++repairs_completed_;
           for (ClientId t : r.targets) {
             if (clients_[t].ds == Ds::kLiveRepair && flush.io[t] == Io::kDone) {
               go_active(t);
-              log::info("live repair of {} complete: {} extents copied, {} already equal", describe(t),
-                        r.extents_repaired, r.extents_confirmed);
+              log::info("live repair of {} complete: {} extents copied, {} already equal",
+                        describe(t), r.extents_repaired, r.extents_confirmed);
             }
           }
         }
@@ -1309,7 +1412,8 @@ void Upstairs::abort_live_repair(const std::string& why) {
   repair_progress();
 }
 
-// ---- timers and maintenance --------------------------------------------------------------------------------
+// ---- timers and maintenance
+// --------------------------------------------------------------------------------
 
 void Upstairs::on_tick() {
   for (ClientId c : kAllClients) {
@@ -1322,9 +1426,12 @@ void Upstairs::on_tick() {
     if (cl.conn == 0 || cl.ds == Ds::kConnecting) continue;
     if (now_ >= cl.last_heard + config_.limits.client_timeout) {
       cl.set_error("no reply for 45 s", now_);
-      lose_connection(c, fmt::format("silent for {} s", std::chrono::duration_cast<std::chrono::seconds>(
-                                                             config_.limits.client_timeout).count()),
-                      true);
+      lose_connection(
+          c,
+          fmt::format("silent for {} s", std::chrono::duration_cast<std::chrono::seconds>(
+                                             config_.limits.client_timeout)
+                                             .count()),
+          true);
       continue;
     }
     if (now_ >= cl.last_ping + config_.limits.ping_interval) {
@@ -1332,25 +1439,35 @@ void Upstairs::on_tick() {
       actions_.push_back(SendTo{c, cl.conn, Ruok{}});
     }
   }
-  if (state_ == State::kActive && need_flush_ && !config_.read_only && now_ >= last_io_ + config_.limits.flush_timeout) {
+  if (state_ == State::kActive && need_flush_ && !config_.read_only &&
+      now_ >= last_io_ + config_.limits.flush_timeout) {
     int takers = 0;
     for (ClientId c : kAllClients) takers += takes_io(c) ? 1 : 0;
-    if (takers >= 2) submit_flush(std::nullopt);
-    else need_flush_ = false;
+    if (takers >= 2)
+      submit_flush(std::nullopt);
+    else
+      need_flush_ = false;
   }
 }
 
 void Upstairs::check_limits() {
   if (state_ != State::kActive && state_ != State::kDeactivating) return;
   const Limits& l = config_.limits;
-  auto over = [&](const Client& cl) { return cl.jobs_in_flight > l.fault_jobs || cl.bytes_in_flight > l.fault_bytes; };
+  auto over = [&](const Client& cl) {
+    return cl.jobs_in_flight > l.fault_jobs || cl.bytes_in_flight > l.fault_bytes;
+  };
   for (ClientId c : kAllClients) {
     Client& cl = clients_[c];
     if (cl.mode == Mode::kOffline && cl.ds != Ds::kActive && cl.ds != Ds::kIdle) {
-      if (over(cl)) fault(c, fmt::format("offline with {} jobs ({}) waiting", cl.jobs_in_flight, format_size(cl.bytes_in_flight)));
-      else if (!can_replay_) fault(c, "offline, and a barrier retired jobs it would need replayed");
-      else if (now_ >= cl.offline_since + l.offline_timeout) fault(c, "offline too long");
-      else if (state_ == State::kDeactivating) fault(c, "offline at deactivation");
+      if (over(cl))
+        fault(c, fmt::format("offline with {} jobs ({}) waiting", cl.jobs_in_flight,
+                             format_size(cl.bytes_in_flight)));
+      else if (!can_replay_)
+        fault(c, "offline, and a barrier retired jobs it would need replayed");
+      else if (now_ >= cl.offline_since + l.offline_timeout)
+        fault(c, "offline too long");
+      else if (state_ == State::kDeactivating)
+        fault(c, "offline at deactivation");
     } else if (cl.ds != Ds::kActive || !over(cl)) {
       cl.lagging_since.reset();
     } else {
@@ -1366,17 +1483,21 @@ void Upstairs::check_limits() {
         others_jobs = std::min<uint64_t>(others_jobs, clients_[o].jobs_in_flight);
         others_bytes = std::min<uint64_t>(others_bytes, clients_[o].bytes_in_flight);
       }
-      const uint64_t lag_jobs = cl.jobs_in_flight - std::min<uint64_t>(cl.jobs_in_flight, others_jobs);
-      const uint64_t lag_bytes = cl.bytes_in_flight - std::min<uint64_t>(cl.bytes_in_flight, others_bytes);
+      const uint64_t lag_jobs =
+          cl.jobs_in_flight - std::min<uint64_t>(cl.jobs_in_flight, others_jobs);
+      const uint64_t lag_bytes =
+          cl.bytes_in_flight - std::min<uint64_t>(cl.bytes_in_flight, others_bytes);
       if (healthy < 2 || (lag_jobs <= l.fault_jobs && lag_bytes <= l.fault_bytes)) {
         cl.lagging_since.reset();
         continue;
       }
       if (!cl.lagging_since) cl.lagging_since = now_;
       if (now_ - std::max(cl.last_reply, *cl.lagging_since) >= l.stall_timeout)
-        fault(c, fmt::format("{} jobs ({}) behind the others and no reply for {} s", lag_jobs,
-                             format_size(lag_bytes),
-                             std::chrono::duration_cast<std::chrono::seconds>(now_ - cl.last_reply).count()));
+        fault(c,
+              fmt::format(
+                  "{} jobs ({}) behind the others and no reply for {} s", lag_jobs,
+                  format_size(lag_bytes),
+                  std::chrono::duration_cast<std::chrono::seconds>(now_ - cl.last_reply).count()));
     }
   }
 }
@@ -1393,7 +1514,8 @@ void Upstairs::progress_deactivation() {
     if (it != jobs_.end()) {
       int done = 0;
       for (ClientId c : kAllClients) done += it->second.io[c] == Io::kDone ? 1 : 0;
-      if (done < 2) result = fail(ErrorCode::kIo, "the final flush reached fewer than 2 downstairs");
+      if (done < 2)
+        result = fail(ErrorCode::kIo, "the final flush reached fewer than 2 downstairs");
     }
   }
   log::info("deactivated");
@@ -1419,7 +1541,8 @@ void Upstairs::maintain() {
   retire();
   if (state_ == State::kActive && !config_.read_only && !flush_or_barrier_pending()) {
     for (const Client& cl : clients_) {
-      if (cl.jobs_finished >= config_.limits.barrier_jobs || cl.bytes_finished >= config_.limits.barrier_bytes) {
+      if (cl.jobs_finished >= config_.limits.barrier_jobs ||
+          cl.bytes_finished >= config_.limits.barrier_bytes) {
         submit_barrier();
         break;
       }
@@ -1430,16 +1553,27 @@ void Upstairs::maintain() {
   connect_due();
 }
 
-// ---- status ----------------------------------------------------------------------------------------------
+// ---- status
+// ----------------------------------------------------------------------------------------------
 
 Snapshot Upstairs::snapshot() const {
   Snapshot s;
   switch (state_) {
-    case State::kInitializing: s.state = "initializing"; break;
-    case State::kActivating: s.state = reconcile_ ? "reconciling" : "activating"; break;
-    case State::kActive: s.state = "active"; break;
-    case State::kDeactivating: s.state = "deactivating"; break;
-    case State::kDisabled: s.state = "disabled"; break;
+    case State::kInitializing:
+      s.state = "initializing";
+      break;
+    case State::kActivating:
+      s.state = reconcile_ ? "reconciling" : "activating";
+      break;
+    case State::kActive:
+      s.state = "active";
+      break;
+    case State::kDeactivating:
+      s.state = "deactivating";
+      break;
+    case State::kDisabled:
+      s.state = "disabled";
+      break;
   }
   s.generation = generation_;
   s.region = region_;
@@ -1450,13 +1584,16 @@ Snapshot Upstairs::snapshot() const {
     o.state = ds_name(static_cast<int>(cl.ds));
     if (cl.ds != Ds::kActive && cl.ds != Ds::kIdle) {
       if (cl.mode == Mode::kOffline) o.state = "offline (" + o.state + ")";
-      if (cl.mode == Mode::kFaulted && cl.ds != Ds::kLiveRepair) o.state = "faulted (" + o.state + ")";
-      if (cl.mode == Mode::kReplaced && cl.ds != Ds::kLiveRepair) o.state = "replaced (" + o.state + ")";
+      if (cl.mode == Mode::kFaulted && cl.ds != Ds::kLiveRepair)
+        o.state = "faulted (" + o.state + ")";
+      if (cl.mode == Mode::kReplaced && cl.ds != Ds::kLiveRepair)
+        o.state = "replaced (" + o.state + ")";
     }
     o.jobs_in_flight = cl.jobs_in_flight;
     o.bytes_in_flight = cl.bytes_in_flight;
     o.last_error = cl.last_error;
-    if (!cl.last_error.empty()) o.last_error_age_s = std::chrono::duration<double>(now_ - cl.last_error_at).count();
+    if (!cl.last_error.empty())
+      o.last_error_age_s = std::chrono::duration<double>(now_ - cl.last_error_at).count();
     o.connects = cl.connects;
     o.faults = cl.faults;
     o.replays = cl.replays;

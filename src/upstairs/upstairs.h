@@ -93,7 +93,8 @@ struct ReplaceOp {
   std::string old_target;
   std::string new_target;
 };
-using GuestOp = std::variant<ReadOp, WriteOp, DiscardOp, FlushOp, ActivateOp, DeactivateOp, ReplaceOp>;
+using GuestOp =
+    std::variant<ReadOp, WriteOp, DiscardOp, FlushOp, ActivateOp, DeactivateOp, ReplaceOp>;
 
 struct ReadData {
   std::vector<std::optional<proto::BlockContext>> contexts;
@@ -177,7 +178,7 @@ struct Snapshot {
   Generation generation;
   std::optional<proto::RegionDefinition> region;
   ClientData<ClientStatus> clients;
-  uint64_t jobs = 0;         // in the job table
+  uint64_t jobs = 0;           // in the job table
   uint64_t guest_waiting = 0;  // guest operations waiting for admission
   uint64_t reads = 0, writes = 0, discards = 0, flushes = 0, barriers = 0;
   uint64_t read_bytes = 0, write_bytes = 0;
@@ -220,7 +221,18 @@ class Upstairs {
   };
   // How a (re)connecting downstairs rejoins.
   enum class Mode { kNew, kOffline, kFaulted, kReplaced };
-  enum class JobKind : uint8_t { kRead, kWrite, kWriteUnwritten, kDiscard, kFlush, kBarrier, kLiveClose, kLiveRepair, kLiveReopen, kLiveNoOp };
+  enum class JobKind : uint8_t {
+    kRead,
+    kWrite,
+    kWriteUnwritten,
+    kDiscard,
+    kFlush,
+    kBarrier,
+    kLiveClose,
+    kLiveRepair,
+    kLiveReopen,
+    kLiveNoOp
+  };
   // Per-downstairs job state: kHeld = in progress but not sent (Offline downstairs).
   enum class Io : uint8_t { kNone, kHeld, kSent, kDone, kSkipped, kError };
 
@@ -259,7 +271,7 @@ class Upstairs {
     Generation highest_generation;
     std::optional<Uuid> region_uuid;
     std::vector<proto::ExtentVersion> versions;
-    JobId last_flush;  // highest flush id this downstairs completed
+    JobId last_flush;                                  // highest flush id this downstairs completed
     uint64_t jobs_in_flight = 0, bytes_in_flight = 0;  // kHeld or kSent
     uint64_t jobs_finished = 0, bytes_finished = 0;    // done/skipped/error, not retired
     std::string last_error;
@@ -365,7 +377,9 @@ class Upstairs {
   void connect_due();
   void progress_deactivation();
 
-  uint32_t extent_of(uint64_t block) const { return static_cast<uint32_t>(block / region_->extent_size); }
+  uint32_t extent_of(uint64_t block) const {
+    return static_cast<uint32_t>(block / region_->extent_size);
+  }
 
   Config config_;
   TimePoint now_{};
@@ -396,7 +410,8 @@ class Upstairs {
   std::optional<LiveRepair> repair_;
   std::string disabled_reason_;
 
-  uint64_t reads_ = 0, writes_ = 0, discards_ = 0, flushes_ = 0, barriers_ = 0, read_bytes_ = 0, write_bytes_ = 0;
+  uint64_t reads_ = 0, writes_ = 0, discards_ = 0, flushes_ = 0, barriers_ = 0, read_bytes_ = 0,
+           write_bytes_ = 0;
   uint64_t reconcile_total_ = 0, reconcile_done_ = 0, repairs_completed_ = 0, repairs_aborted_ = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "upstairs/volume.h"
 
+#include <fmt/format.h>
+
 #include <asio/co_spawn.hpp>
 #include <asio/connect.hpp>
 #include <asio/detached.hpp>
@@ -9,8 +11,6 @@
 #include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
-#include <fmt/format.h>
-
 #include <atomic>
 #include <cstring>
 #include <future>
@@ -37,7 +37,8 @@ constexpr size_t kOutboxFrames = 8192;
 
 struct Volume::Impl {
   struct Conn {
-    Conn(asio::io_context& io, ClientId c, ConnId i) : client(c), id(i), socket(io), sink(io.get_executor(), kOutboxFrames) {}
+    Conn(asio::io_context& io, ClientId c, ConnId i)
+        : client(c), id(i), socket(io), sink(io.get_executor(), kOutboxFrames) {}
     ClientId client;
     ConnId id;
     tcp::socket socket;
@@ -49,8 +50,8 @@ struct Volume::Impl {
 
   explicit Impl(VolumeOptions o)
       : options(std::move(o)),
-        core(Config{options.targets, options.read_only, options.key.has_value(), Uuid::random(), Uuid::random(),
-                    options.limits}),
+        core(Config{options.targets, options.read_only, options.key.has_value(), Uuid::random(),
+                    Uuid::random(), options.limits}),
         timer(io),
         work(asio::make_work_guard(io)),
         outstanding(kMaxOutstandingCalls) {
@@ -111,7 +112,9 @@ struct Volume::Impl {
       if (!c->sink.try_push(s->message)) {
         ConnPtr gone = c;
         close(gone);
-        asio::post(io, [this, gone] { run_core(ClientDisconnected{gone->client, gone->id, "outbox full"}); });
+        asio::post(io, [this, gone] {
+          run_core(ClientDisconnected{gone->client, gone->id, "outbox full"});
+        });
       }
     } else if (auto* ct = std::get_if<ConnectTo>(&a)) {
       if (conns[ct->client]) close(conns[ct->client]);
@@ -153,7 +156,8 @@ struct Volume::Impl {
       auto parts = parse_address(address);
       if (!parts) throw std::runtime_error(parts.error().message);
       tcp::resolver resolver(io);
-      auto endpoints = co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
+      auto endpoints =
+          co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
       co_await asio::async_connect(c->socket, endpoints, asio::use_awaitable);
     } catch (const std::exception& e) {
       if (!c->closed) lost(c, e.what());
@@ -266,7 +270,8 @@ T wait_for(std::future<T>& f, std::chrono::milliseconds timeout, bool& timed_out
 Status Volume::activate(std::optional<Generation> generation, std::chrono::milliseconds timeout) {
   auto p = std::make_shared<std::promise<Status>>();
   auto f = p->get_future();
-  impl_->submit({{ActivateOp{generation}, [p](GuestDone& g) { p->set_value(std::move(g.status)); }}});
+  impl_->submit(
+      {{ActivateOp{generation}, [p](GuestDone& g) { p->set_value(std::move(g.status)); }}});
   if (f.wait_for(timeout) == std::future_status::ready) return f.get();
   // Name what is missing: the downstairs that never became ready.
   Snapshot s = snapshot();
@@ -277,8 +282,9 @@ Status Volume::activate(std::optional<Generation> generation, std::chrono::milli
     who += fmt::format("{}{} ({}{}{})", who.empty() ? "" : "; ", cs.target, cs.state,
                        cs.last_error.empty() ? "" : ": ", cs.last_error);
   }
-  return fail(ErrorCode::kTimeout, fmt::format("activation did not finish within {} s; not ready: {}",
-                                               timeout.count() / 1000, who.empty() ? "(reconciling)" : who));
+  return fail(ErrorCode::kTimeout,
+              fmt::format("activation did not finish within {} s; not ready: {}",
+                          timeout.count() / 1000, who.empty() ? "(reconciling)" : who));
 }
 
 Status Volume::deactivate(std::chrono::milliseconds timeout) {
@@ -317,23 +323,28 @@ void Volume::read(BlockIndex start, uint64_t count, ReadFn done) {
   std::vector<std::pair<GuestOp, Impl::Completion>> ops;
   for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
     uint64_t n = std::min(per, count - off);
-    ops.emplace_back(ReadOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)}, [st, off, bs, &im, start](GuestDone& g) {
-      if (!g.status) {
-        if (st->status) st->status = g.status;
-      } else if (!st->buf.empty()) {
-        std::memcpy(st->buf.data() + off * bs, g.read.data.data(), g.read.data.size());
-        if (!st->contexts.empty())
-          std::move(g.read.contexts.begin(), g.read.contexts.end(), st->contexts.begin() + static_cast<long>(off));
-      }
-      if (--st->remaining > 0) return;
-      if (st->status && !st->contexts.empty())
-        st->status = im.crypto->open(start.value, st->contexts, st->buf.span());
-      auto reply = std::move(st->done);
-      auto release = std::move(st->release);
-      if (st->status) reply(Bytes(std::move(st->buf)));
-      else reply(tl::unexpected(st->status.error()));
-      release();
-    });
+    ops.emplace_back(ReadOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)},
+                     [st, off, bs, &im, start](GuestDone& g) {
+                       if (!g.status) {
+                         if (st->status) st->status = g.status;
+                       } else if (!st->buf.empty()) {
+                         std::memcpy(st->buf.data() + off * bs, g.read.data.data(),
+                                     g.read.data.size());
+                         if (!st->contexts.empty())
+                           std::move(g.read.contexts.begin(), g.read.contexts.end(),
+                                     st->contexts.begin() + static_cast<long>(off));
+                       }
+                       if (--st->remaining > 0) return;
+                       if (st->status && !st->contexts.empty())
+                         st->status = im.crypto->open(start.value, st->contexts, st->buf.span());
+                       auto reply = std::move(st->done);
+                       auto release = std::move(st->release);
+                       if (st->status)
+                         reply(Bytes(std::move(st->buf)));
+                       else
+                         reply(tl::unexpected(st->status.error()));
+                       release();
+                     });
     if (count == 0) break;
   }
   im.submit(std::move(ops));
@@ -347,7 +358,8 @@ struct SplitCall {
   Volume::DoneFn done;
   std::function<void()> release;
 
-  static std::shared_ptr<SplitCall> make(uint64_t jobs, Volume::DoneFn done, std::function<void()> release) {
+  static std::shared_ptr<SplitCall> make(uint64_t jobs, Volume::DoneFn done,
+                                         std::function<void()> release) {
     auto st = std::make_shared<SplitCall>();
     st->remaining = std::max<uint64_t>(1, jobs);
     st->done = std::move(done);
@@ -367,10 +379,12 @@ struct SplitCall {
 };
 
 // Seals a write on the caller's thread and submits it as jobs of at most `per` blocks.
-static void submit_write(Volume::DoneFn done, BlockIndex start, std::span<const std::byte> data, bool only_unwritten,
-                         const BlockCrypto& crypto, uint64_t per, uint32_t bs,
-                         const std::function<void(std::vector<std::pair<GuestOp, std::function<void(GuestDone&)>>>)>& submit,
-                         std::function<void()> release) {
+static void submit_write(
+    Volume::DoneFn done, BlockIndex start, std::span<const std::byte> data, bool only_unwritten,
+    const BlockCrypto& crypto, uint64_t per, uint32_t bs,
+    const std::function<void(std::vector<std::pair<GuestOp, std::function<void(GuestDone&)>>>)>&
+        submit,
+    std::function<void()> release) {
   BlockCrypto::Sealed sealed = crypto.seal(data);
   const uint64_t count = data.size() / bs;
   auto st = SplitCall::make((count + per - 1) / per, std::move(done), std::move(release));
@@ -379,7 +393,8 @@ static void submit_write(Volume::DoneFn done, BlockIndex start, std::span<const 
     uint64_t n = std::min(per, count - off);
     WriteOp w;
     w.start = BlockIndex{start.value + off};
-    w.contexts.assign(sealed.contexts.begin() + static_cast<long>(off), sealed.contexts.begin() + static_cast<long>(off + n));
+    w.contexts.assign(sealed.contexts.begin() + static_cast<long>(off),
+                      sealed.contexts.begin() + static_cast<long>(off + n));
     w.data = sealed.data.slice(off * bs, n * bs);
     w.only_unwritten = only_unwritten;
     ops.emplace_back(std::move(w), SplitCall::job_done(st));
@@ -392,20 +407,26 @@ void Volume::write(BlockIndex start, std::span<const std::byte> data, DoneFn don
   if (auto s = impl_->check_active(); !s) return done(s);
   const uint32_t bs = impl_->block_size_;
   if (data.size() % bs != 0)
-    return done(fail(ErrorCode::kDataLenUnaligned, fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
+    return done(
+        fail(ErrorCode::kDataLenUnaligned,
+             fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
   bool acquired = impl_->acquire();
-  submit_write(std::move(done), start, data, false, *impl_->crypto, impl_->chunk_blocks(), bs,
-               [this](auto ops) { impl_->submit(std::move(ops)); }, impl_->releaser(acquired));
+  submit_write(
+      std::move(done), start, data, false, *impl_->crypto, impl_->chunk_blocks(), bs,
+      [this](auto ops) { impl_->submit(std::move(ops)); }, impl_->releaser(acquired));
 }
 
 void Volume::write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done) {
   if (auto s = impl_->check_active(); !s) return done(s);
   const uint32_t bs = impl_->block_size_;
   if (data.size() % bs != 0)
-    return done(fail(ErrorCode::kDataLenUnaligned, fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
+    return done(
+        fail(ErrorCode::kDataLenUnaligned,
+             fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
   bool acquired = impl_->acquire();
-  submit_write(std::move(done), start, data, true, *impl_->crypto, impl_->chunk_blocks(), bs,
-               [this](auto ops) { impl_->submit(std::move(ops)); }, impl_->releaser(acquired));
+  submit_write(
+      std::move(done), start, data, true, *impl_->crypto, impl_->chunk_blocks(), bs,
+      [this](auto ops) { impl_->submit(std::move(ops)); }, impl_->releaser(acquired));
 }
 
 void Volume::discard(BlockIndex start, uint64_t count, DoneFn done) {
@@ -417,7 +438,8 @@ void Volume::discard(BlockIndex start, uint64_t count, DoneFn done) {
   std::vector<std::pair<GuestOp, Impl::Completion>> ops;
   for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
     uint64_t n = std::min(per, count - off);
-    ops.emplace_back(DiscardOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)}, SplitCall::job_done(st));
+    ops.emplace_back(DiscardOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)},
+                     SplitCall::job_done(st));
     if (count == 0) break;
   }
   im.submit(std::move(ops));
@@ -460,7 +482,8 @@ Status Volume::flush_sync() {
   return call_sync<Status>([&](auto cb) { flush(cb); });
 }
 Status Volume::replace_sync(std::string old_target, std::string new_target) {
-  return call_sync<Status>([&](auto cb) { replace(std::move(old_target), std::move(new_target), cb); });
+  return call_sync<Status>(
+      [&](auto cb) { replace(std::move(old_target), std::move(new_target), cb); });
 }
 
 Snapshot Volume::snapshot() const {

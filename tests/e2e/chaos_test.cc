@@ -54,7 +54,9 @@ ClusterOptions small_volume() {
   return o;
 }
 
-std::string bin_dir() { return fs::absolute(fs::path(bin("crucible-fuse")).parent_path()).lexically_normal().string(); }
+std::string bin_dir() {
+  return fs::absolute(fs::path(bin("crucible-fuse")).parent_path()).lexically_normal().string();
+}
 
 // The repository: $CRUCIBLE_ROOT, or the parent of the build dir holding the binaries.
 std::string repo_root() {
@@ -70,7 +72,9 @@ bool all_active(const json& s) {
 }
 
 uint64_t counter(const json& s, const char* name) { return s["counters"].value(name, uint64_t{0}); }
-uint64_t ds_counter(const json& s, int i, const char* name) { return s["downstairs"][i].value(name, uint64_t{0}); }
+uint64_t ds_counter(const json& s, int i, const char* name) {
+  return s["downstairs"][i].value(name, uint64_t{0});
+}
 
 // ---- the chaos script ---------------------------------------------------------------------------
 
@@ -81,7 +85,8 @@ void run_chaos(const std::string& mode, int seconds) {
   ASSERT_TRUE(fs::exists(script)) << script << " not found; set CRUCIBLE_ROOT to the repository";
   ProcessOptions po;
   po.env = {"CRUCIBLE_BIN=" + bin_dir()};
-  auto p = Process::start({"/bin/bash", script, "--seconds", std::to_string(seconds), "--mode", mode}, po);
+  auto p = Process::start(
+      {"/bin/bash", script, "--seconds", std::to_string(seconds), "--mode", mode}, po);
   ASSERT_TRUE(p) << p.error().to_string();
   // Faults for `seconds`, then at most one convergence wait, a fio round, a verify pass
   // and a shutdown, each bounded inside the script.
@@ -90,12 +95,14 @@ void run_chaos(const std::string& mode, int seconds) {
   if (st.timed_out) {
     (*p)->kill(SIGTERM);
     (*p)->wait(kScriptCleanupTimeout);
-    FAIL() << "scripts/chaos.sh --mode " << mode << " ran longer than " << budget.count() << " ms:\n"
+    FAIL() << "scripts/chaos.sh --mode " << mode << " ran longer than " << budget.count()
+           << " ms:\n"
            << (*p)->output();
   }
   (*p)->wait_output_closed(Millis(10000));
-  EXPECT_TRUE(st.exited() && st.code == 0) << "scripts/chaos.sh --mode " << mode << " " << st.describe() << ":\n"
-                                           << (*p)->output();
+  EXPECT_TRUE(st.exited() && st.code == 0)
+      << "scripts/chaos.sh --mode " << mode << " " << st.describe() << ":\n"
+      << (*p)->output();
   std::cout << (*p)->stdout_text();
 }
 
@@ -103,12 +110,14 @@ TEST(Chaos, KillLoopKeepsEveryWriteAndTheReplicasConverge) { run_chaos("kill", 4
 
 TEST(Chaos, StopLoopKeepsEveryWriteAndTheReplicasConverge) { run_chaos("stop", 30); }
 
-// ---- helpers for the Cluster tests ----------------------------------------------------------------
+// ---- helpers for the Cluster tests
+// ----------------------------------------------------------------
 
 // fio over the whole volume: random 4-64 KiB writes, O_DIRECT, fsync every 32, then every
 // block read back and its crc32c checked. `extra`: e.g. --verify_only (same seed: checks
 // what that run wrote).
-std::vector<std::string> fio_args(const std::string& file, int seed, std::vector<std::string> extra = {}) {
+std::vector<std::string> fio_args(const std::string& file, int seed,
+                                  std::vector<std::string> extra = {}) {
   std::vector<std::string> a = {tool("fio"),
                                 "--name=chaos",
                                 "--filename=" + file,
@@ -130,7 +139,8 @@ std::vector<std::string> fio_args(const std::string& file, int seed, std::vector
 
 // Extent n's file in a region directory (docs/extent-format.md: XX/YYY/ZZZ, upper hex).
 std::string extent_file(const std::string& region, uint32_t n) {
-  return fmt::format("{}/{:02X}/{:03X}/{:03X}", region, (n >> 24) & 0xff, (n >> 12) & 0xfff, n & 0xfff);
+  return fmt::format("{}/{:02X}/{:03X}/{:03X}", region, (n >> 24) & 0xff, (n >> 12) & 0xfff,
+                     n & 0xfff);
 }
 
 // The data area (blocks 0..N-1) of one extent file; holes read as zeros.
@@ -159,8 +169,8 @@ void expect_regions_equal(const std::vector<std::string>& regions) {
   EXPECT_EQ(dump.exit_code(), 0) << "the regions differ:\n" << dump.describe();
   for (size_t i = 1; i < regions.size(); ++i) {
     auto diff = differing_data(regions[0], regions[i]);
-    EXPECT_TRUE(diff.empty()) << regions[i] << " holds other data than " << regions[0] << " in extents "
-                              << fmt::format("{}", fmt::join(diff, ", "));
+    EXPECT_TRUE(diff.empty()) << regions[i] << " holds other data than " << regions[0]
+                              << " in extents " << fmt::format("{}", fmt::join(diff, ", "));
   }
   for (const auto& r : regions) {
     auto v = run_command({bin("crucible-downstairs"), "verify", "-d", r}, kToolTimeout);
@@ -210,7 +220,8 @@ std::string write_direct(const std::string& file, uint64_t offset, const std::st
   AlignedBuffer buf(bytes.size());
   std::memcpy(buf.data, bytes.data(), bytes.size());
   std::string err;
-  if (::pwrite(fd, buf.data, bytes.size(), static_cast<off_t>(offset)) != static_cast<ssize_t>(bytes.size()))
+  if (::pwrite(fd, buf.data, bytes.size(), static_cast<off_t>(offset)) !=
+      static_cast<ssize_t>(bytes.size()))
     err = fmt::format("pwrite: {}", std::strerror(errno));
   else if (::fsync(fd) != 0)
     err = fmt::format("fsync: {}", std::strerror(errno));
@@ -230,7 +241,8 @@ std::string write_file_synced(const std::string& path, const std::string& bytes)
   ::close(fd);
   if (!err.empty()) return err;
   int dir = ::open(fs::path(path).parent_path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir < 0 || ::fsync(dir) != 0) err = fmt::format("fsync of {}'s directory: {}", path, std::strerror(errno));
+  if (dir < 0 || ::fsync(dir) != 0)
+    err = fmt::format("fsync of {}'s directory: {}", path, std::strerror(errno));
   if (dir >= 0) ::close(dir);
   return err;
 }
@@ -248,11 +260,13 @@ struct FreshDownstairs {
 };
 
 Result<FreshDownstairs> start_fresh_downstairs(const std::string& dir) {
-  auto created = run_command({bin("crucible-downstairs"), "create", "-u", Uuid::random().to_string(), "-d", dir,
-                              "--block-size", std::to_string(kBlockSize), "--extent-size",
-                              std::to_string(kExtentBlocks), "--extent-count", std::to_string(kExtentCount)},
-                             kToolTimeout);
-  if (created.exit_code() != 0) return fail(ErrorCode::kIo, "crucible-downstairs create: " + created.describe());
+  auto created =
+      run_command({bin("crucible-downstairs"), "create", "-u", Uuid::random().to_string(), "-d",
+                   dir, "--block-size", std::to_string(kBlockSize), "--extent-size",
+                   std::to_string(kExtentBlocks), "--extent-count", std::to_string(kExtentCount)},
+                  kToolTimeout);
+  if (created.exit_code() != 0)
+    return fail(ErrorCode::kIo, "crucible-downstairs create: " + created.describe());
   auto p = Process::start({bin("crucible-downstairs"), "run", "-d", dir, "-p", "0"});
   if (!p) return tl::unexpected(p.error());
   auto line = (*p)->wait_for_line(std::regex("listening on .*:[0-9]+$"), Millis(30000));
@@ -287,19 +301,23 @@ TEST(Chaos, ReplacementByAFreshRegionIsLiveRepairedWhileFioRuns) {
   int round = 0;
   for (bool done = false; !done;) {
     ++round;
-    ASSERT_LE(round, kMaxRounds) << "the new replica is not active after " << kMaxRounds << " fio rounds";
+    ASSERT_LE(round, kMaxRounds) << "the new replica is not active after " << kMaxRounds
+                                 << " fio rounds";
     auto fio = Process::start(fio_args((*m)->disk_path(), round));
     ASSERT_TRUE(fio) << fio.error().to_string();
     if (round == 1) {
-      auto busy = (*m)->wait_status([](const json& s) { return counter(s, "writes") >= 200; }, kIoStartTimeout);
+      auto busy = (*m)->wait_status([](const json& s) { return counter(s, "writes") >= 200; },
+                                    kIoStartTimeout);
       ASSERT_TRUE(busy) << busy.error().to_string() << "\nfio:\n" << (*fio)->output();
       auto replace = run_command(
-          {bin("crucible-fuse"), "replace", old_target, fresh.target, "-c", (*m)->config_path()}, Millis(60000));
+          {bin("crucible-fuse"), "replace", old_target, fresh.target, "-c", (*m)->config_path()},
+          Millis(60000));
       ASSERT_EQ(replace.exit_code(), 0) << replace.describe();
     }
     ExitStatus fio_exit = (*fio)->wait(kToolTimeout);
     ASSERT_TRUE(fio_exit.exited() && fio_exit.code == 0)
-        << "fio round " << round << " " << fio_exit.describe() << ":\n" << (*fio)->output();
+        << "fio round " << round << " " << fio_exit.describe() << ":\n"
+        << (*fio)->output();
     auto s = (*m)->status();
     ASSERT_TRUE(s) << s.error().to_string();
     done = replaced(*s);
@@ -313,7 +331,8 @@ TEST(Chaos, ReplacementByAFreshRegionIsLiveRepairedWhileFioRuns) {
 
   auto exit = (*m)->unmount();
   ASSERT_TRUE(exit) << exit.error().to_string();
-  EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n" << (*m)->process().output();
+  EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n"
+                                                 << (*m)->process().output();
   for (int i = 0; i < 2; ++i) ASSERT_TRUE((*c)->stop_downstairs(i));
   fresh.process->kill(SIGTERM);
   ASSERT_FALSE(fresh.process->wait(Millis(60000)).timed_out);
@@ -338,18 +357,20 @@ TEST(Chaos, UpstairsKill9MidWriteThenRemountKeepsEveryFsyncedFileAndFsckIsClean)
   constexpr int kFiles = 24;
   auto size_of = [](int i) { return size_t{16384} + size_t(i) * 20000; };
   for (int i = 0; i < kFiles; ++i) {
-    std::string err = write_file_synced(fmt::format("{}/synced-{}", *fsdir, i), pattern(i, size_of(i)));
+    std::string err =
+        write_file_synced(fmt::format("{}/synced-{}", *fsdir, i), pattern(i, size_of(i)));
     ASSERT_TRUE(err.empty()) << err;
   }
   // Then a writer that is still going when the upstairs dies.
   auto before = (*m)->status();
   ASSERT_TRUE(before) << before.error().to_string();
-  auto writer = Process::start(
-      {tool("dd"), "if=/dev/urandom", fmt::format("of={}/in-flight", *fsdir), "bs=64k", "count=100000", "oflag=direct"});
+  auto writer =
+      Process::start({tool("dd"), "if=/dev/urandom", fmt::format("of={}/in-flight", *fsdir),
+                      "bs=64k", "count=100000", "oflag=direct"});
   ASSERT_TRUE(writer) << writer.error().to_string();
   const uint64_t writes_before = counter(*before, "writes");
-  auto busy = (*m)->wait_status([&](const json& s) { return counter(s, "writes") >= writes_before + 50; },
-                                kIoStartTimeout);
+  auto busy = (*m)->wait_status(
+      [&](const json& s) { return counter(s, "writes") >= writes_before + 50; }, kIoStartTimeout);
   ASSERT_TRUE(busy) << busy.error().to_string() << "\ndd:\n" << (*writer)->output();
   (*m)->kill();  // SIGKILL: no final flush; the dead FUSE mount is lazily unmounted
   ASSERT_FALSE((*m)->mounted());
@@ -372,9 +393,11 @@ TEST(Chaos, UpstairsKill9MidWriteThenRemountKeepsEveryFsyncedFileAndFsckIsClean)
   EXPECT_GT(st->value("generation", 0), before->value("generation", 0)) << st->dump();
   // Reconciliation is finished before the volume serves IO (how many extents it repaired
   // depends on where the crash fell).
-  EXPECT_EQ((*st)["reconcile"].value("extents_done", -1), (*st)["reconcile"].value("extents_total", -2))
+  EXPECT_EQ((*st)["reconcile"].value("extents_done", -1),
+            (*st)["reconcile"].value("extents_total", -2))
       << st->dump();
-  std::cout << "reconciled " << (*st)["reconcile"].value("extents_total", 0) << " extents after the crash\n";
+  std::cout << "reconciled " << (*st)["reconcile"].value("extents_total", 0)
+            << " extents after the crash\n";
 
   auto loop2 = (*c)->attach_loop((*m2)->disk_path());
   ASSERT_TRUE(loop2) << loop2.error().to_string();
@@ -382,8 +405,9 @@ TEST(Chaos, UpstairsKill9MidWriteThenRemountKeepsEveryFsyncedFileAndFsckIsClean)
   for (int i = 0; i < kFiles; ++i) {
     std::string path = fmt::format("{}/synced-{}", *fsdir, i);
     std::string got = read_file(path);
-    EXPECT_TRUE(got == pattern(i, size_of(i))) << path << ": " << got.size() << " bytes, not the "
-                                               << size_of(i) << " fsync'ed before the crash (or other bytes)";
+    EXPECT_TRUE(got == pattern(i, size_of(i)))
+        << path << ": " << got.size() << " bytes, not the " << size_of(i)
+        << " fsync'ed before the crash (or other bytes)";
   }
   ASSERT_TRUE((*c)->umount_fs(*fsdir));
   auto fsck = (*c)->run({tool("e2fsck"), "-fn", *loop2});
@@ -392,7 +416,8 @@ TEST(Chaos, UpstairsKill9MidWriteThenRemountKeepsEveryFsyncedFileAndFsckIsClean)
 
   auto exit = (*m2)->unmount();
   ASSERT_TRUE(exit) << exit.error().to_string();
-  EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n" << (*m2)->process().output();
+  EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n"
+                                                 << (*m2)->process().output();
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*c)->stop_downstairs(i));
   expect_regions_equal({(*c)->region_dir(0), (*c)->region_dir(1), (*c)->region_dir(2)});
 }
@@ -413,8 +438,8 @@ TEST(Chaos, CorruptBlockOnOneReplicaIsReadFromAnotherAndTheReplicaIsRepaired) {
   std::string err = write_direct((*m)->disk_path(), offset, data);
   ASSERT_TRUE(err.empty()) << err;
   // No job left: the flush that made the extent clean completed on every replica.
-  auto idle = (*m)->wait_status([](const json& s) { return all_active(s) && s.value("jobs", 1) == 0; },
-                                kConvergeTimeout);
+  auto idle = (*m)->wait_status(
+      [](const json& s) { return all_active(s) && s.value("jobs", 1) == 0; }, kConvergeTimeout);
   ASSERT_TRUE(idle) << idle.error().to_string();
 
   // Reads go to the least loaded replica, the lowest on a tie: on an idle volume, 0.
@@ -424,11 +449,14 @@ TEST(Chaos, CorruptBlockOnOneReplicaIsReadFromAnotherAndTheReplicaIsRepaired) {
   const std::string region = (*c)->region_dir(kVictim);
   // Precondition: the extent is clean on disk. A dirty extent is recovered at open by
   // rehashing its data, which would make the corruption look legitimate.
-  auto meta = run_command({bin("crucible-downstairs"), "dump", "-d", region, "--extent", std::to_string(kExtent)},
-                          kToolTimeout);
+  auto meta = run_command(
+      {bin("crucible-downstairs"), "dump", "-d", region, "--extent", std::to_string(kExtent)},
+      kToolTimeout);
   ASSERT_EQ(meta.exit_code(), 0) << meta.describe();
-  ASSERT_TRUE(std::regex_search(meta.out, std::regex(fmt::format("\\n\\s*{} \\|\\s+\\d+\\s+\\d+\\s+F\\n", kExtent))))
-      << "extent " << kExtent << " is not clean on replica " << kVictim << ":\n" << meta.out;
+  ASSERT_TRUE(std::regex_search(
+      meta.out, std::regex(fmt::format("\\n\\s*{} \\|\\s+\\d+\\s+\\d+\\s+F\\n", kExtent))))
+      << "extent " << kExtent << " is not clean on replica " << kVictim << ":\n"
+      << meta.out;
   {
     // Flip 16 bytes in the middle of the block's data (extent file offset kBlock * bs).
     std::fstream ext(extent_file(region, kExtent), std::ios::in | std::ios::out | std::ios::binary);
@@ -462,7 +490,8 @@ TEST(Chaos, CorruptBlockOnOneReplicaIsReadFromAnotherAndTheReplicaIsRepaired) {
     ASSERT_TRUE(s) << s.error().to_string();
     healed = ds_counter(*s, kVictim, "self_heals") > heals_before;
   }
-  ASSERT_TRUE(healed) << "50 reads of the corrupt extent and no self-heal recorded for downstairs " << kVictim;
+  ASSERT_TRUE(healed) << "50 reads of the corrupt extent and no self-heal recorded for downstairs "
+                      << kVictim;
 
   // The replica is faulted and live-repaired, and the block is right there too.
   auto repaired = (*m)->wait_status(
@@ -476,7 +505,8 @@ TEST(Chaos, CorruptBlockOnOneReplicaIsReadFromAnotherAndTheReplicaIsRepaired) {
 
   auto exit = (*m)->unmount();
   ASSERT_TRUE(exit) << exit.error().to_string();
-  EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n" << (*m)->process().output();
+  EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n"
+                                                 << (*m)->process().output();
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*c)->stop_downstairs(i));
   EXPECT_EQ(extent_data(region, kExtent).substr(kBlock * kBlockSize, kBlockSize),
             data.substr(kBlock * kBlockSize, kBlockSize))

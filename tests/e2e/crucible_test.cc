@@ -20,7 +20,8 @@ namespace {
 constexpr Millis kCommandTimeout{60000};
 constexpr Millis kStartTimeout{15000};
 // Small regions keep every workload quick: 4 KiB blocks, 1 MiB extents, 24 MiB.
-const std::vector<std::string> kGeometry = {"--block-size", "4096", "--extent-size", "256", "--extent-count", "24"};
+const std::vector<std::string> kGeometry = {"--block-size", "4096",           "--extent-size",
+                                            "256",          "--extent-count", "24"};
 // A fixed 32-byte key in standard base64.
 constexpr const char* kKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -31,8 +32,10 @@ std::string downstairs() { return bin("crucible-downstairs"); }
 class Cluster {
  public:
   // Creates region i with `geometry` plus `extra` flags.
-  void create(size_t i, std::vector<std::string> extra = {}, const std::vector<std::string>& geometry = kGeometry) {
-    std::vector<std::string> args = {downstairs(), "create", "-u", Uuid::random().to_string(), "-d", dir(i)};
+  void create(size_t i, std::vector<std::string> extra = {},
+              const std::vector<std::string>& geometry = kGeometry) {
+    std::vector<std::string> args = {downstairs(), "create", "-u", Uuid::random().to_string(),
+                                     "-d",         dir(i)};
     args.insert(args.end(), geometry.begin(), geometry.end());
     args.insert(args.end(), extra.begin(), extra.end());
     auto r = run_command(args, kCommandTimeout);
@@ -79,7 +82,9 @@ class Cluster {
     out.insert(out.end(), args.begin(), args.end());
     return out;
   }
-  CommandResult run(std::vector<std::string> args) const { return run_command(argv(std::move(args)), kCommandTimeout); }
+  CommandResult run(std::vector<std::string> args) const {
+    return run_command(argv(std::move(args)), kCommandTimeout);
+  }
   // Everything the downstairs printed, for failure messages.
   std::string logs() const {
     std::string s;
@@ -97,14 +102,16 @@ class Cluster {
 // A run that must succeed; `expect` must appear on stdout.
 void expect_success(const CommandResult& r, const Cluster& c, const std::string& expect) {
   EXPECT_EQ(r.exit_code(), 0) << r.describe() << c.logs();
-  EXPECT_NE(r.out.find(expect), std::string::npos) << "missing '" << expect << "' in:\n" << r.describe();
+  EXPECT_NE(r.out.find(expect), std::string::npos) << "missing '" << expect << "' in:\n"
+                                                   << r.describe();
 }
 
 // A run that must fail with a reason on stderr matching `reason`.
 void expect_refused(const CommandResult& r, const std::regex& reason, const std::string& what) {
   EXPECT_FALSE(r.status.timed_out) << r.describe();
   EXPECT_TRUE(r.status.exited() && r.exit_code() != 0) << r.describe();
-  EXPECT_TRUE(std::regex_search(r.err, reason)) << "stderr does not explain " << what << ":\n" << r.describe();
+  EXPECT_TRUE(std::regex_search(r.err, reason)) << "stderr does not explain " << what << ":\n"
+                                                << r.describe();
 }
 
 class CrucibleE2e : public ::testing::Test {
@@ -130,7 +137,9 @@ TEST_F(CrucibleE2e, DefaultRunWritesFlushesReadsBackAndVerifies) {
 TEST_F(CrucibleE2e, MainOptionsAlsoWorkAfterTheSubcommand) {
   auto r = c.run({"one", "--quiet"});
   EXPECT_EQ(r.exit_code(), 0) << r.describe() << c.logs();
-  EXPECT_EQ(r.out.find("flushed"), std::string::npos) << "--quiet after the subcommand was ignored:\n" << r.describe();
+  EXPECT_EQ(r.out.find("flushed"), std::string::npos)
+      << "--quiet after the subcommand was ignored:\n"
+      << r.describe();
 }
 
 TEST_F(CrucibleE2e, RandVerifiesEveryRead) {
@@ -152,11 +161,15 @@ TEST_F(CrucibleE2e, FillWritesEveryBlockAndReadsItBack) {
 TEST_F(CrucibleE2e, PerfReportsIopsThroughputAndLatency) {
   auto w = c.run({"perf", "--seconds", "1", "--io-size", "64K", "--depth", "4"});
   EXPECT_EQ(w.exit_code(), 0) << w.describe() << c.logs();
-  EXPECT_TRUE(std::regex_search(w.out, std::regex("perf write 64 KiB depth 4: [0-9]+ IOPS, [0-9.]+ MiB/s, p50 [0-9]+ us, p99 [0-9]+ us")))
+  EXPECT_TRUE(std::regex_search(
+      w.out,
+      std::regex(
+          "perf write 64 KiB depth 4: [0-9]+ IOPS, [0-9.]+ MiB/s, p50 [0-9]+ us, p99 [0-9]+ us")))
       << w.out;
   auto r = c.run({"perf", "--seconds", "1", "--io-size", "4K", "--depth", "8", "--read"});
   EXPECT_EQ(r.exit_code(), 0) << r.describe() << c.logs();
-  EXPECT_TRUE(std::regex_search(r.out, std::regex("perf read 4 KiB depth 8: [0-9]+ IOPS"))) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("perf read 4 KiB depth 8: [0-9]+ IOPS")))
+      << r.out;
 }
 
 TEST_F(CrucibleE2e, VerifyLogSurvivesARestartOfAllThreeDownstairs) {
@@ -169,9 +182,12 @@ TEST_F(CrucibleE2e, VerifyLogSurvivesARestartOfAllThreeDownstairs) {
   auto again = c.run({"verify", "--log", log, "--verify-only"});
   expect_success(again, c, "all match");
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(again.out, m, std::regex("verify: ([0-9]+) written blocks checked"))) << again.out;
+  ASSERT_TRUE(
+      std::regex_search(again.out, m, std::regex("verify: ([0-9]+) written blocks checked")))
+      << again.out;
   EXPECT_GT(std::stoull(m[1]), 0u) << "the check covered the blocks written before the restart";
-  EXPECT_EQ(again.out.find("random writes recorded"), std::string::npos) << "--verify-only writes nothing";
+  EXPECT_EQ(again.out.find("random writes recorded"), std::string::npos)
+      << "--verify-only writes nothing";
 }
 
 TEST_F(CrucibleE2e, VerifyOnlyWithoutALogFailsNamingTheFile) {
@@ -187,7 +203,8 @@ TEST_F(CrucibleE2e, RandKeepsRunningOnTwoWhenOneDownstairsIsKilled) {
   // The volume is active (the core logs it) and the workload is under way.
   auto active = client->wait_for_line("active: generation", kStartTimeout);
   ASSERT_TRUE(active) << active.error().to_string();
-  ASSERT_TRUE(client->wait(Millis(0)).timed_out) << "the workload ended before the kill:\n" << client->output();
+  ASSERT_TRUE(client->wait(Millis(0)).timed_out) << "the workload ended before the kill:\n"
+                                                 << client->output();
   c.kill9(1);
   // The upstairs notices the loss and carries on.
   auto lost = client->wait_for_line(std::regex("downstairs 1 .*disconnected"), kCommandTimeout);
@@ -203,11 +220,13 @@ TEST(CrucibleRefusals, GeometryMismatchBetweenDownstairsIsRefused) {
   Cluster c;
   ASSERT_NO_FATAL_FAILURE(c.create(0));
   ASSERT_NO_FATAL_FAILURE(c.create(1));
-  ASSERT_NO_FATAL_FAILURE(c.create(2, {}, {"--block-size", "4096", "--extent-size", "256", "--extent-count", "25"}));
+  ASSERT_NO_FATAL_FAILURE(
+      c.create(2, {}, {"--block-size", "4096", "--extent-size", "256", "--extent-count", "25"}));
   ASSERT_NO_FATAL_FAILURE(c.start_all());
   auto r = c.run({"--activate-timeout", "20", "one"});
   expect_refused(r, std::regex("geometry mismatch"), "the geometry mismatch");
-  EXPECT_TRUE(std::regex_search(r.err, std::regex("\\b25\\b"))) << "names the odd geometry: " << r.err;
+  EXPECT_TRUE(std::regex_search(r.err, std::regex("\\b25\\b")))
+      << "names the odd geometry: " << r.err;
 }
 
 TEST(CrucibleRefusals, EncryptedRegionWithoutAKeyIsRefused) {
@@ -218,7 +237,8 @@ TEST(CrucibleRefusals, EncryptedRegionWithoutAKeyIsRefused) {
   ASSERT_NO_FATAL_FAILURE(c.start_all());
   auto r = c.run({"--activate-timeout", "20", "one"});
   expect_refused(r, std::regex("encrypt"), "the encryption mismatch");
-  EXPECT_NE(r.err.find(c.target(1)), std::string::npos) << "names the encrypted downstairs: " << r.err;
+  EXPECT_NE(r.err.find(c.target(1)), std::string::npos)
+      << "names the encrypted downstairs: " << r.err;
 }
 
 TEST(CrucibleRefusals, UnencryptedRegionWithAKeyIsRefused) {
@@ -229,7 +249,8 @@ TEST(CrucibleRefusals, UnencryptedRegionWithAKeyIsRefused) {
   ASSERT_NO_FATAL_FAILURE(c.start_all());
   auto r = c.run({"--key", kKey, "--activate-timeout", "20", "one"});
   expect_refused(r, std::regex("encrypt"), "the encryption mismatch");
-  EXPECT_NE(r.err.find(c.target(2)), std::string::npos) << "names the unencrypted downstairs: " << r.err;
+  EXPECT_NE(r.err.find(c.target(2)), std::string::npos)
+      << "names the unencrypted downstairs: " << r.err;
 }
 
 TEST(CrucibleRefusals, EncryptedRegionsWithAKeyWork) {
@@ -244,8 +265,10 @@ TEST_F(CrucibleE2e, ExplicitGenerationLowerThanOnDiskIsRefusedNamingBothNumbers)
   expect_success(c.run({"--gen", "29", "one"}), c, "active: generation 29");
   auto r = c.run({"--gen", "13", "one"});
   expect_refused(r, std::regex("generation"), "the generation refusal");
-  EXPECT_TRUE(std::regex_search(r.err, std::regex("\\b13\\b"))) << "names the requested generation: " << r.err;
-  EXPECT_TRUE(std::regex_search(r.err, std::regex("\\b29\\b"))) << "names the generation on disk: " << r.err;
+  EXPECT_TRUE(std::regex_search(r.err, std::regex("\\b13\\b")))
+      << "names the requested generation: " << r.err;
+  EXPECT_TRUE(std::regex_search(r.err, std::regex("\\b29\\b")))
+      << "names the generation on disk: " << r.err;
   // The refusal changed nothing: auto takes the next one.
   expect_success(c.run({"one"}), c, "active: generation 30");
 }
@@ -259,11 +282,13 @@ TEST(CrucibleRefusals, UnreachableTargetFailsNamingIt) {
   c.set_target(2, free_port());  // nothing listens there
   auto r = c.run({"--activate-timeout", "2", "one"});
   expect_refused(r, std::regex("activation"), "the failed activation");
-  EXPECT_NE(r.err.find(c.target(2)), std::string::npos) << "names the unreachable target: " << r.err;
+  EXPECT_NE(r.err.find(c.target(2)), std::string::npos)
+      << "names the unreachable target: " << r.err;
 }
 
 TEST(CrucibleRefusals, WrongNumberOfTargetsIsRefused) {
-  auto r = run_command({crucible(), "-t", "127.0.0.1:1", "-t", "127.0.0.1:2", "one"}, kCommandTimeout);
+  auto r =
+      run_command({crucible(), "-t", "127.0.0.1:1", "-t", "127.0.0.1:2", "one"}, kCommandTimeout);
   expect_refused(r, std::regex("exactly three"), "the target count");
 }
 

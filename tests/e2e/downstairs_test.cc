@@ -49,7 +49,8 @@ std::vector<char> write_random_file(const std::string& path, size_t bytes, uint6
     uint64_t v = rng();
     std::memcpy(data.data() + i, &v, std::min<size_t>(8, bytes - i));
   }
-  std::ofstream(path, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(data.data(), static_cast<std::streamsize>(data.size()));
   return data;
 }
 
@@ -123,7 +124,8 @@ TEST(DownstairsE2e, CreateWithAPortThenRunServesOnThatPort) {
   TempDir tmp;
   uint16_t port = free_ports(1)[0];
   std::string uuid = Uuid::random().to_string();
-  auto created = ds({"create", "-u", uuid, "-p", std::to_string(port), "-d", "var/3801"}, tmp.path());
+  auto created =
+      ds({"create", "-u", uuid, "-p", std::to_string(port), "-d", "var/3801"}, tmp.path());
   ASSERT_EQ(created.exit_code(), 0) << created.describe();
   EXPECT_NE(created.out.find(uuid), std::string::npos) << created.out;
   EXPECT_TRUE(fs::exists(tmp.file("var/3801/region.json")));
@@ -139,7 +141,8 @@ TEST(DownstairsE2e, CreateWithAPortThenRunServesOnThatPort) {
   EXPECT_EQ(def.total_bytes(), 1ull << 30) << "the default region is 1 GiB";
   expect_io_works(*p, 1000, def.block_size);
   auto status = stop(*r);
-  EXPECT_TRUE(status.exited() && status.code == 0) << status.describe() << "\n" << r->process->output();
+  EXPECT_TRUE(status.exited() && status.code == 0) << status.describe() << "\n"
+                                                   << r->process->output();
 }
 
 TEST(DownstairsE2e, ThreeRegionsServeSideBySide) {
@@ -148,8 +151,8 @@ TEST(DownstairsE2e, ThreeRegionsServeSideBySide) {
   std::vector<Running> running;
   for (size_t i = 0; i < 3; ++i) {
     std::string dir = "var/" + std::to_string(3801 + i);
-    auto c = ds({"create", "-u", Uuid::random().to_string(), "-p", std::to_string(ports[i]), "-d", dir,
-                 "--extent-size", "64", "--extent-count", "4"},
+    auto c = ds({"create", "-u", Uuid::random().to_string(), "-p", std::to_string(ports[i]), "-d",
+                 dir, "--extent-size", "64", "--extent-count", "4"},
                 tmp.path());
     ASSERT_EQ(c.exit_code(), 0) << c.describe();
     auto r = start({"-d", dir}, tmp.path());
@@ -175,7 +178,8 @@ void import_export_round_trip(size_t bytes, const std::vector<std::string>& geom
   TempDir tmp;
   std::string input = tmp.file("input.raw");
   auto data = write_random_file(input, bytes, bytes);
-  std::vector<std::string> args = {"create", "-u", Uuid::random().to_string(), "-d", tmp.file("r"), "-i", input};
+  std::vector<std::string> args = {"create", "-u", Uuid::random().to_string(), "-d", tmp.file("r"),
+                                   "-i",     input};
   args.insert(args.end(), geometry.begin(), geometry.end());
   auto c = ds(args);
   ASSERT_EQ(c.exit_code(), 0) << c.describe();
@@ -183,13 +187,16 @@ void import_export_round_trip(size_t bytes, const std::vector<std::string>& geom
   const uint64_t blocks = (bytes + bs - 1) / bs;
   EXPECT_NE(c.out.find(fmt::format("{} blocks copied", blocks)), std::string::npos) << c.out;
 
-  auto e = ds({"export", "-d", tmp.file("r"), "-e", tmp.file("out.raw"), "--count", std::to_string(blocks)});
+  auto e = ds({"export", "-d", tmp.file("r"), "-e", tmp.file("out.raw"), "--count",
+               std::to_string(blocks)});
   ASSERT_EQ(e.exit_code(), 0) << e.describe();
   auto out = read_file(tmp.file("out.raw"));
   ASSERT_EQ(out.size(), blocks * bs);
-  EXPECT_TRUE(std::equal(data.begin(), data.end(), out.begin())) << "the file comes back byte for byte";
-  EXPECT_TRUE(std::all_of(out.begin() + static_cast<ptrdiff_t>(bytes), out.end(), [](char x) { return x == 0; }))
-      << "the tail of the last block is zero padding";
+  EXPECT_TRUE(std::equal(data.begin(), data.end(), out.begin()))
+      << "the file comes back byte for byte";
+  EXPECT_TRUE(std::all_of(out.begin() + static_cast<ptrdiff_t>(bytes), out.end(), [](char x) {
+    return x == 0;
+  })) << "the tail of the last block is zero padding";
 
   auto v = ds({"verify", "-d", tmp.file("r")});
   EXPECT_EQ(v.exit_code(), 0) << v.describe();
@@ -201,22 +208,26 @@ TEST(DownstairsE2e, ImportOfAFileNotAMultipleOfTheBlockSizeExportsItBack) {
 }
 
 TEST(DownstairsE2e, ImportOfTensOfMegabytesExportsItBack) {
-  import_export_round_trip(24 * 1024 * 1024 + 1000, {"--block-size", "4096", "--extent-size", "1024"});
+  import_export_round_trip(24 * 1024 * 1024 + 1000,
+                           {"--block-size", "4096", "--extent-size", "1024"});
 }
 
 TEST(DownstairsE2e, ExportWithSkipStartsAtThatBlockInAnyExtent) {
   TempDir tmp;
   std::string input = tmp.file("input.raw");
   auto data = write_random_file(input, 12 * 4096, 5);
-  auto c = ds({"create", "-u", Uuid::random().to_string(), "-d", tmp.file("r"), "-i", input, "--block-size", "4096",
-               "--extent-size", "4"});
+  auto c = ds({"create", "-u", Uuid::random().to_string(), "-d", tmp.file("r"), "-i", input,
+               "--block-size", "4096", "--extent-size", "4"});
   ASSERT_EQ(c.exit_code(), 0) << c.describe();
-  auto e = ds({"export", "-d", tmp.file("r"), "-e", tmp.file("out.raw"), "--skip", "5", "--count", "6"});
+  auto e =
+      ds({"export", "-d", tmp.file("r"), "-e", tmp.file("out.raw"), "--skip", "5", "--count", "6"});
   ASSERT_EQ(e.exit_code(), 0) << e.describe();
   auto out = read_file(tmp.file("out.raw"));
   ASSERT_EQ(out.size(), 6u * 4096);
-  EXPECT_TRUE(std::equal(out.begin(), out.end(), data.begin() + 5 * 4096)) << "blocks 5..10, across extents 1 and 2";
-  auto past = ds({"export", "-d", tmp.file("r"), "-e", tmp.file("x.raw"), "--skip", "10", "--count", "3"});
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), data.begin() + 5 * 4096))
+      << "blocks 5..10, across extents 1 and 2";
+  auto past =
+      ds({"export", "-d", tmp.file("r"), "-e", tmp.file("x.raw"), "--skip", "10", "--count", "3"});
   EXPECT_TRUE(past.status.exited() && past.status.code != 0) << past.describe();
   EXPECT_NE(past.err.find("--count"), std::string::npos) << past.err;
 }
@@ -231,7 +242,8 @@ struct TwoRegions {
 void make_two_regions(TwoRegions& t) {
   std::string input = t.tmp.file("input.raw");
   t.data = write_random_file(input, 6 * 4096, 9);
-  std::vector<std::string> geometry = {"--block-size", "4096", "--extent-size", "4", "--extent-count", "3"};
+  std::vector<std::string> geometry = {"--block-size",   "4096", "--extent-size", "4",
+                                       "--extent-count", "3"};
   auto args = [&](const std::string& dir) {
     std::vector<std::string> v = {"create", "-u", Uuid::random().to_string(), "-d", dir};
     v.insert(v.end(), geometry.begin(), geometry.end());
@@ -248,8 +260,8 @@ void make_two_regions(TwoRegions& t) {
 TEST(DownstairsE2e, DumpOfTwoFreshRegionsFindsNoDifference) {
   TempDir tmp;
   for (const char* d : {"x", "y"}) {
-    auto c = ds({"create", "-u", Uuid::random().to_string(), "-d", tmp.file(d), "--extent-size", "8", "--extent-count",
-                 "2"});
+    auto c = ds({"create", "-u", Uuid::random().to_string(), "-d", tmp.file(d), "--extent-size",
+                 "8", "--extent-count", "2"});
     ASSERT_EQ(c.exit_code(), 0) << c.describe();
   }
   auto d = ds({"dump", "-d", tmp.file("x"), "-d", tmp.file("y")});
@@ -282,8 +294,11 @@ TEST(DownstairsE2e, DumpOfABlockPrintsEachRegionsContexts) {
   EXPECT_NE(d.out.find("region 1: data xxh64"), std::string::npos) << d.out;
   auto block1 = std::span(t.data).subspan(4096, 4096);
   uint64_t h = integrity_hash(std::as_bytes(block1));
-  EXPECT_NE(d.out.find(fmt::format("hash {:016x}", h)), std::string::npos) << "region 0's context:\n" << d.out;
-  EXPECT_NE(d.out.find("slot 0: empty"), std::string::npos) << "region 1's never-written block:\n" << d.out;
+  EXPECT_NE(d.out.find(fmt::format("hash {:016x}", h)), std::string::npos)
+      << "region 0's context:\n"
+      << d.out;
+  EXPECT_NE(d.out.find("slot 0: empty"), std::string::npos) << "region 1's never-written block:\n"
+                                                            << d.out;
   auto same = ds({"dump", "-d", t.a, "-d", t.a, "--block", "1"});
   EXPECT_EQ(same.exit_code(), 0) << same.describe();
 }
@@ -309,7 +324,8 @@ TEST(DownstairsE2e, VerifyFindsACorruptedBlock) {
 TEST(DownstairsE2e, CreateRefusesBadFlagsNamingThem) {
   TempDir tmp;
   std::string uuid = Uuid::random().to_string();
-  auto ok = ds({"create", "-u", uuid, "-d", tmp.file("exists"), "--extent-size", "8", "--extent-count", "1"});
+  auto ok = ds({"create", "-u", uuid, "-d", tmp.file("exists"), "--extent-size", "8",
+                "--extent-count", "1"});
   ASSERT_EQ(ok.exit_code(), 0) << ok.describe();
   struct Case {
     std::vector<std::string> args;
@@ -320,8 +336,10 @@ TEST(DownstairsE2e, CreateRefusesBadFlagsNamingThem) {
       {{"-u", uuid, "-d", tmp.file("exists")}, {tmp.file("exists"), "already"}},
       {{"-u", uuid, "-d", tmp.file("b"), "--block-size", "1000"}, {"--block-size", "1000"}},
       {{"-u", uuid, "-d", tmp.file("c"), "--block-size", "65536"}, {"--block-size", "65536"}},
-      {{"-u", uuid, "-d", tmp.file("d"), "--size", "1G", "--extent-count", "4"}, {"--size", "--extent-count"}},
-      {{"-u", uuid, "-d", tmp.file("e"), "--block-size", "4096", "--extent-size", "300000"}, {"--extent-size", "1 GiB"}},
+      {{"-u", uuid, "-d", tmp.file("d"), "--size", "1G", "--extent-count", "4"},
+       {"--size", "--extent-count"}},
+      {{"-u", uuid, "-d", tmp.file("e"), "--block-size", "4096", "--extent-size", "300000"},
+       {"--extent-size", "1 GiB"}},
       {{"-u", uuid, "-d", tmp.file("f"), "--size", "lots"}, {"--size", "lots"}},
   };
   for (auto& c : cases) {
@@ -329,7 +347,8 @@ TEST(DownstairsE2e, CreateRefusesBadFlagsNamingThem) {
     c.args.insert(c.args.begin(), "create");
     auto r = ds(c.args);
     EXPECT_TRUE(r.status.exited() && r.status.code != 0) << r.describe();
-    for (const auto& n : c.named) EXPECT_NE(r.err.find(n), std::string::npos) << "expected '" << n << "' in " << r.err;
+    for (const auto& n : c.named)
+      EXPECT_NE(r.err.find(n), std::string::npos) << "expected '" << n << "' in " << r.err;
   }
   EXPECT_FALSE(fs::exists(tmp.file("b/region.json")));
   EXPECT_FALSE(fs::exists(tmp.file("e/region.json")));
@@ -337,8 +356,8 @@ TEST(DownstairsE2e, CreateRefusesBadFlagsNamingThem) {
 
 TEST(DownstairsE2e, RunRefusesAMissingPortAndBadInjectSpecs) {
   TempDir tmp;
-  auto c = ds({"create", "-u", Uuid::random().to_string(), "-d", tmp.file("r"), "--extent-size", "8",
-               "--extent-count", "1"});
+  auto c = ds({"create", "-u", Uuid::random().to_string(), "-d", tmp.file("r"), "--extent-size",
+               "8", "--extent-count", "1"});
   ASSERT_EQ(c.exit_code(), 0) << c.describe();
   auto no_port = ds({"run", "-d", tmp.file("r")});
   EXPECT_TRUE(no_port.status.exited() && no_port.status.code != 0) << no_port.describe();
@@ -367,8 +386,17 @@ void create_pair(RepairSetup& s, bool import_into_b) {
   std::string input = s.tmp.file("input.raw");
   s.data = write_random_file(input, RepairSetup::kBlocks * 4096 + 5000, 77);
   for (const auto& dir : {s.a, s.b}) {
-    std::vector<std::string> args = {"create", "-u", Uuid::random().to_string(), "-d", dir, "--block-size", "4096",
-                                     "--extent-size", std::to_string(RepairSetup::kBlocks), "--extent-count", "2"};
+    std::vector<std::string> args = {"create",
+                                     "-u",
+                                     Uuid::random().to_string(),
+                                     "-d",
+                                     dir,
+                                     "--block-size",
+                                     "4096",
+                                     "--extent-size",
+                                     std::to_string(RepairSetup::kBlocks),
+                                     "--extent-count",
+                                     "2"};
     if (dir == s.a || import_into_b) args.insert(args.end(), {"-i", input});
     auto c = ds(args);
     ASSERT_EQ(c.exit_code(), 0) << c.describe();
@@ -388,16 +416,22 @@ TEST(DownstairsE2e, LiveRepairCopiesAnExtentBetweenTwoRunningDownstairs) {
   auto pb = upstairs(rb->port, 1);
   ASSERT_TRUE(pb) << pb.error().to_string();
   auto closed_a = job<ExtentLiveCloseAck>(*pa, ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
-  ASSERT_TRUE(closed_a && closed_a->status.is_ok()) << (closed_a ? closed_a->status.message : closed_a.error().to_string());
-  EXPECT_EQ(closed_a->version, (ExtentVersion{Generation{0}, FlushNumber{1}, false})) << "imported and flushed";
+  ASSERT_TRUE(closed_a && closed_a->status.is_ok())
+      << (closed_a ? closed_a->status.message : closed_a.error().to_string());
+  EXPECT_EQ(closed_a->version, (ExtentVersion{Generation{0}, FlushNumber{1}, false}))
+      << "imported and flushed";
   auto closed_b = job<ExtentLiveCloseAck>(*pb, ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
   ASSERT_TRUE(closed_b && closed_b->status.is_ok());
   EXPECT_EQ(closed_b->version, (ExtentVersion{Generation{0}, FlushNumber{0}, false}));
 
-  auto repaired = job<Ack>(*pb, ExtentLiveRepair{JobId{1001}, {JobId{1000}}, ExtentId{0}, ClientId{0},
+  auto repaired = job<Ack>(*pb, ExtentLiveRepair{JobId{1001},
+                                                 {JobId{1000}},
+                                                 ExtentId{0},
+                                                 ClientId{0},
                                                  fmt::format("127.0.0.1:{}", ra->port)});
   ASSERT_TRUE(repaired) << repaired.error().to_string() << "\n" << rb->process->output();
-  EXPECT_TRUE(repaired->status.is_ok()) << repaired->status.message << "\n" << rb->process->output();
+  EXPECT_TRUE(repaired->status.is_ok()) << repaired->status.message << "\n"
+                                        << rb->process->output();
   auto reopen_b = job<Ack>(*pb, ExtentLiveReopen{JobId{1002}, {JobId{1001}}, ExtentId{0}});
   ASSERT_TRUE(reopen_b && reopen_b->status.is_ok());
   auto reopen_a = job<Ack>(*pa, ExtentLiveReopen{JobId{1001}, {JobId{1000}}, ExtentId{0}});
@@ -405,11 +439,13 @@ TEST(DownstairsE2e, LiveRepairCopiesAnExtentBetweenTwoRunningDownstairs) {
   // b now serves a's data for extent 0.
   auto r = job<ReadResponse>(*pb, Read{JobId{1003}, {JobId{1002}}, BlockIndex{0}, 2});
   ASSERT_TRUE(r && r->status.is_ok());
-  EXPECT_TRUE(std::equal(s.data.begin(), s.data.begin() + 8192, reinterpret_cast<const char*>(r->data.data())));
+  EXPECT_TRUE(std::equal(s.data.begin(), s.data.begin() + 8192,
+                         reinterpret_cast<const char*>(r->data.data())));
 
   for (auto* run : {&*ra, &*rb}) {
     auto status = stop(*run);
-    EXPECT_TRUE(status.exited() && status.code == 0) << status.describe() << "\n" << run->process->output();
+    EXPECT_TRUE(status.exited() && status.code == 0) << status.describe() << "\n"
+                                                     << run->process->output();
   }
   for (const auto& dir : {s.a, s.b}) {
     auto v = ds({"verify", "-d", dir});
@@ -420,7 +456,8 @@ TEST(DownstairsE2e, LiveRepairCopiesAnExtentBetweenTwoRunningDownstairs) {
   EXPECT_NE(same.out.find("all extents match"), std::string::npos) << same.out;
   auto whole = ds({"dump", "-d", s.a, "-d", s.b});
   EXPECT_NE(whole.exit_code(), 0) << "extent 1 was not repaired: " << whole.describe();
-  auto e = ds({"export", "-d", s.b, "-e", s.tmp.file("b.raw"), "--count", std::to_string(RepairSetup::kBlocks)});
+  auto e = ds({"export", "-d", s.b, "-e", s.tmp.file("b.raw"), "--count",
+               std::to_string(RepairSetup::kBlocks)});
   ASSERT_EQ(e.exit_code(), 0) << e.describe();
   auto out = read_file(s.tmp.file("b.raw"));
   EXPECT_TRUE(std::equal(out.begin(), out.end(), s.data.begin()));
@@ -442,7 +479,10 @@ TEST(DownstairsE2e, ARepairKilledMidTransferRecoversOnTheNextOpen) {
 
   auto source = Listener::listen();
   ASSERT_TRUE(source) << source.error().to_string();
-  ASSERT_TRUE(pb->send(ExtentLiveRepair{JobId{1001}, {JobId{1000}}, ExtentId{0}, ClientId{0},
+  ASSERT_TRUE(pb->send(ExtentLiveRepair{JobId{1001},
+                                        {JobId{1000}},
+                                        ExtentId{0},
+                                        ClientId{0},
                                         fmt::format("127.0.0.1:{}", source->port())}));
   auto link = source->accept(kIoTimeout);
   ASSERT_TRUE(link) << link.error().to_string() << "\n" << rb->process->output();
@@ -468,7 +508,8 @@ TEST(DownstairsE2e, ARepairKilledMidTransferRecoversOnTheNextOpen) {
   ASSERT_TRUE(p) << p.error().to_string();
   auto r = job<ReadResponse>(*p, Read{JobId{1000}, {}, BlockIndex{0}, 2});
   ASSERT_TRUE(r && r->status.is_ok());
-  EXPECT_TRUE(std::equal(s.data.begin(), s.data.begin() + 8192, reinterpret_cast<const char*>(r->data.data())))
+  EXPECT_TRUE(std::equal(s.data.begin(), s.data.begin() + 8192,
+                         reinterpret_cast<const char*>(r->data.data())))
       << "the old extent is intact";
   auto status = stop(*again);
   EXPECT_TRUE(status.exited() && status.code == 0) << status.describe();

@@ -89,7 +89,8 @@ bool pread_all(int fd, void* data, size_t len, uint64_t off) {
 std::vector<char> read_at(const std::string& path, uint64_t off, size_t len) {
   Fd fd(path, O_RDONLY);
   std::vector<char> out(len);
-  EXPECT_TRUE(fd.ok() && pread_all(fd.get(), out.data(), len, off)) << path << ": " << std::strerror(errno);
+  EXPECT_TRUE(fd.ok() && pread_all(fd.get(), out.data(), len, off))
+      << path << ": " << std::strerror(errno);
   return out;
 }
 
@@ -99,7 +100,8 @@ std::vector<char> read_file(const std::string& path) {
 }
 
 void write_file(const std::string& path, const std::vector<char>& data) {
-  std::ofstream(path, std::ios::binary).write(data.data(), static_cast<std::streamsize>(data.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(data.data(), static_cast<std::streamsize>(data.size()));
 }
 
 bool all_zero(const std::vector<char>& v) {
@@ -107,10 +109,10 @@ bool all_zero(const std::vector<char>& v) {
 }
 
 // Runs a command, asserting exit 0 (with its output on failure).
-#define ASSERT_RUNS(cluster, ...)                                \
-  do {                                                           \
-    auto r_ = (cluster).run(__VA_ARGS__);                        \
-    ASSERT_EQ(r_.exit_code(), 0) << r_.describe();               \
+#define ASSERT_RUNS(cluster, ...)                  \
+  do {                                             \
+    auto r_ = (cluster).run(__VA_ARGS__);          \
+    ASSERT_EQ(r_.exit_code(), 0) << r_.describe(); \
   } while (0)
 
 // A directory tree of `files` files (0 B .. 1 MiB, a few empty, nested three deep) and a
@@ -122,7 +124,8 @@ void make_tree(const std::string& root, int files, uint64_t seed) {
     std::string dir = fmt::format("{}/d{}/e{}", root, i % 4, i % 3);
     fs::create_directories(dir);
     size_t size = i % 10 == 0 ? 0 : rng() % (1 * kMiB);
-    write_file(fmt::format("{}/f{}.bin", dir, i), pattern(size, seed * 1000 + static_cast<uint64_t>(i)));
+    write_file(fmt::format("{}/f{}.bin", dir, i),
+               pattern(size, seed * 1000 + static_cast<uint64_t>(i)));
   }
   fs::create_directories(root + "/empty/dir");
   fs::create_symlink("d0/e0/f0.bin", root + "/link");
@@ -141,19 +144,20 @@ std::map<std::string, std::string> tree_digest(const std::string& root) {
       out[rel] = "dir";
     } else {
       auto data = read_file(e.path().string());
-      out[rel] = fmt::format("{} bytes, xxh64 {:016x}", data.size(), XXH64(data.data(), data.size(), 0));
+      out[rel] =
+          fmt::format("{} bytes, xxh64 {:016x}", data.size(), XXH64(data.data(), data.size(), 0));
     }
   }
   return out;
 }
 
 // A cluster with one mount, or a failed test.
-#define START_MOUNTED(cluster_var, mount_var, ...)                   \
-  auto cluster_var##_r = Cluster::start(__VA_ARGS__);                \
+#define START_MOUNTED(cluster_var, mount_var, ...)                     \
+  auto cluster_var##_r = Cluster::start(__VA_ARGS__);                  \
   ASSERT_TRUE(cluster_var##_r) << cluster_var##_r.error().to_string(); \
-  Cluster& cluster_var = **cluster_var##_r;                          \
-  auto mount_var##_r = cluster_var.mount();                          \
-  ASSERT_TRUE(mount_var##_r) << mount_var##_r.error().to_string();   \
+  Cluster& cluster_var = **cluster_var##_r;                            \
+  auto mount_var##_r = cluster_var.mount();                            \
+  ASSERT_TRUE(mount_var##_r) << mount_var##_r.error().to_string();     \
   Mount& mount_var = **mount_var##_r
 
 // ---- the mount --------------------------------------------------------------------------
@@ -173,7 +177,8 @@ TEST(FuseMount, StatShowsTheVolumeSize) {
   EXPECT_EQ(r.out, fmt::format("{}\n", c.size_bytes()));
   // disk.img is the mount's only entry.
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(m.mountpoint())) names.push_back(e.path().filename().string());
+  for (const auto& e : fs::directory_iterator(m.mountpoint()))
+    names.push_back(e.path().filename().string());
   EXPECT_EQ(names, std::vector<std::string>{"disk.img"});
 }
 
@@ -192,17 +197,19 @@ TEST(FuseMount, DdPatternReadsBackAtAlignedAndUnalignedOffsets) {
   write_file(pat_file, pat);
 
   // Aligned: 1 MiB at 1 MiB in 4 KiB blocks; dd must not truncate (disk.img cannot).
-  ASSERT_RUNS(c, {tool("dd"), "if=" + pat_file, "of=" + disk, "bs=4096", "seek=256", "conv=notrunc,fsync",
-                  "status=none"});
+  ASSERT_RUNS(c, {tool("dd"), "if=" + pat_file, "of=" + disk, "bs=4096", "seek=256",
+                  "conv=notrunc,fsync", "status=none"});
   const std::string out1 = c.write_file("out1", "");
-  ASSERT_RUNS(c, {tool("dd"), "if=" + disk, "of=" + out1, "bs=4096", "skip=256", "count=256", "status=none"});
+  ASSERT_RUNS(c, {tool("dd"), "if=" + disk, "of=" + out1, "bs=4096", "skip=256", "count=256",
+                  "status=none"});
   EXPECT_TRUE(read_file(out1) == pat) << "aligned dd read back different bytes";
 
   // Unaligned: 100000 bytes in 1000-byte writes at byte 5000003 (inside a block, ends
   // inside another).
   const uint64_t off = 5000003, len = 100000;
-  ASSERT_RUNS(c, {tool("dd"), "if=" + pat_file, "of=" + disk, "bs=1000", "count=100", "oflag=seek_bytes",
-                  fmt::format("seek={}", off), "conv=notrunc,fsync", "status=none"});
+  ASSERT_RUNS(
+      c, {tool("dd"), "if=" + pat_file, "of=" + disk, "bs=1000", "count=100", "oflag=seek_bytes",
+          fmt::format("seek={}", off), "conv=notrunc,fsync", "status=none"});
   const std::string out2 = c.write_file("out2", "");
   ASSERT_RUNS(c, {tool("dd"), "if=" + disk, "of=" + out2, "bs=777", "iflag=skip_bytes,count_bytes",
                   fmt::format("skip={}", off), fmt::format("count={}", len), "status=none"});
@@ -210,7 +217,8 @@ TEST(FuseMount, DdPatternReadsBackAtAlignedAndUnalignedOffsets) {
       << "unaligned dd read back different bytes";
   // The rest of the blocks the unaligned write touched kept the background.
   const uint64_t first = off / 4096 * 4096, end = (off + len + 4095) / 4096 * 4096;
-  EXPECT_EQ(read_at(disk, first, off - first), std::vector<char>(off - first, static_cast<char>(0xAB)));
+  EXPECT_EQ(read_at(disk, first, off - first),
+            std::vector<char>(off - first, static_cast<char>(0xAB)));
   EXPECT_EQ(read_at(disk, off + len, end - off - len),
             std::vector<char>(end - off - len, static_cast<char>(0xAB)));
   // And the aligned write is still there.
@@ -220,9 +228,10 @@ TEST(FuseMount, DdPatternReadsBackAtAlignedAndUnalignedOffsets) {
 TEST(FuseMount, FioVerifyWithDirectIoPasses) {
   START_MOUNTED(c, m);
   for (const char* bs : {"--bs=4k", "--bsrange=4k-256k"}) {
-    auto r = c.run({tool("fio"), "--name=verify", "--filename=" + m.disk_path(), "--direct=1", "--ioengine=libaio",
-                    "--iodepth=16", "--rw=randwrite", bs, "--size=24M", "--verify=crc32c", "--do_verify=1",
-                    "--verify_fatal=1", "--randrepeat=0", "--verify_state_save=0", "--output-format=terse"});
+    auto r = c.run({tool("fio"), "--name=verify", "--filename=" + m.disk_path(), "--direct=1",
+                    "--ioengine=libaio", "--iodepth=16", "--rw=randwrite", bs, "--size=24M",
+                    "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--randrepeat=0",
+                    "--verify_state_save=0", "--output-format=terse"});
     ASSERT_EQ(r.exit_code(), 0) << bs << ": " << r.describe();
     EXPECT_EQ(r.err.find("verify"), std::string::npos) << r.describe();
   }
@@ -417,7 +426,9 @@ TEST_P(FuseLoop, Ext4CopyFsckRemountChecksumsEqual) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fuse, FuseLoop, ::testing::Values(false, true),
-                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "DirectIo" : "Buffered"; });
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "DirectIo" : "Buffered";
+                         });
 
 TEST(FusePersistence, DataSurvivesUnmountAndRestartOfAllDownstairs) {
   START_MOUNTED(c, m);
@@ -425,7 +436,8 @@ TEST(FusePersistence, DataSurvivesUnmountAndRestartOfAllDownstairs) {
   {
     Fd fd(m.disk_path(), O_WRONLY);
     ASSERT_TRUE(pwrite_all(fd.get(), a.data(), a.size(), 12345)) << std::strerror(errno);
-    ASSERT_TRUE(pwrite_all(fd.get(), b.data(), b.size(), c.size_bytes() - b.size())) << std::strerror(errno);
+    ASSERT_TRUE(pwrite_all(fd.get(), b.data(), b.size(), c.size_bytes() - b.size()))
+        << std::strerror(errno);
     // No fsync: the unmount's final flush makes it durable.
   }
   auto st = m.unmount();
@@ -476,7 +488,8 @@ TEST(FuseTrim, FstrimSucceedsAndFreedBlocksReadAsZeros) {
   const std::string file = *dir + "/victim.bin";
   {
     Fd fd(file, O_WRONLY | O_CREAT);
-    ASSERT_TRUE(fd.ok() && pwrite_all(fd.get(), data.data(), data.size(), 0)) << std::strerror(errno);
+    ASSERT_TRUE(fd.ok() && pwrite_all(fd.get(), data.data(), data.size(), 0))
+        << std::strerror(errno);
     ASSERT_EQ(::fsync(fd.get()), 0) << std::strerror(errno);
   }
   const auto extents = physical_extents(file);
@@ -486,8 +499,8 @@ TEST(FuseTrim, FstrimSucceedsAndFreedBlocksReadAsZeros) {
   uint64_t logical = 0;
   for (auto [phys, len] : extents) {
     ASSERT_LE(logical + len, data.size());
-    EXPECT_TRUE(read_at(m.disk_path(), phys, len) == std::vector<char>(data.begin() + logical,
-                                                                        data.begin() + logical + len))
+    EXPECT_TRUE(read_at(m.disk_path(), phys, len) ==
+                std::vector<char>(data.begin() + logical, data.begin() + logical + len))
         << "extent at " << phys;
     logical += len;
   }
@@ -497,7 +510,8 @@ TEST(FuseTrim, FstrimSucceedsAndFreedBlocksReadAsZeros) {
   auto r = c.run({tool("fstrim"), "-v", *dir});
   ASSERT_EQ(r.exit_code(), 0) << r.describe();
   for (auto [phys, len] : extents)
-    EXPECT_TRUE(all_zero(read_at(m.disk_path(), phys, len))) << "freed extent at " << phys << " not zero";
+    EXPECT_TRUE(all_zero(read_at(m.disk_path(), phys, len)))
+        << "freed extent at " << phys << " not zero";
   // The filesystem is still sound.
   ASSERT_TRUE(c.umount_fs(*dir));
   auto f = c.run({tool("e2fsck"), "-fn", *dev});
@@ -536,7 +550,8 @@ TEST(FuseFailure, CopyCompletesWhenADownstairsIsKilledMidway) {
       ASSERT_TRUE(out.ok()) << to << ": " << std::strerror(errno);
       for (size_t off = 0; off < bytes.size(); off += 256 * kKiB) {
         size_t n = std::min<size_t>(256 * kKiB, bytes.size() - off);
-        ASSERT_TRUE(pwrite_all(out.get(), bytes.data() + off, n, off)) << to << ": " << std::strerror(errno);
+        ASSERT_TRUE(pwrite_all(out.get(), bytes.data() + off, n, off))
+            << to << ": " << std::strerror(errno);
         copied += n;
         if (!killed && copied >= total / 2) {
           c.kill_downstairs(1);
@@ -610,8 +625,8 @@ TEST(FuseFencing, NewerMountFencesTheOlderWhichFailsWithEioAndWritesNothing) {
 
 struct BadStart {
   const char* name;
-  std::string yaml;       // empty: no config file at all
-  std::string expected;   // after "crucible-fuse: "; FILE and MNT are replaced
+  std::string yaml;      // empty: no config file at all
+  std::string expected;  // after "crucible-fuse: "; FILE and MNT are replaced
   bool missing_mountpoint = false;
 };
 
@@ -626,7 +641,8 @@ TEST_P(FuseRefusesToStart, ExitsNonZeroWithTheMessageAndNoMount) {
   if (!p.yaml.empty()) std::ofstream(cfg) << p.yaml;
   std::string expected = p.expected;
   for (auto [from, to] : {std::pair<std::string, std::string>{"FILE", cfg}, {"MNT", mnt}})
-    if (auto at = expected.find(from); at != std::string::npos) expected.replace(at, from.size(), to);
+    if (auto at = expected.find(from); at != std::string::npos)
+      expected.replace(at, from.size(), to);
   // Foreground and daemonized: both report the error and exit non-zero.
   for (bool foreground : {true, false}) {
     std::vector<std::string> argv = {bin("crucible-fuse"), "-c", cfg, mnt};
@@ -635,13 +651,15 @@ TEST_P(FuseRefusesToStart, ExitsNonZeroWithTheMessageAndNoMount) {
     EXPECT_FALSE(r.status.timed_out) << r.describe();
     EXPECT_NE(r.exit_code(), 0) << r.describe();
     EXPECT_NE(r.err.find("crucible-fuse: " + expected), std::string::npos)
-        << (foreground ? "-f" : "daemon") << ": expected '" << expected << "' in\n" << r.describe();
+        << (foreground ? "-f" : "daemon") << ": expected '" << expected << "' in\n"
+        << r.describe();
     EXPECT_FALSE(is_mounted(mnt));
     if (is_mounted(mnt)) run_command({tool("umount"), "-l", mnt}, Millis(10000));
   }
 }
 
-const std::string kGoodTargets = "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n";
+const std::string kGoodTargets =
+    "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n";
 
 INSTANTIATE_TEST_SUITE_P(
     Fuse, FuseRefusesToStart,
@@ -650,14 +668,17 @@ INSTANTIATE_TEST_SUITE_P(
                  "FILE: mount.colour: unknown key (expected one of: path, allow_other)"},
         BadStart{"TwoTargets", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
                  "FILE: volume.targets: expected exactly 3 host:port addresses, got 2"},
-        BadStart{"BadAddress", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:99999\", \"127.0.0.1:3\"]\n",
+        BadStart{"BadAddress",
+                 "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:99999\", \"127.0.0.1:3\"]\n",
                  "FILE: volume.targets[1]: "},
         BadStart{"BadType", kGoodTargets + "  limits: { bytes_in_flight: lots }\n",
                  "FILE: volume.limits.bytes_in_flight: 'lots' is not a size"},
-        BadStart{"BadBool", kGoodTargets + "  read_only: maybe\n", "FILE: volume.read_only: 'maybe' is not true or false"},
+        BadStart{"BadBool", kGoodTargets + "  read_only: maybe\n",
+                 "FILE: volume.read_only: 'maybe' is not true or false"},
         BadStart{"SyntaxError", kGoodTargets + "mount: [\n", "FILE: line "},
         BadStart{"MissingFile", "", "FILE: cannot open the config file"},
-        BadStart{"MissingMountPoint", kGoodTargets, "mount point MNT is not an existing directory", true}),
+        BadStart{"MissingMountPoint", kGoodTargets, "mount point MNT is not an existing directory",
+                 true}),
     [](const ::testing::TestParamInfo<BadStart>& p) { return p.param.name; });
 
 }  // namespace

@@ -20,7 +20,8 @@ namespace {
 
 bool write_file(const std::filesystem::path& path, const std::vector<std::byte>& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
   out.close();
   if (!out) {
     std::fprintf(stderr, "make_corpus: cannot write %s\n", path.c_str());
@@ -53,7 +54,8 @@ int main(int argc, char** argv) {
     covered[m.index()] = true;
     std::vector<std::byte> frame = cru::proto::encode_flat(m);
     stream.insert(stream.end(), frame.begin(), frame.end());
-    std::string name = std::to_string(i) + "-" + std::string(cru::proto::tag_name(cru::proto::tag_of(m)));
+    std::string name =
+        std::to_string(i) + "-" + std::string(cru::proto::tag_name(cru::proto::tag_of(m)));
     if (!write_file(dir / name, frame)) return 1;
   }
   if (!write_file(dir / "all-frames", stream)) return 1;

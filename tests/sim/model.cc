@@ -38,7 +38,8 @@ void block_bytes(Value seq, uint64_t block, std::span<std::byte> out) {
 }
 
 std::optional<Value> decode_block(uint64_t block, std::span<const std::byte> bytes) {
-  if (std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0}; })) return Value{0};
+  if (std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0}; }))
+    return Value{0};
   Value seq = 0;
   uint64_t stored_block = 0;
   std::memcpy(&seq, bytes.data(), 8);
@@ -102,8 +103,8 @@ void Model::upstairs_crash(uint64_t seq) {
   }
 }
 
-std::optional<std::string> Model::check_read(uint64_t block, uint64_t seq, uint64_t last_seq, std::optional<Value> got,
-                                             bool strict) {
+std::optional<std::string> Model::check_read(uint64_t block, uint64_t seq, uint64_t last_seq,
+                                             std::optional<Value> got, bool strict) {
   Block& b = blocks_[block];
   size_t first = at(b, seq);
   size_t last = strict ? first : at(b, last_seq + 1);
@@ -115,16 +116,18 @@ std::optional<std::string> Model::check_read(uint64_t block, uint64_t seq, uint6
     if (strict && b.history[first].values.size() > 1) b.history[first].values = {*got};
     return std::nullopt;
   }
-  return fmt::format("block {}: read (op {}, {}) returned {} but the legal values are {}", block, seq,
-                     strict ? "strict" : fmt::format("may see ops up to {}", last_seq),
-                     got ? fmt::format("the data of write op {}", *got) : std::string("data no write stored"),
-                     set_text(legal));
+  return fmt::format(
+      "block {}: read (op {}, {}) returned {} but the legal values are {}", block, seq,
+      strict ? "strict" : fmt::format("may see ops up to {}", last_seq),
+      got ? fmt::format("the data of write op {}", *got) : std::string("data no write stored"),
+      set_text(legal));
 }
 
 std::string Model::describe(uint64_t block) const {
   const Block& b = blocks_[block];
-  return fmt::format("block {}: now {}, durable {} (op {})", block, set_text(b.history.back().values),
-                     set_text(b.history[b.durable].values), b.history[b.durable].seq);
+  return fmt::format("block {}: now {}, durable {} (op {})", block,
+                     set_text(b.history.back().values), set_text(b.history[b.durable].values),
+                     b.history[b.durable].seq);
 }
 
 }  // namespace cru::sim

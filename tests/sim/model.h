@@ -38,8 +38,8 @@ class Model {
   // write and precedes every later one). Not strict (the read may have been retried as a
   // new job): any value from then up to last_seq. Returns what is wrong, or nullopt. A
   // strict read of a block with several possible values pins it to the one read.
-  std::optional<std::string> check_read(uint64_t block, uint64_t seq, uint64_t last_seq, std::optional<Value> got,
-                                        bool strict);
+  std::optional<std::string> check_read(uint64_t block, uint64_t seq, uint64_t last_seq,
+                                        std::optional<Value> got, bool strict);
 
   // The possible values now (for reports).
   std::string describe(uint64_t block) const;

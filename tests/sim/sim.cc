@@ -24,15 +24,24 @@ namespace cru::sim {
 
 const char* fault_name(FaultKind kind) {
   switch (kind) {
-    case FaultKind::kDisconnect: return "disconnect";
-    case FaultKind::kPartition: return "partition";
-    case FaultKind::kDelay: return "delay";
-    case FaultKind::kStall: return "stall";
-    case FaultKind::kCrash: return "crash";
-    case FaultKind::kStorageErrors: return "storage-errors";
-    case FaultKind::kBitFlip: return "bit-flip";
-    case FaultKind::kUpstairsCrash: return "upstairs-crash";
-    case FaultKind::kLoseForGood: return "lose-for-good";
+    case FaultKind::kDisconnect:
+      return "disconnect";
+    case FaultKind::kPartition:
+      return "partition";
+    case FaultKind::kDelay:
+      return "delay";
+    case FaultKind::kStall:
+      return "stall";
+    case FaultKind::kCrash:
+      return "crash";
+    case FaultKind::kStorageErrors:
+      return "storage-errors";
+    case FaultKind::kBitFlip:
+      return "bit-flip";
+    case FaultKind::kUpstairsCrash:
+      return "upstairs-crash";
+    case FaultKind::kLoseForGood:
+      return "lose-for-good";
   }
   return "?";
 }
@@ -133,12 +142,15 @@ class Sim {
     setup();
     while (result_.ok && phase_ != Phase::kDone) {
       if (now_ - start_ > kVirtualTimeLimit) {
-        fail_run(fmt::format("hung: still in phase {} after {} s of virtual time; {}", static_cast<int>(phase_),
-                             std::chrono::duration_cast<std::chrono::seconds>(now_ - start_).count(), status_text()));
+        fail_run(fmt::format(
+            "hung: still in phase {} after {} s of virtual time; {}", static_cast<int>(phase_),
+            std::chrono::duration_cast<std::chrono::seconds>(now_ - start_).count(),
+            status_text()));
         break;
       }
       if (result_.deliveries > kDeliveryLimit) {
-        fail_run("livelock: more than " + std::to_string(kDeliveryLimit) + " deliveries; " + status_text());
+        fail_run("livelock: more than " + std::to_string(kDeliveryLimit) + " deliveries; " +
+                 status_text());
         break;
       }
       step();
@@ -151,7 +163,9 @@ class Sim {
   // ---- randomness ------------------------------------------------------------------------
   uint64_t pick(uint64_t lo, uint64_t hi) { return lo + rng_() % (hi - lo + 1); }
   bool chance(unsigned percent) { return rng_() % 100 < percent; }
-  Duration pick_ms(uint64_t lo, uint64_t hi) { return std::chrono::microseconds(pick(lo * 1000, hi * 1000)); }
+  Duration pick_ms(uint64_t lo, uint64_t hi) {
+    return std::chrono::microseconds(pick(lo * 1000, hi * 1000));
+  }
   Uuid random_uuid() {
     Uuid u;
     for (auto& b : u.bytes) b = static_cast<uint8_t>(rng_());
@@ -161,8 +175,9 @@ class Sim {
   void fail_run(std::string why) {
     if (!result_.ok) return;
     result_.ok = false;
-    result_.failure = fmt::format("t={} ms: {}", std::chrono::duration_cast<std::chrono::milliseconds>(now_ - start_).count(),
-                                  why);
+    result_.failure = fmt::format(
+        "t={} ms: {}", std::chrono::duration_cast<std::chrono::milliseconds>(now_ - start_).count(),
+        why);
   }
 
   // ---- setup ---------------------------------------------------------------------------------
@@ -203,8 +218,9 @@ class Sim {
     Downstairs& ds = ds_[d];
     if (!ds.region) {
       auto r = downstairs::Region::open(*ds.fs, ds.dir, false);
-      if (!r) return fail_run(fmt::format("downstairs {} cannot reopen its region after a crash: {}", d,
-                                          r.error().to_string()));
+      if (!r)
+        return fail_run(fmt::format("downstairs {} cannot reopen its region after a crash: {}", d,
+                                    r.error().to_string()));
       ds.region = std::move(*r);
     }
     downstairs::CoreOptions co;
@@ -245,7 +261,8 @@ class Sim {
       }
     }
     for (auto& [id, l] : links_) {
-      if (!l.to_b.empty() && l.to_b.front().at <= now_ && can_run(l.b_ds)) candidates_.push_back({id, true});
+      if (!l.to_b.empty() && l.to_b.front().at <= now_ && can_run(l.b_ds))
+        candidates_.push_back({id, true});
       if (!l.to_a.empty() && l.to_a.front().at <= now_ && (l.from_upstairs || can_run(l.a_ds)))
         candidates_.push_back({id, false});
     }
@@ -276,7 +293,9 @@ class Sim {
     };
     for (auto& [id, l] : links_) {
       if (!l.to_b.empty()) consider(std::max(l.to_b.front().at, ds_[l.b_ds].stalled_until));
-      if (!l.to_a.empty()) consider(l.from_upstairs ? l.to_a.front().at : std::max(l.to_a.front().at, ds_[l.a_ds].stalled_until));
+      if (!l.to_a.empty())
+        consider(l.from_upstairs ? l.to_a.front().at
+                                 : std::max(l.to_a.front().at, ds_[l.a_ds].stalled_until));
     }
     for (auto& pc : connects_) consider(pc.at);
     for (auto& ds : ds_) {
@@ -287,7 +306,8 @@ class Sim {
     if (fault_end_) consider(*fault_end_);
     if (phase_ == Phase::kRunning && next_fault_ < plan_.size()) consider(next_fault_at_);
     if (poll_at_) consider(*poll_at_);
-    if (next == TimePoint::max()) return fail_run("deadlock: nothing left to happen; " + status_text());
+    if (next == TimePoint::max())
+      return fail_run("deadlock: nothing left to happen; " + status_text());
     now_ = std::max(next, now_ + 1us);
   }
 
@@ -295,7 +315,8 @@ class Sim {
   template <typename... Args>
   void trace(fmt::format_string<Args...> f, Args&&... args) {
     if (!options_.trace) return;
-    fmt::print(stderr, "{:>10.3f} ms  {}\n", std::chrono::duration<double, std::milli>(now_ - start_).count(),
+    fmt::print(stderr, "{:>10.3f} ms  {}\n",
+               std::chrono::duration<double, std::milli>(now_ - start_).count(),
                fmt::format(f, std::forward<Args>(args)...));
   }
 
@@ -304,9 +325,11 @@ class Sim {
     Packet p = std::move(to_b ? l.to_b.front() : l.to_a.front());
     (to_b ? l.to_b : l.to_a).pop_front();
     if (options_.trace) {
-      std::string a = l.from_upstairs ? fmt::format("up[{}]", l.client) : fmt::format("ds{}.fetch", l.a_ds);
+      std::string a =
+          l.from_upstairs ? fmt::format("up[{}]", l.client) : fmt::format("ds{}.fetch", l.a_ds);
       std::string b = fmt::format("ds{}", l.b_ds);
-      trace("{} -> {}: {}", to_b ? a : b, to_b ? b : a, p.message ? proto::describe(*p.message) : "close: " + p.close_reason);
+      trace("{} -> {}: {}", to_b ? a : b, to_b ? b : a,
+            p.message ? proto::describe(*p.message) : "close: " + p.close_reason);
     }
     if (to_b) {
       int d = l.b_ds;
@@ -348,12 +371,16 @@ class Sim {
 
   // Queues a message on a link, keeping each direction FIFO.
   void send(Link& l, bool to_b, proto::Message m) {
-    if (!(to_b ? l.b_open : l.a_open) || !(to_b ? l.a_open : l.b_open)) return;  // a closed side sends nothing
+    if (!(to_b ? l.b_open : l.a_open) || !(to_b ? l.a_open : l.b_open))
+      return;  // a closed side sends nothing
     if (options_.codec) {
       auto frame = proto::encode_flat(m);
       auto back = proto::decode_frame(frame);
-      if (!back) return fail_run(fmt::format("codec: {} does not decode: {}", proto::describe(m), back.error().to_string()));
-      if (!(*back == m)) return fail_run(fmt::format("codec: {} changes on a round trip", proto::describe(m)));
+      if (!back)
+        return fail_run(fmt::format("codec: {} does not decode: {}", proto::describe(m),
+                                    back.error().to_string()));
+      if (!(*back == m))
+        return fail_run(fmt::format("codec: {} changes on a round trip", proto::describe(m)));
       m = std::move(*back);
     }
     Duration latency = std::chrono::microseconds(pick(20, 300)) + ds_[l.b_ds].extra_delay;
@@ -372,12 +399,14 @@ class Sim {
       if (!l.a_open) return;
       l.a_open = false;
       l.to_a.clear();
-      if (l.b_open) l.to_b.push_back(Packet{std::nullopt, reason, l.to_b.empty() ? now_ : l.to_b.back().at});
+      if (l.b_open)
+        l.to_b.push_back(Packet{std::nullopt, reason, l.to_b.empty() ? now_ : l.to_b.back().at});
     } else {
       if (!l.b_open) return;
       l.b_open = false;
       l.to_b.clear();
-      if (l.a_open) l.to_a.push_back(Packet{std::nullopt, reason, l.to_a.empty() ? now_ : l.to_a.back().at});
+      if (l.a_open)
+        l.to_a.push_back(Packet{std::nullopt, reason, l.to_a.empty() ? now_ : l.to_a.back().at});
     }
     sweep(link_id);
   }
@@ -403,7 +432,8 @@ class Sim {
   std::optional<std::pair<uint64_t, bool>> ds_link(int d, DsConn conn) const {
     uint64_t inc = ds_[d].incarnation;
     for (auto& [id, l] : links_) {
-      if (!l.from_upstairs && l.a_ds == d && l.a_inc == inc && l.a_conn == conn) return std::pair{id, true};
+      if (!l.from_upstairs && l.a_ds == d && l.a_inc == inc && l.a_conn == conn)
+        return std::pair{id, true};
       if (l.b_ds == d && l.b_inc == inc && l.b_conn == conn) return std::pair{id, false};
     }
     return std::nullopt;
@@ -447,13 +477,16 @@ class Sim {
     for (auto& a : actions) {
       if (!result_.ok) return;
       if (auto* s = std::get_if<upstairs::SendTo>(&a)) {
-        if (auto id = upstairs_link(s->client, s->conn)) send(links_.at(*id), true, std::move(s->message));
+        if (auto id = upstairs_link(s->client, s->conn))
+          send(links_.at(*id), true, std::move(s->message));
       } else if (auto* ct = std::get_if<upstairs::ConnectTo>(&a)) {
         drop_upstairs_conn(ct->client, "replaced by a new connection");
         auto d = address_ds(ct->address);
         if (!d) return fail_run("the upstairs connects to an unknown address " + ct->address);
         up_conn_[ct->client] = ct->conn;
-        connects_.push_back(PendingConnect{{true, ct->client, ct->conn, -1, 0, DsConn{}}, *d, now_ + std::chrono::microseconds(pick(50, 1000))});
+        connects_.push_back(PendingConnect{{true, ct->client, ct->conn, -1, 0, DsConn{}},
+                                           *d,
+                                           now_ + std::chrono::microseconds(pick(50, 1000))});
       } else if (auto* dc = std::get_if<upstairs::Disconnect>(&a)) {
         if (up_conn_[dc->client] == dc->conn) drop_upstairs_conn(dc->client, dc->reason);
         ++epoch_;
@@ -468,39 +501,49 @@ class Sim {
     ConnId conn = up_conn_[c];
     if (conn == 0) return;
     up_conn_[c] = 0;
-    std::erase_if(connects_, [&](const PendingConnect& pc) { return pc.from_upstairs && pc.client == c && pc.up_conn == conn; });
+    std::erase_if(connects_, [&](const PendingConnect& pc) {
+      return pc.from_upstairs && pc.client == c && pc.up_conn == conn;
+    });
     if (auto id = upstairs_link(c, conn)) close_side(*id, true, reason);
   }
 
   void apply_ds(int d, downstairs::Output out) {
-    if (out.tick_soon && !ds_[d].tick_at) ds_[d].tick_at = now_ + std::chrono::microseconds(pick(100, 5000));
+    if (out.tick_soon && !ds_[d].tick_at)
+      ds_[d].tick_at = now_ + std::chrono::microseconds(pick(100, 5000));
     for (auto& s : out.sends) {
       auto where = ds_link(d, s.conn);
       if (!where) continue;  // closed meanwhile
-      send(links_.at(where->first), /*to_b=*/where->second, std::move(s.message));  // from side a to b, or back
+      send(links_.at(where->first), /*to_b=*/where->second,
+           std::move(s.message));  // from side a to b, or back
     }
     for (auto& cl : out.closes)
       if (auto where = ds_link(d, cl.conn)) close_side(where->first, where->second, cl.reason);
     for (auto& co : out.connects) {
       auto target = address_ds(co.address);
-      if (!target) return fail_run(fmt::format("downstairs {} fetches from an unknown address {}", d, co.address));
-      connects_.push_back(PendingConnect{{false, ClientId{}, 0, d, ds_[d].incarnation, co.conn}, *target,
+      if (!target)
+        return fail_run(
+            fmt::format("downstairs {} fetches from an unknown address {}", d, co.address));
+      connects_.push_back(PendingConnect{{false, ClientId{}, 0, d, ds_[d].incarnation, co.conn},
+                                         *target,
                                          now_ + std::chrono::microseconds(pick(50, 1000))});
     }
   }
 
-  // ---- downstairs lifecycle ----------------------------------------------------------------------
-  // The process dies: its connections close (peers see it after what was in flight).
+  // ---- downstairs lifecycle
+  // ---------------------------------------------------------------------- The process dies: its
+  // connections close (peers see it after what was in flight).
   void kill_downstairs(int d, const std::string& why) {
     Downstairs& ds = ds_[d];
     std::vector<std::pair<uint64_t, bool>> sides;
     for (auto& [id, l] : links_) {
-      if (!l.from_upstairs && l.a_ds == d && l.a_inc == ds.incarnation && l.a_open) sides.push_back({id, true});
+      if (!l.from_upstairs && l.a_ds == d && l.a_inc == ds.incarnation && l.a_open)
+        sides.push_back({id, true});
       if (l.b_ds == d && l.b_inc == ds.incarnation && l.b_open) sides.push_back({id, false});
     }
     for (auto [id, side_a] : sides)
       if (links_.contains(id)) close_side(id, side_a, why);
-    std::erase_if(connects_, [&](const PendingConnect& pc) { return !pc.from_upstairs && pc.a_ds == d; });
+    std::erase_if(connects_,
+                  [&](const PendingConnect& pc) { return !pc.from_upstairs && pc.a_ds == d; });
     ds.core.reset();
     ds.tick_at.reset();
     ds.up = false;
@@ -513,7 +556,8 @@ class Sim {
     }
   }
 
-  // ---- faults ----------------------------------------------------------------------------------------
+  // ---- faults
+  // ----------------------------------------------------------------------------------------
   int pick_victim() { return static_cast<int>(pick(0, kClientCount - 1)); }
 
   // All three (or the two left) active, no repair, nothing held: the next fault may come.
@@ -522,22 +566,29 @@ class Sim {
     // The harness' own view first: a break the upstairs has not noticed yet is not health.
     for (int d = 0; d < kClientCount; ++d) {
       if (ds_[d].gone) continue;
-      if (!ds_[d].up || now_ < ds_[d].stalled_until || now_ < ds_[d].partitioned_until) return false;
-      auto id = upstairs_link(ClientId{static_cast<uint8_t>(d)}, up_conn_[ClientId{static_cast<uint8_t>(d)}]);
+      if (!ds_[d].up || now_ < ds_[d].stalled_until || now_ < ds_[d].partitioned_until)
+        return false;
+      auto id = upstairs_link(ClientId{static_cast<uint8_t>(d)},
+                              up_conn_[ClientId{static_cast<uint8_t>(d)}]);
       if (!id) return false;
       const Link& l = links_.at(*id);
-      if (!l.b_open || std::any_of(l.to_a.begin(), l.to_a.end(), [](const Packet& p) { return !p.message; })) return false;
+      if (!l.b_open ||
+          std::any_of(l.to_a.begin(), l.to_a.end(), [](const Packet& p) { return !p.message; }))
+        return false;
     }
     upstairs::Snapshot s = up_->snapshot();
     if (s.repair.running) return false;
     for (int d = 0; d < kClientCount; ++d)
-      if (!ds_[d].gone && s.clients[ClientId{static_cast<uint8_t>(d)}].state != "active") return false;
+      if (!ds_[d].gone && s.clients[ClientId{static_cast<uint8_t>(d)}].state != "active")
+        return false;
     return true;
   }
 
   void faults_due() {
     if (fault_end_ && now_ >= *fault_end_) end_fault();
-    if (fault_end_ || phase_ != Phase::kRunning || next_fault_ >= plan_.size() || now_ < next_fault_at_) return;
+    if (fault_end_ || phase_ != Phase::kRunning || next_fault_ >= plan_.size() ||
+        now_ < next_fault_at_)
+      return;
     if (!healthy()) {
       next_fault_at_ = now_ + kPollInterval;
       return;
@@ -580,7 +631,8 @@ class Sim {
         break;
       case FaultKind::kStorageErrors: {
         double p = static_cast<double>(pick(2, 20)) / 100;
-        for (auto op : {test::FaultFs::Op::kRead, test::FaultFs::Op::kWrite, test::FaultFs::Op::kSync})
+        for (auto op :
+             {test::FaultFs::Op::kRead, test::FaultFs::Op::kWrite, test::FaultFs::Op::kSync})
           ds.fs->set_failure_probability(op, p);
         storage_faults_ = true;
         fault_end_ = now_ + pick_ms(50, 2000);
@@ -597,7 +649,8 @@ class Sim {
         downstairs::ExtentLayout layout{kBlockSize, extent_size_};
         ExtentId e{static_cast<uint32_t>(block / extent_size_)};
         uint64_t offset = layout.data_offset(block % extent_size_) + pick(0, kBlockSize - 1);
-        victim.fs->corrupt(victim.region->extent_path(e), offset, static_cast<uint8_t>(1u << pick(0, 7)));
+        victim.fs->corrupt(victim.region->extent_path(e), offset,
+                           static_cast<uint8_t>(1u << pick(0, 7)));
         victim.flipped.insert(block);
         storage_faults_ = true;
         break;
@@ -646,7 +699,8 @@ class Sim {
     new_upstairs();
   }
 
-  // ---- the guest ---------------------------------------------------------------------------------------
+  // ---- the guest
+  // ---------------------------------------------------------------------------------------
   bool wants_guest_op() const {
     return phase_ == Phase::kRunning && calls_.size() < kGuestInFlightMax &&
            (ops_ < static_cast<uint64_t>(options_.ops) || next_fault_ < plan_.size() || fault_end_);
@@ -664,15 +718,16 @@ class Sim {
       poll_at_.reset();
       poll();
     }
-    if (phase_ == Phase::kRunning && !wants_guest_op() && ops_ >= static_cast<uint64_t>(options_.ops) &&
-        next_fault_ >= plan_.size() && !fault_end_) {
+    if (phase_ == Phase::kRunning && !wants_guest_op() &&
+        ops_ >= static_cast<uint64_t>(options_.ops) && next_fault_ >= plan_.size() && !fault_end_) {
       phase_ = Phase::kDraining;
       poll_at_ = now_;
       return;
     }
     if (!wants_guest_op() || now_ < next_op_at_) return;
     // Bursts of back-to-back calls, then quiet spells long enough for automatic flushes.
-    next_op_at_ = now_ + (chance(90) ? std::chrono::microseconds(pick(0, 2000)) : pick_ms(100, 800));
+    next_op_at_ =
+        now_ + (chance(90) ? std::chrono::microseconds(pick(0, 2000)) : pick_ms(100, 800));
     ++ops_;
     uint64_t count = pick(1, kIoBlocksMax);
     // A quarter of IOs land in the first 16 blocks, so they overlap often.
@@ -690,33 +745,39 @@ class Sim {
       for (uint64_t i = 0; i < count; ++i) {
         auto block = data.span().subspan(i * kBlockSize, kBlockSize);
         block_bytes(seq, start + i, block);
-        w.contexts.push_back(proto::BlockContext{proto::block_hash(std::nullopt, block), std::nullopt});
+        w.contexts.push_back(
+            proto::BlockContext{proto::block_hash(std::nullopt, block), std::nullopt});
       }
       w.data = Bytes(std::move(data));
       model_->write(seq, start, count, unwritten);
       ++result_.writes;
-      submit(std::move(w), GuestCall{unwritten ? OpKind::kWriteUnwritten : OpKind::kWrite, seq, start, count});
+      submit(std::move(w),
+             GuestCall{unwritten ? OpKind::kWriteUnwritten : OpKind::kWrite, seq, start, count});
     } else if (r < 50) {
       model_->discard(seq, start, count);
-      submit(upstairs::DiscardOp{BlockIndex{start}, static_cast<uint32_t>(count)}, GuestCall{OpKind::kDiscard, seq, start, count});
+      submit(upstairs::DiscardOp{BlockIndex{start}, static_cast<uint32_t>(count)},
+             GuestCall{OpKind::kDiscard, seq, start, count});
     } else if (r < 62) {
       ++result_.flushes;
       submit(upstairs::FlushOp{}, GuestCall{OpKind::kFlush, seq});
     } else {
       ++result_.reads;
-      submit(upstairs::ReadOp{BlockIndex{start}, static_cast<uint32_t>(count)}, GuestCall{OpKind::kRead, seq, start, count});
+      submit(upstairs::ReadOp{BlockIndex{start}, static_cast<uint32_t>(count)},
+             GuestCall{OpKind::kRead, seq, start, count});
     }
     result_.ops = ops_;
   }
 
   void guest_done(upstairs::GuestDone& g) {
     auto it = calls_.find(g.id);
-    if (it == calls_.end()) return fail_run(fmt::format("a reply for guest call {} that is not outstanding", g.id.value));
+    if (it == calls_.end())
+      return fail_run(fmt::format("a reply for guest call {} that is not outstanding", g.id.value));
     GuestCall call = it->second;
     calls_.erase(it);
     if (!g.status) {
-      return fail_run(fmt::format("guest op {} ({}) failed: {}; {}", call.seq, static_cast<int>(call.kind),
-                                  g.status.error().to_string(), status_text()));
+      return fail_run(fmt::format("guest op {} ({}) failed: {}; {}", call.seq,
+                                  static_cast<int>(call.kind), g.status.error().to_string(),
+                                  status_text()));
     }
     switch (call.kind) {
       case OpKind::kActivate:
@@ -730,14 +791,18 @@ class Sim {
           poll_at_ = now_;
         }
         break;
-      case OpKind::kRead: check_read(call, g.read); break;
-      default: break;
+      case OpKind::kRead:
+        check_read(call, g.read);
+        break;
+      default:
+        break;
     }
   }
 
   void check_read(const GuestCall& call, const upstairs::ReadData& read) {
     if (read.data.size() != call.count * kBlockSize)
-      return fail_run(fmt::format("read op {} returned {} bytes for {} blocks", call.seq, read.data.size(), call.count));
+      return fail_run(fmt::format("read op {} returned {} bytes for {} blocks", call.seq,
+                                  read.data.size(), call.count));
     // Strict unless something happened that may have made the upstairs retry it as a new
     // job (which may then follow writes submitted after it).
     bool strict = call.epoch == epoch_ && !storage_faults_;
@@ -750,7 +815,8 @@ class Sim {
     if (call.final_read && calls_.empty()) finish();
   }
 
-  // ---- the end of a run ------------------------------------------------------------------------------
+  // ---- the end of a run
+  // ------------------------------------------------------------------------------
   void poll() {
     switch (phase_) {
       case Phase::kDraining:
@@ -784,7 +850,9 @@ class Sim {
     std::vector<downstairs::ReadResult> data;
     for (int d : live) {
       auto r = ds_[d].region->read(BlockIndex{0}, total_blocks_);
-      if (!r) return fail_run(fmt::format("downstairs {}: reading the region at the end: {}", d, r.error().to_string()));
+      if (!r)
+        return fail_run(fmt::format("downstairs {}: reading the region at the end: {}", d,
+                                    r.error().to_string()));
       data.push_back(std::move(*r));
     }
     for (uint64_t b = 0; b < total_blocks_; ++b) {
@@ -792,21 +860,26 @@ class Sim {
       for (size_t i = 0; i < live.size(); ++i) {
         auto bytes = data[i].data.span().subspan(b * kBlockSize, kBlockSize);
         std::optional<proto::BlockContext> ctx = data[i].contexts[b];
-        if (!proto::verify_blocks(b, kBlockSize, std::span(&ctx, 1), bytes, false)) bad.push_back(live[i]);
+        if (!proto::verify_blocks(b, kBlockSize, std::span(&ctx, 1), bytes, false))
+          bad.push_back(live[i]);
       }
       if (!bad.empty()) {
         for (int d : bad)
           if (!ds_[d].flipped.contains(b))
-            return fail_run(fmt::format("block {} fails its hash on downstairs {}, where it was never corrupted", b, d));
-        if (bad.size() == live.size()) return fail_run(fmt::format("block {} is corrupt on every replica", b));
+            return fail_run(fmt::format(
+                "block {} fails its hash on downstairs {}, where it was never corrupted", b, d));
+        if (bad.size() == live.size())
+          return fail_run(fmt::format("block {} is corrupt on every replica", b));
         ++result_.latent_corruptions;  // flipped and never read since: nothing could notice
         continue;
       }
       for (size_t i = 1; i < live.size(); ++i) {
         auto a = data[0].data.span().subspan(b * kBlockSize, kBlockSize);
         auto o = data[i].data.span().subspan(b * kBlockSize, kBlockSize);
-        if (data[0].contexts[b] != data[i].contexts[b] || !std::equal(a.begin(), a.end(), o.begin()))
-          return fail_run(fmt::format("block {} differs between downstairs {} and {} at the end", b, live[0], live[i]));
+        if (data[0].contexts[b] != data[i].contexts[b] ||
+            !std::equal(a.begin(), a.end(), o.begin()))
+          return fail_run(fmt::format("block {} differs between downstairs {} and {} at the end", b,
+                                      live[0], live[i]));
       }
     }
     auto v0 = ds_[live[0]].region->versions();
@@ -814,10 +887,12 @@ class Sim {
       auto vi = ds_[live[i]].region->versions();
       for (size_t e = 0; e < v0.size(); ++e)
         if (v0[e] != vi[e])
-          return fail_run(fmt::format("extent {} metadata differs at the end: downstairs {} has (gen {}, flush {}, dirty {}), "
-                                      "downstairs {} has (gen {}, flush {}, dirty {})",
-                                      e, live[0], v0[e].generation, v0[e].flush, v0[e].dirty, live[i], vi[e].generation,
-                                      vi[e].flush, vi[e].dirty));
+          return fail_run(
+              fmt::format("extent {} metadata differs at the end: downstairs {} has (gen {}, flush "
+                          "{}, dirty {}), "
+                          "downstairs {} has (gen {}, flush {}, dirty {})",
+                          e, live[0], v0[e].generation, v0[e].flush, v0[e].dirty, live[i],
+                          vi[e].generation, vi[e].flush, vi[e].dirty));
     }
     upstairs::Snapshot s = up_->snapshot();
     result_.reconciles += s.reconcile_extents_done;
@@ -831,12 +906,14 @@ class Sim {
   std::string status_text() const {
     if (!up_) return "no upstairs";
     upstairs::Snapshot s = up_->snapshot();
-    std::string out = fmt::format("upstairs {} (jobs {}, waiting {}, repair {} at extent {})", s.state, s.jobs,
-                                  s.guest_waiting, s.repair.running, s.repair.extent);
+    std::string out =
+        fmt::format("upstairs {} (jobs {}, waiting {}, repair {} at extent {})", s.state, s.jobs,
+                    s.guest_waiting, s.repair.running, s.repair.extent);
     for (ClientId c : kAllClients) {
       const auto& cs = s.clients[c];
-      out += fmt::format("; ds{}: {} in flight {} last error '{}'{}{}", c, cs.state, cs.jobs_in_flight, cs.last_error,
-                         ds_[c.value].up ? "" : " (down)", ds_[c.value].gone ? " (gone)" : "");
+      out += fmt::format("; ds{}: {} in flight {} last error '{}'{}{}", c, cs.state,
+                         cs.jobs_in_flight, cs.last_error, ds_[c.value].up ? "" : " (down)",
+                         ds_[c.value].gone ? " (gone)" : "");
     }
     out += fmt::format("; guest calls outstanding {}", calls_.size());
     return out;

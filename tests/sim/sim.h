@@ -48,7 +48,7 @@ struct SimResult {
   // Counters, for the test log and for checking that scenarios do what they say.
   uint64_t ops = 0, reads = 0, writes = 0, flushes = 0, deliveries = 0;
   uint64_t faults_injected = 0, replays = 0, live_repairs = 0, self_heals = 0;
-  uint64_t reconciles = 0;  // extents repaired by reconciliation at activation
+  uint64_t reconciles = 0;          // extents repaired by reconciliation at activation
   uint64_t latent_corruptions = 0;  // flipped blocks never read, so never detected
   std::chrono::milliseconds virtual_time{0};
 };

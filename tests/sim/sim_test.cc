@@ -10,6 +10,8 @@
 //   for f in Clean LostForGood Network Crashes StorageErrors BitFlips UpstairsCrashes Mixed; do
 //     CRU_SIM_SEEDS=12500 build/tests/sim --gtest_filter="Sim.$f" & done; wait
 // (CRU_SIM_FIRST_SEED=N shifts a process's seed range, to split one scenario further.)
+#include "sim/sim.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -17,7 +19,6 @@
 #include <string>
 
 #include "common/log.h"
-#include "sim/sim.h"
 
 namespace cru::sim {
 namespace {
@@ -39,7 +40,8 @@ void quiet_logs() {
   log::set_level(level && log::valid_level(level) ? level : "off");
 }
 
-void run_scenario(const char* name, uint64_t scenario, std::vector<FaultKind> kinds, int fault_count, int ops) {
+void run_scenario(const char* name, uint64_t scenario, std::vector<FaultKind> kinds,
+                  int fault_count, int ops) {
   quiet_logs();
   std::vector<uint64_t> seeds;
   if (auto one = env_number("CRU_SIM_SEED")) {
@@ -76,16 +78,24 @@ void run_scenario(const char* name, uint64_t scenario, std::vector<FaultKind> ki
     total.deliveries += r.deliveries;
     total.virtual_time += r.virtual_time;
   }
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count();
-  std::printf("[   SIM    ] %s: %zu seeds, %llu ops, %llu reads, %llu faults, %llu replays, %llu live repairs, "
-              "%llu extents reconciled, %llu self-heals, %llu latent flips, %llu deliveries, %lld s virtual, %lld ms\n",
-              name, seeds.size(), static_cast<unsigned long long>(total.ops),
-              static_cast<unsigned long long>(total.reads), static_cast<unsigned long long>(total.faults_injected),
-              static_cast<unsigned long long>(total.replays), static_cast<unsigned long long>(total.live_repairs),
-              static_cast<unsigned long long>(total.reconciles), static_cast<unsigned long long>(total.self_heals),
-              static_cast<unsigned long long>(total.latent_corruptions),
-              static_cast<unsigned long long>(total.deliveries),
-              static_cast<long long>(total.virtual_time.count() / 1000), static_cast<long long>(ms));
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                                  started)
+                .count();
+  std::printf(
+      "[   SIM    ] %s: %zu seeds, %llu ops, %llu reads, %llu faults, %llu replays, %llu live "
+      "repairs, "
+      "%llu extents reconciled, %llu self-heals, %llu latent flips, %llu deliveries, %lld s "
+      "virtual, %lld ms\n",
+      name, seeds.size(), static_cast<unsigned long long>(total.ops),
+      static_cast<unsigned long long>(total.reads),
+      static_cast<unsigned long long>(total.faults_injected),
+      static_cast<unsigned long long>(total.replays),
+      static_cast<unsigned long long>(total.live_repairs),
+      static_cast<unsigned long long>(total.reconciles),
+      static_cast<unsigned long long>(total.self_heals),
+      static_cast<unsigned long long>(total.latent_corruptions),
+      static_cast<unsigned long long>(total.deliveries),
+      static_cast<long long>(total.virtual_time.count() / 1000), static_cast<long long>(ms));
 }
 
 using enum FaultKind;
@@ -94,7 +104,9 @@ TEST(Sim, Clean) { run_scenario("Clean", 1, {}, 0, 400); }
 
 TEST(Sim, LostForGood) { run_scenario("LostForGood", 2, {kLoseForGood}, 1, 400); }
 
-TEST(Sim, Network) { run_scenario("Network", 3, {kDisconnect, kPartition, kDelay, kStall}, 4, 300); }
+TEST(Sim, Network) {
+  run_scenario("Network", 3, {kDisconnect, kPartition, kDelay, kStall}, 4, 300);
+}
 
 TEST(Sim, Crashes) { run_scenario("Crashes", 4, {kCrash}, 3, 300); }
 
@@ -105,7 +117,9 @@ TEST(Sim, BitFlips) { run_scenario("BitFlips", 6, {kBitFlip}, 6, 300); }
 TEST(Sim, UpstairsCrashes) { run_scenario("UpstairsCrashes", 7, {kUpstairsCrash}, 3, 300); }
 
 TEST(Sim, Mixed) {
-  run_scenario("Mixed", 8, {kDisconnect, kPartition, kDelay, kStall, kCrash, kStorageErrors, kUpstairsCrash}, 5, 300);
+  run_scenario("Mixed", 8,
+               {kDisconnect, kPartition, kDelay, kStall, kCrash, kStorageErrors, kUpstairsCrash}, 5,
+               300);
 }
 
 }  // namespace

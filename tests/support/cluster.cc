@@ -103,7 +103,8 @@ Result<nlohmann::json> Mount::status() const {
   auto r = cluster_.run({bin("crucible-fuse"), "status", "--json", "-c", config_});
   if (r.exit_code() != 0) return tl::unexpected(command_error("crucible-fuse status", r));
   auto j = nlohmann::json::parse(r.out, nullptr, false);
-  if (j.is_discarded()) return fail(ErrorCode::kProtocol, "crucible-fuse status --json printed no JSON: " + r.out);
+  if (j.is_discarded())
+    return fail(ErrorCode::kProtocol, "crucible-fuse status --json printed no JSON: " + r.out);
   return j;
 }
 
@@ -129,9 +130,10 @@ Result<ExitStatus> Mount::unmount() {
   process_->kill(SIGTERM);
   ExitStatus st = process_->wait(cluster_.options().stop_timeout);
   if (st.timed_out)
-    return fail(ErrorCode::kTimeout, fmt::format("crucible-fuse on {} still running {} ms after SIGTERM:\n{}",
-                                                 mountpoint_, cluster_.options().stop_timeout.count(),
-                                                 process_->output()));
+    return fail(
+        ErrorCode::kTimeout,
+        fmt::format("crucible-fuse on {} still running {} ms after SIGTERM:\n{}", mountpoint_,
+                    cluster_.options().stop_timeout.count(), process_->output()));
   exited_ = true;
   return st;
 }
@@ -202,7 +204,8 @@ Status Cluster::create_regions() {
                                      std::to_string(options_.extent_count)};
     if (options_.encrypted) args.push_back("--encrypted");
     auto r = run(args);
-    if (r.exit_code() != 0) return tl::unexpected(command_error(fmt::format("creating region {}", i), r));
+    if (r.exit_code() != 0)
+      return tl::unexpected(command_error(fmt::format("creating region {}", i), r));
   }
   return {};
 }
@@ -211,12 +214,14 @@ Status Cluster::start_downstairs(int i) {
   auto& slot = downstairs_.at(i);
   if (slot && downstairs_running(i))
     return fail(ErrorCode::kInvalidArgument, fmt::format("downstairs {} is already running", i));
-  std::vector<std::string> args = {bin("crucible-downstairs"), "run", "-d", region_dir(i), "-a", "127.0.0.1",
-                                   "-p", std::to_string(ports_[i])};
+  std::vector<std::string> args = {
+      bin("crucible-downstairs"), "run", "-d", region_dir(i), "-a", "127.0.0.1", "-p",
+      std::to_string(ports_[i])};
   args.insert(args.end(), options_.downstairs_args.begin(), options_.downstairs_args.end());
   auto p = Process::start(args);
   if (!p) return tl::unexpected(p.error());
-  auto line = (*p)->wait_for_line(std::regex("listening on 127\\.0\\.0\\.1:([0-9]+)"), options_.start_timeout);
+  auto line = (*p)->wait_for_line(std::regex("listening on 127\\.0\\.0\\.1:([0-9]+)"),
+                                  options_.start_timeout);
   if (!line) return fail(ErrorCode::kIo, fmt::format("downstairs {}: {}", i, line.error().message));
   std::smatch m;
   std::regex_search(*line, m, std::regex(":([0-9]+)\\s*$"));
@@ -230,12 +235,14 @@ Status Cluster::start_downstairs(int i) {
 
 Result<ExitStatus> Cluster::stop_downstairs(int i) {
   auto& p = downstairs_.at(i);
-  if (!p || !downstairs_running(i)) return fail(ErrorCode::kInvalidArgument, fmt::format("downstairs {} is not running", i));
+  if (!p || !downstairs_running(i))
+    return fail(ErrorCode::kInvalidArgument, fmt::format("downstairs {} is not running", i));
   if (paused_[i]) resume_downstairs(i);
   p->kill(SIGTERM);
   ExitStatus st = p->wait(options_.stop_timeout);
   if (st.timed_out)
-    return fail(ErrorCode::kTimeout, fmt::format("downstairs {} still running after SIGTERM:\n{}", i, p->output()));
+    return fail(ErrorCode::kTimeout,
+                fmt::format("downstairs {} still running after SIGTERM:\n{}", i, p->output()));
   return st;
 }
 
@@ -265,7 +272,8 @@ bool Cluster::downstairs_running(int i) const {
   return p && p->wait(Millis(0)).timed_out;
 }
 
-std::string Cluster::config_yaml(const std::string& mountpoint, const std::string& extra_yaml) const {
+std::string Cluster::config_yaml(const std::string& mountpoint,
+                                 const std::string& extra_yaml) const {
   std::string key = key_.empty() ? "" : fmt::format("  key: \"{}\"\n", key_);
   return fmt::format(
       "volume:\n"
@@ -279,8 +287,8 @@ std::string Cluster::config_yaml(const std::string& mountpoint, const std::strin
       "log:\n"
       "  level: {}\n"
       "{}",
-      target(0), target(1), target(2), options_.flush_timeout_ms, options_.activate_timeout_ms, key, mountpoint,
-      options_.log_level, extra_yaml);
+      target(0), target(1), target(2), options_.flush_timeout_ms, options_.activate_timeout_ms, key,
+      mountpoint, options_.log_level, extra_yaml);
 }
 
 std::string Cluster::write_file(const std::string& name, const std::string& text) const {
@@ -293,7 +301,8 @@ Result<Mount*> Cluster::mount(MountArgs args) {
   const int n = next_dir_++;
   const std::string mountpoint = dir_.file(fmt::format("mnt{}", n));
   fs::create_directory(mountpoint);
-  const std::string config = write_file(fmt::format("mnt{}.yaml", n), config_yaml(mountpoint, args.extra_yaml));
+  const std::string config =
+      write_file(fmt::format("mnt{}.yaml", n), config_yaml(mountpoint, args.extra_yaml));
   std::unique_ptr<Mount> m(new Mount(*this, mountpoint, config));
   std::vector<std::string> argv = {bin("crucible-fuse"), "-c", config, mountpoint, "-f"};
   argv.insert(argv.end(), args.extra_args.begin(), args.extra_args.end());
@@ -303,8 +312,8 @@ Result<Mount*> Cluster::mount(MountArgs args) {
   Mount* raw = m.get();
   mounts_.push_back(std::move(m));  // from here on teardown owns it, ready or not
   // Activation has its own timeout; give it that plus the mount.
-  auto ready = raw->process_->wait_for_line("disk.img is ready", options_.start_timeout +
-                                                                     Millis(options_.activate_timeout_ms));
+  auto ready = raw->process_->wait_for_line(
+      "disk.img is ready", options_.start_timeout + Millis(options_.activate_timeout_ms));
   if (!ready) {
     raw->teardown();
     return fail(ErrorCode::kIo, fmt::format("crucible-fuse on {} did not get ready: {}", mountpoint,
@@ -320,7 +329,8 @@ Result<std::string> Cluster::attach_loop(const std::string& file, bool direct_io
   auto r = run(argv);
   if (r.exit_code() != 0) return tl::unexpected(command_error("losetup " + file, r));
   std::string dev = trim(r.out);
-  if (dev.rfind("/dev/loop", 0) != 0) return fail(ErrorCode::kProtocol, "losetup printed no device: " + r.out);
+  if (dev.rfind("/dev/loop", 0) != 0)
+    return fail(ErrorCode::kProtocol, "losetup printed no device: " + r.out);
   loops_.push_back(dev);
   return dev;
 }
@@ -339,12 +349,14 @@ Result<std::string> Cluster::mount_fs(const std::string& device, const std::stri
   return dir;
 }
 
-Status Cluster::mount_fs_at(const std::string& device, const std::string& dir, const std::string& options) {
+Status Cluster::mount_fs_at(const std::string& device, const std::string& dir,
+                            const std::string& options) {
   std::vector<std::string> argv = {tool("mount")};
   if (!options.empty()) argv.insert(argv.end(), {"-o", options});
   argv.insert(argv.end(), {device, dir});
   auto r = run(argv);
-  if (r.exit_code() != 0) return tl::unexpected(command_error(fmt::format("mount {} {}", device, dir), r));
+  if (r.exit_code() != 0)
+    return tl::unexpected(command_error(fmt::format("mount {} {}", device, dir), r));
   fs_mounts_.push_back(dir);
   return {};
 }
@@ -362,11 +374,13 @@ void Cluster::teardown() {
     if (paused_[i]) resume_downstairs(i);
   // Top of the stack first: filesystems, then the loop devices under them, then FUSE.
   for (auto it = fs_mounts_.rbegin(); it != fs_mounts_.rend(); ++it)
-    if (run({tool("umount"), *it}).exit_code() != 0) static_cast<void>(run({tool("umount"), "-l", *it}));
+    if (run({tool("umount"), *it}).exit_code() != 0)
+      static_cast<void>(run({tool("umount"), "-l", *it}));
   fs_mounts_.clear();
   for (auto it = loops_.rbegin(); it != loops_.rend(); ++it) {
     // Only a device still backed by our file: never detach one someone else attached.
-    const std::string sys = fmt::format("/sys/block/{}/loop/backing_file", fs::path(*it).filename().string());
+    const std::string sys =
+        fmt::format("/sys/block/{}/loop/backing_file", fs::path(*it).filename().string());
     std::string backing;
     std::getline(std::ifstream(sys), backing);
     if (backing.rfind(dir_.path(), 0) == 0) static_cast<void>(run({tool("losetup"), "-d", *it}));
@@ -378,7 +392,8 @@ void Cluster::teardown() {
   // Last guard before the temp dir goes: nothing may stay mounted inside it (remove_all
   // would descend into a live mount).
   for (const auto& point : mount_points())
-    if (point.rfind(dir_.path() + "/", 0) == 0) static_cast<void>(run({tool("umount"), "-l", point}));
+    if (point.rfind(dir_.path() + "/", 0) == 0)
+      static_cast<void>(run({tool("umount"), "-l", point}));
 }
 
 }  // namespace cru::test

@@ -17,12 +17,11 @@
 //   auto exit = (*m)->unmount();                           // SIGTERM; clean exit is code 0
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -72,7 +71,8 @@ class Mount {
   // `crucible-fuse status --json -c CONFIG`, parsed.
   Result<nlohmann::json> status() const;
   // Polls status() until `done` accepts it (kTimeout with the last status if it does not).
-  Result<nlohmann::json> wait_status(const std::function<bool(const nlohmann::json&)>& done, Millis timeout) const;
+  Result<nlohmann::json> wait_status(const std::function<bool(const nlohmann::json&)>& done,
+                                     Millis timeout) const;
   // SIGTERM, then waits for the exit (final flush and deactivation included); the
   // status says how it ended (a clean stop exits 0). kTimeout if it does not end.
   Result<ExitStatus> unmount();
@@ -142,7 +142,8 @@ class Cluster {
   // A new directory dir()/fsN with `device` mounted on it (`mount [-o OPTS] DEV DIR`).
   Result<std::string> mount_fs(const std::string& device, const std::string& options = "");
   // Mounts `device` again on an existing directory.
-  Status mount_fs_at(const std::string& device, const std::string& dir, const std::string& options = "");
+  Status mount_fs_at(const std::string& device, const std::string& dir,
+                     const std::string& options = "");
   Status umount_fs(const std::string& dir);
 
   // Runs a command with the fixture's command timeout.

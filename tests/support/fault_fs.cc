@@ -35,15 +35,24 @@ std::string base_name(const std::string& path) {
 
 std::string_view op_name(FaultFs::Op op) {
   switch (op) {
-    case FaultFs::Op::kRead: return "read";
-    case FaultFs::Op::kWrite: return "write";
-    case FaultFs::Op::kSync: return "sync";
-    case FaultFs::Op::kPunch: return "punch hole";
-    case FaultFs::Op::kTruncate: return "truncate";
-    case FaultFs::Op::kOpen: return "open";
-    case FaultFs::Op::kRename: return "rename";
-    case FaultFs::Op::kRemove: return "remove";
-    case FaultFs::Op::kSyncDir: return "sync directory";
+    case FaultFs::Op::kRead:
+      return "read";
+    case FaultFs::Op::kWrite:
+      return "write";
+    case FaultFs::Op::kSync:
+      return "sync";
+    case FaultFs::Op::kPunch:
+      return "punch hole";
+    case FaultFs::Op::kTruncate:
+      return "truncate";
+    case FaultFs::Op::kOpen:
+      return "open";
+    case FaultFs::Op::kRename:
+      return "rename";
+    case FaultFs::Op::kRemove:
+      return "remove";
+    case FaultFs::Op::kSyncDir:
+      return "sync directory";
   }
   return "?";
 }
@@ -57,15 +66,19 @@ bool mutating(FaultFs::Op op) { return op != FaultFs::Op::kRead && op != FaultFs
 class FaultFs::FaultFile final : public File {
  public:
   FaultFile(FaultFs& fs, InodePtr inode, std::string path, bool writable)
-      : fs_(fs), inode_(std::move(inode)), path_(std::move(path)), writable_(writable), epoch_(fs.epoch_) {}
+      : fs_(fs),
+        inode_(std::move(inode)),
+        path_(std::move(path)),
+        writable_(writable),
+        epoch_(fs.epoch_) {}
 
   Status read_at(uint64_t offset, std::span<std::byte> out) override {
     CRU_TRY(alive());
     CRU_TRY(fs_.check(Op::kRead, path_));
     const auto& bytes = inode_->current;
     if (offset > bytes.size() || out.size() > bytes.size() - offset)
-      return fail(ErrorCode::kIo, fmt::format("read {}: {} bytes at {} run past the end ({} bytes)", path_,
-                                              out.size(), offset, bytes.size()));
+      return fail(ErrorCode::kIo, fmt::format("read {}: {} bytes at {} run past the end ({} bytes)",
+                                              path_, out.size(), offset, bytes.size()));
     if (!out.empty()) std::memcpy(out.data(), bytes.data() + offset, out.size());
     return {};
   }
@@ -74,7 +87,8 @@ class FaultFs::FaultFile final : public File {
     CRU_TRY(writable());
     CRU_TRY(fs_.check(Op::kWrite, path_));
     if (data.empty()) return {};
-    LogOp op{LogOp::Kind::kWrite, offset, data.size(), std::vector<std::byte>(data.begin(), data.end())};
+    LogOp op{LogOp::Kind::kWrite, offset, data.size(),
+             std::vector<std::byte>(data.begin(), data.end())};
     apply_to(inode_->current, op, op.offset, op.len);
     inode_->log.push_back(std::move(op));
     return {};
@@ -101,7 +115,8 @@ class FaultFs::FaultFile final : public File {
 
   Result<uint64_t> size() override {
     CRU_TRY(alive());
-    if (fs_.power_cut_) return fail(ErrorCode::kIo, fmt::format("stat {}: injected power cut", path_));
+    if (fs_.power_cut_)
+      return fail(ErrorCode::kIo, fmt::format("stat {}: injected power cut", path_));
     return inode_->current.size();
   }
 
@@ -133,7 +148,8 @@ class FaultFs::FaultFile final : public File {
   uint64_t epoch_;
 };
 
-void FaultFs::apply_to(std::vector<std::byte>& bytes, const LogOp& op, uint64_t offset, uint64_t len) {
+void FaultFs::apply_to(std::vector<std::byte>& bytes, const LogOp& op, uint64_t offset,
+                       uint64_t len) {
   switch (op.kind) {
     case LogOp::Kind::kWrite:
       if (bytes.size() < offset + len) bytes.resize(offset + len);
@@ -143,8 +159,8 @@ void FaultFs::apply_to(std::vector<std::byte>& bytes, const LogOp& op, uint64_t 
       // KEEP_SIZE: a hole past the end changes nothing.
       if (offset < bytes.size()) {
         uint64_t end = std::min<uint64_t>(bytes.size(), offset + len);
-        std::fill(bytes.begin() + static_cast<ptrdiff_t>(offset), bytes.begin() + static_cast<ptrdiff_t>(end),
-                  std::byte{0});
+        std::fill(bytes.begin() + static_cast<ptrdiff_t>(offset),
+                  bytes.begin() + static_cast<ptrdiff_t>(end), std::byte{0});
       }
       break;
     case LogOp::Kind::kTruncate:
@@ -155,7 +171,8 @@ void FaultFs::apply_to(std::vector<std::byte>& bytes, const LogOp& op, uint64_t 
 
 // ---- the file system ---------------------------------------------------------------------
 
-FaultFs::FaultFs(size_t atomic_unit, uint64_t fault_seed) : atomic_unit_(atomic_unit), fault_rng_(fault_seed) {
+FaultFs::FaultFs(size_t atomic_unit, uint64_t fault_seed)
+    : atomic_unit_(atomic_unit), fault_rng_(fault_seed) {
   CRU_ASSERT(atomic_unit > 0);
 }
 
@@ -190,7 +207,9 @@ Status FaultFs::check(Op op, const std::string& path) {
   return {};
 }
 
-bool FaultFs::dir_exists(const std::string& dir) const { return dir == "." || dir == "/" || dirs_.contains(dir); }
+bool FaultFs::dir_exists(const std::string& dir) const {
+  return dir == "." || dir == "/" || dirs_.contains(dir);
+}
 
 void FaultFs::log_ns(NsOp op) {
   op.seq = ns_seq_++;
@@ -224,14 +243,16 @@ Result<std::unique_ptr<File>> FaultFs::open(const std::string& raw_path, OpenMod
     if (it != names_.end() || dirs_.contains(path))
       return fail(ErrorCode::kAlreadyExists, fmt::format("{} already exists", path));
     if (!dir_exists(parent_dir(path)))
-      return fail(ErrorCode::kNotFound, fmt::format("{}: directory {} does not exist", path, parent_dir(path)));
+      return fail(ErrorCode::kNotFound,
+                  fmt::format("{}: directory {} does not exist", path, parent_dir(path)));
     auto inode = std::make_shared<Inode>();
     names_[path] = inode;
     log_ns(NsOp{0, "", path, inode});
     return std::unique_ptr<File>(new FaultFile(*this, std::move(inode), path, true));
   }
   if (it == names_.end()) return fail(ErrorCode::kNotFound, fmt::format("{} does not exist", path));
-  return std::unique_ptr<File>(new FaultFile(*this, it->second, path, mode == OpenMode::kReadWrite));
+  return std::unique_ptr<File>(
+      new FaultFile(*this, it->second, path, mode == OpenMode::kReadWrite));
 }
 
 Result<bool> FaultFs::exists(const std::string& raw_path) {
@@ -244,10 +265,13 @@ Status FaultFs::rename(const std::string& raw_from, const std::string& raw_to) {
   std::string from = normalize(raw_from), to = normalize(raw_to);
   CRU_TRY(check(Op::kRename, from));
   auto it = names_.find(from);
-  if (it == names_.end()) return fail(ErrorCode::kIo, fmt::format("rename {}: does not exist", from));
-  if (dirs_.contains(to)) return fail(ErrorCode::kIo, fmt::format("rename to {}: is a directory", to));
+  if (it == names_.end())
+    return fail(ErrorCode::kIo, fmt::format("rename {}: does not exist", from));
+  if (dirs_.contains(to))
+    return fail(ErrorCode::kIo, fmt::format("rename to {}: is a directory", to));
   if (!dir_exists(parent_dir(to)))
-    return fail(ErrorCode::kIo, fmt::format("rename to {}: directory {} does not exist", to, parent_dir(to)));
+    return fail(ErrorCode::kIo,
+                fmt::format("rename to {}: directory {} does not exist", to, parent_dir(to)));
   if (from == to) return {};
   InodePtr inode = it->second;
   names_.erase(it);
@@ -259,7 +283,8 @@ Status FaultFs::rename(const std::string& raw_from, const std::string& raw_to) {
 Status FaultFs::remove(const std::string& raw_path) {
   std::string path = normalize(raw_path);
   CRU_TRY(check(Op::kRemove, path));
-  if (dirs_.contains(path)) return fail(ErrorCode::kIo, fmt::format("remove {}: is a directory", path));
+  if (dirs_.contains(path))
+    return fail(ErrorCode::kIo, fmt::format("remove {}: is a directory", path));
   auto it = names_.find(path);
   if (it == names_.end()) return {};
   InodePtr inode = it->second;
@@ -272,7 +297,8 @@ Status FaultFs::make_dirs(const std::string& raw_path) {
   std::string path = normalize(raw_path);
   if (power_cut_) return fail(ErrorCode::kIo, fmt::format("mkdir {}: injected power cut", path));
   for (std::string d = path; !dir_exists(d); d = parent_dir(d)) {
-    if (names_.contains(d)) return fail(ErrorCode::kIo, fmt::format("mkdir {}: {} is a file", path, d));
+    if (names_.contains(d))
+      return fail(ErrorCode::kIo, fmt::format("mkdir {}: {} is a file", path, d));
     dirs_.insert(d);
   }
   return {};
@@ -281,7 +307,8 @@ Status FaultFs::make_dirs(const std::string& raw_path) {
 Status FaultFs::sync_dir(const std::string& raw_path) {
   std::string path = normalize(raw_path);
   CRU_TRY(check(Op::kSyncDir, path));
-  if (!dir_exists(path)) return fail(ErrorCode::kIo, fmt::format("open directory {}: does not exist", path));
+  if (!dir_exists(path))
+    return fail(ErrorCode::kIo, fmt::format("open directory {}: does not exist", path));
   auto it = ns_log_.find(path);
   if (it == ns_log_.end()) return {};
   for (const auto& op : it->second) apply_ns(durable_, op);
@@ -292,7 +319,8 @@ Status FaultFs::sync_dir(const std::string& raw_path) {
 Result<std::vector<std::string>> FaultFs::list_dir(const std::string& raw_path) {
   std::string path = normalize(raw_path);
   if (power_cut_) return fail(ErrorCode::kIo, fmt::format("list {}: injected power cut", path));
-  if (!dir_exists(path)) return fail(ErrorCode::kIo, fmt::format("list {}: no such directory", path));
+  if (!dir_exists(path))
+    return fail(ErrorCode::kIo, fmt::format("list {}: no such directory", path));
   std::set<std::string> names;
   for (const auto& [name, inode] : names_)
     if (parent_dir(name) == path) names.insert(base_name(name));
@@ -330,9 +358,15 @@ void FaultFs::do_crash(CrashMode mode, std::mt19937_64* rng) {
     double keep = mode == CrashMode::kKeepAll ? 1.0 : 0.0;
     if (mode == CrashMode::kRandom) {
       switch (std::uniform_int_distribution<int>(0, 3)(*rng)) {
-        case 0: keep = 0; break;
-        case 1: keep = 1; break;
-        default: keep = std::uniform_real_distribution<double>(0, 1)(*rng); break;
+        case 0:
+          keep = 0;
+          break;
+        case 1:
+          keep = 1;
+          break;
+        default:
+          keep = std::uniform_real_distribution<double>(0, 1)(*rng);
+          break;
       }
     }
     auto keep_piece = [&] {

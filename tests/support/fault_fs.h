@@ -25,7 +25,17 @@ class FaultFs final : public downstairs::FileSystem {
  public:
   // Kinds of call, for fault injection and counters. Mutating calls are kWrite, kSync,
   // kPunch, kTruncate, kRename, kRemove, kSyncDir and opens with kCreateExclusive.
-  enum class Op : uint8_t { kRead, kWrite, kSync, kPunch, kTruncate, kOpen, kRename, kRemove, kSyncDir };
+  enum class Op : uint8_t {
+    kRead,
+    kWrite,
+    kSync,
+    kPunch,
+    kTruncate,
+    kOpen,
+    kRename,
+    kRemove,
+    kSyncDir
+  };
   static constexpr size_t kOpCount = 9;
 
   struct Stats {
@@ -48,7 +58,8 @@ class FaultFs final : public downstairs::FileSystem {
   // when sync_dir() is called on the parent directory of the name they bind (for a
   // rename: the destination's directory). remove() of a missing file succeeds, as
   // posix_fs's does.
-  Result<std::unique_ptr<downstairs::File>> open(const std::string& path, downstairs::OpenMode mode) override;
+  Result<std::unique_ptr<downstairs::File>> open(const std::string& path,
+                                                 downstairs::OpenMode mode) override;
   Result<bool> exists(const std::string& path) override;
   Status rename(const std::string& from, const std::string& to) override;
   Status remove(const std::string& path) override;
@@ -124,13 +135,14 @@ class FaultFs final : public downstairs::FileSystem {
   void log_ns(NsOp op);
   static void apply_ns(std::map<std::string, InodePtr>& names, const NsOp& op);
   void do_crash(CrashMode mode, std::mt19937_64* rng);
-  static void apply_to(std::vector<std::byte>& bytes, const LogOp& op, uint64_t offset, uint64_t len);
+  static void apply_to(std::vector<std::byte>& bytes, const LogOp& op, uint64_t offset,
+                       uint64_t len);
 
   size_t atomic_unit_;
   std::mt19937_64 fault_rng_;
-  uint64_t epoch_ = 0;  // bumped by every crash; files of older epochs are dead
-  std::map<std::string, InodePtr> names_;    // current view
-  std::map<std::string, InodePtr> durable_;  // what survives a power cut
+  uint64_t epoch_ = 0;                     // bumped by every crash; files of older epochs are dead
+  std::map<std::string, InodePtr> names_;  // current view
+  std::map<std::string, InodePtr> durable_;          // what survives a power cut
   std::map<std::string, std::vector<NsOp>> ns_log_;  // unsynced, per directory
   uint64_t ns_seq_ = 0;
   std::set<std::string> dirs_;

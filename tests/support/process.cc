@@ -86,7 +86,8 @@ std::string ExitStatus::describe() const {
   return fmt::format("exited with code {}", code);
 }
 
-Result<std::unique_ptr<Process>> Process::start(std::vector<std::string> argv, ProcessOptions options) {
+Result<std::unique_ptr<Process>> Process::start(std::vector<std::string> argv,
+                                                ProcessOptions options) {
   CRU_ASSERT(!argv.empty());
   std::array<int, 2> out{-1, -1}, err{-1, -1}, wake{-1, -1};
   auto close_all = [&] {
@@ -129,7 +130,8 @@ Result<std::unique_ptr<Process>> Process::start(std::vector<std::string> argv, P
   sigset_t none, all;
   sigemptyset(&none);
   sigfillset(&all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   posix_spawnattr_setpgroup(&attr, 0);
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setsigdefault(&attr, &all);
@@ -174,7 +176,8 @@ void Process::read_loop(int out_fd, int err_fd, int wake_fd) {
   std::array<int, 2> fds{out_fd, err_fd};
   std::array<char, 16384> buf{};
   while (fds[0] >= 0 || fds[1] >= 0) {
-    std::array<pollfd, 3> p{pollfd{fds[0], POLLIN, 0}, pollfd{fds[1], POLLIN, 0}, pollfd{wake_fd, POLLIN, 0}};
+    std::array<pollfd, 3> p{pollfd{fds[0], POLLIN, 0}, pollfd{fds[1], POLLIN, 0},
+                            pollfd{wake_fd, POLLIN, 0}};
     if (::poll(p.data(), p.size(), -1) < 0) {
       if (errno == EINTR) continue;
       break;
@@ -209,8 +212,8 @@ void Process::read_loop(int out_fd, int err_fd, int wake_fd) {
   cv_.notify_all();
 }
 
-Result<std::string> Process::wait_for(const std::function<bool(const std::string&)>& match, const std::string& what,
-                                      Millis timeout, bool anywhere) {
+Result<std::string> Process::wait_for(const std::function<bool(const std::string&)>& match,
+                                      const std::string& what, Millis timeout, bool anywhere) {
   auto deadline = Clock::now() + timeout;
   std::unique_lock lk(mu_);
   for (;;) {
@@ -226,11 +229,12 @@ Result<std::string> Process::wait_for(const std::function<bool(const std::string
                               fmt::format("--- stdout\n{}--- stderr\n{}", out_, err_)));
     if (cv_.wait_until(lk, deadline) == std::cv_status::timeout && Clock::now() >= deadline) {
       bool found = false;
-      for (size_t i = anywhere ? 0 : cursor_; i < lines_.size() && !found; ++i) found = match(lines_[i]);
+      for (size_t i = anywhere ? 0 : cursor_; i < lines_.size() && !found; ++i)
+        found = match(lines_[i]);
       if (!found)
         return fail(ErrorCode::kTimeout,
-                    fmt::format("no line {} within {} ms; output:\n--- stdout\n{}--- stderr\n{}", what,
-                                timeout.count(), out_, err_));
+                    fmt::format("no line {} within {} ms; output:\n--- stdout\n{}--- stderr\n{}",
+                                what, timeout.count(), out_, err_));
     }
   }
 }
@@ -246,8 +250,8 @@ Result<std::string> Process::find_line(const std::string& needle, Millis timeout
 }
 
 Result<std::string> Process::wait_for_line(const std::regex& pattern, Millis timeout) {
-  return wait_for([&](const std::string& l) { return std::regex_search(l, pattern); }, "matching the pattern",
-                  timeout, false);
+  return wait_for([&](const std::string& l) { return std::regex_search(l, pattern); },
+                  "matching the pattern", timeout, false);
 }
 
 void Process::kill(int signal) {
@@ -357,14 +361,16 @@ Result<Peer> Peer::connect(uint16_t port, Millis timeout, const std::string& hos
     return fail(ErrorCode::kInvalidArgument, fmt::format("'{}' is not an IPv4 address", host));
   if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     if (errno != EINPROGRESS)
-      return fail(ErrorCode::kDisconnected, fmt::format("connect {}:{}: {}", host, port, std::strerror(errno)));
+      return fail(ErrorCode::kDisconnected,
+                  fmt::format("connect {}:{}: {}", host, port, std::strerror(errno)));
     if (!wait_fd(fd, POLLOUT, Clock::now() + timeout))
       return fail(ErrorCode::kTimeout, fmt::format("connect {}:{}: timed out", host, port));
     int err = 0;
     socklen_t len = sizeof err;
     ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err != 0)
-      return fail(ErrorCode::kDisconnected, fmt::format("connect {}:{}: {}", host, port, std::strerror(err)));
+      return fail(ErrorCode::kDisconnected,
+                  fmt::format("connect {}:{}: {}", host, port, std::strerror(err)));
   }
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   int one = 1;
@@ -373,7 +379,9 @@ Result<Peer> Peer::connect(uint16_t port, Millis timeout, const std::string& hos
 }
 
 Peer::Peer(Peer&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), reader_(std::move(other.reader_)), pending_(std::move(other.pending_)) {}
+    : fd_(std::exchange(other.fd_, -1)),
+      reader_(std::move(other.reader_)),
+      pending_(std::move(other.pending_)) {}
 
 Peer& Peer::operator=(Peer&& other) noexcept {
   if (this != &other) {
@@ -436,9 +444,11 @@ Result<proto::Message> Peer::recv(Millis timeout) {
   }
 }
 
-Result<proto::RegionDefinition> Peer::negotiate(const Uuid& upstairs_id, const Uuid& session_id, Generation gen,
-                                                Millis timeout, bool read_only, bool encrypted) {
-  CRU_TRY(send(proto::HereIAm{proto::kProtocolVersion, upstairs_id, session_id, gen, read_only, encrypted}));
+Result<proto::RegionDefinition> Peer::negotiate(const Uuid& upstairs_id, const Uuid& session_id,
+                                                Generation gen, Millis timeout, bool read_only,
+                                                bool encrypted) {
+  CRU_TRY(send(
+      proto::HereIAm{proto::kProtocolVersion, upstairs_id, session_id, gen, read_only, encrypted}));
   if (auto m = recv_as<proto::YesItsMe>(timeout); !m) return tl::unexpected(m.error());
   CRU_TRY(send(proto::PromoteToActive{upstairs_id, session_id, gen}));
   if (auto m = recv_as<proto::YouAreNowActive>(timeout); !m) return tl::unexpected(m.error());
@@ -449,8 +459,9 @@ Result<proto::RegionDefinition> Peer::negotiate(const Uuid& upstairs_id, const U
   auto versions = recv_as<proto::ExtentVersions>(timeout);
   if (!versions) return tl::unexpected(versions.error());
   if (versions->extents.size() != info->region.extent_count)
-    return fail(ErrorCode::kProtocol, fmt::format("{} extent versions for {} extents", versions->extents.size(),
-                                                  info->region.extent_count));
+    return fail(ErrorCode::kProtocol,
+                fmt::format("{} extent versions for {} extents", versions->extents.size(),
+                            info->region.extent_count));
   return info->region;
 }
 
@@ -474,7 +485,8 @@ Result<Listener> Listener::listen() {
   return Listener(*fd, local_port(*fd));
 }
 
-Listener::Listener(Listener&& other) noexcept : fd_(std::exchange(other.fd_, -1)), port_(other.port_) {}
+Listener::Listener(Listener&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), port_(other.port_) {}
 
 Listener::~Listener() {
   if (fd_ >= 0) ::close(fd_);

@@ -66,7 +66,8 @@ class Process {
  public:
   // Spawns argv[0] (a path) in its own process group, stdin from /dev/null, stdout and
   // stderr captured.
-  static Result<std::unique_ptr<Process>> start(std::vector<std::string> argv, ProcessOptions options = {});
+  static Result<std::unique_ptr<Process>> start(std::vector<std::string> argv,
+                                                ProcessOptions options = {});
   // SIGKILLs the process group and reaps the child if it is still running.
   ~Process();
   Process(const Process&) = delete;
@@ -98,8 +99,8 @@ class Process {
  private:
   Process() = default;
   void read_loop(int out_fd, int err_fd, int wake_fd);
-  Result<std::string> wait_for(const std::function<bool(const std::string&)>& match, const std::string& what,
-                               Millis timeout, bool anywhere);
+  Result<std::string> wait_for(const std::function<bool(const std::string&)>& match,
+                               const std::string& what, Millis timeout, bool anywhere);
 
   pid_t pid_ = -1;
   int pidfd_ = -1;
@@ -126,7 +127,8 @@ struct CommandResult {
 };
 // Runs a command to completion; a command still running at the timeout is killed and
 // reported as timed_out.
-CommandResult run_command(std::vector<std::string> argv, Millis timeout, ProcessOptions options = {});
+CommandResult run_command(std::vector<std::string> argv, Millis timeout,
+                          ProcessOptions options = {});
 
 // A TCP port on 127.0.0.1 that was free a moment ago (bind port 0, read it, close).
 uint16_t free_port();
@@ -151,13 +153,14 @@ class Peer {
     auto m = recv(timeout);
     if (!m) return tl::unexpected(m.error());
     if (auto* t = std::get_if<T>(&*m)) return std::move(*t);
-    return fail(ErrorCode::kProtocol, "expected " + std::string(proto::tag_name(T::kTag)) + ", got " +
-                                          proto::describe(*m));
+    return fail(ErrorCode::kProtocol, "expected " + std::string(proto::tag_name(T::kTag)) +
+                                          ", got " + proto::describe(*m));
   }
   // The upstairs side of a full negotiation (HereIAm, PromoteToActive, RegionInfoPlease,
   // ExtentVersionsPlease), each answer checked; returns the region's definition.
-  Result<proto::RegionDefinition> negotiate(const Uuid& upstairs_id, const Uuid& session_id, Generation gen,
-                                            Millis timeout, bool read_only = false, bool encrypted = false);
+  Result<proto::RegionDefinition> negotiate(const Uuid& upstairs_id, const Uuid& session_id,
+                                            Generation gen, Millis timeout, bool read_only = false,
+                                            bool encrypted = false);
   // True if the other side closes the connection within the timeout; messages that
   // arrive first are skipped.
   bool wait_closed(Millis timeout);

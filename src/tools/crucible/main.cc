@@ -78,7 +78,8 @@ void workload_one(Volume& v, std::mt19937_64& rng) {
   auto back = v.read_sync(BlockIndex{start}, blocks);
   check(back ? Status{} : tl::unexpected(back.error()), "read");
   if (back->size() != data.size() || std::memcmp(back->data(), data.data(), data.size()) != 0)
-    die(fmt::format("read back of blocks [{}, {}) differs from what was written", start, start + blocks));
+    die(fmt::format("read back of blocks [{}, {}) differs from what was written", start,
+                    start + blocks));
   say("read back {} blocks: verified", blocks);
 }
 
@@ -96,8 +97,10 @@ void workload_rand(Volume& v, std::mt19937_64& rng, uint64_t count) {
     int kind = static_cast<int>(rng() % 10);
     if (kind < 5) {
       auto data = random_bytes(rng, n * bs);
-      check(v.write_sync(BlockIndex{start}, data), fmt::format("write of [{}, {})", start, start + n));
-      for (uint64_t b = 0; b < n; ++b) model[start + b].assign(data.begin() + b * bs, data.begin() + (b + 1) * bs);
+      check(v.write_sync(BlockIndex{start}, data),
+            fmt::format("write of [{}, {})", start, start + n));
+      for (uint64_t b = 0; b < n; ++b)
+        model[start + b].assign(data.begin() + b * bs, data.begin() + (b + 1) * bs);
       ++writes;
     } else if (kind < 9) {
       auto r = v.read_sync(BlockIndex{start}, n);
@@ -213,8 +216,8 @@ void workload_verify(Volume& v, const Args& a, std::mt19937_64& rng) {
   std::optional<WriteLog> wlog;
   if (auto loaded = WriteLog::load(a.log_file)) {
     if (loaded->block_size() != bs || loaded->blocks() != total)
-      die(fmt::format("{} was written for another volume ({} blocks of {})", a.log_file, loaded->blocks(),
-                      loaded->block_size()));
+      die(fmt::format("{} was written for another volume ({} blocks of {})", a.log_file,
+                      loaded->blocks(), loaded->block_size()));
     wlog = std::move(*loaded);
   } else if (a.verify_only) {
     die(loaded.error().to_string());
@@ -253,7 +256,8 @@ void workload_perf(Volume& v, const Args& a, std::mt19937_64& rng) {
   const uint32_t bs = v.block_size();
   auto size = parse_size(a.io_size);
   if (!size || *size == 0 || *size % bs != 0 || *size > 64 * kMiB)
-    die(fmt::format("--io-size {}: must be a multiple of the {}-byte block up to 64 MiB", a.io_size, bs));
+    die(fmt::format("--io-size {}: must be a multiple of the {}-byte block up to 64 MiB", a.io_size,
+                    bs));
   const uint64_t n = *size / bs;
   const uint64_t slots = v.total_blocks() / n;
   auto payload = random_bytes(rng, *size);
@@ -275,34 +279,47 @@ void workload_perf(Volume& v, const Args& a, std::mt19937_64& rng) {
         std::lock_guard g(mu);
         --in_flight;
         ++ios;
-        latencies_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+        latencies_us.push_back(
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                .count());
         if (!ok && error.empty()) error = why;
         cv.notify_all();
       };
       lock.unlock();
       if (a.perf_read)
-        v.read(BlockIndex{start}, n, [finish](Result<Bytes> r) { finish(r.has_value(), r ? "" : r.error().to_string()); });
+        v.read(BlockIndex{start}, n, [finish](Result<Bytes> r) {
+          finish(r.has_value(), r ? "" : r.error().to_string());
+        });
       else
-        v.write(BlockIndex{start}, payload, [finish](Status s) { finish(s.has_value(), s ? "" : s.error().to_string()); });
+        v.write(BlockIndex{start}, payload,
+                [finish](Status s) { finish(s.has_value(), s ? "" : s.error().to_string()); });
       lock.lock();
     }
     // A predicate, so completions that came while submitting unlocked are not missed.
     cv.wait_until(lock, deadline, [&] { return in_flight < a.depth || !error.empty(); });
   }
   cv.wait(lock, [&] { return in_flight == 0; });
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+  double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
   lock.unlock();
   if (!error.empty()) die(error);
   auto t_flush = std::chrono::steady_clock::now();
   check(v.flush_sync(), "flush");
-  double flush_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_flush).count();
+  double flush_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t_flush).count();
   std::sort(latencies_us.begin(), latencies_us.end());
   auto pct = [&](double p) {
-    return latencies_us.empty() ? 0 : latencies_us[static_cast<size_t>(p * static_cast<double>(latencies_us.size() - 1))];
+    return latencies_us.empty() ? 0
+                                : latencies_us[static_cast<size_t>(
+                                      p * static_cast<double>(latencies_us.size() - 1))];
   };
-  std::printf("perf %s %s depth %d: %.0f IOPS, %.1f MiB/s, p50 %.0f us, p99 %.0f us (final flush %.1f ms)\n",
-              a.perf_read ? "read" : "write", format_size(*size).c_str(), a.depth, static_cast<double>(ios) / secs,
-              static_cast<double>(ios) * static_cast<double>(*size) / secs / static_cast<double>(kMiB), pct(0.5), pct(0.99), flush_ms);
+  std::printf(
+      "perf %s %s depth %d: %.0f IOPS, %.1f MiB/s, p50 %.0f us, p99 %.0f us (final flush %.1f "
+      "ms)\n",
+      a.perf_read ? "read" : "write", format_size(*size).c_str(), a.depth,
+      static_cast<double>(ios) / secs,
+      static_cast<double>(ios) * static_cast<double>(*size) / secs / static_cast<double>(kMiB),
+      pct(0.5), pct(0.99), flush_ms);
 }
 
 }  // namespace
@@ -313,12 +330,16 @@ int main(int argc, char** argv) {
   Args a;
   std::string log_level = "warn";
   app.add_option("-t,--target", a.targets, "downstairs host:port (give exactly three)")->required();
-  app.add_option("-g,--gen", a.gen, "activation generation: a number or 'auto' (1 + the highest seen)")->capture_default_str();
+  app.add_option("-g,--gen", a.gen,
+                 "activation generation: a number or 'auto' (1 + the highest seen)")
+      ->capture_default_str();
   app.add_option("--key", a.key, "base64 256-bit encryption key (encrypted regions)");
   app.add_flag("-q,--quiet", a.quiet, "print only errors (and perf results)");
-  app.add_option("--activate-timeout", a.activate_timeout_s, "seconds to wait for activation")->capture_default_str();
+  app.add_option("--activate-timeout", a.activate_timeout_s, "seconds to wait for activation")
+      ->capture_default_str();
   app.add_option("--seed", a.seed, "random seed (default: random, printed)");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
   app.require_subcommand(0, 1);
   // Subcommands (created below, inheriting this) pass options they do not know to the
   // main command, so `crucible -t ... rand --count 5 --quiet` works as well.
@@ -328,14 +349,17 @@ int main(int argc, char** argv) {
   rand->add_option("-c,--count", a.count, "operations")->default_val(1000);
   app.add_subcommand("fill", "write every block, then read everything back and verify");
   app.add_subcommand("big", "IOs of 1 MiB and more across extents");
-  auto* ver = app.add_subcommand("verify", "random writes recorded in a write log, then everything read back and checked");
+  auto* ver = app.add_subcommand(
+      "verify", "random writes recorded in a write log, then everything read back and checked");
   ver->add_option("--log", a.log_file, "write log file")->required();
   ver->add_option("-c,--count", a.count, "writes (default 1000)");
   ver->add_flag("--verify-only", a.verify_only, "only read back and check against the log");
   auto* perf = app.add_subcommand("perf", "measure IOPS, throughput and latency");
   perf->add_option("--seconds", a.seconds, "duration")->capture_default_str();
   perf->add_option("--io-size", a.io_size, "bytes per IO, e.g. 4K or 1M")->capture_default_str();
-  perf->add_option("--depth", a.depth, "IOs in flight")->capture_default_str()->check(CLI::Range(1, 4096));
+  perf->add_option("--depth", a.depth, "IOs in flight")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   perf->add_flag("--read", a.perf_read, "read instead of write");
   bool perf_write = false;
   perf->add_flag("--write", perf_write, "write (the default)");
@@ -343,7 +367,8 @@ int main(int argc, char** argv) {
   if (!cru::log::valid_level(log_level)) die("--log-level: unknown level " + log_level);
   cru::log::set_level(log_level);
   g_quiet = a.quiet;
-  if (a.targets.size() != 3) die(fmt::format("-t/--target: give exactly three downstairs, got {}", a.targets.size()));
+  if (a.targets.size() != 3)
+    die(fmt::format("-t/--target: give exactly three downstairs, got {}", a.targets.size()));
   std::optional<Generation> gen;
   if (a.gen != "auto") {
     try {
@@ -367,15 +392,22 @@ int main(int argc, char** argv) {
   Volume v(options);
   check(v.activate(gen, Ms(a.activate_timeout_s * 1000)), "activation");
   auto snap = v.snapshot();
-  say("active: generation {}, {} blocks of {} bytes ({}), seed {}", snap.generation, v.total_blocks(), v.block_size(),
-      format_size(v.size_bytes()), seed);
-  std::string cmd = app.get_subcommands().empty() ? "one" : app.get_subcommands().front()->get_name();
-  if (cmd == "one") workload_one(v, rng);
-  else if (cmd == "rand") workload_rand(v, rng, a.count);
-  else if (cmd == "fill") workload_fill(v, seed);
-  else if (cmd == "big") workload_big(v, rng);
-  else if (cmd == "verify") workload_verify(v, a, rng);
-  else if (cmd == "perf") workload_perf(v, a, rng);
+  say("active: generation {}, {} blocks of {} bytes ({}), seed {}", snap.generation,
+      v.total_blocks(), v.block_size(), format_size(v.size_bytes()), seed);
+  std::string cmd =
+      app.get_subcommands().empty() ? "one" : app.get_subcommands().front()->get_name();
+  if (cmd == "one")
+    workload_one(v, rng);
+  else if (cmd == "rand")
+    workload_rand(v, rng, a.count);
+  else if (cmd == "fill")
+    workload_fill(v, seed);
+  else if (cmd == "big")
+    workload_big(v, rng);
+  else if (cmd == "verify")
+    workload_verify(v, a, rng);
+  else if (cmd == "perf")
+    workload_perf(v, a, rng);
   check(v.deactivate(Ms(60000)), "deactivation");
   say("done");
   std::fflush(stdout);

@@ -35,7 +35,8 @@ void WriteLog::fill(uint64_t block, uint32_t count, std::span<std::byte> out) co
 
 void WriteLog::write(uint64_t first, uint64_t count, std::span<std::byte> out) {
   CRU_ASSERT(first + count <= current_.size() && out.size() == count * block_size_);
-  for (uint64_t i = 0; i < count; ++i) fill(first + i, ++current_[first + i], out.subspan(i * block_size_, block_size_));
+  for (uint64_t i = 0; i < count; ++i)
+    fill(first + i, ++current_[first + i], out.subspan(i * block_size_, block_size_));
 }
 
 void WriteLog::flushed() { durable_ = current_; }
@@ -65,9 +66,10 @@ Status WriteLog::check(uint64_t first, std::span<const std::byte> data) const {
       if (k == current_[b]) {
         uint64_t head[2] = {0, 0};
         std::memcpy(head, got.data(), std::min<size_t>(sizeof head, got.size()));
-        return fail(ErrorCode::kCorrupt,
-                    fmt::format("block {}: expected write {}..{} of it, found data of block {} write {}", b,
-                                durable_[b], current_[b], head[0], head[1]));
+        return fail(
+            ErrorCode::kCorrupt,
+            fmt::format("block {}: expected write {}..{} of it, found data of block {} write {}", b,
+                        durable_[b], current_[b], head[0], head[1]));
       }
     }
   }
@@ -82,11 +84,14 @@ Status WriteLog::save(const std::string& path) const {
     uint64_t header[3] = {block_size_, current_.size(), seed_};
     f.write(kMagic, sizeof kMagic);
     f.write(reinterpret_cast<const char*>(header), sizeof header);
-    f.write(reinterpret_cast<const char*>(current_.data()), static_cast<std::streamsize>(current_.size() * 4));
-    f.write(reinterpret_cast<const char*>(durable_.data()), static_cast<std::streamsize>(durable_.size() * 4));
+    f.write(reinterpret_cast<const char*>(current_.data()),
+            static_cast<std::streamsize>(current_.size() * 4));
+    f.write(reinterpret_cast<const char*>(durable_.data()),
+            static_cast<std::streamsize>(durable_.size() * 4));
     if (!f) return fail(ErrorCode::kIo, fmt::format("writing {} failed", tmp));
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return fail(ErrorCode::kIo, fmt::format("cannot rename {}", tmp));
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    return fail(ErrorCode::kIo, fmt::format("cannot rename {}", tmp));
   return {};
 }
 

@@ -17,8 +17,9 @@ TEST(Uuid, ParsesAndPrintsRoundTrip) {
 }
 
 TEST(Uuid, RejectsMalformedText) {
-  for (const char* bad : {"", "1234", "12345678-9abc-def0-1234-56789abcdef", "12345678x9abc-def0-1234-56789abcdef0",
-                          "g2345678-9abc-def0-1234-56789abcdef0"}) {
+  for (const char* bad :
+       {"", "1234", "12345678-9abc-def0-1234-56789abcdef", "12345678x9abc-def0-1234-56789abcdef0",
+        "g2345678-9abc-def0-1234-56789abcdef0"}) {
     auto u = Uuid::parse(bad);
     ASSERT_FALSE(u) << bad;
     EXPECT_EQ(u.error().code, ErrorCode::kInvalidArgument);

@@ -37,9 +37,11 @@ std::unique_ptr<Region> make_region(FaultFs& fs, const std::string& dir, bool en
 // n blocks of bytes derived from seed, with their (plain) contexts.
 std::pair<std::vector<BlockContext>, Bytes> blocks(size_t n, uint8_t seed) {
   ByteBuffer data(n * kBs);
-  for (size_t i = 0; i < data.size(); ++i) data.data()[i] = static_cast<std::byte>(seed + 1 + i / kBs * 13 + i % 97);
+  for (size_t i = 0; i < data.size(); ++i)
+    data.data()[i] = static_cast<std::byte>(seed + 1 + i / kBs * 13 + i % 97);
   std::vector<BlockContext> contexts;
-  for (size_t i = 0; i < n; ++i) contexts.push_back({integrity_hash(data.span().subspan(i * kBs, kBs)), std::nullopt});
+  for (size_t i = 0; i < n; ++i)
+    contexts.push_back({integrity_hash(data.span().subspan(i * kBs, kBs)), std::nullopt});
   return {std::move(contexts), Bytes(std::move(data))};
 }
 
@@ -58,7 +60,8 @@ Read make_read(uint64_t job, std::vector<JobId> deps, uint64_t start, uint32_t n
 }
 
 Flush make_flush(uint64_t job, std::vector<JobId> deps, uint64_t flush, uint64_t gen) {
-  return Flush{JobId{job}, std::move(deps), FlushNumber{flush}, Generation{gen}, std::nullopt, std::nullopt};
+  return Flush{JobId{job},      std::move(deps), FlushNumber{flush},
+               Generation{gen}, std::nullopt,    std::nullopt};
 }
 
 std::vector<JobId> ids(std::initializer_list<uint64_t> l) {
@@ -89,7 +92,8 @@ T only(const Output& out, ConnectionId c) {
   auto all = to(out, c);
   EXPECT_EQ(all.size(), 1u);
   EXPECT_TRUE(!all.empty() && std::holds_alternative<T>(all[0]))
-      << "expected " << tag_name(T::kTag) << ", got " << (all.empty() ? std::string("nothing") : describe(all[0]));
+      << "expected " << tag_name(T::kTag) << ", got "
+      << (all.empty() ? std::string("nothing") : describe(all[0]));
   if (all.empty() || !std::holds_alternative<T>(all[0])) return T{};
   return std::get<T>(all[0]);
 }
@@ -171,7 +175,8 @@ TEST(CoreNegotiation, HappyPathAnswersEveryStep) {
   EXPECT_EQ(only<RegionInfo>(f.core->on_message(c, RegionInfoPlease{}), c).region, f.region->def());
   auto versions = only<ExtentVersions>(f.core->on_message(c, ExtentVersionsPlease{}), c);
   ASSERT_EQ(versions.extents.size(), kExtents);
-  for (const auto& v : versions.extents) EXPECT_EQ(v, (ExtentVersion{Generation{0}, FlushNumber{0}, false}));
+  for (const auto& v : versions.extents)
+    EXPECT_EQ(v, (ExtentVersion{Generation{0}, FlushNumber{0}, false}));
 }
 
 TEST(CoreNegotiation, AVersionMismatchIsAnsweredAndClosed) {
@@ -236,18 +241,30 @@ TEST(CoreNegotiation, OutOfOrderMessagesCloseWithAReason) {
     Message wrong;
   };
   std::vector<Case> cases = {
-      {0, make_write(1000, {}, 0, 1, 1)}, {0, PromoteToActive{}},      {0, RegionInfoPlease{}},
-      {1, RegionInfoPlease{}},            {1, u.hello(1)},             {1, make_read(1000, {}, 0, 1)},
-      {2, ExtentVersionsPlease{}},        {2, make_write(1000, {}, 0, 1, 1)}, {3, make_read(1000, {}, 0, 1)},
-      {3, RegionInfoPlease{}},            {4, u.hello(1)},             {4, u.promote(1)},
-      {4, Imok{}},                        {4, RepairHello{}},          {0, ExtentFetch{}},
+      {0, make_write(1000, {}, 0, 1, 1)},
+      {0, PromoteToActive{}},
+      {0, RegionInfoPlease{}},
+      {1, RegionInfoPlease{}},
+      {1, u.hello(1)},
+      {1, make_read(1000, {}, 0, 1)},
+      {2, ExtentVersionsPlease{}},
+      {2, make_write(1000, {}, 0, 1, 1)},
+      {3, make_read(1000, {}, 0, 1)},
+      {3, RegionInfoPlease{}},
+      {4, u.hello(1)},
+      {4, u.promote(1)},
+      {4, Imok{}},
+      {4, RepairHello{}},
+      {0, ExtentFetch{}},
   };
   for (auto& c : cases) {
     SCOPED_TRACE(fmt::format("after {} steps: {}", c.steps, describe(c.wrong)));
     Fixture f;
     ConnectionId conn = f.core->new_connection();
-    std::vector<Message> steps = {u.hello(1), u.promote(1), RegionInfoPlease{}, ExtentVersionsPlease{}};
-    for (int i = 0; i < c.steps; ++i) ASSERT_FALSE(closed(f.core->on_message(conn, steps[i]), conn));
+    std::vector<Message> steps = {u.hello(1), u.promote(1), RegionInfoPlease{},
+                                  ExtentVersionsPlease{}};
+    for (int i = 0; i < c.steps; ++i)
+      ASSERT_FALSE(closed(f.core->on_message(conn, steps[i]), conn));
     auto out = f.core->on_message(conn, c.wrong);
     auto reason = closed(out, conn);
     ASSERT_TRUE(reason);
@@ -260,7 +277,8 @@ TEST(CoreNegotiation, RuokIsAnsweredInEveryState) {
   Fixture f;
   Upstairs u;
   ConnectionId c = f.core->new_connection();
-  std::vector<Message> steps = {u.hello(1), u.promote(1), RegionInfoPlease{}, ExtentVersionsPlease{}};
+  std::vector<Message> steps = {u.hello(1), u.promote(1), RegionInfoPlease{},
+                                ExtentVersionsPlease{}};
   for (size_t i = 0; i <= steps.size(); ++i) {
     auto out = f.core->on_message(c, Ruok{});
     only<Imok>(out, c);
@@ -298,7 +316,8 @@ TEST(CoreTakeover, AHigherGenerationTakesOver) {
   only<YesItsMe>(f.core->on_message(cb, b.hello(2)), cb);
   auto out = f.core->on_message(cb, b.promote(2));
   EXPECT_EQ(only<YouAreNowActive>(out, cb).generation, Generation{2});
-  EXPECT_EQ(only<YouAreNoLongerActive>(out, ca), (YouAreNoLongerActive{b.id, b.session, Generation{2}}));
+  EXPECT_EQ(only<YouAreNoLongerActive>(out, ca),
+            (YouAreNoLongerActive{b.id, b.session, Generation{2}}));
   ASSERT_TRUE(closed(out, ca));
   EXPECT_FALSE(closed(out, cb));
   EXPECT_EQ(f.core->active_upstairs(), cb);
@@ -436,11 +455,13 @@ TEST(CoreReadOnly, SeveralUpstairsCoexistAndWritesAreRefusedReadsServed) {
     ASSERT_TRUE(r.status.is_ok());
     EXPECT_EQ(r.data, data);
     EXPECT_EQ(r.contexts[1], std::optional<BlockContext>(ctx[1]));
-    EXPECT_TRUE(only<Ack>(core.on_message(c, make_flush(1003, ids({1002}), 2, 1)), c).status.is_ok());
+    EXPECT_TRUE(
+        only<Ack>(core.on_message(c, make_flush(1003, ids({1002}), 2, 1)), c).status.is_ok());
   }
 }
 
-// ---- jobs -------------------------------------------------------------------------------------------
+// ---- jobs
+// -------------------------------------------------------------------------------------------
 
 TEST(CoreJobs, AJobWaitsForADependencyThatArrivesLater) {
   Fixture f;
@@ -459,7 +480,9 @@ TEST(CoreJobs, AChainArrivingInReverseRunsInOrder) {
   Fixture f;
   ConnectionId c = f.negotiate(Upstairs{}, 1);
   Output all;
-  for (uint64_t j = 1009; j > 1000; --j) all = merge(std::move(all), f.core->on_message(c, make_write(j, ids({j - 1}), 0, 1, static_cast<uint8_t>(j))));
+  for (uint64_t j = 1009; j > 1000; --j)
+    all = merge(std::move(all),
+                f.core->on_message(c, make_write(j, ids({j - 1}), 0, 1, static_cast<uint8_t>(j))));
   EXPECT_TRUE(all.sends.empty());
   auto out = f.core->on_message(c, make_write(1000, {}, 0, 1, 0));
   std::vector<JobId> want;
@@ -498,7 +521,8 @@ TEST(CoreJobs, ABarrierResetsTheCompletedSetLikeAFlush) {
   Fixture f;
   ConnectionId c = f.negotiate(Upstairs{}, 1);
   f.core->on_message(c, make_write(1000, {}, 0, 1, 1));
-  EXPECT_TRUE(only<Ack>(f.core->on_message(c, Barrier{JobId{1001}, ids({1000})}), c).status.is_ok());
+  EXPECT_TRUE(
+      only<Ack>(f.core->on_message(c, Barrier{JobId{1001}, ids({1000})}), c).status.is_ok());
   EXPECT_TRUE(f.region->versions()[0].dirty) << "a barrier makes nothing durable";
   EXPECT_EQ(acked(f.core->on_message(c, make_write(1002, ids({1001}), 1, 1, 2)), c), ids({1002}));
 }
@@ -513,7 +537,8 @@ TEST(CoreJobs, IoErrorsComeBackInTheAckNotAsAClose) {
   wrong_size.block_size = 1024;
   wrong_size.data = Bytes::zeros(1024);
   wrong_size.contexts[0].hash = integrity_hash(wrong_size.data.span());
-  EXPECT_EQ(only<Ack>(f.core->on_message(c, wrong_size), c).status.code, ErrorCode::kBlockSizeMismatch);
+  EXPECT_EQ(only<Ack>(f.core->on_message(c, wrong_size), c).status.code,
+            ErrorCode::kBlockSizeMismatch);
   auto bad_hash = make_write(1002, {}, 0, 2, 1);
   bad_hash.contexts[1].hash ^= 1;
   EXPECT_EQ(only<Ack>(f.core->on_message(c, bad_hash), c).status.code, ErrorCode::kHashMismatch);
@@ -558,9 +583,11 @@ TEST(CoreJobs, InjectedErrorsAreReturnedAsInjected) {
   auto r = only<ReadResponse>(f.core->on_message(c, make_read(1002, {}, 0, 1)), c);
   EXPECT_EQ(r.status.code, ErrorCode::kInjected);
   EXPECT_TRUE(r.data.empty());
-  EXPECT_EQ(only<Ack>(f.core->on_message(c, Discard{JobId{1003}, {}, BlockIndex{0}, 1}), c).status.code,
+  EXPECT_EQ(
+      only<Ack>(f.core->on_message(c, Discard{JobId{1003}, {}, BlockIndex{0}, 1}), c).status.code,
+      ErrorCode::kInjected);
+  EXPECT_EQ(only<Ack>(f.core->on_message(c, make_flush(1004, {}, 1, 1)), c).status.code,
             ErrorCode::kInjected);
-  EXPECT_EQ(only<Ack>(f.core->on_message(c, make_flush(1004, {}, 1, 1)), c).status.code, ErrorCode::kInjected);
   EXPECT_FALSE(f.region->versions()[0].dirty) << "an injected write error writes nothing";
 }
 
@@ -575,7 +602,8 @@ TEST(CoreJobs, LossyModeStillCompletesEverythingAfterTicks) {
   for (uint64_t j = 0; j < n; ++j) {
     std::vector<JobId> deps;
     if (j > 0 && j % 3 == 0) deps.push_back(JobId{1000 + j - 1});
-    all = merge(std::move(all), f.core->on_message(c, make_write(1000 + j, deps, j % 16, 1, static_cast<uint8_t>(j))));
+    all = merge(std::move(all), f.core->on_message(c, make_write(1000 + j, deps, j % 16, 1,
+                                                                 static_cast<uint8_t>(j))));
   }
   std::vector<JobId> everything;
   for (uint64_t j = 0; j < n; ++j) everything.push_back(JobId{1000 + j});
@@ -593,7 +621,9 @@ TEST(CoreJobs, LossyModeStillCompletesEverythingAfterTicks) {
   EXPECT_EQ(done, want) << "every job acked exactly once";
   // Dependencies held: each job acked after the one it depends on.
   auto order = acked(all, c);
-  auto pos = [&](uint64_t j) { return std::find(order.begin(), order.end(), JobId{j}) - order.begin(); };
+  auto pos = [&](uint64_t j) {
+    return std::find(order.begin(), order.end(), JobId{j}) - order.begin();
+  };
   for (uint64_t j = 3; j < n; j += 3) EXPECT_LT(pos(1000 + j - 1), pos(1000 + j));
   EXPECT_EQ(pos(1000 + n), static_cast<ptrdiff_t>(n)) << "the flush is last";
 }
@@ -608,7 +638,7 @@ struct RepairPair {
   std::unique_ptr<Core> src, dst;
   ConnectionId src_up, dst_up;  // the upstairs connections on each
   std::map<ConnectionId, ConnectionId> fetch_to_peer, peer_to_fetch;
-  Output src_upstairs, dst_upstairs;  // what each core sent its upstairs
+  Output src_upstairs, dst_upstairs;   // what each core sent its upstairs
   std::set<ConnectionId> cut_fetches;  // links the test broke
   int chunks_seen = 0;
   int data_chunks_seen = 0;  // chunks that carried data (not "unchanged")
@@ -753,24 +783,31 @@ TEST(CoreLiveRepair, CloseAcksCarryTheExtentVersions) {
   p.activate();
   Write w = make_write(1000, {}, 1, 1, 3);
   EXPECT_TRUE(only<Ack>(p.to_dst(w), p.dst_up).status.is_ok());
-  auto close = only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1001}, ids({1000}), ExtentId{0}}), p.dst_up);
+  auto close = only<ExtentLiveCloseAck>(
+      p.to_dst(ExtentLiveClose{JobId{1001}, ids({1000}), ExtentId{0}}), p.dst_up);
   EXPECT_TRUE(close.status.is_ok());
-  EXPECT_EQ(close.version, (ExtentVersion{Generation{1}, FlushNumber{4}, true})) << "closed without a flush";
+  EXPECT_EQ(close.version, (ExtentVersion{Generation{1}, FlushNumber{4}, true}))
+      << "closed without a flush";
 
   auto flush_close = only<ExtentLiveCloseAck>(
-      p.to_dst(ExtentLiveFlushClose{JobId{1002}, {}, ExtentId{1}, FlushNumber{9}, Generation{2}}), p.dst_up);
+      p.to_dst(ExtentLiveFlushClose{JobId{1002}, {}, ExtentId{1}, FlushNumber{9}, Generation{2}}),
+      p.dst_up);
   EXPECT_TRUE(flush_close.status.is_ok());
   EXPECT_EQ(flush_close.version, (ExtentVersion{Generation{1}, FlushNumber{4}, false}))
       << "a clean extent keeps its numbers";
   ASSERT_TRUE(p.dst_region->reopen_extent(ExtentId{0}));
   EXPECT_TRUE(only<Ack>(p.to_dst(make_write(1003, {}, 0, 1, 5)), p.dst_up).status.is_ok());
-  auto dirty_flush_close = only<ExtentLiveCloseAck>(
-      p.to_dst(ExtentLiveFlushClose{JobId{1004}, ids({1003}), ExtentId{0}, FlushNumber{9}, Generation{2}}), p.dst_up);
+  auto dirty_flush_close =
+      only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveFlushClose{JobId{1004}, ids({1003}), ExtentId{0},
+                                                             FlushNumber{9}, Generation{2}}),
+                               p.dst_up);
   EXPECT_EQ(dirty_flush_close.version, (ExtentVersion{Generation{2}, FlushNumber{9}, false}));
 
-  auto again = only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1005}, {}, ExtentId{0}}), p.dst_up);
+  auto again =
+      only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1005}, {}, ExtentId{0}}), p.dst_up);
   EXPECT_EQ(again.status.code, ErrorCode::kExtentClosed);
-  EXPECT_EQ(only<Ack>(p.to_dst(ExtentLiveNoOp{JobId{1006}, ids({1005})}), p.dst_up).status, WireStatus::ok());
+  EXPECT_EQ(only<Ack>(p.to_dst(ExtentLiveNoOp{JobId{1006}, ids({1005})}), p.dst_up).status,
+            WireStatus::ok());
 }
 
 TEST(CoreLiveRepair, RepairCopiesTheExtentSoBothRegionsMatch) {
@@ -779,13 +816,16 @@ TEST(CoreLiveRepair, RepairCopiesTheExtentSoBothRegionsMatch) {
   p.fill(*p.dst_region, 20, 3, 1);
   p.activate();
   auto src_close = only<ExtentLiveCloseAck>(
-      p.to_src(ExtentLiveFlushClose{JobId{1000}, {}, ExtentId{0}, FlushNumber{8}, Generation{2}}), p.src_up);
+      p.to_src(ExtentLiveFlushClose{JobId{1000}, {}, ExtentId{0}, FlushNumber{8}, Generation{2}}),
+      p.src_up);
   ASSERT_TRUE(src_close.status.is_ok());
-  auto dst_close = only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}}), p.dst_up);
+  auto dst_close =
+      only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}}), p.dst_up);
   ASSERT_TRUE(dst_close.status.is_ok());
   EXPECT_NE(src_close.version, dst_close.version);
 
-  auto repair = p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  auto repair =
+      p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   auto ack = only<Ack>(repair, p.dst_up);
   EXPECT_EQ(ack.job_id, JobId{1001});
   EXPECT_TRUE(ack.status.is_ok()) << ack.status.message;
@@ -793,12 +833,15 @@ TEST(CoreLiveRepair, RepairCopiesTheExtentSoBothRegionsMatch) {
   EXPECT_TRUE(p.fetch_to_peer.empty()) << "the fetch connection was closed";
   EXPECT_FALSE(*p.fs.exists(Extent::staging_path(p.dst_region->extent_path(ExtentId{0}))));
 
-  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up).status.is_ok());
-  EXPECT_TRUE(only<Ack>(p.to_src(ExtentLiveReopen{JobId{1001}, ids({1000}), ExtentId{0}}), p.src_up).status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up)
+                  .status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_src(ExtentLiveReopen{JobId{1001}, ids({1000}), ExtentId{0}}), p.src_up)
+                  .status.is_ok());
   EXPECT_EQ(p.dst_region->versions()[0], p.src_region->versions()[0]);
   EXPECT_EQ(p.dst_region->versions()[0], src_close.version);
   EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), p.extent_data(*p.src_region, 0)));
-  EXPECT_FALSE(same(p.extent_data(*p.dst_region, 1), p.extent_data(*p.src_region, 1))) << "extent 1 untouched";
+  EXPECT_FALSE(same(p.extent_data(*p.dst_region, 1), p.extent_data(*p.src_region, 1)))
+      << "extent 1 untouched";
   auto r = only<ReadResponse>(p.to_dst(make_read(1003, ids({1002}), 0, kExtentSize)), p.dst_up);
   ASSERT_TRUE(r.status.is_ok());
   auto [ctx, data] = blocks(kExtentSize * 2, 10);
@@ -817,18 +860,26 @@ TEST(CoreLiveRepair, OnlyChunksThatDifferCrossTheNetwork) {
   auto [ctx, data] = blocks(1, 99);
   ASSERT_TRUE(p.src_region->write(BlockIndex{0}, kBs, ctx, data.span(), false));
   p.activate();
-  ASSERT_TRUE(only<ExtentLiveCloseAck>(
-                  p.to_src(ExtentLiveFlushClose{JobId{1000}, {}, ExtentId{0}, FlushNumber{8}, Generation{2}}), p.src_up)
-                  .status.is_ok());
-  ASSERT_TRUE(only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}}), p.dst_up).status.is_ok());
-  auto ack = only<Ack>(p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}), p.dst_up);
+  ASSERT_TRUE(
+      only<ExtentLiveCloseAck>(p.to_src(ExtentLiveFlushClose{
+                                   JobId{1000}, {}, ExtentId{0}, FlushNumber{8}, Generation{2}}),
+                               p.src_up)
+          .status.is_ok());
+  ASSERT_TRUE(
+      only<ExtentLiveCloseAck>(p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}}), p.dst_up)
+          .status.is_ok());
+  auto ack = only<Ack>(
+      p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}),
+      p.dst_up);
   ASSERT_TRUE(ack.status.is_ok()) << ack.status.message;
   uint64_t chunks = (p.dst_region->extent_file_bytes() + kRepairChunkBytes - 1) / kRepairChunkBytes;
   EXPECT_EQ(p.chunks_seen, static_cast<int>(chunks));
   EXPECT_EQ(chunks, 6u);
   EXPECT_EQ(p.data_chunks_seen, 3) << "only the chunks that differ carry data";
-  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up).status.is_ok());
-  EXPECT_TRUE(only<Ack>(p.to_src(ExtentLiveReopen{JobId{1001}, ids({1000}), ExtentId{0}}), p.src_up).status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up)
+                  .status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_src(ExtentLiveReopen{JobId{1001}, ids({1000}), ExtentId{0}}), p.src_up)
+                  .status.is_ok());
   EXPECT_EQ(p.dst_region->versions()[0], (ExtentVersion{Generation{2}, FlushNumber{8}, false}));
   EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), p.extent_data(*p.src_region, 0)));
 }
@@ -838,12 +889,16 @@ TEST(CoreLiveRepair, ADamagedBlockOnTheSourceIsNotCopied) {
   auto before = p.diverge_and_close();
   // A latent media error in the source's block 3.
   p.fs.corrupt(p.src_region->extent_path(ExtentId{0}), 3 * kBs + 17, 0x10);
-  auto ack = only<Ack>(p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}), p.dst_up);
+  auto ack = only<Ack>(
+      p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}),
+      p.dst_up);
   EXPECT_EQ(ack.status.code, ErrorCode::kRepair);
-  EXPECT_NE(ack.status.message.find("block 3 of the received copy does not match its hash"), std::string::npos)
+  EXPECT_NE(ack.status.message.find("block 3 of the received copy does not match its hash"),
+            std::string::npos)
       << ack.status.message;
   EXPECT_FALSE(*p.fs.exists(Extent::staging_path(p.dst_region->extent_path(ExtentId{0}))));
-  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up).status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up)
+                  .status.is_ok());
   EXPECT_EQ(p.dst_region->versions()[0], (ExtentVersion{Generation{1}, FlushNumber{3}, false}));
   EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), before)) << "the target keeps its own copy";
 }
@@ -852,7 +907,8 @@ TEST(CoreLiveRepair, AChunkBeyondThoseAskedForFailsTheRepair) {
   RepairPair p;
   p.activate();
   p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
-  auto started = p.dst->on_message(p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  auto started = p.dst->on_message(
+      p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   ASSERT_EQ(started.connects.size(), 1u);
   ConnectionId fetch = started.connects[0].conn;
   auto hello = to(p.dst->on_connected(fetch), fetch);
@@ -873,9 +929,11 @@ TEST(CoreLiveRepair, JobsDependingOnARepairWaitForItsEnd) {
   p.to_src(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
   p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
   // Start the repair but do not let anything move yet.
-  auto started = p.dst->on_message(p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  auto started = p.dst->on_message(
+      p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   ASSERT_EQ(started.connects.size(), 1u);
-  auto waiting = p.dst->on_message(p.dst_up, ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}});
+  auto waiting =
+      p.dst->on_message(p.dst_up, ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}});
   EXPECT_TRUE(waiting.sends.empty()) << "the reopen waits for the repair";
   p.dst_upstairs = {};
   p.pump(std::move(started));
@@ -891,7 +949,8 @@ TEST(CoreLiveRepair, ASourceLostMidTransferFailsTheJobAndKeepsTheOldExtent) {
   ASSERT_GT(p.dst_region->extent_file_bytes(), kRepairChunkBytes);
   auto before = p.diverge_and_close();
   p.cut_after_chunks = 1;
-  auto out = p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  auto out =
+      p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   EXPECT_EQ(p.chunks_seen, 1);
   auto ack = only<Ack>(out, p.dst_up);
   EXPECT_EQ(ack.job_id, JobId{1001});
@@ -899,13 +958,16 @@ TEST(CoreLiveRepair, ASourceLostMidTransferFailsTheJobAndKeepsTheOldExtent) {
   EXPECT_NE(ack.status.message.find("lost"), std::string::npos) << ack.status.message;
   EXPECT_FALSE(closed(out, p.dst_up)) << "a failed repair is an answer, not a hang-up";
   EXPECT_FALSE(*p.fs.exists(Extent::staging_path(p.dst_region->extent_path(ExtentId{0}))));
-  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up).status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up)
+                  .status.is_ok());
   EXPECT_EQ(p.dst_region->versions()[0], (ExtentVersion{Generation{1}, FlushNumber{3}, false}));
   EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), before));
   // The source is still serving: a second try succeeds.
   ASSERT_TRUE(p.dst_region->close_extent(ExtentId{0}));
   p.cut_after_chunks.reset();
-  auto retry = only<Ack>(p.to_dst(ExtentLiveRepair{JobId{1003}, ids({1002}), ExtentId{0}, ClientId{0}, "src:1"}), p.dst_up);
+  auto retry = only<Ack>(
+      p.to_dst(ExtentLiveRepair{JobId{1003}, ids({1002}), ExtentId{0}, ClientId{0}, "src:1"}),
+      p.dst_up);
   EXPECT_TRUE(retry.status.is_ok()) << retry.status.message;
 }
 
@@ -914,7 +976,9 @@ TEST(CoreLiveRepair, TheSourceRefusesAnOpenExtent) {
   p.fill(*p.src_region, 10, 7, 2);
   p.activate();
   p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
-  auto ack = only<Ack>(p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}), p.dst_up);
+  auto ack = only<Ack>(
+      p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}),
+      p.dst_up);
   EXPECT_EQ(ack.status.code, ErrorCode::kRepair);
   EXPECT_NE(ack.status.message.find("open"), std::string::npos) << ack.status.message;
   EXPECT_EQ(p.src->connection_count(), 1u) << "only the upstairs is left on the source";
@@ -925,11 +989,14 @@ TEST(CoreLiveRepair, ASourceWithAnotherGeometryIsRefused) {
   p.activate();
   p.to_src(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
   p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
-  auto ack = only<Ack>(p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}), p.dst_up);
+  auto ack = only<Ack>(
+      p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}),
+      p.dst_up);
   EXPECT_EQ(ack.status.code, ErrorCode::kRepair);
   EXPECT_NE(ack.status.message.find("geometry"), std::string::npos) << ack.status.message;
   EXPECT_EQ(p.chunks_seen, 0);
-  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up).status.is_ok());
+  EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up)
+                  .status.is_ok());
 }
 
 TEST(CoreLiveRepair, ASecondRepairOfTheSameExtentIsBusyAndAReopenWaits) {
@@ -938,12 +1005,15 @@ TEST(CoreLiveRepair, ASecondRepairOfTheSameExtentIsBusyAndAReopenWaits) {
   p.activate();
   p.to_src(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
   p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
-  auto started = p.dst->on_message(p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  auto started = p.dst->on_message(
+      p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   ASSERT_EQ(started.connects.size(), 1u);
-  auto second = p.dst->on_message(p.dst_up, ExtentLiveRepair{JobId{1002}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  auto second = p.dst->on_message(
+      p.dst_up, ExtentLiveRepair{JobId{1002}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   EXPECT_EQ(only<Ack>(second, p.dst_up).status.code, ErrorCode::kBusy);
   auto early = p.dst->on_message(p.dst_up, ExtentLiveReopen{JobId{1003}, ids({1000}), ExtentId{0}});
-  EXPECT_EQ(only<Ack>(early, p.dst_up).status.code, ErrorCode::kBusy) << "no reopen under a running repair";
+  EXPECT_EQ(only<Ack>(early, p.dst_up).status.code, ErrorCode::kBusy)
+      << "no reopen under a running repair";
   p.dst_upstairs = {};
   p.pump(std::move(started));
   EXPECT_TRUE(only<Ack>(p.dst_upstairs, p.dst_up).status.is_ok());
@@ -963,7 +1033,8 @@ TEST(CoreLiveRepair, AnUpstairsThatLeavesAbandonsItsFetch) {
   p.activate();
   p.to_src(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
   p.to_dst(ExtentLiveClose{JobId{1000}, {}, ExtentId{0}});
-  auto started = p.dst->on_message(p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
+  auto started = p.dst->on_message(
+      p.dst_up, ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"});
   ASSERT_EQ(started.connects.size(), 1u);
   ConnectionId fetch = started.connects[0].conn;
   auto gone = p.dst->on_disconnect(p.dst_up, "upstairs went away");
@@ -986,17 +1057,23 @@ TEST(CoreReconciliation, RepairStepsCopyTheSourceExtent) {
   auto w = make_write(1000, {}, 2, 1, 33);
   ASSERT_TRUE(only<Ack>(p.to_src(w), p.src_up).status.is_ok());
   auto flushed = only<RepairAck>(
-      p.to_src(ExtentFlush{RepairId{1}, ExtentId{0}, ClientId{0}, FlushNumber{8}, Generation{3}}), p.src_up);
+      p.to_src(ExtentFlush{RepairId{1}, ExtentId{0}, ClientId{0}, FlushNumber{8}, Generation{3}}),
+      p.src_up);
   EXPECT_EQ(flushed, (RepairAck{RepairId{1}, WireStatus::ok()}));
   EXPECT_EQ(p.src_region->versions()[0], (ExtentVersion{Generation{3}, FlushNumber{8}, false}));
-  EXPECT_TRUE(only<RepairAck>(p.to_src(ExtentClose{RepairId{2}, ExtentId{0}}), p.src_up).status.is_ok());
-  EXPECT_TRUE(only<RepairAck>(p.to_dst(ExtentClose{RepairId{2}, ExtentId{0}}), p.dst_up).status.is_ok());
+  EXPECT_TRUE(
+      only<RepairAck>(p.to_src(ExtentClose{RepairId{2}, ExtentId{0}}), p.src_up).status.is_ok());
+  EXPECT_TRUE(
+      only<RepairAck>(p.to_dst(ExtentClose{RepairId{2}, ExtentId{0}}), p.dst_up).status.is_ok());
   auto repaired = only<RepairAck>(
-      p.to_dst(ExtentRepair{RepairId{3}, ExtentId{0}, ClientId{0}, "src:1", {ClientId{1}}}), p.dst_up);
+      p.to_dst(ExtentRepair{RepairId{3}, ExtentId{0}, ClientId{0}, "src:1", {ClientId{1}}}),
+      p.dst_up);
   EXPECT_EQ(repaired.repair_id, RepairId{3});
   EXPECT_TRUE(repaired.status.is_ok()) << repaired.status.message;
-  EXPECT_TRUE(only<RepairAck>(p.to_dst(ExtentReopen{RepairId{4}, ExtentId{0}}), p.dst_up).status.is_ok());
-  EXPECT_TRUE(only<RepairAck>(p.to_src(ExtentReopen{RepairId{4}, ExtentId{0}}), p.src_up).status.is_ok());
+  EXPECT_TRUE(
+      only<RepairAck>(p.to_dst(ExtentReopen{RepairId{4}, ExtentId{0}}), p.dst_up).status.is_ok());
+  EXPECT_TRUE(
+      only<RepairAck>(p.to_src(ExtentReopen{RepairId{4}, ExtentId{0}}), p.src_up).status.is_ok());
   EXPECT_EQ(p.dst_region->versions()[0], p.src_region->versions()[0]);
   EXPECT_TRUE(same(p.extent_data(*p.dst_region, 0), p.extent_data(*p.src_region, 0)));
   auto reopen_open = only<RepairAck>(p.to_dst(ExtentReopen{RepairId{5}, ExtentId{0}}), p.dst_up);
@@ -1007,10 +1084,13 @@ TEST(CoreRepairSource, ChunksAskedOutOfOrderEndTheTransferWithAnError) {
   RepairPair p;
   ASSERT_TRUE(p.src_region->close_extent(ExtentId{0}));
   ConnectionId peer = p.src->new_connection();
-  EXPECT_EQ(only<RegionInfo>(p.src->on_message(peer, RepairHello{}), peer).region, p.src_region->def());
-  auto done = only<ExtentFetchDone>(p.src->on_message(peer, ExtentFetch{ExtentId{0}, 4096, std::nullopt}), peer);
+  EXPECT_EQ(only<RegionInfo>(p.src->on_message(peer, RepairHello{}), peer).region,
+            p.src_region->def());
+  auto done = only<ExtentFetchDone>(
+      p.src->on_message(peer, ExtentFetch{ExtentId{0}, 4096, std::nullopt}), peer);
   EXPECT_EQ(done.status.code, ErrorCode::kRepair);
-  auto bad_extent = only<ExtentFetchDone>(p.src->on_message(peer, ExtentFetch{ExtentId{99}, 0, std::nullopt}), peer);
+  auto bad_extent = only<ExtentFetchDone>(
+      p.src->on_message(peer, ExtentFetch{ExtentId{99}, 0, std::nullopt}), peer);
   EXPECT_EQ(bad_extent.status.code, ErrorCode::kInvalidExtent);
   auto chunk = p.src->on_message(peer, ExtentFetch{ExtentId{0}, 0, std::nullopt});
   auto msgs = to(chunk, peer);
@@ -1020,7 +1100,8 @@ TEST(CoreRepairSource, ChunksAskedOutOfOrderEndTheTransferWithAnError) {
   EXPECT_TRUE(fin.status.is_ok());
   EXPECT_EQ(fin.file_bytes, p.src_region->extent_file_bytes());
   EXPECT_EQ(fin.file_hash, integrity_hash(std::get<ExtentChunk>(msgs[0]).data.span()));
-  EXPECT_TRUE(closed(p.src->on_message(peer, make_read(1000, {}, 0, 1)), peer)) << "a repair peer only fetches";
+  EXPECT_TRUE(closed(p.src->on_message(peer, make_read(1000, {}, 0, 1)), peer))
+      << "a repair peer only fetches";
 }
 
 TEST(CoreRepairSource, ARepairHelloOfAnotherVersionIsRefused) {

@@ -109,8 +109,9 @@ class Harness {
       contexts.push_back(context_for(ids.back(), d, c_.encrypted));
     }
     Status s = region_->write(BlockIndex{start}, bs, contexts, data, only_unwritten);
-    trace_.push_back(fmt::format("{} [{}, {}) ids {}..{}: {}", only_unwritten ? "write-unwritten" : "write", start,
-                                 start + n, ids.front(), ids.back(), s ? "ok" : s.error().to_string()));
+    trace_.push_back(fmt::format("{} [{}, {}) ids {}..{}: {}",
+                                 only_unwritten ? "write-unwritten" : "write", start, start + n,
+                                 ids.front(), ids.back(), s ? "ok" : s.error().to_string()));
     for (uint64_t i = 0; i < n; ++i) {
       uint64_t b = start + i;
       if (only_unwritten && current_[b] != 0) continue;
@@ -123,7 +124,8 @@ class Harness {
 
   bool discard(uint64_t start, uint64_t n) {
     Status s = region_->discard(BlockIndex{start}, n);
-    trace_.push_back(fmt::format("discard [{}, {}): {}", start, start + n, s ? "ok" : s.error().to_string()));
+    trace_.push_back(
+        fmt::format("discard [{}, {}): {}", start, start + n, s ? "ok" : s.error().to_string()));
     for (uint64_t b = start; b < start + n; ++b) {
       allowed_[b].push_back(0);
       if (s) current_[b] = 0;
@@ -146,7 +148,8 @@ class Harness {
   bool close_reopen(ExtentId e) {
     auto v = region_->close_extent(e);
     Status s = v ? region_->reopen_extent(e) : Status(tl::unexpected(v.error()));
-    trace_.push_back(fmt::format("close and reopen extent {}: {}", e.value, s ? "ok" : s.error().to_string()));
+    trace_.push_back(
+        fmt::format("close and reopen extent {}: {}", e.value, s ? "ok" : s.error().to_string()));
     if (s) settle();
     return s.has_value();
   }
@@ -159,14 +162,17 @@ class Harness {
       auto got = decode(*r, b);
       if (!got.error.empty()) return got.error;
       if (got.id != current_[b])
-        return fmt::format("block {} holds value {} without a crash, expected {}", b, got.id, current_[b]);
+        return fmt::format("block {} holds value {} without a crash, expected {}", b, got.id,
+                           current_[b]);
     }
     return "";
   }
 
   // One random operation of the workload.
   bool random_op() {
-    auto pick = [&](uint64_t lo, uint64_t hi) { return std::uniform_int_distribution<uint64_t>(lo, hi)(rng_); };
+    auto pick = [&](uint64_t lo, uint64_t hi) {
+      return std::uniform_int_distribution<uint64_t>(lo, hi)(rng_);
+    };
     auto range = [&] {
       uint64_t start = pick(0, total_ - 1);
       if (pick(0, 3) == 0) {  // straddle an extent boundary
@@ -218,12 +224,15 @@ class Harness {
     region_.reset();
     do_cut(Cut::kRandom);
     Snapshot second;
-    if (auto e = reopen_and_check(second); !e.empty()) return "after a second power cut right after recovery: " + e;
+    if (auto e = reopen_and_check(second); !e.empty())
+      return "after a second power cut right after recovery: " + e;
     for (uint64_t b = 0; b < total_; ++b)
       if (first.ids[b] != second.ids[b] || first.contexts[b] != second.contexts[b])
-        return fmt::format("block {} read value {} after recovery but value {} after a second power cut", b,
-                           first.ids[b], second.ids[b]);
-    if (first.versions != second.versions) return "extent versions changed across the second power cut";
+        return fmt::format(
+            "block {} read value {} after recovery but value {} after a second power cut", b,
+            first.ids[b], second.ids[b]);
+    if (first.versions != second.versions)
+      return "extent versions changed across the second power cut";
     return "";
   }
 
@@ -240,9 +249,15 @@ class Harness {
 
   void do_cut(Cut cut) {
     switch (cut) {
-      case Cut::kRandom: fs_.crash(rng_); break;
-      case Cut::kDropAll: fs_.crash_drop_all(); break;
-      case Cut::kKeepAll: fs_.crash_keep_all(); break;
+      case Cut::kRandom:
+        fs_.crash(rng_);
+        break;
+      case Cut::kDropAll:
+        fs_.crash_drop_all();
+        break;
+      case Cut::kKeepAll:
+        fs_.crash_keep_all();
+        break;
     }
   }
 
@@ -253,7 +268,8 @@ class Harness {
     auto versions = region_->versions();
     for (uint32_t e = 0; e < c_.extents; ++e) {
       if (versions[e].dirty || !region_->is_open(ExtentId{e})) continue;
-      for (uint64_t b = e * c_.extent_size; b < (e + 1) * c_.extent_size; ++b) allowed_[b] = {current_[b]};
+      for (uint64_t b = e * c_.extent_size; b < (e + 1) * c_.extent_size; ++b)
+        allowed_[b] = {current_[b]};
       min_flush_[e] = versions[e].flush.value;
       min_gen_[e] = versions[e].generation.value;
     }
@@ -266,8 +282,9 @@ class Harness {
     Decoded out;
     if (std::all_of(d.begin(), d.end(), [](std::byte x) { return x == std::byte{0}; })) {
       if (ctx)
-        out.error = fmt::format("block {} reads zeros but has a context (hash {:016x}{}): an unwritten block has none",
-                                b, ctx->hash, ctx->encryption ? ", encrypted" : "");
+        out.error = fmt::format(
+            "block {} reads zeros but has a context (hash {:016x}{}): an unwritten block has none",
+            b, ctx->hash, ctx->encryption ? ", encrypted" : "");
       return out;
     }
     uint64_t id = 0;
@@ -275,15 +292,18 @@ class Harness {
     std::vector<std::byte> want(bs);
     if (id > 0 && id < next_id_) fill_block(id, want);
     if (id == 0 || id >= next_id_ || !std::equal(want.begin(), want.end(), d.begin())) {
-      out.error = fmt::format("block {} holds bytes that are no value ever written (starts like value {}): torn", b, id);
+      out.error = fmt::format(
+          "block {} holds bytes that are no value ever written (starts like value {}): torn", b,
+          id);
       return out;
     }
     out.id = id;
     if (!ctx) {
       out.error = fmt::format("block {} holds value {} but has no context", b, id);
     } else if (*ctx != context_for(id, d, c_.encrypted)) {
-      out.error = fmt::format("block {} holds value {} but its context (hash {:016x}) is not that value's", b, id,
-                              ctx->hash);
+      out.error =
+          fmt::format("block {} holds value {} but its context (hash {:016x}) is not that value's",
+                      b, id, ctx->hash);
     }
     return out;
   }
@@ -291,8 +311,9 @@ class Harness {
   // A read-only open (dump, verify, export) must not change a crashed region and must
   // see what a read-write open (which recovers) then sees.
   std::string read_only_view(Snapshot& snap) {
-    uint64_t mutations = fs_.stats().count(FaultFs::Op::kWrite) + fs_.stats().count(FaultFs::Op::kRemove) +
-                         fs_.stats().count(FaultFs::Op::kTruncate) + fs_.stats().count(FaultFs::Op::kPunch);
+    uint64_t mutations =
+        fs_.stats().count(FaultFs::Op::kWrite) + fs_.stats().count(FaultFs::Op::kRemove) +
+        fs_.stats().count(FaultFs::Op::kTruncate) + fs_.stats().count(FaultFs::Op::kPunch);
     auto ro = Region::open(fs_, "r", true);
     if (!ro) return "read-only open failed: " + ro.error().to_string();
     auto rd = (*ro)->read(BlockIndex{0}, total_);
@@ -300,8 +321,9 @@ class Harness {
     for (uint64_t b = 0; b < total_; ++b) snap.ids.push_back(decode(*rd, b).id);
     snap.contexts = rd->contexts;
     snap.versions = (*ro)->versions();
-    uint64_t after = fs_.stats().count(FaultFs::Op::kWrite) + fs_.stats().count(FaultFs::Op::kRemove) +
-                     fs_.stats().count(FaultFs::Op::kTruncate) + fs_.stats().count(FaultFs::Op::kPunch);
+    uint64_t after =
+        fs_.stats().count(FaultFs::Op::kWrite) + fs_.stats().count(FaultFs::Op::kRemove) +
+        fs_.stats().count(FaultFs::Op::kTruncate) + fs_.stats().count(FaultFs::Op::kPunch);
     if (after != mutations) return "a read-only open modified the region";
     return "";
   }
@@ -327,21 +349,25 @@ class Harness {
       snap.ids.push_back(got.id);
       const auto& ok = allowed_[b];
       if (got.error.empty() && std::find(ok.begin(), ok.end(), got.id) == ok.end())
-        add(fmt::format("block {} holds value {}; legal values are {} (the first is the last flushed one)", b,
-                        got.id, fmt::join(ok, ", ")));
+        add(fmt::format(
+            "block {} holds value {}; legal values are {} (the first is the last flushed one)", b,
+            got.id, fmt::join(ok, ", ")));
     }
     for (uint32_t e = 0; e < c_.extents; ++e) {
       const auto& v = snap.versions[e];
-      if (v.flush.value < min_flush_[e] || v.flush.value > flush_ || v.generation.value < min_gen_[e] ||
-          v.generation.value > gen_)
-        add(fmt::format("extent {} has flush {} gen {}; the last completed flush was {} gen {}, the last issued {} gen {}",
-                        e, v.flush.value, v.generation.value, min_flush_[e], min_gen_[e], flush_, gen_));
+      if (v.flush.value < min_flush_[e] || v.flush.value > flush_ ||
+          v.generation.value < min_gen_[e] || v.generation.value > gen_)
+        add(fmt::format(
+            "extent {} has flush {} gen {}; the last completed flush was {} gen {}, the last "
+            "issued {} gen {}",
+            e, v.flush.value, v.generation.value, min_flush_[e], min_gen_[e], flush_, gen_));
       if (!v.dirty && v.flush.value == min_flush_[e]) {
         // Clean with the numbers of the last completed flush: exactly what it flushed.
         for (uint64_t b = e * c_.extent_size; b < (e + 1) * c_.extent_size; ++b)
           if (snap.ids[b] != allowed_[b].front())
-            add(fmt::format("extent {} is clean at flush {} but block {} holds value {}, not the flushed {}", e,
-                            v.flush.value, b, snap.ids[b], allowed_[b].front()));
+            add(fmt::format(
+                "extent {} is clean at flush {} but block {} holds value {}, not the flushed {}", e,
+                v.flush.value, b, snap.ids[b], allowed_[b].front()));
       }
     }
     auto report = verify(*region_);
@@ -352,11 +378,14 @@ class Harness {
     }
     for (uint64_t b = 0; b < total_ && n == 0; ++b)
       if (ro.ids[b] != snap.ids[b] || ro.contexts[b] != snap.contexts[b])
-        add(fmt::format("block {}: a read-only open reads value {} (context {}), the recovered region value {} "
-                        "(context {})",
-                        b, ro.ids[b], ro.contexts[b] ? fmt::format("{:016x}", ro.contexts[b]->hash) : "none",
-                        snap.ids[b], snap.contexts[b] ? fmt::format("{:016x}", snap.contexts[b]->hash) : "none"));
-    if (ro.versions != snap.versions) add("a read-only open reports other extent versions than a read-write one");
+        add(fmt::format(
+            "block {}: a read-only open reads value {} (context {}), the recovered region value {} "
+            "(context {})",
+            b, ro.ids[b], ro.contexts[b] ? fmt::format("{:016x}", ro.contexts[b]->hash) : "none",
+            snap.ids[b],
+            snap.contexts[b] ? fmt::format("{:016x}", snap.contexts[b]->hash) : "none"));
+    if (ro.versions != snap.versions)
+      add("a read-only open reports other extent versions than a read-write one");
     if (n > 4) errors += fmt::format("... {} problems in all\n", n);
     return errors;
   }
@@ -404,19 +433,25 @@ class CrashTest : public ::testing::TestWithParam<Config> {};
 std::string random_workload(const Config& c, uint64_t seed) {
   Harness h(c, seed);
   auto& rng = h.rng();
-  auto pick = [&](uint64_t lo, uint64_t hi) { return std::uniform_int_distribution<uint64_t>(lo, hi)(rng); };
+  auto pick = [&](uint64_t lo, uint64_t hi) {
+    return std::uniform_int_distribution<uint64_t>(lo, hi)(rng);
+  };
   // How the power goes out: after some operations, or in the middle of one (an injected
   // disk error, then the cut; or the power failing at an arbitrary disk call).
   uint64_t ops = pick(1, 40);
   std::string how;
   switch (pick(0, 3)) {
     case 0:
-    case 1: how = fmt::format("after {} operations", ops); break;
+    case 1:
+      how = fmt::format("after {} operations", ops);
+      break;
     case 2: {
-      auto op = std::array{FaultFs::Op::kWrite, FaultFs::Op::kSync, FaultFs::Op::kPunch}[pick(0, 2)];
+      auto op =
+          std::array{FaultFs::Op::kWrite, FaultFs::Op::kSync, FaultFs::Op::kPunch}[pick(0, 2)];
       uint64_t after = pick(0, 30);
       h.fs().fail_next(op, 1, after);
-      how = fmt::format("at an injected error (op kind {}, after {} calls)", static_cast<int>(op), after);
+      how = fmt::format("at an injected error (op kind {}, after {} calls)", static_cast<int>(op),
+                        after);
       ops = 60;
       break;
     }
@@ -431,7 +466,8 @@ std::string random_workload(const Config& c, uint64_t seed) {
   for (uint64_t i = 0; i < ops; ++i) {
     if (!h.random_op()) break;
   }
-  if (!h.live_error().empty()) return "without a crash: " + h.live_error() + "\nworkload:\n" + h.trace();
+  if (!h.live_error().empty())
+    return "without a crash: " + h.live_error() + "\nworkload:\n" + h.trace();
   std::string e = h.crash_and_check(Harness::Cut::kRandom);
   if (e.empty()) return e;
   return fmt::format("{} region, power cut {}:\n{}workload:\n{}", c.name, how, e, h.trace());
@@ -439,7 +475,8 @@ std::string random_workload(const Config& c, uint64_t seed) {
 
 constexpr uint64_t kSeeds = 500;
 
-// Regression: Extent::recover() gives a never-written block whose first write lost its data a context (see ExtentRecovery).
+// Regression: Extent::recover() gives a never-written block whose first write lost its data a
+// context (see ExtentRecovery).
 TEST_P(CrashTest, RandomWorkloadSurvivesAPowerCutAtAnyPoint) {
   for_seeds(kSeeds, [&](uint64_t seed) { return random_workload(GetParam(), seed); });
 }
@@ -469,7 +506,8 @@ void every_cut_point(const Config& c, Setup setup, Op op) {
   }
 }
 
-// Regression: Extent::recover() gives a never-written block whose first write lost its data a context (see ExtentRecovery).
+// Regression: Extent::recover() gives a never-written block whose first write lost its data a
+// context (see ExtentRecovery).
 TEST_P(CrashTest, WriteToUnwrittenBlocksAtEveryStep) {
   every_cut_point(
       GetParam(), [](Harness&) { return true; },
@@ -478,19 +516,21 @@ TEST_P(CrashTest, WriteToUnwrittenBlocksAtEveryStep) {
 
 TEST_P(CrashTest, OverwriteOfFlushedBlocksAtEveryStep) {
   every_cut_point(
-      GetParam(),
-      [](Harness& h) { return h.write(0, 3, false) && h.flush(std::nullopt); },
+      GetParam(), [](Harness& h) { return h.write(0, 3, false) && h.flush(std::nullopt); },
       [](Harness& h) { return h.write(1, 2, false); });
 }
 
 TEST_P(CrashTest, RepeatedOverwritesWithoutAFlushAtEveryStep) {
   every_cut_point(
       GetParam(),
-      [](Harness& h) { return h.write(0, 2, false) && h.flush(std::nullopt) && h.write(0, 2, false); },
+      [](Harness& h) {
+        return h.write(0, 2, false) && h.flush(std::nullopt) && h.write(0, 2, false);
+      },
       [](Harness& h) { return h.write(0, 2, false) && h.write(1, 1, false); });
 }
 
-// Regression: Extent::recover() gives a never-written block whose first write lost its data a context (see ExtentRecovery).
+// Regression: Extent::recover() gives a never-written block whose first write lost its data a
+// context (see ExtentRecovery).
 TEST_P(CrashTest, WriteUnwrittenAtEveryStep) {
   every_cut_point(
       GetParam(), [](Harness& h) { return h.write(1, 1, false) && h.flush(std::nullopt); },
@@ -499,17 +539,19 @@ TEST_P(CrashTest, WriteUnwrittenAtEveryStep) {
 
 TEST_P(CrashTest, DiscardOfFlushedBlocksAtEveryStep) {
   every_cut_point(
-      GetParam(),
-      [](Harness& h) { return h.write(0, 3, false) && h.flush(std::nullopt); },
+      GetParam(), [](Harness& h) { return h.write(0, 3, false) && h.flush(std::nullopt); },
       [](Harness& h) { return h.discard(1, 2); });
 }
 
-// Regression: (encrypted) the setup's write to never-written block 2 is lost when the flush's first fsync fails;
-// Extent::recover() then leaves block 2 with the lost write's context over zeros (see ExtentRecovery).
+// Regression: (encrypted) the setup's write to never-written block 2 is lost when the flush's first
+// fsync fails; Extent::recover() then leaves block 2 with the lost write's context over zeros (see
+// ExtentRecovery).
 TEST_P(CrashTest, FlushAtEveryStep) {
   every_cut_point(
       GetParam(),
-      [](Harness& h) { return h.write(0, 2, false) && h.flush(std::nullopt) && h.write(1, 2, false); },
+      [](Harness& h) {
+        return h.write(0, 2, false) && h.flush(std::nullopt) && h.write(1, 2, false);
+      },
       [](Harness& h) { return h.flush(std::nullopt); });
 }
 
@@ -517,9 +559,9 @@ TEST_P(CrashTest, FlushAtEveryStep) {
 
 // A write to a never-written block whose context reached the disk but whose data did not:
 // after recovery the block must be what it was, unwritten (zeros, no context).
-// Regression: Extent::recover() (extent.cc, the `newest < 0 && all_zero(d)` branch) treats zero data as
-// never-written only if no slot holds a context; on an encrypted region the block keeps the lost write's
-// context over zeros (reads fail their hash, verify reports a mismatch).
+// Regression: Extent::recover() (extent.cc, the `newest < 0 && all_zero(d)` branch) treats zero
+// data as never-written only if no slot holds a context; on an encrypted region the block keeps the
+// lost write's context over zeros (reads fail their hash, verify reports a mismatch).
 TEST(ExtentRecovery, AnEncryptedFirstWriteWhoseDataIsLostLeavesTheBlockUnwritten) {
   Harness h(Config{"Encrypted512", 512, 64, 4, 512, true}, 1);
   ASSERT_TRUE(h.write(5, 1, false));  // context synced before the data; the data is not synced
@@ -527,8 +569,8 @@ TEST(ExtentRecovery, AnEncryptedFirstWriteWhoseDataIsLostLeavesTheBlockUnwritten
   EXPECT_TRUE(e.empty()) << e;
 }
 
-// Regression: same branch of Extent::recover(); on a plain region the zeros are rehashed, so the block
-// becomes "written" (a context for zeros) and a later WriteUnwritten skips it.
+// Regression: same branch of Extent::recover(); on a plain region the zeros are rehashed, so the
+// block becomes "written" (a context for zeros) and a later WriteUnwritten skips it.
 TEST(ExtentRecovery, APlainFirstWriteWhoseDataIsLostLeavesTheBlockUnwritten) {
   for (uint64_t cut = 0; cut < 8; ++cut) {
     SCOPED_TRACE(fmt::format("power cut after {} disk writes", cut));
@@ -541,12 +583,14 @@ TEST(ExtentRecovery, APlainFirstWriteWhoseDataIsLostLeavesTheBlockUnwritten) {
 }
 
 // Atomic writes of a whole block: 512-byte blocks on any disk, 4 KiB blocks on 4Kn disks.
-INSTANTIATE_TEST_SUITE_P(
-    Regions, CrashTest,
-    ::testing::Values(Config{"Plain512", 512, 64, 4, 512, false}, Config{"Encrypted512", 512, 64, 4, 512, true},
-                      Config{"Plain4KUnit4K", 4096, 16, 4, 4096, false},
-                      Config{"Encrypted4KUnit4K", 4096, 16, 4, 4096, true}),
-    [](const ::testing::TestParamInfo<Config>& p) { return std::string(p.param.name); });
+INSTANTIATE_TEST_SUITE_P(Regions, CrashTest,
+                         ::testing::Values(Config{"Plain512", 512, 64, 4, 512, false},
+                                           Config{"Encrypted512", 512, 64, 4, 512, true},
+                                           Config{"Plain4KUnit4K", 4096, 16, 4, 4096, false},
+                                           Config{"Encrypted4KUnit4K", 4096, 16, 4, 4096, true}),
+                         [](const ::testing::TestParamInfo<Config>& p) {
+                           return std::string(p.param.name);
+                         });
 
 // Not tested: blocks larger than the disk's atomic write unit (4 KiB blocks on a 512e
 // disk). Data is overwritten in place, so a power cut can tear such a block; the format

@@ -12,7 +12,9 @@ namespace {
 using downstairs::File;
 using downstairs::OpenMode;
 
-std::vector<std::byte> filled(size_t n, uint8_t v) { return std::vector<std::byte>(n, std::byte{v}); }
+std::vector<std::byte> filled(size_t n, uint8_t v) {
+  return std::vector<std::byte>(n, std::byte{v});
+}
 
 std::unique_ptr<File> create(FaultFs& fs, const std::string& path) {
   auto f = fs.open(path, OpenMode::kCreateExclusive);

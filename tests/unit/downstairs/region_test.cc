@@ -1,6 +1,8 @@
 // Extent and region behaviour without crashes: extent versions, write-unwritten, IO that
 // spans extents, every refusal, discard, encrypted contexts and repair staging. Mostly on
 // FaultFs; a few on the real file system in a temp dir.
+#include "downstairs/region.h"
+
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
@@ -9,7 +11,6 @@
 #include "common/hash.h"
 #include "downstairs/admin.h"
 #include "downstairs/extent.h"
-#include "downstairs/region.h"
 #include "support/fault_fs.h"
 #include "support/process.h"
 
@@ -25,13 +26,17 @@ constexpr uint64_t kExtentSize = 8;
 constexpr uint32_t kExtents = 4;
 constexpr uint64_t kTotal = kExtentSize * kExtents;
 
-ExtentVersion ver(uint64_t gen, uint64_t flush, bool dirty) { return {Generation{gen}, FlushNumber{flush}, dirty}; }
+ExtentVersion ver(uint64_t gen, uint64_t flush, bool dirty) {
+  return {Generation{gen}, FlushNumber{flush}, dirty};
+}
 
 // n blocks of recognisable bytes (never all zero) and their contexts.
 struct Blocks {
   std::vector<BlockContext> contexts;
   std::vector<std::byte> data;
-  std::span<const std::byte> block(size_t i, uint32_t bs = kBs) const { return std::span(data).subspan(i * bs, bs); }
+  std::span<const std::byte> block(size_t i, uint32_t bs = kBs) const {
+    return std::span(data).subspan(i * bs, bs);
+  }
 };
 
 Blocks make_blocks(size_t n, uint8_t seed, bool encrypted = false, uint32_t bs = kBs) {
@@ -54,9 +59,9 @@ Blocks make_blocks(size_t n, uint8_t seed, bool encrypted = false, uint32_t bs =
   return b;
 }
 
-std::unique_ptr<Region> make_region(FileSystem& fs, const std::string& dir = "r", bool encrypted = false,
-                                    uint32_t extents = kExtents, uint64_t extent_size = kExtentSize,
-                                    uint32_t bs = kBs) {
+std::unique_ptr<Region> make_region(FileSystem& fs, const std::string& dir = "r",
+                                    bool encrypted = false, uint32_t extents = kExtents,
+                                    uint64_t extent_size = kExtentSize, uint32_t bs = kBs) {
   RegionOptions o;
   o.def = {bs, extent_size, extents, Uuid::random(), encrypted};
   auto r = Region::create(fs, dir, o);
@@ -64,7 +69,8 @@ std::unique_ptr<Region> make_region(FileSystem& fs, const std::string& dir = "r"
   return r ? std::move(*r) : nullptr;
 }
 
-Status write(Region& r, uint64_t start, const Blocks& b, bool only_unwritten = false, uint32_t bs = kBs) {
+Status write(Region& r, uint64_t start, const Blocks& b, bool only_unwritten = false,
+             uint32_t bs = kBs) {
   return r.write(BlockIndex{start}, bs, b.contexts, b.data, only_unwritten);
 }
 
@@ -82,7 +88,8 @@ bool is_zero(std::span<const std::byte> d) {
 void expect_block(const ReadResult& r, size_t i, const Blocks& b, size_t j) {
   ASSERT_LT(i, r.contexts.size());
   EXPECT_EQ(r.contexts[i], std::optional<BlockContext>(b.contexts[j])) << "block " << i;
-  EXPECT_TRUE(std::equal(b.block(j).begin(), b.block(j).end(), r.data.data() + i * kBs)) << "block " << i;
+  EXPECT_TRUE(std::equal(b.block(j).begin(), b.block(j).end(), r.data.data() + i * kBs))
+      << "block " << i;
 }
 
 void expect_unwritten(const ReadResult& r, size_t i) {
@@ -176,7 +183,8 @@ TEST(ExtentVersions, ReopenAfterFlushKeepsTheNumbers) {
 TEST(ExtentVersions, RegionFlushWithExtentLimitFlushesOnlyUpToTheLimit) {
   FaultFs fs;
   auto r = make_region(fs);
-  for (uint32_t e = 0; e < kExtents; ++e) ASSERT_TRUE(write(*r, e * kExtentSize + 1, make_blocks(1, 1)));
+  for (uint32_t e = 0; e < kExtents; ++e)
+    ASSERT_TRUE(write(*r, e * kExtentSize + 1, make_blocks(1, 1)));
   ASSERT_TRUE(r->flush(FlushNumber{5}, Generation{2}, ExtentId{1}));
   auto v = r->versions();
   EXPECT_EQ(v[0], ver(2, 5, false));
@@ -245,7 +253,8 @@ TEST(WriteUnwritten, TreatsADiscardedBlockAsUnwritten) {
   ASSERT_TRUE(write(*r, 3, fresh, true));
   auto got = read(*r, 3, 2);
   expect_block(got, 0, fresh, 0);
-  EXPECT_NE(got.contexts[1], std::optional<BlockContext>(fresh.contexts[1])) << "block 4 was written, kept";
+  EXPECT_NE(got.contexts[1], std::optional<BlockContext>(fresh.contexts[1]))
+      << "block 4 was written, kept";
 }
 
 // ---- IO -----------------------------------------------------------------------------------
@@ -291,8 +300,8 @@ TEST(RegionErrors, IoOutsideTheRegionIsOffsetInvalid) {
   struct Case {
     uint64_t start, count;
   };
-  for (Case c : {Case{kTotal, 1}, Case{kTotal + 100, 1}, Case{kTotal - 2, 3}, Case{0, kTotal + 1}, Case{0, 0},
-                 Case{UINT64_MAX, 2}}) {
+  for (Case c : {Case{kTotal, 1}, Case{kTotal + 100, 1}, Case{kTotal - 2, 3}, Case{0, kTotal + 1},
+                 Case{0, 0}, Case{UINT64_MAX, 2}}) {
     SCOPED_TRACE(::testing::Message() << "start " << c.start << " count " << c.count);
     auto rd = r->read(BlockIndex{c.start}, c.count);
     ASSERT_FALSE(rd);
@@ -424,7 +433,8 @@ TEST(RegionErrors, ReopeningAnOpenExtentOrClosingAClosedOneIsAnError) {
   EXPECT_EQ(again.error().code, ErrorCode::kExtentClosed);
   EXPECT_EQ(r->close_extent(ExtentId{kExtents}).error().code, ErrorCode::kInvalidExtent);
   EXPECT_EQ(r->reopen_extent(ExtentId{kExtents}).error().code, ErrorCode::kInvalidExtent);
-  EXPECT_EQ(r->flush_extent(ExtentId{0}, FlushNumber{1}, Generation{1}).error().code, ErrorCode::kExtentClosed);
+  EXPECT_EQ(r->flush_extent(ExtentId{0}, FlushNumber{1}, Generation{1}).error().code,
+            ErrorCode::kExtentClosed);
   EXPECT_EQ(r->inspect(ExtentId{0}, 0, 1).error().code, ErrorCode::kExtentClosed);
   ASSERT_TRUE(r->reopen_extent(ExtentId{0}));
   EXPECT_TRUE(r->is_open(ExtentId{0}));
@@ -447,7 +457,8 @@ TEST(RegionErrors, GeometryOutsideTheLimitsIsRefusedNamingTheFlag) {
            Case{with([](auto& d) { d.block_size = 65536; }), "--block-size"},
            Case{with([](auto& d) { d.block_size = 256; }), "--block-size"},
            Case{with([](auto& d) { d.extent_size = 0; }), "--extent-size"},
-           Case{with([](auto& d) { d.extent_size = (kMaxExtentBytes / kBs) + 1; }), "--extent-size"},
+           Case{with([](auto& d) { d.extent_size = (kMaxExtentBytes / kBs) + 1; }),
+                "--extent-size"},
            Case{with([](auto& d) { d.extent_count = 0; }), "--extent-count"},
        }) {
     auto s = validate_geometry(c.def);
@@ -475,7 +486,8 @@ TEST(RegionCreate, APowerCutAtAnyStepLeavesNoRegionOrAWholeOne) {
     ASSERT_LT(cut, 500u);
     bool completed = false;
     for (int mode = 0; mode < 3; ++mode) {
-      SCOPED_TRACE(::testing::Message() << "cut after " << cut << " mutations, crash mode " << mode);
+      SCOPED_TRACE(::testing::Message()
+                   << "cut after " << cut << " mutations, crash mode " << mode);
       FaultFs fs;
       fs.cut_power_after(cut);
       RegionOptions o;
@@ -659,7 +671,8 @@ TEST(EncryptedRegion, ContextsRoundTripThroughWriteAndRead) {
   for (size_t i = 0; i < 5; ++i) {
     expect_block(got, i, b, i);
     ASSERT_TRUE(got.contexts[i]->encryption);
-    EXPECT_EQ(got.contexts[i]->hash, expected_hash(Slot{1, 0, false, got.contexts[i]->encryption}, b.block(i)));
+    EXPECT_EQ(got.contexts[i]->hash,
+              expected_hash(Slot{1, 0, false, got.contexts[i]->encryption}, b.block(i)));
   }
   ASSERT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
   r.reset();
@@ -876,7 +889,8 @@ TEST(RepairStaging, APowerCutAtAnyStepOfACommitLeavesOldOrNew) {
   bool saw_old = false, saw_new = false;
   for (uint64_t cut = 0; cut < 12; ++cut) {
     for (int mode = 0; mode < 3; ++mode) {
-      SCOPED_TRACE(::testing::Message() << "cut after " << cut << " mutations, crash mode " << mode);
+      SCOPED_TRACE(::testing::Message()
+                   << "cut after " << cut << " mutations, crash mode " << mode);
       RepairFixture f;
       ASSERT_TRUE(f.target->close_extent(ExtentId{0}));
       {

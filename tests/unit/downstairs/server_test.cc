@@ -34,7 +34,8 @@ class ServerFixture {
     CRU_ASSERT(r.has_value());
     region_ = std::move(*r);
     core_ = std::make_unique<Core>(*region_, CoreOptions{});
-    server_ = std::make_unique<Server>(io_, *core_, asio::ip::tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+    server_ = std::make_unique<Server>(
+        io_, *core_, asio::ip::tcp::endpoint(asio::ip::address_v4::loopback(), 0));
     port_ = server_->port();
     core_->set_repair_addr(fmt::format("127.0.0.1:{}", port_));
     server_->start();
@@ -68,7 +69,8 @@ struct Upstairs {
 Result<Peer> negotiated(uint16_t port, const Upstairs& u, uint64_t gen) {
   auto p = Peer::connect(port, kTimeout);
   if (!p) return p;
-  if (auto def = p->negotiate(u.id, u.session, Generation{gen}, kTimeout); !def) return tl::unexpected(def.error());
+  if (auto def = p->negotiate(u.id, u.session, Generation{gen}, kTimeout); !def)
+    return tl::unexpected(def.error());
   return p;
 }
 
@@ -79,7 +81,8 @@ Write make_write(uint64_t job, uint64_t start, size_t n, uint8_t seed) {
   w.job_id = JobId{job};
   w.start = BlockIndex{start};
   w.block_size = kBs;
-  for (size_t i = 0; i < n; ++i) w.contexts.push_back({integrity_hash(data.span().subspan(i * kBs, kBs)), std::nullopt});
+  for (size_t i = 0; i < n; ++i)
+    w.contexts.push_back({integrity_hash(data.span().subspan(i * kBs, kBs)), std::nullopt});
   w.data = Bytes(std::move(data));
   return w;
 }
@@ -92,7 +95,8 @@ void expect_write_and_read(Peer& p, uint64_t job, uint64_t start, size_t n, uint
   ASSERT_TRUE(ack) << ack.error().to_string();
   EXPECT_EQ(ack->job_id, JobId{job});
   EXPECT_TRUE(ack->status.is_ok()) << ack->status.message;
-  ASSERT_TRUE(p.send(Read{JobId{job + 1}, {JobId{job}}, BlockIndex{start}, static_cast<uint32_t>(n)}));
+  ASSERT_TRUE(
+      p.send(Read{JobId{job + 1}, {JobId{job}}, BlockIndex{start}, static_cast<uint32_t>(n)}));
   auto rr = p.recv_as<ReadResponse>(kTimeout);
   ASSERT_TRUE(rr) << rr.error().to_string();
   EXPECT_EQ(rr->job_id, JobId{job + 1});
@@ -107,7 +111,8 @@ TEST(Server, NegotiatesAndAnswersWriteReadAndFlush) {
   auto p = negotiated(s.port(), Upstairs{}, 1);
   ASSERT_TRUE(p) << p.error().to_string();
   expect_write_and_read(*p, 1000, 5, 3, 1);
-  ASSERT_TRUE(p->send(Flush{JobId{1002}, {JobId{1001}}, FlushNumber{1}, Generation{1}, std::nullopt, std::nullopt}));
+  ASSERT_TRUE(p->send(Flush{
+      JobId{1002}, {JobId{1001}}, FlushNumber{1}, Generation{1}, std::nullopt, std::nullopt}));
   auto ack = p->recv_as<Ack>(kTimeout);
   ASSERT_TRUE(ack) << ack.error().to_string();
   EXPECT_EQ(ack->job_id, JobId{1002});
@@ -201,7 +206,8 @@ TEST(Server, GarbageCostsOnlyThatConnection) {
 
 TEST(Server, MalformedMetadataCostsOnlyThatConnection) {
   auto whole = encode_flat(HereIAm{});
-  std::vector<std::byte> frame(whole.begin(), whole.end() - 3);  // metadata cut short, lengths patched to match
+  std::vector<std::byte> frame(whole.begin(),
+                               whole.end() - 3);  // metadata cut short, lengths patched to match
   auto h = header(static_cast<uint32_t>(frame.size()), static_cast<uint32_t>(Tag::kHereIAm),
                   static_cast<uint32_t>(frame.size() - 12));
   std::copy(h.begin(), h.end(), frame.begin());
@@ -209,7 +215,8 @@ TEST(Server, MalformedMetadataCostsOnlyThatConnection) {
 }
 
 TEST(Server, AnOversizedFrameLengthCostsOnlyThatConnection) {
-  expect_only_that_connection_dropped(header(0xffffffffu, static_cast<uint32_t>(Tag::kWrite), 100), false);
+  expect_only_that_connection_dropped(header(0xffffffffu, static_cast<uint32_t>(Tag::kWrite), 100),
+                                      false);
 }
 
 TEST(Server, AHalfFrameThenAHangUpCostsOnlyThatConnection) {

@@ -1,7 +1,5 @@
 // The helpers the end-to-end tests stand on (tests/support/process.h): child processes,
 // output capture, timeouts, cleanup, temp dirs and the protocol peer.
-#include "support/process.h"
-
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -10,6 +8,8 @@
 
 #include <filesystem>
 #include <fstream>
+
+#include "support/process.h"
 
 namespace cru::test {
 namespace {
@@ -51,7 +51,8 @@ TEST(SupportProcess, WaitForLineFindsLinesInOrder) {
   ASSERT_TRUE(line) << line.error().to_string();
   EXPECT_EQ(*line, "listening on 127.0.0.1:4567");
   EXPECT_TRUE(p->wait_for_line("second", kLong));
-  EXPECT_FALSE(p->wait_for_line("starting", Millis(50))) << "lines before the last match are consumed";
+  EXPECT_FALSE(p->wait_for_line("starting", Millis(50)))
+      << "lines before the last match are consumed";
   EXPECT_TRUE(p->find_line("starting", Millis(50))) << "find_line looks at every line";
   p->kill(SIGTERM);
   auto status = p->wait(kLong);
@@ -108,7 +109,8 @@ TEST(SupportProcess, DestructorKillsTheWholeProcessGroup) {
 
 TEST(SupportProcess, ChildrenGetTheExtraEnvironmentAndWorkingDirectory) {
   TempDir tmp;
-  auto p = Process::start({"/bin/sh", "-c", "echo \"$CRU_PROBE $(pwd)\""}, ProcessOptions{{"CRU_PROBE=42"}, tmp.path()});
+  auto p = Process::start({"/bin/sh", "-c", "echo \"$CRU_PROBE $(pwd)\""},
+                          ProcessOptions{{"CRU_PROBE=42"}, tmp.path()});
   ASSERT_TRUE(p);
   auto line = (*p)->wait_for_line("42", kLong);
   ASSERT_TRUE(line) << line.error().to_string();

@@ -1,13 +1,13 @@
 // fuse::parse_config and load_config: the shipped example parses, every key lands in
 // Config, and every refusal names the file, the key and the reason (syntax errors: the
 // line and column).
+#include "fuse/config.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include "fuse/config.h"
 
 namespace cru::fuse {
 namespace {
@@ -15,7 +15,8 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kSource = "test.yaml";
-constexpr const char* kTargets = "volume:\n  targets: [\"127.0.0.1:3810\", \"127.0.0.1:3820\", \"127.0.0.1:3830\"]\n";
+constexpr const char* kTargets =
+    "volume:\n  targets: [\"127.0.0.1:3810\", \"127.0.0.1:3820\", \"127.0.0.1:3830\"]\n";
 // 32 bytes, base64.
 constexpr const char* kKey = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
@@ -78,7 +79,8 @@ TEST(FuseConfig, OnlyTargetsGivesDocumentedDefaults) {
 // ---- each key ----
 
 TEST(FuseConfig, TargetsAcceptIpv4Ipv6AndNames) {
-  auto c = parse("volume:\n  targets: [\"10.0.0.1:1\", \"[::1]:65535\", \"ds-2.example.com:3810\"]\n");
+  auto c =
+      parse("volume:\n  targets: [\"10.0.0.1:1\", \"[::1]:65535\", \"ds-2.example.com:3810\"]\n");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(c->targets[0], "10.0.0.1:1");
   EXPECT_EQ(c->targets[1], "[::1]:65535");
@@ -114,14 +116,16 @@ TEST(FuseConfig, Key) {
 }
 
 TEST(FuseConfig, ActivateAndFlushTimeouts) {
-  auto c = parse(std::string(kTargets) + "  activate_timeout_ms: 100\n  flush_timeout_ms: 86400000\n");
+  auto c =
+      parse(std::string(kTargets) + "  activate_timeout_ms: 100\n  flush_timeout_ms: 86400000\n");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(c->activate_timeout, std::chrono::milliseconds(100));
   EXPECT_EQ(c->limits.flush_timeout, std::chrono::milliseconds(86400000));
 }
 
 TEST(FuseConfig, LimitsAndTheirFaultThresholds) {
-  auto c = parse(std::string(kTargets) + "  limits: { jobs_in_flight: 300, bytes_in_flight: 3MiB }\n");
+  auto c =
+      parse(std::string(kTargets) + "  limits: { jobs_in_flight: 300, bytes_in_flight: 3MiB }\n");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(c->limits.jobs_in_flight_max, 300u);
   EXPECT_EQ(c->limits.bytes_in_flight_max, 3u * 1024 * 1024);
@@ -185,47 +189,60 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Refusal{"EmptyFile", "", "(top level)", "empty"},
         Refusal{"TopLevelNotAMap", "- a\n- b\n", "(top level)", "expected a mapping"},
-        Refusal{"UnknownTopKey", kT + "colour: red\n", "colour", "unknown key (expected one of: volume, mount, log, control)"},
+        Refusal{"UnknownTopKey", kT + "colour: red\n", "colour",
+                "unknown key (expected one of: volume, mount, log, control)"},
         Refusal{"MissingVolume", "mount:\n  path: /x\n", "volume", "missing"},
         Refusal{"VolumeNotAMap", "volume: 3\n", "volume", "expected a mapping"},
         Refusal{"UnknownVolumeKey", kT + "  colour: red\n", "volume.colour", "unknown key"},
         Refusal{"MissingTargets", "volume:\n  read_only: true\n", "volume.targets", "missing"},
-        Refusal{"TwoTargets", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n", "volume.targets",
-                "expected exactly 3 host:port addresses, got 2"},
-        Refusal{"FourTargets", "volume:\n  targets: [\"h:1\", \"h:2\", \"h:3\", \"h:4\"]\n", "volume.targets",
-                "expected exactly 3 host:port addresses, got 4"},
-        Refusal{"TargetsNotAList", "volume:\n  targets: \"127.0.0.1:1\"\n", "volume.targets", "expected exactly 3"},
-        Refusal{"TargetWithoutPort", "volume:\n  targets: [\"127.0.0.1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
+        Refusal{"TwoTargets", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
+                "volume.targets", "expected exactly 3 host:port addresses, got 2"},
+        Refusal{"FourTargets", "volume:\n  targets: [\"h:1\", \"h:2\", \"h:3\", \"h:4\"]\n",
+                "volume.targets", "expected exactly 3 host:port addresses, got 4"},
+        Refusal{"TargetsNotAList", "volume:\n  targets: \"127.0.0.1:1\"\n", "volume.targets",
+                "expected exactly 3"},
+        Refusal{"TargetWithoutPort",
+                "volume:\n  targets: [\"127.0.0.1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
                 "volume.targets[0]", "127.0.0.1"},
-        Refusal{"TargetPortZero", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:0\", \"127.0.0.1:3\"]\n",
+        Refusal{"TargetPortZero",
+                "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:0\", \"127.0.0.1:3\"]\n",
                 "volume.targets[1]", "0"},
-        Refusal{"TargetPortTooHigh", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:65536\"]\n",
+        Refusal{"TargetPortTooHigh",
+                "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:65536\"]\n",
                 "volume.targets[2]", "65536"},
-        Refusal{"TargetBadHost", "volume:\n  targets: [\"bad host!:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
+        Refusal{"TargetBadHost",
+                "volume:\n  targets: [\"bad host!:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
                 "volume.targets[0]", "bad host!"},
-        Refusal{"TargetTwice", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:1\"]\n",
+        Refusal{"TargetTwice",
+                "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:1\"]\n",
                 "volume.targets[2]", "listed twice"},
         Refusal{"TargetNotAScalar", "volume:\n  targets: [[1], \"127.0.0.1:2\", \"127.0.0.1:3\"]\n",
                 "volume.targets[0]", "expected a single value"},
-        Refusal{"GenerationWord", kT + "  generation: soon\n", "volume.generation", "'soon' is not auto or a number >= 1"},
-        Refusal{"GenerationZero", kT + "  generation: 0\n", "volume.generation", "is not auto or a number >= 1"},
-        Refusal{"GenerationNegative", kT + "  generation: -3\n", "volume.generation", "is not auto or a number"},
-        Refusal{"ReadOnlyNotBool", kT + "  read_only: yes please\n", "volume.read_only", "is not true or false"},
-        Refusal{"ReadOnlyList", kT + "  read_only: [true]\n", "volume.read_only", "expected a single value"},
+        Refusal{"GenerationWord", kT + "  generation: soon\n", "volume.generation",
+                "'soon' is not auto or a number >= 1"},
+        Refusal{"GenerationZero", kT + "  generation: 0\n", "volume.generation",
+                "is not auto or a number >= 1"},
+        Refusal{"GenerationNegative", kT + "  generation: -3\n", "volume.generation",
+                "is not auto or a number"},
+        Refusal{"ReadOnlyNotBool", kT + "  read_only: yes please\n", "volume.read_only",
+                "is not true or false"},
+        Refusal{"ReadOnlyList", kT + "  read_only: [true]\n", "volume.read_only",
+                "expected a single value"},
         Refusal{"KeyNotBase64", kT + "  key: \"not a key\"\n", "volume.key", ""},
         Refusal{"KeyTooShort", kT + "  key: \"AAECAwQFBgcICQoLDA0ODw==\"\n", "volume.key", ""},
-        Refusal{"ActivateTimeoutTooSmall", kT + "  activate_timeout_ms: 99\n", "volume.activate_timeout_ms",
-                "99 is not in 100..86400000"},
-        Refusal{"FlushTimeoutZero", kT + "  flush_timeout_ms: 0\n", "volume.flush_timeout_ms", "0 is not in 1..86400000"},
-        Refusal{"FlushTimeoutTooLarge", kT + "  flush_timeout_ms: 86400001\n", "volume.flush_timeout_ms",
-                "is not in 1..86400000"},
-        Refusal{"FlushTimeoutNotANumber", kT + "  flush_timeout_ms: 5s\n", "volume.flush_timeout_ms",
-                "'5s' is not a whole number"},
+        Refusal{"ActivateTimeoutTooSmall", kT + "  activate_timeout_ms: 99\n",
+                "volume.activate_timeout_ms", "99 is not in 100..86400000"},
+        Refusal{"FlushTimeoutZero", kT + "  flush_timeout_ms: 0\n", "volume.flush_timeout_ms",
+                "0 is not in 1..86400000"},
+        Refusal{"FlushTimeoutTooLarge", kT + "  flush_timeout_ms: 86400001\n",
+                "volume.flush_timeout_ms", "is not in 1..86400000"},
+        Refusal{"FlushTimeoutNotANumber", kT + "  flush_timeout_ms: 5s\n",
+                "volume.flush_timeout_ms", "'5s' is not a whole number"},
         Refusal{"LimitsNotAMap", kT + "  limits: 5\n", "volume.limits", "expected a mapping"},
         Refusal{"UnknownLimit", kT + "  limits: { iops: 5 }\n", "volume.limits.iops",
                 "unknown key (expected one of: jobs_in_flight, bytes_in_flight)"},
-        Refusal{"JobsInFlightTooSmall", kT + "  limits: { jobs_in_flight: 15 }\n", "volume.limits.jobs_in_flight",
-                "15 is not in 16..1000000"},
+        Refusal{"JobsInFlightTooSmall", kT + "  limits: { jobs_in_flight: 15 }\n",
+                "volume.limits.jobs_in_flight", "15 is not in 16..1000000"},
         Refusal{"JobsInFlightTooLarge", kT + "  limits: { jobs_in_flight: 1000001 }\n",
                 "volume.limits.jobs_in_flight", "is not in 16..1000000"},
         Refusal{"BytesInFlightNotASize", kT + "  limits: { bytes_in_flight: lots }\n",
@@ -238,14 +255,19 @@ INSTANTIATE_TEST_SUITE_P(
         Refusal{"UnknownMountKey", kT + "mount:\n  colour: red\n", "mount.colour",
                 "unknown key (expected one of: path, allow_other)"},
         Refusal{"MountPathEmpty", kT + "mount:\n  path: \"\"\n", "mount.path", "empty"},
-        Refusal{"MountPathList", kT + "mount:\n  path: [a, b]\n", "mount.path", "expected a single value"},
-        Refusal{"AllowOtherNotBool", kT + "mount:\n  allow_other: 1\n", "mount.allow_other", "is not true or false"},
-        Refusal{"UnknownLogKey", kT + "log:\n  colour: red\n", "log.colour", "unknown key (expected one of: level, file)"},
+        Refusal{"MountPathList", kT + "mount:\n  path: [a, b]\n", "mount.path",
+                "expected a single value"},
+        Refusal{"AllowOtherNotBool", kT + "mount:\n  allow_other: 1\n", "mount.allow_other",
+                "is not true or false"},
+        Refusal{"UnknownLogKey", kT + "log:\n  colour: red\n", "log.colour",
+                "unknown key (expected one of: level, file)"},
         Refusal{"BadLogLevel", kT + "log:\n  level: loud\n", "log.level",
                 "'loud' is not one of trace, debug, info, warn, error, critical, off"},
         Refusal{"LogFileList", kT + "log:\n  file: [a]\n", "log.file", "expected a single value"},
-        Refusal{"UnknownControlKey", kT + "control:\n  port: 5\n", "control.port", "unknown key (expected one of: socket)"},
-        Refusal{"ControlSocketList", kT + "control:\n  socket: [a]\n", "control.socket", "expected a single value"}),
+        Refusal{"UnknownControlKey", kT + "control:\n  port: 5\n", "control.port",
+                "unknown key (expected one of: socket)"},
+        Refusal{"ControlSocketList", kT + "control:\n  socket: [a]\n", "control.socket",
+                "expected a single value"}),
     [](const ::testing::TestParamInfo<Refusal>& p) { return p.param.name; });
 
 // ---- syntax errors and files ----
@@ -288,15 +310,18 @@ class FuseConfigFile : public ::testing::Test {
 TEST_F(FuseConfigFile, MissingFileIsNamed) {
   auto c = load_config(dir_ + "/nope.yaml");
   ASSERT_FALSE(c);
-  EXPECT_EQ(c.error().message.rfind(dir_ + "/nope.yaml: cannot open the config file", 0), 0u) << c.error().message;
+  EXPECT_EQ(c.error().message.rfind(dir_ + "/nope.yaml: cannot open the config file", 0), 0u)
+      << c.error().message;
   EXPECT_NE(c.error().message.find("No such file"), std::string::npos) << c.error().message;
 }
 
 TEST_F(FuseConfigFile, ErrorsNameTheFilePath) {
-  const std::string path = write("bad.yaml", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n");
+  const std::string path =
+      write("bad.yaml", "volume:\n  targets: [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n");
   auto c = load_config(path);
   ASSERT_FALSE(c);
-  EXPECT_EQ(c.error().message, path + ": volume.targets: expected exactly 3 host:port addresses, got 2");
+  EXPECT_EQ(c.error().message,
+            path + ": volume.targets: expected exactly 3 host:port addresses, got 2");
 }
 
 TEST_F(FuseConfigFile, DirectoryIsNotAConfig) {

@@ -1,7 +1,7 @@
 // fuse::status_json and format_status: what `crucible-fuse status` shows of a snapshot.
-#include <gtest/gtest.h>
-
 #include "fuse/status.h"
+
+#include <gtest/gtest.h>
 
 namespace cru::fuse {
 namespace {

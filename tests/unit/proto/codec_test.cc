@@ -1,6 +1,8 @@
 // Codec tests: every message round-trips through encode_flat + decode_frame and through
 // encode + FrameReader; the wire layout of the negotiation messages is frozen; every
 // malformed frame is refused with kProtocol and a message naming the problem.
+#include "proto/codec.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,7 +16,6 @@
 #include <variant>
 #include <vector>
 
-#include "proto/codec.h"
 #include "proto/frame_reader.h"
 #include "proto/limits.h"
 #include "proto/messages.h"
@@ -72,13 +73,14 @@ size_t largest_allocation_during(F&& f) {
 // A kProtocol error whose message contains `needle`.
 template <typename T>
 ::testing::AssertionResult rejected_with(const Result<T>& r, std::string_view needle) {
-  if (r) return ::testing::AssertionFailure() << "accepted; expected an error naming '" << needle << "'";
+  if (r)
+    return ::testing::AssertionFailure() << "accepted; expected an error naming '" << needle << "'";
   if (r.error().code != ErrorCode::kProtocol)
     return ::testing::AssertionFailure() << "code " << error_code_name(r.error().code)
                                          << ", not protocol error: " << r.error().message;
   if (r.error().message.find(needle) == std::string::npos)
-    return ::testing::AssertionFailure() << "message '" << r.error().message
-                                         << "' does not contain '" << needle << "'";
+    return ::testing::AssertionFailure()
+           << "message '" << r.error().message << "' does not contain '" << needle << "'";
   return ::testing::AssertionSuccess();
 }
 
@@ -175,7 +177,8 @@ void expect_round_trip(const Message& m) {
   // The reader, given the head and the data as separate pieces (as a gather write sends).
   FrameReader reader;
   std::vector<Message> out;
-  for (std::span<const std::byte> piece : {std::span<const std::byte>(split.head), split.data.span()}) {
+  for (std::span<const std::byte> piece :
+       {std::span<const std::byte>(split.head), split.data.span()}) {
     while (!piece.empty()) {
       auto fed = reader.feed(piece);
       ASSERT_TRUE(fed) << fed.error().to_string();
@@ -267,10 +270,10 @@ TEST(Golden, HereIAmEncoding) {
   m.read_only = true;
   m.encrypted = false;
   auto expected = bytes_of({
-      0x3a, 0x00, 0x00, 0x00,  // frame length 58
-      0x01, 0x00, 0x00, 0x00,  // tag 1
-      0x2e, 0x00, 0x00, 0x00,  // metadata length 46
-      0x01, 0x00, 0x00, 0x00,  // version
+      0x3a, 0x00, 0x00, 0x00,                          // frame length 58
+      0x01, 0x00, 0x00, 0x00,                          // tag 1
+      0x2e, 0x00, 0x00, 0x00,                          // metadata length 46
+      0x01, 0x00, 0x00, 0x00,                          // version
       0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07,  // upstairs_id
       0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f,  //
       0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17,  // session_id
@@ -293,8 +296,8 @@ TEST(Golden, YesItsMeEncoding) {
       0x1e, 0x00, 0x00, 0x00,  // metadata length 30
       0x01, 0x00, 0x00, 0x00,  // version
       0x0e, 0x00, 0x00, 0x00,  // repair_addr length 14
-      '1', '2', '7', '.', '0', '.', '0', '.', '1', ':', '3', '8', '0', '1',
-      0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,  // highest_generation
+      '1',  '2',  '7',  '.',  '0',  '.',  '0',  '.',  '1',  ':',  '3',
+      '8',  '0',  '1',  0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,  // highest_generation
   });
   EXPECT_EQ(encode_flat(m), expected);
   auto d = decode_frame(expected);
@@ -328,9 +331,9 @@ TEST(Golden, WriteEncoding) {
   std::memset(data.data(), 0xab, data.size());
   m.data = Bytes(std::move(data));
   auto expected = bytes_of({
-      0x39, 0x02, 0x00, 0x00,  // frame length 569 (12 + 45 + 512)
-      0x14, 0x00, 0x00, 0x00,  // tag 20
-      0x2d, 0x00, 0x00, 0x00,  // metadata length 45
+      0x39, 0x02, 0x00, 0x00,                          // frame length 569 (12 + 45 + 512)
+      0x14, 0x00, 0x00, 0x00,                          // tag 20
+      0x2d, 0x00, 0x00, 0x00,                          // metadata length 45
       0xe8, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // job_id 1000
       0x01, 0x00, 0x00, 0x00,                          // 1 dependency
       0xe7, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // 999
@@ -372,12 +375,12 @@ TEST(Codec, RejectsFrameLengthShorterThanHeader) {
 TEST(Codec, RejectsFrameLongerThanLimit) {
   for (uint64_t len : {kMaxFrameBytes + 1, uint64_t{kU32Max}}) {
     auto f = header(static_cast<uint32_t>(len), static_cast<uint32_t>(Tag::kWrite), 0);
-    EXPECT_TRUE(rejected_with(decode_frame(f), "exceeds the limit " + std::to_string(kMaxFrameBytes)));
+    EXPECT_TRUE(
+        rejected_with(decode_frame(f), "exceeds the limit " + std::to_string(kMaxFrameBytes)));
     // The reader refuses on the header alone, before allocating anything for the body.
     FrameReader reader;
-    size_t largest = largest_allocation_during([&] {
-      EXPECT_TRUE(rejected_with(reader.feed(f), "exceeds the limit"));
-    });
+    size_t largest = largest_allocation_during(
+        [&] { EXPECT_TRUE(rejected_with(reader.feed(f), "exceeds the limit")); });
     EXPECT_LT(largest, 4096u);
   }
 }
@@ -401,9 +404,9 @@ TEST(Codec, RejectsMetadataLongerThanFrame) {
 TEST(Codec, RejectsMetadataLongerThanLimit) {
   auto f = header(static_cast<uint32_t>(kMaxFrameBytes), static_cast<uint32_t>(Tag::kWrite),
                   static_cast<uint32_t>(kMaxMetaBytes + 1));
-  EXPECT_TRUE(rejected_with(decode_frame(f),
-                            "metadata length " + std::to_string(kMaxMetaBytes + 1) +
-                                " exceeds the limit"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(f),
+                    "metadata length " + std::to_string(kMaxMetaBytes + 1) + " exceeds the limit"));
 }
 
 TEST(Codec, RejectsUnknownTag) {
@@ -414,7 +417,8 @@ TEST(Codec, RejectsUnknownTag) {
 }
 
 TEST(Codec, RejectsTrailingMetadata) {
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kRuok, Meta().u8(0))), "Ruok: 1 trailing bytes"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kRuok, Meta().u8(0))), "Ruok: 1 trailing bytes"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kVersionMismatch, Meta().u32(1).u16(0))),
                             "VersionMismatch: 2 trailing bytes"));
 }
@@ -422,8 +426,9 @@ TEST(Codec, RejectsTrailingMetadata) {
 TEST(Codec, RejectsTrailingDataOnMessageWithoutData) {
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kRuok, Meta(), 1)),
                             "Ruok: 1 trailing bytes after the message"));
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(1), 512)),
-                            "Read: 512 trailing bytes after the message"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(1), 512)),
+                    "Read: 512 trailing bytes after the message"));
 }
 
 TEST(Codec, RejectsTruncatedMetadataField) {
@@ -437,14 +442,13 @@ TEST(Codec, RejectsTruncatedMetadataField) {
 TEST(Codec, RejectsVectorCountLargerThanBytesLeftWithoutAllocating) {
   // A Barrier claiming 2^32-1 dependencies with 4 bytes behind the count.
   auto f = frame(Tag::kBarrier, Meta().u64(1000).u32(kU32Max).u32(0));
-  size_t largest = largest_allocation_during([&] {
-    EXPECT_TRUE(rejected_with(decode_frame(f), "vector of 4294967295 elements"));
-  });
+  size_t largest = largest_allocation_during(
+      [&] { EXPECT_TRUE(rejected_with(decode_frame(f), "vector of 4294967295 elements")); });
   EXPECT_LT(largest, 4096u);
   // The same for block contexts and extent versions.
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kWrite, Meta().u64(1).u32(0).u64(0).u32(512)
-                                                                .u32(kU32Max).u64(0))),
-                            "vector of 4294967295 elements"));
+  EXPECT_TRUE(rejected_with(
+      decode_frame(frame(Tag::kWrite, Meta().u64(1).u32(0).u64(0).u32(512).u32(kU32Max).u64(0))),
+      "vector of 4294967295 elements"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kExtentVersions, Meta().u32(2).fill(17, 0))),
                             "vector of 2 elements needs at least 34 bytes but only 17 left"));
 }
@@ -458,9 +462,8 @@ TEST(Codec, RejectsVectorCountLargerThanBytesLeftWithoutAllocating) {
 TEST(Codec, DecoderAllocatesNoMoreThanTheFrame) {
   constexpr uint32_t kCount = 1'000'000;
   auto f = frame(Tag::kReadResponse, read_response_meta(512, kCount));
-  size_t largest = largest_allocation_during([&] {
-    EXPECT_TRUE(rejected_with(decode_frame(f), "exceeds the limit"));
-  });
+  size_t largest = largest_allocation_during(
+      [&] { EXPECT_TRUE(rejected_with(decode_frame(f), "exceeds the limit")); });
   EXPECT_LE(largest, f.size()) << "a " << f.size() << "-byte frame made the decoder allocate "
                                << largest << " bytes";
 }
@@ -470,8 +473,9 @@ TEST(Codec, RejectsDataNotMultipleOfBlockSize) {
                             "data of 513 bytes is not a multiple of the block size 512"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kWriteUnwritten, write_meta(4096, 1), 4095)),
                             "not a multiple of the block size"));
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kReadResponse, read_response_meta(512, 1), 100)),
-                            "not a multiple of the block size"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kReadResponse, read_response_meta(512, 1), 100)),
+                    "not a multiple of the block size"));
 }
 
 TEST(Codec, RejectsContextCountNotMatchingBlockCount) {
@@ -479,15 +483,16 @@ TEST(Codec, RejectsContextCountNotMatchingBlockCount) {
                             "2 contexts but 1 blocks of data"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kWrite, write_meta(512, 1), 1024)),
                             "1 contexts but 2 blocks of data"));
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kReadResponse, read_response_meta(512, 3), 1024)),
-                            "3 contexts but 2 blocks of data"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kReadResponse, read_response_meta(512, 3), 1024)),
+                    "3 contexts but 2 blocks of data"));
 }
 
 TEST(Codec, RejectsInvalidBlockSize) {
   for (uint32_t bs : {0u, 1u, 256u, 513u, 1000u, 65536u, kU32Max}) {
     const std::string needle = "block size " + std::to_string(bs) + " is not a power of two";
-    EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kWrite, write_meta(bs, 1), bs == kU32Max ? 0 : bs)),
-                              needle));
+    EXPECT_TRUE(rejected_with(
+        decode_frame(frame(Tag::kWrite, write_meta(bs, 1), bs == kU32Max ? 0 : bs)), needle));
     EXPECT_TRUE(rejected_with(
         decode_frame(frame(Tag::kReadResponse, read_response_meta(bs, 1), bs == kU32Max ? 0 : bs)),
         needle));
@@ -497,7 +502,8 @@ TEST(Codec, RejectsInvalidBlockSize) {
 TEST(Codec, RejectsZeroBlockIo) {
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(0))),
                             "Read: zero blocks"));
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kWrite, write_meta(512, 0))), "Write: zero blocks"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kWrite, write_meta(512, 0))), "Write: zero blocks"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kWriteUnwritten, write_meta(512, 0))),
                             "WriteUnwritten: zero blocks"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kDiscard, Meta().u64(1).u32(0).u64(0).u32(0))),
@@ -509,7 +515,8 @@ TEST(Codec, RejectsZeroBlockIo) {
 TEST(Codec, RejectsBlockCountAboveLimit) {
   EXPECT_TRUE(rejected_with(
       decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(kMaxIoBlocks + 1))),
-      std::to_string(kMaxIoBlocks + 1) + " blocks exceed the limit " + std::to_string(kMaxIoBlocks)));
+      std::to_string(kMaxIoBlocks + 1) + " blocks exceed the limit " +
+          std::to_string(kMaxIoBlocks)));
   EXPECT_TRUE(rejected_with(
       decode_frame(frame(Tag::kDiscard, Meta().u64(1).u32(0).u64(0).u32(kMaxDiscardBlocks + 1))),
       "blocks exceed the limit " + std::to_string(kMaxDiscardBlocks)));
@@ -522,14 +529,16 @@ TEST(Codec, RejectsChunkLargerThanLimit) {
 }
 
 TEST(Codec, RejectsUnchangedChunkWithData) {
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kExtentChunk, Meta().u32(1).u64(0).u8(1), 4096)),
-                            "ExtentChunk: an unchanged chunk carries data"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kExtentChunk, Meta().u32(1).u64(0).u8(1), 4096)),
+                    "ExtentChunk: an unchanged chunk carries data"));
 }
 
 TEST(Codec, RejectsBooleanByteOtherThanZeroOrOne) {
   Meta here;
   here.u32(1).fill(32, 0).u64(1).u8(2).u8(0);  // read_only = 2
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kHereIAm, here)), "boolean byte is 2, not 0 or 1"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kHereIAm, here)), "boolean byte is 2, not 0 or 1"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kEncryptedMismatch, Meta().u8(0xff))),
                             "boolean byte is 255"));
   // An optional's presence byte follows the same rule.
@@ -548,10 +557,12 @@ TEST(Codec, RejectsOutOfRangeClientId) {
 }
 
 TEST(Codec, RejectsUnknownErrorCode) {
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kAck, Meta().u64(1).u16(kErrorCodeMax + 1).u32(0))),
-                            "unknown error code " + std::to_string(kErrorCodeMax + 1)));
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kErrorReport, Meta().u64(0).u16(0xffff).u32(0))),
-                            "unknown error code 65535"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kAck, Meta().u64(1).u16(kErrorCodeMax + 1).u32(0))),
+                    "unknown error code " + std::to_string(kErrorCodeMax + 1)));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kErrorReport, Meta().u64(0).u16(0xffff).u32(0))),
+                    "unknown error code 65535"));
 }
 
 TEST(Codec, RejectsStringLongerThanLimit) {
@@ -609,7 +620,8 @@ TEST(Codec, ChecksVersionNamingBothVersions) {
   EXPECT_EQ(s.error().code, ErrorCode::kVersionMismatch);
   EXPECT_NE(s.error().message.find("version " + std::to_string(theirs)), std::string::npos)
       << s.error().message;
-  EXPECT_NE(s.error().message.find("version " + std::to_string(kProtocolVersion)), std::string::npos)
+  EXPECT_NE(s.error().message.find("version " + std::to_string(kProtocolVersion)),
+            std::string::npos)
       << s.error().message;
   // The version arrives in HereIAm; a decoded HereIAm of another version is checked the same.
   HereIAm here;
@@ -628,7 +640,8 @@ TEST(Codec, ChecksVersionNamingBothVersions) {
 // ErrorReport whose message exceeds kMaxStringBytes and the peer drops the connection
 // with a protocol error instead of seeing the error.
 TEST(Validate, RejectsStringLongerThanLimit) {
-  Message m = ErrorReport{JobId{0}, WireStatus{ErrorCode::kIo, std::string(kMaxStringBytes + 1, 'e')}};
+  Message m =
+      ErrorReport{JobId{0}, WireStatus{ErrorCode::kIo, std::string(kMaxStringBytes + 1, 'e')}};
   EXPECT_TRUE(rejected_with(validate(m), "exceeds the limit"));
 }
 
@@ -654,7 +667,8 @@ TEST(Validate, RejectsWhatTheDecoderRejects) {
   ExtentVersions v;
   v.extents.resize(kMaxExtents + 1);
   EXPECT_TRUE(rejected_with(validate(Message(v)), "extents exceed the limit"));
-  EXPECT_TRUE(rejected_with(validate(Message(Read{JobId{1}, {}, BlockIndex{0}, 0})), "zero blocks"));
+  EXPECT_TRUE(
+      rejected_with(validate(Message(Read{JobId{1}, {}, BlockIndex{0}, 0})), "zero blocks"));
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // FrameReader tests: a stream of frames yields the same messages in order however it is
 // cut into pieces, through feed() and through direct_span()/commit_direct(); after an
 // error the reader stays failed.
+#include "proto/frame_reader.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -10,7 +12,6 @@
 #include <vector>
 
 #include "proto/codec.h"
-#include "proto/frame_reader.h"
 #include "proto/messages.h"
 
 namespace cru::proto {

@@ -2,6 +2,7 @@
 // arrive intact and in order; garbage from the peer is a protocol error; a closed peer
 // makes next() throw. One io_context on the test's thread; every test body races a hard
 // timeout so it can never hang. CRU_SEED=<n> replays one seed of the random exchange.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <asio/buffer.hpp>
@@ -14,8 +15,6 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/use_future.hpp>
 #include <asio/write.hpp>
-#include <fmt/format.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <future>
@@ -66,12 +65,17 @@ class MessageGenerator {
     switch (below(10)) {
       case 0:
       case 1:
-      case 2: return write<Write>();
-      case 3: return write<WriteUnwritten>();
+      case 2:
+        return write<Write>();
+      case 3:
+        return write<WriteUnwritten>();
       case 4:
-      case 5: return read_response();
-      case 6: return chunk();
-      default: return sample();
+      case 5:
+        return read_response();
+      case 6:
+        return chunk();
+      default:
+        return sample();
     }
   }
 
@@ -235,8 +239,8 @@ asio::awaitable<std::pair<tcp::socket, tcp::socket>> connected_pair() {
 
 struct ExchangeStats {
   size_t messages = 0;
-  size_t data_bytes = 0;     // bulk data, all messages
-  size_t largest_data = 0;   // bulk data of the largest message
+  size_t data_bytes = 0;    // bulk data, all messages
+  size_t largest_data = 0;  // bulk data of the largest message
 };
 
 size_t data_size(const Message& m) {
@@ -259,8 +263,7 @@ asio::awaitable<ExchangeStats> receive_messages(tcp::socket socket, uint64_t see
   ExchangeStats stats;
   for (size_t i = 0; i < count; ++i) {
     Result<Message> got = co_await source.next();
-    if (!got)
-      throw std::runtime_error(fmt::format("message {}: {}", i, got.error().to_string()));
+    if (!got) throw std::runtime_error(fmt::format("message {}: {}", i, got.error().to_string()));
     Message want = expected.next();
     if (!(*got == want))
       throw std::runtime_error(
@@ -317,7 +320,7 @@ TEST(Loopback, TenThousandRandomMessagesArriveIntactAndInOrder) {
 
 struct Received {
   std::vector<Message> messages;
-  std::optional<Error> protocol_error;  // next() returned an error
+  std::optional<Error> protocol_error;     // next() returned an error
   std::optional<asio::error_code> thrown;  // next() threw asio::system_error
 };
 

@@ -120,20 +120,32 @@ std::vector<Message> small_samples() {
   s.push_back(Read{JobId{1003}, {}, BlockIndex{0}, 1});
   s.push_back(Read{JobId{kU64Max}, {JobId{1}, JobId{kU64Max}}, BlockIndex{kU64Max}, kMaxIoBlocks});
   {
-    ReadResponse r{JobId{1003}, WireStatus::ok(), 512,
-                   {plain_context(7), std::nullopt, encrypted_context(8)}, pattern_bytes(3 * 512, 6)};
+    ReadResponse r{JobId{1003},
+                   WireStatus::ok(),
+                   512,
+                   {plain_context(7), std::nullopt, encrypted_context(8)},
+                   pattern_bytes(3 * 512, 6)};
     s.push_back(std::move(r));
   }
-  s.push_back(ReadResponse{JobId{1004}, WireStatus::ok(), 4096, {std::nullopt, std::nullopt},
-                           Bytes::zeros(2 * 4096)});
-  s.push_back(ReadResponse{JobId{kU64Max}, error_status(ErrorCode::kIo, "pread: EIO"), 512, {}, {}});
+  s.push_back(ReadResponse{
+      JobId{1004}, WireStatus::ok(), 4096, {std::nullopt, std::nullopt}, Bytes::zeros(2 * 4096)});
+  s.push_back(
+      ReadResponse{JobId{kU64Max}, error_status(ErrorCode::kIo, "pread: EIO"), 512, {}, {}});
   s.push_back(ReadResponse{JobId{1005}, error_status(ErrorCode::kShutdown, ""), 0, {}, {}});
   s.push_back(Discard{JobId{1006}, {JobId{1005}}, BlockIndex{3}, 1});
   s.push_back(Discard{JobId{kU64Max}, {}, BlockIndex{kU64Max}, kMaxDiscardBlocks});
-  s.push_back(Flush{JobId{1007}, {JobId{1000}, JobId{1006}}, FlushNumber{1}, Generation{1},
-                    std::nullopt, std::nullopt});
-  s.push_back(Flush{JobId{kU64Max}, {}, FlushNumber{kU64Max}, Generation{kU64Max},
-                    std::string("snapshot-1"), ExtentId{kU32Max}});
+  s.push_back(Flush{JobId{1007},
+                    {JobId{1000}, JobId{1006}},
+                    FlushNumber{1},
+                    Generation{1},
+                    std::nullopt,
+                    std::nullopt});
+  s.push_back(Flush{JobId{kU64Max},
+                    {},
+                    FlushNumber{kU64Max},
+                    Generation{kU64Max},
+                    std::string("snapshot-1"),
+                    ExtentId{kU32Max}});
   s.push_back(Flush{JobId{1008}, {}, FlushNumber{2}, Generation{1}, std::string(), ExtentId{0}});
   s.push_back(Barrier{JobId{1009}, {}});
   s.push_back(Barrier{JobId{kU64Max}, {JobId{1007}, JobId{1008}}});
@@ -146,8 +158,8 @@ std::vector<Message> small_samples() {
                           Generation{kU64Max}});
   s.push_back(ExtentClose{RepairId{5}, ExtentId{6}});
   s.push_back(ExtentRepair{RepairId{7}, ExtentId{8}, ClientId{1}, "10.0.0.1:4000", {ClientId{0}}});
-  s.push_back(ExtentRepair{RepairId{kU64Max}, ExtentId{kU32Max}, ClientId{2}, "",
-                           {ClientId{0}, ClientId{1}}});
+  s.push_back(ExtentRepair{
+      RepairId{kU64Max}, ExtentId{kU32Max}, ClientId{2}, "", {ClientId{0}, ClientId{1}}});
   s.push_back(ExtentReopen{RepairId{9}, ExtentId{10}});
   s.push_back(RepairAck{RepairId{11}, WireStatus::ok()});
   s.push_back(RepairAck{RepairId{12}, error_status(ErrorCode::kRepair, "fetch failed")});
@@ -155,8 +167,8 @@ std::vector<Message> small_samples() {
   // live repair
   s.push_back(ExtentLiveClose{JobId{1010}, {JobId{1009}}, ExtentId{3}});
   s.push_back(ExtentLiveFlushClose{JobId{1011}, {}, ExtentId{3}, FlushNumber{4}, Generation{2}});
-  s.push_back(ExtentLiveRepair{JobId{1012}, {JobId{1010}, JobId{1011}}, ExtentId{3}, ClientId{1},
-                               "127.0.0.1:5001"});
+  s.push_back(ExtentLiveRepair{
+      JobId{1012}, {JobId{1010}, JobId{1011}}, ExtentId{3}, ClientId{1}, "127.0.0.1:5001"});
   s.push_back(ExtentLiveReopen{JobId{1013}, {JobId{1012}}, ExtentId{kU32Max}});
   s.push_back(ExtentLiveNoOp{JobId{1014}, {}});
   s.push_back(ExtentLiveCloseAck{JobId{1010}, WireStatus::ok(),
@@ -174,7 +186,8 @@ std::vector<Message> small_samples() {
   s.push_back(ExtentChunk{ExtentId{3}, kU64Max, false, pattern_bytes(1000, 7)});
   s.push_back(ExtentChunk{ExtentId{3}, 1u << 20, true, Bytes{}});
   s.push_back(ExtentFetchDone{ExtentId{3}, WireStatus::ok(), 1000, kU64Max});
-  s.push_back(ExtentFetchDone{ExtentId{4}, error_status(ErrorCode::kNotFound, "no extent 4"), 0, 0});
+  s.push_back(
+      ExtentFetchDone{ExtentId{4}, error_status(ErrorCode::kNotFound, "no extent 4"), 0, 0});
 
   // liveness and errors
   s.push_back(Ruok{});

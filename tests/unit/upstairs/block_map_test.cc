@@ -64,7 +64,8 @@ TEST(BlockMap, WriteAfterReadsDependsOnThoseReads) {
   EXPECT_TRUE(std::find(deps.begin(), deps.end(), j(2)) != deps.end());
   EXPECT_TRUE(std::find(deps.begin(), deps.end(), j(3)) != deps.end());
   // Block 3 had no read since write 1: the new write must follow write 1 there.
-  EXPECT_TRUE(std::find(deps.begin(), deps.end(), j(1)) != deps.end()) << "block 3 was only written by job 1";
+  EXPECT_TRUE(std::find(deps.begin(), deps.end(), j(1)) != deps.end())
+      << "block 3 was only written by job 1";
 }
 
 TEST(BlockMap, WriteAfterAReadOfUnwrittenBlocksDependsOnTheRead) {

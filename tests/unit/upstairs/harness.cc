@@ -43,7 +43,10 @@ std::optional<JobView> job_view(const Message& m) {
   return std::visit(
       [](const auto& x) -> std::optional<JobView> {
         using T = std::decay_t<decltype(x)>;
-        if constexpr (requires { x.job_id; x.deps; }) {
+        if constexpr (requires {
+                        x.job_id;
+                        x.deps;
+                      }) {
           return JobView{x.job_id, x.deps};
         } else {
           (void)sizeof(T);
@@ -75,7 +78,9 @@ bool Harness::precedes(ClientId c, JobId x, JobId y) const {
     if (!seen.insert(z).second) continue;
     if (z == x && z != y) return true;
     auto zs = sent_at_[c].find(z);
-    if (answered != answered_at_[c].end() && zs != sent_at_[c].end() && answered->second < zs->second) return true;
+    if (answered != answered_at_[c].end() && zs != sent_at_[c].end() &&
+        answered->second < zs->second)
+      return true;
     for (JobId d : graph[z]) stack.push_back(d);
   }
   return false;
@@ -84,7 +89,8 @@ bool Harness::precedes(ClientId c, JobId x, JobId y) const {
 void Harness::absorb(Action& a) {
   std::visit(Overloaded{
                  [&](SendTo& s) {
-                   EXPECT_EQ(s.conn, conn_[s.client]) << "a message to an old connection: " << describe(s.message);
+                   EXPECT_EQ(s.conn, conn_[s.client])
+                       << "a message to an old connection: " << describe(s.message);
                    if (auto v = job_view(s.message)) {
                      sent_at_[s.client].try_emplace(v->id, seq_++);
                      jobs_sent_[s.client].push_back(s.message);

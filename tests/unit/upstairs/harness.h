@@ -31,7 +31,8 @@ inline constexpr ClientId kC0{0}, kC1{1}, kC2{2};
 // `n` blocks of bytes derived from `seed`.
 inline Bytes pattern(size_t n, uint8_t seed) {
   ByteBuffer b(n * kBs);
-  for (size_t i = 0; i < b.size(); ++i) b.data()[i] = static_cast<std::byte>(seed * 31 + i / kBs * 7 + i % 251);
+  for (size_t i = 0; i < b.size(); ++i)
+    b.data()[i] = static_cast<std::byte>(seed * 31 + i / kBs * 7 + i % 251);
   return Bytes(std::move(b));
 }
 
@@ -58,7 +59,8 @@ struct FakeDs {
 
 class Harness {
  public:
-  explicit Harness(Limits limits = {}, bool encrypted = false) : up_(make_config(limits, encrypted)) {}
+  explicit Harness(Limits limits = {}, bool encrypted = false)
+      : up_(make_config(limits, encrypted)) {}
 
   static Config make_config(Limits limits, bool encrypted) {
     Config c;
@@ -103,7 +105,9 @@ class Harness {
     CRU_ASSERT(it != done_.end(), "no reply for that guest operation");
     return it->second;
   }
-  size_t replies_for(GuestId g) const { return reply_count_.contains(g.value) ? reply_count_.at(g.value) : 0; }
+  size_t replies_for(GuestId g) const {
+    return reply_count_.contains(g.value) ? reply_count_.at(g.value) : 0;
+  }
 
   // ---- what the core sent
   std::deque<Message>& inbox(ClientId c) { return inbox_[c]; }
@@ -128,7 +132,8 @@ class Harness {
   T take(ClientId c) {
     auto& q = inbox_[c];
     if (q.empty()) {
-      ADD_FAILURE() << "downstairs " << int(c.value) << " was sent nothing; expected " << tag_name(T::kTag);
+      ADD_FAILURE() << "downstairs " << int(c.value) << " was sent nothing; expected "
+                    << tag_name(T::kTag);
       return T{};
     }
     Message m = std::move(q.front());
@@ -140,7 +145,8 @@ class Harness {
   }
   // Drops pings and other chatter the tests do not answer.
   void drop_pings() {
-    for (auto& q : inbox_) std::erase_if(q, [](const Message& m) { return std::holds_alternative<Ruok>(m); });
+    for (auto& q : inbox_)
+      std::erase_if(q, [](const Message& m) { return std::holds_alternative<Ruok>(m); });
   }
 
   // ---- activation
@@ -166,7 +172,8 @@ class Harness {
           std::optional<Message> answer;
           if (std::holds_alternative<HereIAm>(*it)) {
             answer = ds[c].refuse_hello ? *ds[c].refuse_hello
-                                        : Message{YesItsMe{kProtocolVersion, "127.0.0.1:4000", ds[c].highest_generation}};
+                                        : Message{YesItsMe{kProtocolVersion, "127.0.0.1:4000",
+                                                           ds[c].highest_generation}};
           } else if (auto* p = std::get_if<PromoteToActive>(&*it)) {
             answer = YouAreNowActive{p->upstairs_id, p->session_id, p->generation};
             promoted_[c] = p->generation;
@@ -198,11 +205,14 @@ class Harness {
   std::optional<Generation> promoted(ClientId c) const { return promoted_[c]; }
 
   // ---- answering IO
-  void ack(ClientId c, JobId id, WireStatus st = WireStatus::ok()) { deliver(c, Ack{id, std::move(st)}); }
+  void ack(ClientId c, JobId id, WireStatus st = WireStatus::ok()) {
+    deliver(c, Ack{id, std::move(st)});
+  }
   // Pops the next message to `c` (a job carrying an id) and acks it.
   JobId ack_next(ClientId c);
   // Answers a read with the given data and the contexts it should have.
-  void read_reply(ClientId c, const Read& r, const Bytes& data, std::optional<std::vector<BlockContext>> ctx = {}) {
+  void read_reply(ClientId c, const Read& r, const Bytes& data,
+                  std::optional<std::vector<BlockContext>> ctx = {}) {
     std::vector<BlockContext> good = ctx ? *ctx : contexts_of(data);
     ReadResponse resp;
     resp.job_id = r.job_id;
@@ -254,6 +264,5 @@ struct JobView {
   std::vector<JobId> deps;
 };
 std::optional<JobView> job_view(const Message& m);
-
 
 }  // namespace cru::upstairs::test

@@ -3,6 +3,7 @@
 // event sequences (close / repair / reopen per extent, then a final flush; guest IO
 // around the repair point; progress counters), abort at each step, and replacing a
 // downstairs. The test plays guest, downstairs and clock (harness.h).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,8 +13,6 @@
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "unit/upstairs/harness.h"
 #include "upstairs/mend.h"
@@ -25,7 +24,9 @@ ExtentVersion ver(uint64_t gen, uint64_t flush, bool dirty = false) {
   return ExtentVersion{Generation{gen}, FlushNumber{flush}, dirty};
 }
 
-bool contains(const std::vector<ClientId>& v, ClientId c) { return std::find(v.begin(), v.end(), c) != v.end(); }
+bool contains(const std::vector<ClientId>& v, ClientId c) {
+  return std::find(v.begin(), v.end(), c) != v.end();
+}
 
 // ---- 1. the mend choice ------------------------------------------------------------------
 
@@ -41,31 +42,86 @@ struct MendCase {
 
 const std::vector<MendCase> kMendCases = {
     {"equal clean copies are not copied", {ver(1, 5), ver(1, 5), ver(1, 5)}, kThree, {}, {}},
-    {"never-flushed equal copies are not copied", {ver(0, 0), ver(0, 0), ver(0, 0)}, kThree, {}, {}},
+    {"never-flushed equal copies are not copied",
+     {ver(0, 0), ver(0, 0), ver(0, 0)},
+     kThree,
+     {},
+     {}},
     {"highest flush is the source; copies equal to it are not destinations",
-     {ver(1, 5), ver(1, 7), ver(1, 7)}, kThree, kC1, {kC0}},
+     {ver(1, 5), ver(1, 7), ver(1, 7)},
+     kThree,
+     kC1,
+     {kC0}},
     {"highest flush is the source; every differing copy is a destination",
-     {ver(1, 5), ver(1, 4), ver(1, 7)}, kThree, kC2, {kC0, kC1}},
-    {"generation outranks flush number", {ver(1, 9), ver(2, 1), ver(1, 9)}, kThree, kC1, {kC0, kC2}},
-    {"differing generations alone need repair", {ver(3, 4), ver(3, 4), ver(2, 4)}, kThree, kC0, {kC2}},
-    {"one dirty copy needs repair, is preferred at equal numbers, and every other copy receives it",
-     {ver(1, 5), ver(1, 5, true), ver(1, 5)}, kThree, kC1, {kC0, kC2}},
-    {"a dirty copy with a lower flush is not the source but is a destination",
-     {ver(1, 4, true), ver(1, 5), ver(1, 5)}, kThree, kC1, {kC0}},
-    {"a dirty copy with a lower generation loses to a clean higher one",
-     {ver(2, 1), ver(1, 9, true), ver(2, 1)}, kThree, kC0, {kC1}},
-    {"dirty is preferred only among the highest numbers", {ver(1, 5), ver(1, 6, true), ver(1, 7)}, kThree, kC2,
+     {ver(1, 5), ver(1, 4), ver(1, 7)},
+     kThree,
+     kC2,
      {kC0, kC1}},
-    {"two dirty copies at the highest numbers: the lower client", {ver(1, 5), ver(1, 5, true), ver(1, 5, true)},
-     kThree, kC1, {kC0, kC2}},
+    {"generation outranks flush number",
+     {ver(1, 9), ver(2, 1), ver(1, 9)},
+     kThree,
+     kC1,
+     {kC0, kC2}},
+    {"differing generations alone need repair",
+     {ver(3, 4), ver(3, 4), ver(2, 4)},
+     kThree,
+     kC0,
+     {kC2}},
+    {"one dirty copy needs repair, is preferred at equal numbers, and every other copy receives it",
+     {ver(1, 5), ver(1, 5, true), ver(1, 5)},
+     kThree,
+     kC1,
+     {kC0, kC2}},
+    {"a dirty copy with a lower flush is not the source but is a destination",
+     {ver(1, 4, true), ver(1, 5), ver(1, 5)},
+     kThree,
+     kC1,
+     {kC0}},
+    {"a dirty copy with a lower generation loses to a clean higher one",
+     {ver(2, 1), ver(1, 9, true), ver(2, 1)},
+     kThree,
+     kC0,
+     {kC1}},
+    {"dirty is preferred only among the highest numbers",
+     {ver(1, 5), ver(1, 6, true), ver(1, 7)},
+     kThree,
+     kC2,
+     {kC0, kC1}},
+    {"two dirty copies at the highest numbers: the lower client",
+     {ver(1, 5), ver(1, 5, true), ver(1, 5, true)},
+     kThree,
+     kC1,
+     {kC0, kC2}},
     {"all dirty and equal: client 0 is the source, both others receive",
-     {ver(1, 5, true), ver(1, 5, true), ver(1, 5, true)}, kThree, kC0, {kC1, kC2}},
-    {"a tie goes to the lowest client (1 over 2)", {ver(1, 3), ver(1, 6), ver(1, 6)}, kThree, kC1, {kC0}},
-    {"a tie goes to the lowest client (0 over 1)", {ver(2, 2), ver(2, 2), ver(1, 1)}, kThree, kC0, {kC2}},
-    {"an absent client's copy is ignored", {ver(1, 5), ver(9, 9, true), ver(1, 5)}, {kC0, kC2}, {}, {}},
-    {"the source is the highest present copy", {ver(1, 5), ver(9, 9), ver(1, 6)}, {kC0, kC2}, kC2, {kC0}},
-    {"with two present a tie goes to the lower present client", {ver(7, 7), ver(1, 5, true), ver(1, 5, true)},
-     {kC1, kC2}, kC1, {kC2}},
+     {ver(1, 5, true), ver(1, 5, true), ver(1, 5, true)},
+     kThree,
+     kC0,
+     {kC1, kC2}},
+    {"a tie goes to the lowest client (1 over 2)",
+     {ver(1, 3), ver(1, 6), ver(1, 6)},
+     kThree,
+     kC1,
+     {kC0}},
+    {"a tie goes to the lowest client (0 over 1)",
+     {ver(2, 2), ver(2, 2), ver(1, 1)},
+     kThree,
+     kC0,
+     {kC2}},
+    {"an absent client's copy is ignored",
+     {ver(1, 5), ver(9, 9, true), ver(1, 5)},
+     {kC0, kC2},
+     {},
+     {}},
+    {"the source is the highest present copy",
+     {ver(1, 5), ver(9, 9), ver(1, 6)},
+     {kC0, kC2},
+     kC2,
+     {kC0}},
+    {"with two present a tie goes to the lower present client",
+     {ver(7, 7), ver(1, 5, true), ver(1, 5, true)},
+     {kC1, kC2},
+     kC1,
+     {kC2}},
 };
 
 TEST(MendTable, EachRuleChoosesTheExpectedSourceAndDestinations) {
@@ -99,7 +155,8 @@ TEST(MendTable, PlanHoldsExactlyTheExtentsThatNeedRepairWithTheSameChoice) {
   for (size_t e = 0; e < used.size(); ++e) {
     SCOPED_TRACE(used[e]->rule);
     if (!used[e]->source) {
-      EXPECT_TRUE(p == plan.size() || plan[p].extent != ExtentId{static_cast<uint32_t>(e)}) << "a matching extent is copied";
+      EXPECT_TRUE(p == plan.size() || plan[p].extent != ExtentId{static_cast<uint32_t>(e)})
+          << "a matching extent is copied";
       continue;
     }
     ASSERT_LT(p, plan.size());
@@ -135,14 +192,16 @@ TEST(MendTable, AgreesWithTheRulesOnEveryCombination) {
               source = x;
               continue;
             }
-            auto kx = std::tie(v[x].generation, v[x].flush), ks = std::tie(v[*source].generation, v[*source].flush);
+            auto kx = std::tie(v[x].generation, v[x].flush),
+                 ks = std::tie(v[*source].generation, v[*source].flush);
             if (kx > ks || (kx == ks && v[x].dirty && !v[*source].dirty)) source = x;
           }
           std::vector<ClientId> dests;
           for (ClientId x : present)
             if (x != *source && (v[*source].dirty || v[x] != v[*source])) dests.push_back(x);
           auto m = mend_extent(ExtentId{0}, v, present);
-          SCOPED_TRACE(testing::Message() << "case " << a << "," << b << "," << c << " present " << present.size());
+          SCOPED_TRACE(testing::Message()
+                       << "case " << a << "," << b << "," << c << " present " << present.size());
           ASSERT_EQ(m.has_value(), needed);
           if (m) {
             EXPECT_EQ(m->source, *source);
@@ -200,7 +259,8 @@ class LiveRepair : public ::testing::Test {
       ASSERT_FALSE(h.inbox(o).empty());
       Message m = h.inbox(o).front();
       h.inbox(o).pop_front();
-      reply(o, m, o == c ? WireStatus{ErrorCode::kIo, "test: injected write error"} : WireStatus::ok());
+      reply(o, m,
+            o == c ? WireStatus{ErrorCode::kIo, "test: injected write error"} : WireStatus::ok());
     }
     drop(c);
     GuestId f = h.submit(FlushOp{});
@@ -239,7 +299,8 @@ class LiveRepair : public ::testing::Test {
     auto v = job_view(m);
     ASSERT_TRUE(v) << "not a job: " << describe(m);
     answered[c].insert(v->id);
-    if (std::holds_alternative<ExtentLiveClose>(m) || std::holds_alternative<ExtentLiveFlushClose>(m)) {
+    if (std::holds_alternative<ExtentLiveClose>(m) ||
+        std::holds_alternative<ExtentLiveFlushClose>(m)) {
       h.deliver(c, ExtentLiveCloseAck{v->id, st, close_version[c]});
     } else if (auto* r = std::get_if<Read>(&m)) {
       ReadResponse resp;
@@ -269,7 +330,8 @@ class LiveRepair : public ::testing::Test {
         for (auto it = q.begin(); it != q.end(); ++it) {
           auto v = job_view(*it);
           if (!v || hold.contains(v->id)) continue;  // negotiation is not ours to answer
-          if (!std::all_of(v->deps.begin(), v->deps.end(), [&](JobId d) { return answered[c].contains(d); }))
+          if (!std::all_of(v->deps.begin(), v->deps.end(),
+                           [&](JobId d) { return answered[c].contains(d); }))
             continue;
           Message m = std::move(*it);
           q.erase(it);
@@ -303,7 +365,8 @@ class LiveRepair : public ::testing::Test {
 
   // Checks the close of extent `e` waiting in the inboxes: ExtentLiveClose to each
   // target, ExtentLiveFlushClose (this generation) to the others, one job id everywhere.
-  JobId expect_close(uint32_t e, const std::vector<ClientId>& targets, const std::vector<ClientId>& healthy) {
+  JobId expect_close(uint32_t e, const std::vector<ClientId>& targets,
+                     const std::vector<ClientId>& healthy) {
     std::optional<JobId> id;
     auto same = [&](JobId x) {
       if (!id) id = x;
@@ -338,8 +401,9 @@ class LiveRepair : public ::testing::Test {
   // Plays extent `e` of a repair through close (each answers with close_version),
   // repair (ExtentLiveRepair to `copy_to` from `source`, a no-op to the others) and
   // reopen, checking each step's messages. Downstairs in `gone` are not connected.
-  void run_extent(uint32_t e, const std::vector<ClientId>& targets, const std::vector<ClientId>& copy_to,
-                  ClientId source, const std::vector<ClientId>& gone = {}) {
+  void run_extent(uint32_t e, const std::vector<ClientId>& targets,
+                  const std::vector<ClientId>& copy_to, ClientId source,
+                  const std::vector<ClientId>& gone = {}) {
     std::vector<ClientId> live, healthy;
     for (ClientId c : kAllClients) {
       if (contains(gone, c)) continue;
@@ -358,7 +422,8 @@ class LiveRepair : public ::testing::Test {
       ASSERT_TRUE(m) << "no repair step for extent " << e << " on downstairs " << int(c.value);
       if (contains(copy_to, c)) {
         auto* lr = std::get_if<ExtentLiveRepair>(&*m);
-        ASSERT_TRUE(lr) << "downstairs " << int(c.value) << " differs but was sent " << describe(*m);
+        ASSERT_TRUE(lr) << "downstairs " << int(c.value) << " differs but was sent "
+                        << describe(*m);
         EXPECT_EQ(lr->extent, ExtentId{e});
         EXPECT_EQ(lr->source, source);
         EXPECT_EQ(lr->source_addr, snap().clients[source].target);
@@ -427,7 +492,8 @@ TEST_F(LiveRepair, FaultedDownstairsIsRepairedExtentByExtentThenAFinalFlushMakes
     ASSERT_TRUE(s.repair.running);
     EXPECT_EQ(s.repair.extents_repaired, copied);
     EXPECT_EQ(s.repair.extents_confirmed, confirmed);
-    EXPECT_EQ(s.repair.bytes_copied, copied * kExtentBytes) << "only copied extents count as bytes copied";
+    EXPECT_EQ(s.repair.bytes_copied, copied * kExtentBytes)
+        << "only copied extents count as bytes copied";
     EXPECT_EQ(s.clients[kC2].state, "live_repair") << "not active before the final flush";
     if (e + 1 < kExtents) {
       EXPECT_EQ(s.repair.extent, e + 1);
@@ -464,7 +530,8 @@ TEST_F(LiveRepair, OnlyTheDestinationIsToldToCopyAndNeverTheSource) {
   for (uint32_t e = 0; e < kExtents; ++e) run_extent(e, {kC2}, {kC2}, kC0);
   run_final_flush();
   for (ClientId c : {kC0, kC1})
-    for (const Message& m : h.jobs_sent(c)) EXPECT_FALSE(std::holds_alternative<ExtentLiveRepair>(m)) << describe(m);
+    for (const Message& m : h.jobs_sent(c))
+      EXPECT_FALSE(std::holds_alternative<ExtentLiveRepair>(m)) << describe(m);
   EXPECT_EQ(state(kC2), "active");
 }
 
@@ -507,15 +574,18 @@ TEST_F(LiveRepair, GuestIoWaitsForTheReopenOfTheExtentUnderRepairAndSkipsTheTarg
   ASSERT_TRUE(reader);
   EXPECT_NE(*reader, kC2) << "reads never go to the repairing downstairs";
   auto rd = h.deps(*reader, h.newest(*reader));
-  EXPECT_TRUE(std::find(rd.begin(), rd.end(), reopen1) != rd.end()) << "the read does not wait for the reopen";
+  EXPECT_TRUE(std::find(rd.begin(), rd.end(), reopen1) != rd.end())
+      << "the read does not wait for the reopen";
   // A flush: the target flushes only the extents up to the repair point.
   GuestId f = h.submit(FlushOp{});
   JobId fid = h.newest(kC0);
   for (ClientId c : kAllClients) {
     auto m = h.sent(c, fid);
     ASSERT_TRUE(m && std::holds_alternative<Flush>(*m));
-    if (c == kC2) EXPECT_EQ(std::get<Flush>(*m).extent_limit, ExtentId{1});
-    else EXPECT_FALSE(std::get<Flush>(*m).extent_limit);
+    if (c == kC2)
+      EXPECT_EQ(std::get<Flush>(*m).extent_limit, ExtentId{1});
+    else
+      EXPECT_FALSE(std::get<Flush>(*m).extent_limit);
   }
 
   // Nothing that waits on the reopen can complete before it: with the close of extent 1
@@ -564,7 +634,8 @@ TEST_F(LiveRepair, ReconnectingWhileAnAbortedRepairWindsDownWaitsInLiveRepairRea
     EXPECT_TRUE(std::holds_alternative<ExtentLiveReopen>(*m)) << describe(*m);
     reply(c, *m);
   }
-  EXPECT_TRUE(h.inbox(kC2).empty()) << "the waiting downstairs is sent nothing: " << describe(h.inbox(kC2).front());
+  EXPECT_TRUE(h.inbox(kC2).empty())
+      << "the waiting downstairs is sent nothing: " << describe(h.inbox(kC2).front());
   for (ClientId c : {kC0, kC1}) {  // the aborted repair's final flush
     ASSERT_EQ(h.inbox(c).size(), 1u);
     ASSERT_TRUE(std::holds_alternative<Flush>(h.inbox(c).front())) << describe(h.inbox(c).front());
@@ -591,10 +662,14 @@ std::string name_of(Step s) {
 }
 std::string name_of(Cause c) {
   switch (c) {
-    case Cause::kTargetFails: return "TargetFails";
-    case Cause::kSourceFails: return "SourceFails";
-    case Cause::kTargetDisconnects: return "TargetDisconnects";
-    case Cause::kSourceDisconnects: return "SourceDisconnects";
+    case Cause::kTargetFails:
+      return "TargetFails";
+    case Cause::kSourceFails:
+      return "SourceFails";
+    case Cause::kTargetDisconnects:
+      return "TargetDisconnects";
+    case Cause::kSourceDisconnects:
+      return "SourceDisconnects";
   }
   return "?";
 }
@@ -602,7 +677,8 @@ std::string name_of(Cause c) {
 void PrintTo(Step s, std::ostream* os) { *os << name_of(s); }
 void PrintTo(Cause c, std::ostream* os) { *os << name_of(c); }
 
-class LiveRepairAbort : public LiveRepair, public ::testing::WithParamInterface<std::tuple<Step, Cause>> {};
+class LiveRepairAbort : public LiveRepair,
+                        public ::testing::WithParamInterface<std::tuple<Step, Cause>> {};
 
 // Extent 0 is repaired; during extent 1 guest IO queues behind the repair; then the
 // repair breaks at one step. Whatever is left of it must run as no-ops so every guest
@@ -632,7 +708,8 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
     for (ClientId c : kAllClients) reply(c, *take_job(c, close1));
     at = repair1;
     auto m = take_job(kC2, repair1);
-    ASSERT_TRUE(m && std::holds_alternative<ExtentLiveRepair>(*m)) << "the target differs: it copies";
+    ASSERT_TRUE(m && std::holds_alternative<ExtentLiveRepair>(*m))
+        << "the target differs: it copies";
     h.inbox(kC2).push_front(*m);
   }
   if (step == Step::kReopen) {
@@ -673,21 +750,26 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
   if (!source_lost) {
     EXPECT_TRUE(h.reply(f).status) << "two healthy downstairs made it durable";
   }
-  for (ClientId c : kAllClients) EXPECT_EQ(snap().clients[c].jobs_in_flight, 0u) << "downstairs " << int(c.value);
+  for (ClientId c : kAllClients)
+    EXPECT_EQ(snap().clients[c].jobs_in_flight, 0u) << "downstairs " << int(c.value);
 
   // After the failure no copy was started and no further extent was closed; the
   // extent the healthy downstairs had closed was reopened.
   for (ClientId c : kAllClients)
     for (size_t i = sent_before[c.value]; i < h.jobs_sent(c).size(); ++i) {
       const Message& m = h.jobs_sent(c)[i];
-      EXPECT_FALSE(std::holds_alternative<ExtentLiveRepair>(m)) << int(c.value) << ": " << describe(m);
-      EXPECT_FALSE(std::holds_alternative<ExtentLiveClose>(m)) << int(c.value) << ": " << describe(m);
-      EXPECT_FALSE(std::holds_alternative<ExtentLiveFlushClose>(m)) << int(c.value) << ": " << describe(m);
+      EXPECT_FALSE(std::holds_alternative<ExtentLiveRepair>(m))
+          << int(c.value) << ": " << describe(m);
+      EXPECT_FALSE(std::holds_alternative<ExtentLiveClose>(m))
+          << int(c.value) << ": " << describe(m);
+      EXPECT_FALSE(std::holds_alternative<ExtentLiveFlushClose>(m))
+          << int(c.value) << ": " << describe(m);
     }
   if (step == Step::kClose) {
     auto m = h.sent(kC1, repair1);
     ASSERT_TRUE(m);
-    EXPECT_TRUE(std::holds_alternative<ExtentLiveNoOp>(*m)) << "the repair job became a no-op: " << describe(*m);
+    EXPECT_TRUE(std::holds_alternative<ExtentLiveNoOp>(*m))
+        << "the repair job became a no-op: " << describe(*m);
   }
   auto reopen = h.sent(kC1, reopen1);
   ASSERT_TRUE(reopen) << "the extent closed on the healthy downstairs is reopened";
@@ -702,20 +784,23 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
     EXPECT_EQ(s.clients[kC2].faults, 2u) << "the write error, then the failed step";
   }
   if (cause == Cause::kTargetDisconnects) {
-    EXPECT_EQ(s.clients[kC2].faults, 2u) << "the write error, then the disconnect during its repair";
+    EXPECT_EQ(s.clients[kC2].faults, 2u)
+        << "the write error, then the disconnect during its repair";
   }
   if (cause == Cause::kSourceFails) {
     EXPECT_EQ(s.clients[kC0].faults, 1u);
   }
 
   // They come back; repair starts over at extent 0 with fresh counters and finishes.
-  std::vector<ClientId> back = source_lost ? std::vector<ClientId>{kC0, kC2} : std::vector<ClientId>{kC2};
+  std::vector<ClientId> back =
+      source_lost ? std::vector<ClientId>{kC0, kC2} : std::vector<ClientId>{kC2};
   reconnect(back, /*answer_others=*/false);
   s = snap();
   ASSERT_TRUE(s.repair.running);
   EXPECT_EQ(s.repair.extent, 0u) << "repair restarts from the beginning";
   EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_copied, 0u);
-  EXPECT_EQ(s.repair.source, kC1) << "after an abort the next healthy downstairs is the source (or the only one)";
+  EXPECT_EQ(s.repair.source, kC1)
+      << "after an abort the next healthy downstairs is the source (or the only one)";
   bool saw_close0 = false;
   for (ClientId c : kAllClients)
     for (const Message& m : h.inbox(c))
@@ -731,9 +816,11 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
 INSTANTIATE_TEST_SUITE_P(
     EachStepAndCause, LiveRepairAbort,
     ::testing::Combine(::testing::Values(Step::kClose, Step::kRepair, Step::kReopen),
-                       ::testing::Values(Cause::kTargetFails, Cause::kSourceFails, Cause::kTargetDisconnects,
-                                         Cause::kSourceDisconnects)),
-    [](const auto& p) { return name_of(std::get<0>(p.param)) + "_" + name_of(std::get<1>(p.param)); });
+                       ::testing::Values(Cause::kTargetFails, Cause::kSourceFails,
+                                         Cause::kTargetDisconnects, Cause::kSourceDisconnects)),
+    [](const auto& p) {
+      return name_of(std::get<0>(p.param)) + "_" + name_of(std::get<1>(p.param));
+    });
 
 // A healthy downstairs that is not the source failing its flush-close also stops the
 // repair cleanly (it no longer holds a faithful replica).
@@ -847,9 +934,9 @@ TEST_F(Replace, AcceptedNewTargetIsLiveRepairedAndGuestIoNeverStops) {
   GuestId g = h.submit(ReplaceOp{"127.0.0.1:3803", "127.0.0.1:3900"});
   ASSERT_TRUE(h.done(g));
   ASSERT_TRUE(h.reply(g).status) << h.reply(g).status.error().to_string();
-  EXPECT_TRUE(std::any_of(h.disconnects().begin(), h.disconnects().end(),
-                          [](const Disconnect& d) { return d.client == kC2; }))
-      << "the old replica is dropped";
+  EXPECT_TRUE(std::any_of(h.disconnects().begin(), h.disconnects().end(), [](const Disconnect& d) {
+    return d.client == kC2;
+  })) << "the old replica is dropped";
   drop(kC2);
   EXPECT_EQ(snap().clients[kC2].target, "127.0.0.1:3900");
   // The write and a flush complete on the other two meanwhile.
@@ -860,8 +947,10 @@ TEST_F(Replace, AcceptedNewTargetIsLiveRepairedAndGuestIoNeverStops) {
 
   // The new downstairs: a different, empty region.
   ds[kC2] = FakeDs{};
-  if (h.connects().size() > before && h.connects().back().client == kC2) h.negotiate(ds);
-  else reconnect({kC2});
+  if (h.connects().size() > before && h.connects().back().client == kC2)
+    h.negotiate(ds);
+  else
+    reconnect({kC2});
   bool to_new = false;
   for (const ConnectTo& c : h.connects())
     if (c.client == kC2 && c.address == "127.0.0.1:3900") to_new = true;
@@ -911,8 +1000,10 @@ TEST_F(Replace, ReplacingTheDownstairsUnderRepairAbortsThatRepairAndRepairsTheNe
   EXPECT_EQ(stuck(), "");
   EXPECT_TRUE(h.done(w));
   EXPECT_EQ(snap().live_repairs_aborted, 1u);
-  if (h.connects().size() > before && h.connects().back().client == kC2) h.negotiate(ds);
-  else reconnect({kC2}, false);
+  if (h.connects().size() > before && h.connects().back().client == kC2)
+    h.negotiate(ds);
+  else
+    reconnect({kC2}, false);
   EXPECT_EQ(h.connects().back().address, "127.0.0.1:3900");
   Snapshot s = snap();
   ASSERT_TRUE(s.repair.running);

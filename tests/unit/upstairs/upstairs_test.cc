@@ -69,7 +69,8 @@ class Active : public ::testing::Test {
   // Pops and returns the Read waiting in `c`'s inbox.
   Read take_read(ClientId c) {
     auto& q = h.inbox(c);
-    auto it = std::find_if(q.begin(), q.end(), [](const Message& m) { return std::holds_alternative<Read>(m); });
+    auto it = std::find_if(q.begin(), q.end(),
+                           [](const Message& m) { return std::holds_alternative<Read>(m); });
     if (it == q.end()) {
       ADD_FAILURE() << "downstairs " << int(c.value) << " holds no read";
       return Read{};
@@ -139,8 +140,8 @@ TEST_F(Active, WriteDependsOnTheLatestEarlierOverlappingWrite) {
 }
 
 TEST_F(Active, ReadDependsOnTheLatestOverlappingWritesAndNotOnOtherReads) {
-  JobId a = write(0, 4, 1);  // [0, 4)
-  JobId b = write(4, 4, 2);  // [4, 8)
+  JobId a = write(0, 4, 1);     // [0, 4)
+  JobId b = write(4, 4, 2);     // [4, 8)
   auto [g1, r1] = read(2, 4);   // [2, 6): both writes
   auto [g2, r2] = read(10, 2);  // nothing written there
   auto [g3, r3] = read(0, 2);   // only a; not r1
@@ -170,7 +171,8 @@ TEST_F(Active, WriteAfterAReadStillFollowsThePreviousWriteOnEveryDownstairs) {
     SCOPED_TRACE(::testing::Message() << "downstairs " << int(c.value));
     EXPECT_TRUE(h.precedes(c, a, b)) << "write " << b.value << " does not follow write " << a.value;
     if (h.sent(c, r)) {
-      EXPECT_TRUE(h.precedes(c, r, b)) << "write " << b.value << " does not follow read " << r.value;
+      EXPECT_TRUE(h.precedes(c, r, b))
+          << "write " << b.value << " does not follow read " << r.value;
     }
   }
 }
@@ -195,9 +197,11 @@ TEST_F(Active, FlushFollowsEverythingOutstandingAndEverythingLaterFollowsIt) {
     SCOPED_TRACE(::testing::Message() << "downstairs " << int(c.value));
     for (JobId id : ids_sent(c)) {
       if (id < f) {
-        EXPECT_TRUE(h.precedes(c, id, f)) << "flush " << f.value << " does not follow job " << id.value;
+        EXPECT_TRUE(h.precedes(c, id, f))
+            << "flush " << f.value << " does not follow job " << id.value;
       } else if (id > f) {
-        EXPECT_TRUE(h.precedes(c, f, id)) << "job " << id.value << " does not follow flush " << f.value;
+        EXPECT_TRUE(h.precedes(c, f, id))
+            << "job " << id.value << " does not follow flush " << f.value;
       }
     }
   }
@@ -309,7 +313,8 @@ TEST_F(Active, FlushFailsWhenTwoDownstairsFailIt) {
   ASSERT_TRUE(h.done(f)) << "two failures: the flush can never reach 2 of 3";
   ASSERT_FALSE(h.reply(f).status);
   EXPECT_EQ(h.reply(f).status.error().code, ErrorCode::kIo);
-  EXPECT_NE(h.reply(f).status.error().message.find("flush"), std::string::npos) << h.reply(f).status.error().message;
+  EXPECT_NE(h.reply(f).status.error().message.find("flush"), std::string::npos)
+      << h.reply(f).status.error().message;
 }
 
 // ---- reads ---------------------------------------------------------------------------------
@@ -336,7 +341,8 @@ TEST_F(Active, ReadsGoToTheLeastLoadedReplica) {
   read(2, 1);
   auto holders = h.holding_read();
   std::sort(holders.begin(), holders.end());
-  EXPECT_EQ(holders, (std::vector<ClientId>{kC0, kC1, kC2})) << "each read went to a replica with less in flight";
+  EXPECT_EQ(holders, (std::vector<ClientId>{kC0, kC1, kC2}))
+      << "each read went to a replica with less in flight";
 }
 
 TEST_F(Active, ReadOfNeverWrittenBlocksWithoutContextsReturnsZeros) {
@@ -378,9 +384,9 @@ TEST_F(Active, ReadFailingHashVerificationIsRetriedOnAnotherReplicaAndTheBadOneF
   EXPECT_EQ(h.reply(g).read.data, pattern(2, 3));
   EXPECT_EQ(h.up().snapshot().clients[bad].faults, 1u);
   EXPECT_EQ(h.up().snapshot().clients[bad].self_heals, 1u);
-  EXPECT_TRUE(std::any_of(h.disconnects().begin(), h.disconnects().end(),
-                          [&](const Disconnect& d) { return d.client == bad; }))
-      << "the bad replica is dropped (to be repaired)";
+  EXPECT_TRUE(std::any_of(h.disconnects().begin(), h.disconnects().end(), [&](const Disconnect& d) {
+    return d.client == bad;
+  })) << "the bad replica is dropped (to be repaired)";
 }
 
 TEST_F(Active, ReadErrorIsRetriedOnAnotherReplica) {
@@ -476,7 +482,8 @@ TEST_F(SmallBarrierJobs, BarrierAfterTheFinishedJobLimitLetsJobsRetire) {
   for (uint8_t i = 0; i < 4; ++i) write(i * 2, 2, i);
   for (ClientId c : kAllClients)
     for (int i = 0; i < 3; ++i) h.ack_next(c);
-  for (ClientId c : kAllClients) EXPECT_EQ(h.jobs_sent(c).size(), 4u) << "3 finished jobs: no barrier yet";
+  for (ClientId c : kAllClients)
+    EXPECT_EQ(h.jobs_sent(c).size(), 4u) << "3 finished jobs: no barrier yet";
   h.ack_next(kC0);  // the 4th finished job on downstairs 0
   for (ClientId c : kAllClients) {
     ASSERT_FALSE(h.inbox(c).empty());
@@ -707,11 +714,15 @@ TEST_F(Active, WithFewerThanTwoDownstairsFlushesAndWritesFailWithAClearErrorAndN
   h.disconnect(kC2);
   GuestId f = h.submit(FlushOp{});
   h.ack_next(kC0);
-  // The flush cannot reach 2 of 3: it must fail (after the others are given up on), not wait forever.
-  ASSERT_TRUE(run_until(h, [&] { return h.done(f); }, 5min)) << "the flush never finished";
+  // The flush cannot reach 2 of 3: it must fail (after the others are given up on), not wait
+  // forever.
+  ASSERT_TRUE(run_until(
+      h, [&] { return h.done(f); }, 5min))
+      << "the flush never finished";
   ASSERT_FALSE(h.reply(f).status);
   EXPECT_EQ(h.reply(f).status.error().code, ErrorCode::kIo);
-  EXPECT_NE(h.reply(f).status.error().message.find("flush"), std::string::npos) << h.reply(f).status.error().message;
+  EXPECT_NE(h.reply(f).status.error().message.find("flush"), std::string::npos)
+      << h.reply(f).status.error().message;
   // From now on writes and flushes fail at once.
   GuestId w = h.submit(write_op(2, 1, 2));
   GuestId f2 = h.submit(FlushOp{});
@@ -733,7 +744,8 @@ TEST_F(Active, HigherGenerationElsewhereFencesThisUpstairsAndFailsAllIo) {
   ASSERT_TRUE(h.done(f)) << "the outstanding flush is failed";
   ASSERT_FALSE(h.reply(f).status);
   EXPECT_EQ(h.reply(f).status.error().code, ErrorCode::kNoLongerActive);
-  EXPECT_NE(h.reply(f).status.error().message.find("9"), std::string::npos) << h.reply(f).status.error().message;
+  EXPECT_NE(h.reply(f).status.error().message.find("9"), std::string::npos)
+      << h.reply(f).status.error().message;
   ASSERT_TRUE(h.done(waiting_read));
   EXPECT_FALSE(h.reply(waiting_read).status);
   EXPECT_EQ(h.up().snapshot().state, "disabled");
@@ -759,7 +771,8 @@ TEST_F(Active, HigherGenerationElsewhereFencesThisUpstairsAndFailsAllIo) {
 
 TEST_F(Active, DownstairsReportingAHigherGenerationFencesThisUpstairs) {
   GuestId f = h.submit(FlushOp{});
-  h.deliver(kC0, ErrorReport{JobId{0}, WireStatus{ErrorCode::kGenerationTooLow, "generation 1 is lower than 4"}});
+  h.deliver(kC0, ErrorReport{JobId{0}, WireStatus{ErrorCode::kGenerationTooLow,
+                                                  "generation 1 is lower than 4"}});
   ASSERT_TRUE(h.done(f));
   EXPECT_EQ(h.reply(f).status.error().code, ErrorCode::kNoLongerActive);
   GuestId w = h.submit(write_op(0, 1, 2));
