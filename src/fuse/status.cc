@@ -43,7 +43,7 @@ nlohmann::json status_json(const upstairs::Snapshot& s) {
                     {"extents_done", s.reconcile_extents_done}};
   const auto& r = s.repair;
   j["live_repair"] = {{"running", r.running},
-                      {"extent", r.extent},
+                      {"extent", r.extent.value},
                       {"extent_count", r.extent_count},
                       {"extents_repaired", r.extents_repaired},
                       {"extents_confirmed", r.extents_confirmed},

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "upstairs/upstairs.h"
+#include "upstairs/status.h"
 
 namespace cru::fuse {
 

@@ -23,41 +23,19 @@
 #include "proto/messages.h"
 #include "upstairs/block_map.h"
 #include "upstairs/mend.h"
+#include "upstairs/states.h"
+#include "upstairs/status.h"
 
 namespace cru::upstairs {
 
-using Clock = std::chrono::steady_clock;
-using TimePoint = Clock::time_point;
-using Duration = Clock::duration;
 using GuestId = StrongId<struct GuestIdTag, uint64_t>;
 // Identifies one TCP connection to one downstairs; events from an older connection of
-// the same client are ignored.
-using ConnId = uint64_t;
+// the same client are ignored. 0 is never used.
+using ConnId = StrongId<struct ConnIdTag, uint64_t>;
 
-struct Limits {
-  // Guest admission, per downstairs: the guest waits beyond these.
-  uint64_t jobs_in_flight_max = 1500;
-  uint64_t bytes_in_flight_max = 75 * kMiB;
-  // A downstairs this far behind (Offline, or Active but lagging the others) is faulted
-  // and later live-repaired. Below the admission limits so the guest never blocks on it.
-  uint64_t fault_jobs = 1000;
-  uint64_t fault_bytes = 50 * kMiB;
-  // An Active downstairs that far behind the others is faulted only once it has also
-  // answered no job for this long: a replica that is merely slower (a busy disk, a
-  // loaded host) slows the guest through admission instead of costing a live repair.
-  Duration stall_timeout = std::chrono::seconds(5);
-  // Finished jobs kept for replay before a barrier lets them retire.
-  uint64_t barrier_jobs = 10000;
-  uint64_t barrier_bytes = 64 * kMiB;
-  Duration flush_timeout = std::chrono::milliseconds(500);
-  Duration ping_interval = std::chrono::seconds(5);
-  Duration client_timeout = std::chrono::seconds(45);
-  Duration connect_timeout = std::chrono::seconds(10);
-  Duration reconnect_backoff_max = std::chrono::seconds(10);
-  // An Offline downstairs not back within this is faulted, so a volume that lost
-  // quorum fails flushes instead of waiting forever.
-  Duration offline_timeout = std::chrono::seconds(30);
-};
+// The first reconnect after a drop comes soon (most drops are brief); each failure
+// doubles the wait up to Limits::reconnect_backoff_max.
+inline constexpr std::chrono::milliseconds kReconnectBackoffMin{100};
 
 struct Config {
   std::array<std::string, kClientCount> targets;  // host:port
@@ -148,46 +126,14 @@ struct GuestDone {
 };
 using Action = std::variant<SendTo, ConnectTo, Disconnect, GuestDone>;
 
-// ---- status --------------------------------------------------------------------------------
-
-struct ClientStatus {
-  std::string target;
-  std::string state;  // e.g. "active", "offline", "faulted", "live_repair"
-  uint64_t jobs_in_flight = 0;
-  uint64_t bytes_in_flight = 0;
-  std::string last_error;
-  double last_error_age_s = 0;  // how long ago last_error happened (it may be history)
-  uint64_t connects = 0, faults = 0, replays = 0, live_repairs = 0, self_heals = 0;
-};
-
-struct RepairStatus {
-  bool running = false;
-  std::vector<ClientId> targets;
-  ClientId source;
-  uint32_t extent = 0;  // the extent being repaired
-  uint32_t extent_count = 0;
-  uint64_t extents_repaired = 0;   // copied
-  uint64_t extents_confirmed = 0;  // already equal, not copied
-  uint64_t bytes_copied = 0;
-  double rate_bytes_per_s = 0;
-  double eta_s = 0;
-};
-
-struct Snapshot {
-  std::string state;  // initializing, activating, reconciling, active, deactivating, disabled
-  Generation generation;
-  std::optional<proto::RegionDefinition> region;
-  ClientData<ClientStatus> clients;
-  uint64_t jobs = 0;           // in the job table
-  uint64_t guest_waiting = 0;  // guest operations waiting for admission
-  uint64_t reads = 0, writes = 0, discards = 0, flushes = 0, barriers = 0;
-  uint64_t read_bytes = 0, write_bytes = 0;
-  uint64_t reconcile_extents_total = 0, reconcile_extents_done = 0;
-  uint64_t live_repairs_completed = 0, live_repairs_aborted = 0;
-  RepairStatus repair;
-  std::string disabled_reason;
-};
-
+// The core's code is split along its seams, one file each, all members of this one class:
+//   upstairs.cc    the entry point, maintenance after every event, status
+//   admission.cc   guest operations become jobs: admission, dependencies, placement
+//   acks.cc        replies: acks to the guest, read verification, retirement
+//   activation.cc  connections, negotiation, activation, replay, deactivation
+//   reconcile.cc   reconciliation at activation
+//   live_repair.cc live repair of a faulted or replaced downstairs
+//   faults.cc      fault and liveness policy: faults, lost connections, fencing, timers
 class Upstairs {
  public:
   explicit Upstairs(Config config);
@@ -198,29 +144,10 @@ class Upstairs {
   TimePoint next_deadline() const;
   Snapshot snapshot() const;
 
-  bool active() const { return state_ == State::kActive; }
+  bool active() const { return state_ == VolumeState::kActive; }
   const std::optional<proto::RegionDefinition>& region() const { return region_; }
 
  private:
-  enum class State { kInitializing, kActivating, kActive, kDeactivating, kDisabled };
-  // Per-downstairs connection/negotiation state.
-  enum class Ds {
-    kIdle,             // not wanted (upstairs inactive or disabled)
-    kDisconnected,     // waiting for the next connect attempt
-    kConnecting,       // ConnectTo issued
-    kWaitYesItsMe,     // HereIAm sent
-    kWaitPromote,      // waiting for the activation's generation to be settled
-    kWaitActive,       // PromoteToActive sent
-    kWaitRegionInfo,   // RegionInfoPlease sent
-    kWaitVersions,     // ExtentVersionsPlease sent
-    kWaitQuorum,       // versions in hand (mode New), waiting for the others
-    kReconcile,        // taking part in reconciliation
-    kLiveRepairReady,  // versions in hand (mode Faulted/Replaced)
-    kLiveRepair,       // being live-repaired
-    kActive,
-  };
-  // How a (re)connecting downstairs rejoins.
-  enum class Mode { kNew, kOffline, kFaulted, kReplaced };
   enum class JobKind : uint8_t {
     kRead,
     kWrite,
@@ -235,6 +162,8 @@ class Upstairs {
   };
   // Per-downstairs job state: kHeld = in progress but not sent (Offline downstairs).
   enum class Io : uint8_t { kNone, kHeld, kSent, kDone, kSkipped, kError };
+  static bool in_flight(Io io);  // counted against admission: held or sent
+  static bool finished(Io io);   // done, skipped or failed; not yet retired
 
   struct Job {
     JobId id;
@@ -260,14 +189,14 @@ class Upstairs {
 
   struct Client {
     std::string target;
-    Ds ds = Ds::kIdle;
-    Mode mode = Mode::kNew;
-    ConnId conn = 0;  // 0: none
+    DsState ds = DsState::kIdle;
+    DsMode mode = DsMode::kNew;
+    ConnId conn;  // 0: none
     TimePoint last_heard{}, last_ping{}, next_connect{}, connect_started{}, offline_since{};
     // Lag faults: the last reply to a job, and since when it has been too far behind.
     TimePoint last_reply{};
     std::optional<TimePoint> lagging_since;
-    Duration backoff = std::chrono::milliseconds(100);
+    Duration backoff = kReconnectBackoffMin;
     Generation highest_generation;
     std::optional<Uuid> region_uuid;
     std::vector<proto::ExtentVersion> versions;
@@ -283,7 +212,7 @@ class Upstairs {
     uint64_t connects = 0, faults = 0, replays = 0, live_repairs = 0, self_heals = 0;
     // Extents that returned data failing verification: live repair copies them even when
     // their (generation, flush, dirty) match the source's.
-    std::set<uint32_t> suspect_extents;
+    std::set<ExtentId> suspect_extents;
   };
 
   struct Reconcile {
@@ -298,7 +227,7 @@ class Upstairs {
   struct LiveRepair {
     std::vector<ClientId> targets;
     ClientId source;
-    uint32_t extent = 0;
+    ExtentId extent;
     enum class Step { kClosing, kRepairing, kReopening, kFinalFlush } step = Step::kClosing;
     JobId close_id, repair_id, reopen_id, final_flush_id;
     bool aborting = false;
@@ -306,85 +235,144 @@ class Upstairs {
     uint64_t extents_repaired = 0, extents_confirmed = 0, bytes_copied = 0;
   };
 
-  // The io state of `c` for a new job (send now, hold for replay, or skip).
-  Io dispatch(ClientId c, const Job& job) const;
-  bool takes_io(ClientId c) const;  // Active, LiveRepair or Offline
-  bool is_connected_state(Ds ds) const;
+  // ---- state moves (upstairs.cc): every change of state, ds or mode goes through these,
+  // and each asserts that its move is a row of the tables in states.h.
+  void set_state(VolumeEvent e, VolumeState to);
+  void move(ClientId c, DsEvent e, DsState to);
+  void set_mode(ClientId c, ModeEvent e, DsMode to);
+  bool takes_io(ClientId c) const;
+  int io_takers() const;  // how many downstairs count toward the write quorum
   std::string describe(ClientId c) const;
 
-  // ---- events
+  // ---- admission.cc
   void on_guest(GuestSubmit g);
-  void on_connected(ClientId c, ConnId conn);
-  void on_message(ClientId c, proto::Message& m);
-  void on_disconnected(ClientId c, const std::string& reason);
-  // The connection is gone (we dropped it if `emit`): decide how the client rejoins.
-  // counted: the caller already accounted for this (a fault, a replacement), so losing a
-  // repair target here is not counted as another fault.
-  void lose_connection(ClientId c, const std::string& reason, bool emit, bool counted = false);
-  void on_tick();
-
-  // ---- negotiation and activation
-  void start_activation(GuestId id, std::optional<Generation> generation);
-  void negotiate(ClientId c, proto::Message& m);
-  void promote_all_if_ready();
-  void collate_if_ready();
-  void fail_activation(const Error& e);
-  void finish_activation();
-  void go_active(ClientId c);
-  void replay(ClientId c);
-  void fence(const std::string& why);
-
-  // ---- reconciliation
-  void start_reconcile(std::vector<ExtentMend> plan, bool while_active);
-  void reconcile_step();
-  void on_repair_ack(ClientId c, const proto::RepairAck& ack);
-  void abort_reconcile(const std::string& why);
-
-  // ---- jobs
+  // false: no room yet; the operation waits (and everything behind it).
   bool admit(const GuestSubmit& g);
+  bool admit_read(GuestId g, const ReadOp& op);
+  bool admit_write(GuestId g, const WriteOp& op);
+  bool admit_discard(GuestId g, const DiscardOp& op);
+  bool admit_flush(GuestId g);
+  bool admit_activate(GuestId g, const ActivateOp& op);
+  bool admit_deactivate(GuestId g);
+  bool admit_replace(GuestId g, const ReplaceOp& op);
+  void admit_waiting();
+  // Answers the guest and returns true unless the volume can take IO.
+  bool refuse_unless_active(GuestId g);
+  // Answers the guest and returns true if the volume is read-only.
+  bool refuse_if_read_only(GuestId g);
+  Status check_range(BlockIndex start, uint64_t count, uint64_t max_count) const;
+  Status check_quorum(const char* what) const;
+  // Whether every downstairs that would take `probe` is within its admission limits.
+  bool has_room(JobKind kind, BlockRange range, uint64_t bytes) const;
+  bool has_room_on(ClientId c, uint64_t bytes) const;
+  // The least loaded active downstairs not in `tried`.
+  std::optional<ClientId> pick_reader(const std::vector<ClientId>& tried) const;
+  JobId new_job_id();
   Job& create_job(JobKind kind, JobId id, std::vector<JobId> deps);
+  // Sends, holds or skips the job on each downstairs, as dispatch() says.
+  void place(Job& job);
+  // The io state of `c` for a new job (send now, hold for replay, or skip).
+  Io dispatch(ClientId c, const Job& job) const;
   void send_job(ClientId c, Job& job);
   proto::Message job_message(ClientId c, const Job& job) const;
   std::vector<JobId> deps_for(ClientId c, const Job& job) const;
   void set_io(Job& job, ClientId c, Io next);
+  void start_read(GuestId g, BlockRange range, uint64_t bytes, std::vector<ClientId> tried);
+  JobId submit_flush(std::optional<GuestId> guest);
+  void submit_barrier();
+  void note_io();  // a guest IO was admitted: the automatic flush timer restarts
+
+  // ---- acks.cc
   void on_job_reply(ClientId c, JobId id, Status status, proto::Message* reply);
   void on_read_reply(ClientId c, Job& job, const Status& status, proto::ReadResponse* resp);
   void retry_read(Job& failed);
   void ack_check(Job& job);
   bool complete_on_all(const Job& job) const;
   void retire();
-  JobId submit_flush(std::optional<GuestId> guest);
-  void submit_barrier();
   bool flush_or_barrier_pending() const;
+  void barrier_if_due();
   void guest_done(GuestId id, Status status, ReadData read = {});
 
-  // ---- faults
-  void count_fault(ClientId c, const std::string& reason);
-  void fault(ClientId c, const std::string& reason);
-  void skip_all(ClientId c);
+  // ---- activation.cc
+  void start_activation(GuestId id, std::optional<Generation> generation);
+  void connect_due();
+  void on_connected(ClientId c);
+  void on_message(ClientId c, proto::Message& m);
+  void on_active_message(ClientId c, proto::Message& m);
+  void negotiate(ClientId c, proto::Message& m);
+  // A refusal during activation fails it (the configuration is wrong); later it only
+  // keeps this downstairs out until a retry succeeds.
+  void refuse(ClientId c, ErrorCode code, std::string why);
+  bool refused(ClientId c, const proto::Message& m);  // a mismatch or error answer
+  void on_yes_its_me(ClientId c, const proto::YesItsMe& y);
+  void on_now_active(ClientId c, const proto::YouAreNowActive& a);
+  void on_region_info(ClientId c, const proto::RegionDefinition& d);
+  void on_versions(ClientId c, std::vector<proto::ExtentVersion> versions);
+  void promote_all_if_ready();
+  Status settle_generation();
+  void collate_if_ready();
+  void fail_activation(const Error& e);
+  void finish_activation();
+  void go_active(ClientId c, DsEvent e);
+  void replay(ClientId c);
+  void progress_deactivation();
+  Status deactivation_result() const;
+  // Forgets every job, leaving the job table as at construction.
+  void clear_jobs();
 
-  // ---- live repair
+  // ---- reconcile.cc
+  void start_reconcile(std::vector<ExtentMend> plan, bool while_active);
+  void reconcile_step();
+  void on_repair_ack(ClientId c, const proto::RepairAck& ack);
+  void abort_reconcile(const std::string& why);
+
+  // ---- live_repair.cc
   void start_live_repair_if_ready();
+  // All three are ready and none is active: reconcile them as at activation.
+  void reconcile_all_ready();
   void repair_begin_extent();
   void repair_progress();
+  bool repair_closed();  // each returns false while its step waits on the downstairs
+  bool repair_copied();
+  bool repair_reopened();
+  bool repair_flushed();
+  std::vector<ClientId> repair_dests(const Job& close) const;
   void abort_live_repair(const std::string& why);
   std::optional<ExtentId> repair_extent_limit(ClientId c) const;
+  bool is_repair_target(ClientId c) const;
 
-  // ---- maintenance after every event
-  void maintain();
-  void admit_waiting();
+  // ---- faults.cc
+  void count_fault(ClientId c, const std::string& reason);
+  // Faulted from now on: rejoins through live repair (a replaced one stays replaced).
+  void mark_faulted(ClientId c);
+  void fault(ClientId c, const std::string& reason);
+  void skip_all(ClientId c);
+  void on_disconnected(ClientId c, const std::string& reason);
+  // The connection is gone (we dropped it if `emit`): decide how the client rejoins.
+  // counted: the caller already accounted for this (a fault, a replacement), so losing a
+  // repair target here is not counted as another fault.
+  void lose_connection(ClientId c, const std::string& reason, bool emit, bool counted = false);
+  void rejoin_after_loss(ClientId c, DsState prev, const std::string& reason, bool counted);
+  void go_offline(ClientId c);
+  void fence(const std::string& why);
+  void on_tick();
+  void check_liveness(ClientId c);
+  void flush_if_idle();
   void check_limits();
-  void connect_due();
-  void progress_deactivation();
+  void check_offline(ClientId c);
+  void check_lagging(ClientId c);
 
-  uint32_t extent_of(uint64_t block) const {
-    return static_cast<uint32_t>(block / region_->extent_size);
+  // ---- maintenance after every event (upstairs.cc)
+  void maintain();
+
+  ExtentId extent_of(uint64_t block) const {
+    return ExtentId{static_cast<uint32_t>(block / region_->extent_size)};
   }
 
   Config config_;
   TimePoint now_{};
   std::vector<Action> actions_;
-  State state_ = State::kInitializing;
+  VolumeState state_ = VolumeState::kInitializing;
   Generation generation_;
   std::optional<Generation> requested_generation_;
   bool generation_settled_ = false;  // promoted with generation_ in this activation
@@ -392,7 +380,7 @@ class Upstairs {
   std::optional<GuestId> deactivation_guest_;
   std::optional<proto::RegionDefinition> region_;
   ClientData<Client> clients_;
-  ConnId next_conn_ = 1;
+  ConnId next_conn_{1};
 
   std::map<JobId, Job> jobs_;
   JobId next_job_ = kFirstJobId;

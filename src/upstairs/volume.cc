@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/thread_signals.h"
 #include "proto/framed_socket.h"
+#include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
 

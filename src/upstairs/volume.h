@@ -19,7 +19,7 @@
 #include "common/ids.h"
 #include "common/result.h"
 #include "upstairs/block_crypto.h"
-#include "upstairs/upstairs.h"
+#include "upstairs/status.h"
 
 namespace cru::upstairs {
 

@@ -85,7 +85,7 @@ struct Packet {
 struct Opener {
   bool from_upstairs = true;
   ClientId client;  // upstairs side
-  ConnId up_conn = 0;
+  ConnId up_conn;
   int a_ds = -1;  // downstairs side
   uint64_t a_inc = 0;
   DsConn a_conn;
@@ -239,7 +239,7 @@ class Sim {
     c.upstairs_id = random_uuid();
     c.session_id = random_uuid();
     up_ = std::make_unique<upstairs::Upstairs>(c);
-    up_conn_ = ClientData<ConnId>(0);
+    up_conn_ = ClientData<ConnId>(ConnId{});
     phase_ = Phase::kActivating;
     submit(upstairs::ActivateOp{}, GuestCall{OpKind::kActivate});
   }
@@ -347,7 +347,7 @@ class Sim {
       if (!p.message) {
         l.a_open = false;
         sweep(link_id);
-        if (up_conn_[c] == conn) up_conn_[c] = 0;
+        if (up_conn_[c] == conn) up_conn_[c] = ConnId{};
         ++epoch_;
         return apply_up(upstairs::ClientDisconnected{c, conn, p.close_reason});
       }
@@ -445,7 +445,7 @@ class Sim {
     if (pc.from_upstairs) {
       if (up_conn_[pc.client] != pc.up_conn) return;  // the shell gave up on it
       if (!reachable) {
-        up_conn_[pc.client] = 0;
+        up_conn_[pc.client] = ConnId{};
         ++epoch_;
         return apply_up(upstairs::ClientDisconnected{pc.client, pc.up_conn, "connection refused"});
       }
@@ -499,8 +499,8 @@ class Sim {
   // The shell closes its connection (or its connect attempt) for a client.
   void drop_upstairs_conn(ClientId c, const std::string& reason) {
     ConnId conn = up_conn_[c];
-    if (conn == 0) return;
-    up_conn_[c] = 0;
+    if (conn == ConnId{}) return;
+    up_conn_[c] = ConnId{};
     std::erase_if(connects_, [&](const PendingConnect& pc) {
       return pc.from_upstairs && pc.client == c && pc.up_conn == conn;
     });
@@ -523,9 +523,10 @@ class Sim {
       if (!target)
         return fail_run(
             fmt::format("downstairs {} fetches from an unknown address {}", d, co.address));
-      connects_.push_back(PendingConnect{{false, ClientId{}, 0, d, ds_[d].incarnation, co.conn},
-                                         *target,
-                                         now_ + std::chrono::microseconds(pick(50, 1000))});
+      connects_.push_back(
+          PendingConnect{{false, ClientId{}, ConnId{}, d, ds_[d].incarnation, co.conn},
+                         *target,
+                         now_ + std::chrono::microseconds(pick(50, 1000))});
     }
   }
 
@@ -928,7 +929,7 @@ class Sim {
   std::optional<Model> model_;
   std::array<Downstairs, kClientCount> ds_;
   std::unique_ptr<upstairs::Upstairs> up_;
-  ClientData<ConnId> up_conn_{0};
+  ClientData<ConnId> up_conn_{ConnId{}};
   std::map<uint64_t, Link> links_;
   uint64_t next_link_ = 1;
   std::vector<PendingConnect> connects_;

@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "common/log.h"
+#include "common/overloaded.h"
 
 namespace cru::upstairs::test {
 
@@ -14,12 +15,6 @@ const bool kQuietLogs = [] {
   return true;
 }();
 
-template <typename... Ts>
-struct Overloaded : Ts... {
-  using Ts::operator()...;
-};
-template <typename... Ts>
-Overloaded(Ts...) -> Overloaded<Ts...>;
 }  // namespace
 
 std::optional<Message> Harness::sent(ClientId c, JobId id) const {

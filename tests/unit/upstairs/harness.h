@@ -244,7 +244,7 @@ class Harness {
   Upstairs up_;
   TimePoint now_ = TimePoint{} + std::chrono::hours(1000);
   uint64_t next_guest_ = 1;
-  ClientData<ConnId> conn_{0};
+  ClientData<ConnId> conn_{ConnId{}};
   ClientData<bool> pending_connect_{false};
   ClientData<std::optional<Generation>> promoted_;
   ClientData<std::deque<Message>> inbox_;

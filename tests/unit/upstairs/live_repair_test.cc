@@ -242,7 +242,7 @@ class LiveRepair : public ::testing::Test {
   void drop_disconnected() {
     for (; disconnects_seen < h.disconnects().size(); ++disconnects_seen) {
       const Disconnect& d = h.disconnects()[disconnects_seen];
-      ConnId latest = 0;
+      ConnId latest;
       for (const ConnectTo& c : h.connects())
         if (c.client == d.client) latest = c.conn;
       if (d.conn == latest) drop(d.client);
@@ -473,7 +473,7 @@ TEST_F(LiveRepair, FaultedDownstairsIsRepairedExtentByExtentThenAFinalFlushMakes
   ASSERT_TRUE(s.repair.running);
   EXPECT_EQ(s.repair.targets, (std::vector<ClientId>{kC2}));
   EXPECT_EQ(s.repair.source, kC0);
-  EXPECT_EQ(s.repair.extent, 0u);
+  EXPECT_EQ(s.repair.extent, ExtentId{0});
   EXPECT_EQ(s.repair.extent_count, kExtents);
   EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_copied, 0u);
 
@@ -496,7 +496,7 @@ TEST_F(LiveRepair, FaultedDownstairsIsRepairedExtentByExtentThenAFinalFlushMakes
         << "only copied extents count as bytes copied";
     EXPECT_EQ(s.clients[kC2].state, "live_repair") << "not active before the final flush";
     if (e + 1 < kExtents) {
-      EXPECT_EQ(s.repair.extent, e + 1);
+      EXPECT_EQ(s.repair.extent, ExtentId{static_cast<uint32_t>(e + 1)});
     }
   }
   run_final_flush();
@@ -542,7 +542,7 @@ TEST_F(LiveRepair, GuestIoWaitsForTheReopenOfTheExtentUnderRepairAndSkipsTheTarg
   run_extent(0, {kC2}, {kC2}, kC0);
   JobId close1 = expect_close(1, {kC2}, {kC0, kC1});
   JobId reopen1 = close1.next().next();
-  ASSERT_EQ(snap().repair.extent, 1u);
+  ASSERT_EQ(snap().repair.extent, ExtentId{1});
 
   // At the extent under repair: sent to all three, and ordered after its reopen.
   GuestId w_at = h.submit(write_op(kExtentSize + 1, 2, 1));
@@ -617,7 +617,7 @@ TEST_F(LiveRepair, ReconnectingWhileAnAbortedRepairWindsDownWaitsInLiveRepairRea
   ASSERT_TRUE(snap().repair.running) << "the healthy downstairs still hold the extent closed";
   reconnect({kC2}, /*answer_others=*/false);
   EXPECT_NE(state(kC2).find("live_repair_ready"), std::string::npos) << state(kC2);
-  EXPECT_EQ(snap().repair.extent, 0u);
+  EXPECT_EQ(snap().repair.extent, ExtentId{0});
   EXPECT_EQ(snap().live_repairs_aborted, 0u);
   // The old repair finishes with no-ops and a reopen on the healthy ones; then the new one
   // starts from extent 0.
@@ -644,7 +644,7 @@ TEST_F(LiveRepair, ReconnectingWhileAnAbortedRepairWindsDownWaitsInLiveRepairRea
   Snapshot s = snap();
   EXPECT_EQ(s.live_repairs_aborted, 1u);
   ASSERT_TRUE(s.repair.running) << "the new repair starts at once";
-  EXPECT_EQ(s.repair.extent, 0u);
+  EXPECT_EQ(s.repair.extent, ExtentId{0});
   EXPECT_EQ(s.clients[kC2].state, "live_repair");
   for (uint32_t e = 0; e < kExtents; ++e) run_extent(e, {kC2}, {}, kC0);
   run_final_flush();
@@ -797,7 +797,7 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
   reconnect(back, /*answer_others=*/false);
   s = snap();
   ASSERT_TRUE(s.repair.running);
-  EXPECT_EQ(s.repair.extent, 0u) << "repair restarts from the beginning";
+  EXPECT_EQ(s.repair.extent, ExtentId{0}) << "repair restarts from the beginning";
   EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_copied, 0u);
   EXPECT_EQ(s.repair.source, kC1)
       << "after an abort the next healthy downstairs is the source (or the only one)";
@@ -867,7 +867,7 @@ TEST_F(LiveRepair, TheOtherHealthyDownstairsDroppingLeavesTheRepairRunning) {
   EXPECT_EQ(snap().live_repairs_completed, 1u);
   reconnect({kC1});
   EXPECT_EQ(state(kC1), "live_repair");
-  EXPECT_EQ(snap().repair.extent, 0u);
+  EXPECT_EQ(snap().repair.extent, ExtentId{0});
 }
 
 // ---- 3. replacement -------------------------------------------------------------------------
@@ -1007,7 +1007,7 @@ TEST_F(Replace, ReplacingTheDownstairsUnderRepairAbortsThatRepairAndRepairsTheNe
   EXPECT_EQ(h.connects().back().address, "127.0.0.1:3900");
   Snapshot s = snap();
   ASSERT_TRUE(s.repair.running);
-  EXPECT_EQ(s.repair.extent, 0u);
+  EXPECT_EQ(s.repair.extent, ExtentId{0});
   close_version[kC2] = ver(0, 0);
   EXPECT_EQ(s.repair.source, kC1) << "after an abort the next healthy downstairs is the source";
   for (uint32_t e = 0; e < kExtents; ++e) run_extent(e, {kC2}, {kC2}, kC1);
