@@ -169,8 +169,10 @@ tsan:
 run: all
 	@scripts/run.sh
 
+# Side by side with the FUSE ceiling and nbdkit+nbdfuse (bench/bench.py --help):
+# BENCH_SECONDS per shape (default 6), BENCH_TREE_MB for the tree copy (default 1200).
 bench: all
-	@bench/run.sh
+	@bench/bench.py
 
 # The end-to-end fault loop (scripts/chaos.sh --help): CHAOS_SECONDS (default 600) of
 # faults, CHAOS_MODE kill (default) or stop.

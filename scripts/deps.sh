@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the project needs, as root. Idempotent: quiet and
-# quick when everything is present. Usage: scripts/deps.sh [--check]
+# quick when everything is present. Usage: scripts/deps.sh [--check] [bench]
+# ("bench" adds what only make bench needs: nbdkit and nbdfuse to compare against).
 set -euo pipefail
 
 packages=(
@@ -15,6 +16,15 @@ packages=(
   fuse3 util-linux uuid-runtime e2fsprogs fio python3 iproute2 procps
 )
 
+check_only=false
+for arg in "$@"; do
+  case $arg in
+    --check) check_only=true ;;
+    bench) packages+=(nbdkit nbdfuse) ;;
+    *) echo "scripts/deps.sh: unknown argument '$arg' (expected --check or bench)" >&2; exit 2 ;;
+  esac
+done
+
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
@@ -24,7 +34,7 @@ done
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi
-if [[ "${1:-}" == "--check" ]]; then
+if $check_only; then
   echo "missing Debian packages: ${missing[*]}" >&2
   exit 1
 fi

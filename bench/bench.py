@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""make bench: crucible-fuse side by side with the FUSE ceiling and a single-copy NBD disk.
+
+Runs, in one run on this machine, the same fio shapes and the same ext4 tree copy on:
+  ceiling   bench/fuse_ceiling.c: one FUSE file over a local file (what FUSE allows);
+  nbdfuse   nbdkit's file plugin behind nbdfuse: ONE unreplicated copy, what a user
+            might pick instead of a replicated disk;
+  crucible  crucible-fuse over three local crucible-downstairs (three copies).
+Each image is 1 GiB and is filled once (1 MiB writes) before the shapes run, so reads
+read data. Then it measures crucible's peak memory (VmHWM) on a 1 GiB and a 64 GiB
+(sparse) volume. Prints per shape IOPS, MiB/s, p50 and p99 completion latency, the ratios
+to the ceiling and to nbdfuse against the targets of DESIGN.md section 9, and writes the
+summary to build/bench/results.md. Needs root (FUSE mounts, loop devices).
+
+Usage: bench/bench.py [--seconds N] [--shapes a,b] [--systems ceiling,nbdfuse,crucible]
+                      [--tree-mb N] [--no-rss] [--no-tree]
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "build" / "bin"
+OUT = ROOT / "build" / "bench"
+IMAGE_BYTES = 1 << 30
+
+
+@dataclass
+class Shape:
+    name: str
+    rw: str
+    bs: str
+    iodepth: int
+    what: str
+    metric: str  # "iops" or "MiBps": what the ratio targets compare
+    vs_ceiling: float = 0.0  # ratio target to the ceiling (0: none)
+    vs_nbd: float = 0.0  # ratio target to nbdfuse (0: none)
+    p99_vs_nbd: float = 0.0  # p99 at most this times nbdfuse's (0: none)
+    extra: list = field(default_factory=list)
+
+
+SHAPES = [
+    Shape("randwrite4k-qd32", "randwrite", "4k", 32, "4K random write, iodepth 32", "iops", 0.30, 1.5),
+    Shape("randread4k-qd32", "randread", "4k", 32, "4K random read, iodepth 32", "iops", 0.35, 1.5),
+    Shape("seqwrite1m-qd8", "write", "1M", 8, "1M sequential write, iodepth 8", "MiBps", 0.20),
+    Shape("seqread1m-qd8", "read", "1M", 8, "1M sequential read, iodepth 8", "MiBps", 0.35, 1.0),
+    Shape("write4k-fsync-qd1", "randwrite", "4k", 1, "4K write + fsync, iodepth 1", "iops", 0.35, 1.0,
+          extra=["--fsync=1"]),
+    Shape("randread4k-qd1", "randread", "4k", 1, "4K random read, iodepth 1", "iops", p99_vs_nbd=1.5),
+    Shape("randwrite4k-qd1", "randwrite", "4k", 1, "4K random write, iodepth 1", "iops", p99_vs_nbd=1.5),
+]
+TREE_TARGET = 1.4  # tree copy wall time at most this times the ceiling's
+
+
+def log(msg):
+    print(f"bench: {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def wait_for(what, pred, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Cleanup:
+    """Everything started is undone in reverse order, even when a step fails."""
+
+    def __init__(self):
+        self.steps = []
+
+    def push(self, fn):
+        self.steps.append(fn)
+
+    def process(self, proc, name):
+        def stop():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    log(f"{name} did not stop; killing it")
+                    proc.kill()
+                    proc.wait()
+        self.push(stop)
+
+    def mount(self, path):
+        self.push(lambda: subprocess.run(["umount", path], stderr=subprocess.DEVNULL)
+                  if os.path.ismount(path) else None)
+
+    def run_all(self):
+        while self.steps:
+            try:
+                self.steps.pop()()
+            except Exception as e:  # keep undoing the rest
+                log(f"cleanup: {e}")
+
+
+def fio(image, shape, seconds):
+    cmd = ["fio", f"--name={shape.name}", f"--filename={image}", f"--rw={shape.rw}",
+           f"--bs={shape.bs}", f"--iodepth={shape.iodepth}", "--ioengine=libaio", "--direct=1",
+           f"--size={IMAGE_BYTES}", f"--runtime={seconds}", "--time_based", "--group_reporting",
+           "--randrepeat=0", "--output-format=json"] + shape.extra
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    op = "write" if job["write"]["io_bytes"] > 0 else "read"
+    d = job[op]
+    pct = d.get("clat_ns", {}).get("percentile", {})
+    return {"iops": d["iops"], "MiBps": d["bw_bytes"] / 2**20,
+            "p50us": pct.get("50.000000", 0) / 1000, "p99us": pct.get("99.000000", 0) / 1000}
+
+
+def prefill(image):
+    run(["fio", "--name=prefill", f"--filename={image}", "--rw=write", "--bs=1M", "--iodepth=8",
+         "--ioengine=libaio", "--direct=1", f"--size={IMAGE_BYTES}", "--output-format=terse"],
+        stdout=subprocess.DEVNULL)
+
+
+def make_tree(path, total_mb):
+    """A tree of mixed file sizes (the same for every system): small files stress metadata,
+    large ones bandwidth."""
+    rng = random.Random(7)
+    total, i = 0, 0
+    sizes = [4096, 16384, 65536, 1 << 20, 8 << 20]
+    chunk = os.urandom(8 << 20)
+    while total < total_mb << 20:
+        d = path / f"d{i // 100}"
+        d.mkdir(parents=True, exist_ok=True)
+        n = rng.choice(sizes)
+        off = rng.randrange(0, len(chunk) - n + 1)
+        (d / f"f{i}").write_bytes(chunk[off:off + n])
+        total += n
+        i += 1
+
+
+def tree_copy_seconds(image, tree, work):
+    """losetup + mkfs.ext4 + mount + cp -r + sync + umount, wall time."""
+    mnt = work / "tree-mnt"
+    mnt.mkdir(exist_ok=True)
+    start = time.monotonic()
+    dev = run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True).stdout.strip()
+    try:
+        run(["mkfs.ext4", "-q", "-F", dev])
+        run(["mount", dev, str(mnt)])
+        try:
+            run(["cp", "-r", str(tree), str(mnt)])
+            run(["sync"])
+        finally:
+            run(["umount", str(mnt)])
+    finally:
+        run(["losetup", "-d", dev])
+    return time.monotonic() - start
+
+
+def suite(label, image, args, tree, work):
+    log(f"{label}: filling the image")
+    prefill(image)
+    results = {}
+    for shape in args.shapes:
+        r = fio(image, shape, args.seconds)
+        results[shape.name] = r
+        log(f"{label:9} {shape.name:18} {r['iops']:9.0f} IOPS {r['MiBps']:8.1f} MiB/s "
+            f"p50 {r['p50us']:7.0f} us  p99 {r['p99us']:7.0f} us")
+    if tree:
+        secs = tree_copy_seconds(image, tree, work)
+        results["tree"] = {"seconds": secs}
+        log(f"{label:9} tree copy + sync   {secs:.1f} s")
+    return results
+
+
+def mount_ceiling(work, cleanup):
+    exe = OUT / "fuse_ceiling"
+    run(["gcc", "-O2", "-Wall", str(ROOT / "bench" / "fuse_ceiling.c"), "-o", str(exe)]
+        + subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], check=True,
+                         capture_output=True, text=True).stdout.split())
+    backing = work / "ceiling.img"
+    with open(backing, "wb") as f:
+        f.truncate(IMAGE_BYTES)
+    mnt = work / "mnt-ceiling"
+    mnt.mkdir()
+    proc = subprocess.Popen([str(exe), str(backing), str(mnt), "-f"])
+    cleanup.process(proc, "fuse_ceiling")
+    cleanup.mount(str(mnt))
+    wait_for("the ceiling's mount", lambda: (mnt / "disk.img").exists(), 10)
+    return mnt / "disk.img"
+
+
+def mount_nbdfuse(work, cleanup):
+    backing = work / "nbd.img"
+    with open(backing, "wb") as f:
+        f.truncate(IMAGE_BYTES)
+    mnt = work / "mnt-nbd"
+    mnt.mkdir()
+    proc = subprocess.Popen(["nbdfuse", str(mnt / "disk.img"), "--command", "nbdkit", "-s",
+                             "file", str(backing)])
+    cleanup.process(proc, "nbdfuse")
+    cleanup.mount(str(mnt))
+    wait_for("nbdfuse's mount", lambda: (mnt / "disk.img").exists(), 10)
+    return mnt / "disk.img"
+
+
+class Cluster:
+    """Three crucible-downstairs on loopback and crucible-fuse over them."""
+
+    def __init__(self, work, size, cleanup, name="crucible"):
+        self.work, self.cleanup, self.name = work / name, cleanup, name
+        self.work.mkdir()
+        self.downstairs = []
+        targets = []
+        for i in range(3):
+            d = self.work / f"region{i}"
+            run([str(BIN / "crucible-downstairs"), "create", "-u", str(uuid.uuid4()), "-d", str(d),
+                 "--size", size], stdout=subprocess.DEVNULL)
+            logf = open(self.work / f"downstairs{i}.log", "w")
+            proc = subprocess.Popen([str(BIN / "crucible-downstairs"), "--log-level", "warn", "run", "-d",
+                                     str(d), "-p", "0"], stdout=subprocess.PIPE, stderr=logf,
+                                    text=True)
+            cleanup.process(proc, f"downstairs {i}")
+            line = proc.stdout.readline()
+            if not line.startswith("listening on "):
+                raise RuntimeError(f"downstairs {i} did not start: {line!r}")
+            targets.append(line.split()[-1])
+            self.downstairs.append(proc)
+        config = self.work / "crucible.yaml"
+        config.write_text("volume:\n  targets: [" + ", ".join(f'"{t}"' for t in targets) + "]\n"
+                          "log:\n  level: warn\n")
+        self.mnt = self.work / "mnt"
+        self.mnt.mkdir()
+        out = open(self.work / "fuse.out", "w")
+        self.fuse = subprocess.Popen([str(BIN / "crucible-fuse"), "-c", str(config), str(self.mnt), "-f"],
+                                     stdout=out, stderr=open(self.work / "fuse.log", "w"))
+        cleanup.process(self.fuse, "crucible-fuse")
+        cleanup.mount(str(self.mnt))
+        wait_for("crucible-fuse to mount",
+                 lambda: "is ready" in (self.work / "fuse.out").read_text() or self.fuse.poll() is not None,
+                 120)
+        if self.fuse.poll() is not None:
+            raise RuntimeError("crucible-fuse did not mount:\n" + (self.work / "fuse.log").read_text())
+
+    @property
+    def image(self):
+        return self.mnt / "disk.img"
+
+    def peak_rss_mib(self):
+        """VmHWM of crucible-fuse and of each downstairs, in MiB."""
+        def hwm(pid):
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+            return 0.0
+        return {"crucible-fuse": hwm(self.fuse.pid),
+                "downstairs": [hwm(p.pid) for p in self.downstairs]}
+
+
+def rss_run(work, seconds, size, cleanup):
+    """Random 4K writes then reads over the whole volume; returns peak memory."""
+    c = Cluster(work, size, cleanup, name=f"rss-{size}")
+    total = os.stat(c.image).st_size
+    for rw in ("randwrite", "randread"):
+        run(["fio", f"--name=rss-{rw}", f"--filename={c.image}", f"--rw={rw}", "--bs=4k",
+             "--iodepth=32", "--ioengine=libaio", "--direct=1", f"--size={total}",
+             f"--runtime={seconds}", "--time_based", "--output-format=terse"],
+            stdout=subprocess.DEVNULL)
+    return c.peak_rss_mib()
+
+
+def fmt_rate(r, metric):
+    return f"{r['iops']:.0f} IOPS" if metric == "iops" else f"{r['MiBps']:.0f} MiB/s"
+
+
+def verdict(ok):
+    return "ok" if ok else "BELOW"
+
+
+def report(args, results, rss):
+    lines = ["| shape | ceiling | nbdfuse (1 copy) | crucible (3 copies) | vs ceiling | vs nbdfuse |"
+             " p50 / p99 us (crucible) | p99 vs nbdfuse |",
+             "|---|---|---|---|---|---|---|---|"]
+    c, n, x = (results.get(k, {}) for k in ("ceiling", "nbdfuse", "crucible"))
+    for s in args.shapes:
+        if s.name not in x:
+            continue
+        xr = x[s.name]
+        cols = [s.name]
+        for sys_results in (c, n, x):
+            cols.append(fmt_rate(sys_results[s.name], s.metric) if s.name in sys_results else "-")
+        for base, target in ((c, s.vs_ceiling), (n, s.vs_nbd)):
+            if s.name not in base or base[s.name][s.metric] == 0:
+                cols.append("-")
+                continue
+            ratio = xr[s.metric] / base[s.name][s.metric]
+            cols.append(f"{ratio:.2f}x" + (f" (>= {target}x {verdict(ratio >= target)})" if target else ""))
+        cols.append(f"{xr['p50us']:.0f} / {xr['p99us']:.0f}")
+        if s.name in n and n[s.name]["p99us"] > 0:
+            p = xr["p99us"] / n[s.name]["p99us"]
+            cols.append(f"{p:.2f}x" + (f" (<= {s.p99_vs_nbd}x {verdict(p <= s.p99_vs_nbd)})"
+                                       if s.p99_vs_nbd else ""))
+        else:
+            cols.append("-")
+        lines.append("| " + " | ".join(cols) + " |")
+    if "tree" in x:
+        ct = c.get("tree", {}).get("seconds")
+        nt = n.get("tree", {}).get("seconds")
+        xt = x["tree"]["seconds"]
+        ratio = f"{xt / ct:.2f}x time (<= {TREE_TARGET}x {verdict(xt / ct <= TREE_TARGET)})" if ct else "-"
+        secs = lambda t: f"{t:.1f} s" if t else "-"
+        lines.append(f"| tree copy {args.tree_mb} MB + sync | {secs(ct)} | {secs(nt)} | {secs(xt)} | "
+                     f"{ratio} | {f'{xt / nt:.2f}x time' if nt else '-'} | | |")
+    if rss:
+        lines.append("")
+        lines.append("| volume | crucible-fuse peak RSS | downstairs peak RSS (each) |")
+        lines.append("|---|---|---|")
+        for size, r in rss.items():
+            ds = ", ".join(f"{m:.0f}" for m in r["downstairs"])
+            lines.append(f"| {size} | {r['crucible-fuse']:.0f} MiB | {ds} MiB |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.md").write_text(text + "\n")
+    (OUT / "results.json").write_text(json.dumps({"results": results, "rss": rss}, indent=1))
+    print(f"\nbench: written to {OUT / 'results.md'} and results.json")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 6)))
+    p.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
+    p.add_argument("--systems", default="ceiling,nbdfuse,crucible")
+    p.add_argument("--tree-mb", type=int, default=int(os.environ.get("BENCH_TREE_MB", 1200)))
+    p.add_argument("--no-tree", action="store_true")
+    p.add_argument("--no-rss", action="store_true")
+    args = p.parse_args()
+    names = [s for s in args.shapes.split(",") if s]
+    unknown = set(names) - {s.name for s in SHAPES}
+    if unknown:
+        sys.exit(f"bench: unknown shape(s) {', '.join(sorted(unknown))}; "
+                 f"known: {', '.join(s.name for s in SHAPES)}")
+    args.shapes = [s for s in SHAPES if not names or s.name in names]
+    systems = args.systems.split(",")
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (FUSE mounts and loop devices)")
+    run([str(ROOT / "scripts" / "deps.sh"), "bench"])
+    OUT.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="cru-bench."))
+    cleanup = Cleanup()
+    cleanup.push(lambda: shutil.rmtree(work, ignore_errors=True))
+    results, rss = {}, {}
+    try:
+        tree = None
+        if not args.no_tree:
+            log(f"making a {args.tree_mb} MB tree of mixed file sizes")
+            tree = work / "tree"
+            make_tree(tree, args.tree_mb)
+        mounts = {"ceiling": lambda: mount_ceiling(work, cleanup),
+                  "nbdfuse": lambda: mount_nbdfuse(work, cleanup),
+                  "crucible": lambda: Cluster(work, "1G", cleanup).image}
+        for name in systems:
+            if name not in mounts:
+                sys.exit(f"bench: unknown system {name}; known: {', '.join(mounts)}")
+            mark = len(cleanup.steps)
+            image = mounts[name]()
+            results[name] = suite(name, image, args, tree, work)
+            while len(cleanup.steps) > mark:  # unmount and stop this system before the next
+                cleanup.steps.pop()()
+        if "crucible" in systems and not args.no_rss:
+            for size in ("1G", "64G"):
+                mark = len(cleanup.steps)
+                log(f"peak memory on a {size} volume")
+                rss[size] = rss_run(work, args.seconds, size, cleanup)
+                while len(cleanup.steps) > mark:
+                    cleanup.steps.pop()()
+    finally:
+        cleanup.run_all()
+    report(args, results, rss)
+
+
+if __name__ == "__main__":
+    main()
