@@ -32,16 +32,16 @@ std::string endpoint_string(const tcp::socket& s) {
 
 }  // namespace
 
-Server::Connection::Connection(tcp::socket s, ConnectionId i, std::string p)
+Server::Connection::Connection(tcp::socket s, ConnectionId i, std::string p, size_t outbox_frames)
     : socket(std::move(s)),
       id(i),
       peer(std::move(p)),
-      sink(socket.get_executor(), kOutboxFrames),
+      sink(socket.get_executor(), outbox_frames),
       watchdog(socket.get_executor()),
       last_heard(std::chrono::steady_clock::now()) {}
 
-Server::Server(asio::io_context& io, Core& core, const tcp::endpoint& listen)
-    : io_(io), core_(core), acceptor_(io, listen) {}
+Server::Server(asio::io_context& io, Core& core, const tcp::endpoint& listen, ServerOptions options)
+    : io_(io), core_(core), options_(options), acceptor_(io, listen) {}
 
 Server::~Server() { stop(); }
 
@@ -70,7 +70,8 @@ asio::awaitable<void> Server::accept_loop() {
     }
     proto::tune_socket(s);
     std::string peer = endpoint_string(s);
-    auto c = std::make_shared<Connection>(std::move(s), core_.new_connection(), peer);
+    auto c = std::make_shared<Connection>(std::move(s), core_.new_connection(), peer,
+                                          options_.outbox_frames);
     log::info("connection {} from {}", c->id, c->peer);
     attach(c);
   }
@@ -153,7 +154,7 @@ asio::awaitable<void> Server::connect_out(ConnectionId id, std::string address) 
         error = fmt::format("connecting to {} timed out", address);
       } else {
         proto::tune_socket(s);
-        auto c = std::make_shared<Connection>(std::move(s), id, address);
+        auto c = std::make_shared<Connection>(std::move(s), id, address, options_.outbox_frames);
         attach(c);
         apply(core_.on_connected(id));
         co_return;

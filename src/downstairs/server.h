@@ -25,10 +25,16 @@ inline constexpr std::chrono::seconds kConnectTimeout{10};
 // Replies queued for one connection; the upstairs bounds its jobs well below this.
 inline constexpr size_t kOutboxFrames = 20000;
 
+struct ServerOptions {
+  // Frames queued for one connection before it is dropped as not reading (kOutboxFrames).
+  size_t outbox_frames = kOutboxFrames;
+};
+
 class Server {
  public:
   // Binds now (so port() is known); serves after start().
-  Server(asio::io_context& io, Core& core, const asio::ip::tcp::endpoint& listen);
+  Server(asio::io_context& io, Core& core, const asio::ip::tcp::endpoint& listen,
+         ServerOptions options = {});
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -40,7 +46,7 @@ class Server {
 
  private:
   struct Connection {
-    Connection(asio::ip::tcp::socket s, ConnectionId i, std::string p);
+    Connection(asio::ip::tcp::socket s, ConnectionId i, std::string p, size_t outbox_frames);
     asio::ip::tcp::socket socket;
     ConnectionId id;
     std::string peer;
@@ -63,6 +69,7 @@ class Server {
 
   asio::io_context& io_;
   Core& core_;
+  ServerOptions options_;
   asio::ip::tcp::acceptor acceptor_;
   std::map<ConnectionId, ConnPtr> conns_;
   bool tick_scheduled_ = false;
