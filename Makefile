@@ -184,7 +184,7 @@ chaos: all
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build-fuzz
 # The decoder only: the asio framing is not under test and needs no fuzzing build.
-FUZZ_SRC := $(COMMON_SRC) $(filter-out src/proto/framed_socket.cc,$(PROTO_SRC))
+FUZZ_SRC := $(COMMON_SRC) $(filter-out src/proto/framed_socket.cc src/proto/connection.cc,$(PROTO_SRC))
 FUZZ_FLAGS := -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   $(DEFINES) -Isrc
 $(FUZZ_DIR)/fuzz_decode: tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) $(wildcard src/common/*.h src/proto/*.h) | $(DEPS_STAMP)

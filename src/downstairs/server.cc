@@ -3,173 +3,104 @@
 #include <fmt/format.h>
 
 #include <asio/co_spawn.hpp>
-#include <asio/connect.hpp>
 #include <asio/detached.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/redirect_error.hpp>
+#include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 
-#include "common/address.h"
+#include "common/assert.h"
 #include "common/log.h"
-#include "proto/codec.h"
 
 namespace cru::downstairs {
 
 using asio::ip::tcp;
-using namespace asio::experimental::awaitable_operators;
+using proto::FramedConnection;
 
 namespace {
 // How long a lossy (fault-injecting) downstairs holds deferred jobs.
 constexpr std::chrono::milliseconds kLossyDelay{5};
-// How often the watchdog checks a connection's silence.
-constexpr std::chrono::seconds kWatchdogPeriod{5};
-
-std::string endpoint_string(const tcp::socket& s) {
-  asio::error_code ec;
-  auto ep = s.remote_endpoint(ec);
-  return ec ? std::string("?") : fmt::format("{}:{}", ep.address().to_string(), ep.port());
-}
-
 }  // namespace
 
-Server::Connection::Connection(tcp::socket s, ConnectionId i, std::string p)
-    : socket(std::move(s)),
-      id(i),
-      peer(std::move(p)),
-      sink(socket.get_executor(), kOutboxFrames),
-      watchdog(socket.get_executor()),
-      last_heard(std::chrono::steady_clock::now()) {}
-
-Server::Server(asio::io_context& io, Core& core, const tcp::endpoint& listen)
-    : io_(io), core_(core), acceptor_(io, listen) {}
+Server::Server(asio::io_context& io, Core& core, const tcp::endpoint& listen, ServerOptions options)
+    : io_(io), core_(core), options_(options), acceptor_(io, listen) {}
 
 Server::~Server() { stop(); }
 
-void Server::start() { asio::co_spawn(io_, accept_loop(), asio::detached); }
+void Server::start() { asio::co_spawn(io_, accept_loop(open_), asio::detached); }
 
 void Server::stop() {
   if (stopped_) return;
   stopped_ = true;
+  *open_ = false;
   asio::error_code ignored;
   acceptor_.close(ignored);
-  auto conns = conns_;
-  for (auto& [id, c] : conns) shutdown(c, "server stopping");
+  auto conns = std::move(conns_);
+  conns_.clear();
+  const std::string reason = "server stopping";
+  for (auto& [id, c] : conns) {
+    c->disarm();
+    c->close(reason);
+    if (c->connected()) log::info("connection {} ({}) closed: {}", id, c->peer(), reason);
+    apply(core_.on_disconnect(id, reason));
+  }
 }
 
-asio::awaitable<void> Server::accept_loop() {
-  while (!stopped_) {
+asio::awaitable<void> Server::accept_loop(std::shared_ptr<const bool> open) {
+  for (;;) {
     asio::error_code ec;
     tcp::socket s = co_await acceptor_.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (!*open) co_return;
     if (ec) {
-      if (stopped_ || ec == asio::error::operation_aborted) co_return;
+      if (ec == asio::error::operation_aborted) co_return;
       // EMFILE and friends: log, back off briefly, keep serving the others.
       log::warn("accept failed: {}", ec.message());
       asio::steady_timer t(io_, std::chrono::milliseconds(100));
       co_await t.async_wait(asio::use_awaitable);
+      if (!*open) co_return;
       continue;
     }
-    proto::tune_socket(s);
-    std::string peer = endpoint_string(s);
-    auto c = std::make_shared<Connection>(std::move(s), core_.new_connection(), peer);
-    log::info("connection {} from {}", c->id, c->peer);
-    attach(c);
+    ConnectionId id = core_.new_connection();
+    auto c = FramedConnection::serve(std::move(s), connection_options(), handlers(id));
+    log::info("connection {} from {}", id, c->peer());
+    conns_[id] = std::move(c);
   }
 }
 
-void Server::attach(ConnPtr c) {
-  conns_[c->id] = c;
-  asio::co_spawn(io_, reader(c), asio::detached);
-  asio::co_spawn(io_, writer(c), asio::detached);
-  asio::co_spawn(io_, watchdog(c), asio::detached);
+FramedConnection::Options Server::connection_options() const {
+  FramedConnection::Options o;
+  o.outbox_frames = options_.outbox_frames;
+  o.idle_timeout = kIdleTimeout;
+  o.connect_timeout = kConnectTimeout;  // outgoing (repair) connections only
+  return o;
 }
 
-asio::awaitable<void> Server::reader(ConnPtr c) {
-  proto::FrameSource source(c->socket);
-  std::string reason = "peer closed the connection";
-  try {
-    while (!c->closed) {
-      auto m = co_await source.next();
-      if (!m) {
-        reason = "protocol error: " + m.error().message;
-        break;
-      }
-      c->last_heard = std::chrono::steady_clock::now();
-      apply(core_.on_message(c->id, std::move(*m)));
-    }
-  } catch (const std::exception& e) {
-    if (!c->closed) reason = e.what();
+// The handlers capture the server: stop() disarms every connection before it can go.
+FramedConnection::Handlers Server::handlers(ConnectionId id) {
+  FramedConnection::Handlers h;
+  h.on_connected = [this, id] { apply(core_.on_connected(id)); };
+  h.on_message = [this, id](proto::Message m) { apply(core_.on_message(id, std::move(m))); };
+  h.on_closed = [this, id](const std::string& reason) { closed(id, reason); };
+  return h;
+}
+
+void Server::closed(ConnectionId id, const std::string& reason) {
+  auto it = conns_.find(id);
+  CRU_ASSERT(it != conns_.end(), "on_closed from a connection the server no longer holds");
+  FramedConnection::Ptr c = std::move(it->second);
+  conns_.erase(it);
+  if (!c->connected()) {
+    // An outgoing connection that never came up; it was never logged as open.
+    apply(core_.on_disconnect(id, fmt::format("connecting to {}: {}", c->peer(), reason)));
+    return;
   }
-  shutdown(c, reason);
+  log::info("connection {} ({}) closed: {}", id, c->peer(), reason);
+  apply(core_.on_disconnect(id, reason));
 }
 
-asio::awaitable<void> Server::writer(ConnPtr c) {
-  std::string reason = "closed";
-  try {
-    co_await c->sink.run(c->socket);
-  } catch (const std::exception& e) {
-    reason = std::string("write failed: ") + e.what();
-  }
-  shutdown(c, reason);
-}
-
-asio::awaitable<void> Server::watchdog(ConnPtr c) {
-  while (!c->closed) {
-    c->watchdog.expires_after(kWatchdogPeriod);
-    asio::error_code ec;
-    co_await c->watchdog.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-    if (c->closed) co_return;
-    if (std::chrono::steady_clock::now() - c->last_heard > kIdleTimeout) {
-      shutdown(c, fmt::format("silent for more than {} s", kIdleTimeout.count()));
-      co_return;
-    }
-  }
-}
-
-void Server::shutdown(const ConnPtr& c, const std::string& reason) {
-  if (c->closed) return;
-  c->closed = true;
-  log::info("connection {} ({}) closed: {}", c->id, c->peer, reason);
-  c->sink.close();
-  asio::error_code ignored;
-  c->socket.close(ignored);
-  c->watchdog.cancel();
-  conns_.erase(c->id);
-  apply(core_.on_disconnect(c->id, reason));
-}
-
-asio::awaitable<void> Server::connect_out(ConnectionId id, std::string address) {
-  auto parts = parse_address(address);
-  std::string error;
-  if (parts) {
-    try {
-      tcp::resolver resolver(io_);
-      auto endpoints =
-          co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
-      tcp::socket s(io_);
-      asio::steady_timer timer(io_, kConnectTimeout);
-      auto result = co_await (asio::async_connect(s, endpoints, asio::use_awaitable) ||
-                              timer.async_wait(asio::use_awaitable));
-      if (result.index() == 1) {
-        error = fmt::format("connecting to {} timed out", address);
-      } else {
-        proto::tune_socket(s);
-        auto c = std::make_shared<Connection>(std::move(s), id, address);
-        attach(c);
-        apply(core_.on_connected(id));
-        co_return;
-      }
-    } catch (const std::exception& e) {
-      error = fmt::format("connecting to {}: {}", address, e.what());
-    }
-  } else {
-    error = parts.error().message;
-  }
-  apply(core_.on_disconnect(id, error));
-}
-
-asio::awaitable<void> Server::tick_later() {
+asio::awaitable<void> Server::tick_later(std::shared_ptr<const bool> open) {
   asio::steady_timer t(io_, kLossyDelay);
   co_await t.async_wait(asio::use_awaitable);
+  if (!*open) co_return;
   tick_scheduled_ = false;
   apply(core_.on_tick());
 }
@@ -178,21 +109,24 @@ void Server::apply(Output out) {
   for (auto& s : out.sends) {
     auto it = conns_.find(s.conn);
     if (it == conns_.end()) continue;  // closed meanwhile
-    if (!it->second->sink.try_push(s.message))
-      shutdown(it->second, "outbox full: the peer does not read its replies");
+    // False when closing (or just closed for a full outbox): on_closed follows and
+    // tells the core, from the connection's coroutine, never from here.
+    (void)it->second->send(s.message);
   }
   for (auto& cl : out.closes) {
     auto it = conns_.find(cl.conn);
     if (it == conns_.end()) continue;
-    log::info("closing connection {} ({}): {}", cl.conn, it->second->peer, cl.reason);
-    // Deliver what was queued (e.g. YouAreNoLongerActive), then the writer hangs up.
-    it->second->sink.close_after_drain();
+    log::info("closing connection {} ({}): {}", cl.conn, it->second->peer(), cl.reason);
+    // Deliver what was queued (e.g. YouAreNoLongerActive), then hang up.
+    it->second->close_after_drain(cl.reason);
   }
+  if (stopped_) return;
   for (auto& co : out.connects)
-    asio::co_spawn(io_, connect_out(co.conn, co.address), asio::detached);
+    conns_[co.conn] = FramedConnection::connect(io_.get_executor(), co.address,
+                                                connection_options(), handlers(co.conn));
   if (out.tick_soon && !tick_scheduled_) {
     tick_scheduled_ = true;
-    asio::co_spawn(io_, tick_later(), asio::detached);
+    asio::co_spawn(io_, tick_later(open_), asio::detached);
   }
 }
 

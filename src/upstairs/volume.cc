@@ -2,15 +2,9 @@
 
 #include <fmt/format.h>
 
-#include <asio/co_spawn.hpp>
-#include <asio/connect.hpp>
-#include <asio/detached.hpp>
-#include <asio/experimental/awaitable_operators.hpp>
 #include <asio/io_context.hpp>
-#include <asio/ip/tcp.hpp>
 #include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
-#include <asio/use_awaitable.hpp>
 #include <atomic>
 #include <cstring>
 #include <future>
@@ -18,16 +12,12 @@
 #include <thread>
 #include <unordered_map>
 
-#include "common/address.h"
 #include "common/log.h"
 #include "common/thread_signals.h"
-#include "proto/framed_socket.h"
+#include "proto/connection.h"
 #include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
-
-using asio::ip::tcp;
-using namespace asio::experimental::awaitable_operators;
 
 namespace {
 // Frames queued for one downstairs: above the 1500-job admission limit plus pings,
@@ -37,17 +27,13 @@ constexpr size_t kOutboxFrames = 8192;
 }  // namespace
 
 struct Volume::Impl {
-  struct Conn {
-    Conn(asio::io_context& io, ClientId c, ConnId i)
-        : client(c), id(i), socket(io), sink(io.get_executor(), kOutboxFrames) {}
-    ClientId client;
-    ConnId id;
-    tcp::socket socket;
-    proto::FrameSink sink;
-    bool closed = false;
-  };
-  using ConnPtr = std::shared_ptr<Conn>;
   using Completion = std::function<void(GuestDone&)>;
+  // The connection the core knows as (client, id); a replaced or dropped one is closed
+  // and leaves its slot, so only the current one's events reach the core.
+  struct Link {
+    ConnId id;
+    proto::FramedConnection::Ptr conn;
+  };
 
   explicit Impl(VolumeOptions o)
       : options(std::move(o)),
@@ -65,8 +51,13 @@ struct Volume::Impl {
 
   ~Impl() {
     asio::post(io, [this] {
-      for (auto& c : conns)
-        if (c) close(c);
+      // Disarmed, the connections end on their own without calling back into this.
+      for (auto& l : links) {
+        if (!l.conn) continue;
+        l.conn->disarm();
+        l.conn->close("volume closing");
+        l.conn.reset();
+      }
       timer.cancel();
       work.reset();
       stopping = true;
@@ -108,25 +99,20 @@ struct Volume::Impl {
 
   void perform(Action& a) {
     if (auto* s = std::get_if<SendTo>(&a)) {
-      auto& c = conns[s->client];
-      if (!c || c->id != s->conn || c->closed) return;
-      if (!c->sink.try_push(s->message)) {
-        ConnPtr gone = c;
-        close(gone);
-        asio::post(io, [this, gone] {
-          run_core(ClientDisconnected{gone->client, gone->id, "outbox full"});
-        });
-      }
+      Link& l = links[s->client];
+      // False when closing (a full outbox closes it): its on_closed tells the core.
+      if (l.conn && l.id == s->conn) (void)l.conn->send(s->message);
     } else if (auto* ct = std::get_if<ConnectTo>(&a)) {
-      if (conns[ct->client]) close(conns[ct->client]);
-      auto c = std::make_shared<Conn>(io, ct->client, ct->conn);
-      conns[ct->client] = c;
-      asio::co_spawn(io, connect(c, ct->address), asio::detached);
+      Link& l = links[ct->client];
+      if (l.conn) l.conn->close("replaced by a new connection");
+      l = Link{ct->conn, proto::FramedConnection::connect(io.get_executor(), ct->address,
+                                                          connection_options(),
+                                                          handlers(ct->client, ct->conn))};
     } else if (auto* d = std::get_if<Disconnect>(&a)) {
-      auto& c = conns[d->client];
-      if (c && c->id == d->conn) {
-        close(c);
-        c.reset();
+      Link& l = links[d->client];
+      if (l.conn && l.id == d->conn) {
+        l.conn->close(d->reason);
+        l.conn.reset();
       }
     } else if (auto* g = std::get_if<GuestDone>(&a)) {
       auto it = pending.find(g->id);
@@ -137,67 +123,35 @@ struct Volume::Impl {
     }
   }
 
-  void close(const ConnPtr& c) {
-    if (c->closed) return;
-    c->closed = true;
-    c->sink.close();
-    asio::error_code ignored;
-    c->socket.close(ignored);
+  static proto::FramedConnection::Options connection_options() {
+    proto::FramedConnection::Options o;
+    o.outbox_frames = kOutboxFrames;
+    // No idle or connect timeout: the core times both out through ticks (Disconnect).
+    return o;
   }
 
-  // Reports a connection's end to the core unless the core already replaced it.
-  void lost(const ConnPtr& c, const std::string& reason) {
-    bool current = conns[c->client] == c;
-    close(c);
-    if (current) run_core(ClientDisconnected{c->client, c->id, reason});
+  bool current(ClientId client, ConnId id) const {
+    return links[client].conn && links[client].id == id;
   }
 
-  asio::awaitable<void> connect(ConnPtr c, std::string address) {
-    try {
-      auto parts = parse_address(address);
-      if (!parts) throw std::runtime_error(parts.error().message);
-      tcp::resolver resolver(io);
-      auto endpoints =
-          co_await resolver.async_resolve(parts->host, parts->port_string(), asio::use_awaitable);
-      co_await asio::async_connect(c->socket, endpoints, asio::use_awaitable);
-    } catch (const std::exception& e) {
-      if (!c->closed) lost(c, e.what());
-      co_return;
-    }
-    if (c->closed) co_return;  // the core gave up on it meanwhile
-    proto::tune_socket(c->socket);
-    asio::co_spawn(io, reader(c), asio::detached);
-    asio::co_spawn(io, writer(c), asio::detached);
-    run_core(ClientConnected{c->client, c->id});
+  // The handlers capture this: ~Impl disarms every connection before it goes.
+  proto::FramedConnection::Handlers handlers(ClientId client, ConnId id) {
+    proto::FramedConnection::Handlers h;
+    h.on_connected = [this, client, id] {
+      if (current(client, id)) run_core(ClientConnected{client, id});
+    };
+    h.on_message = [this, client, id](proto::Message m) {
+      if (current(client, id)) run_core(ClientMessage{client, id, std::move(m)});
+    };
+    h.on_closed = [this, client, id](const std::string& reason) { lost(client, id, reason); };
+    return h;
   }
 
-  asio::awaitable<void> reader(ConnPtr c) {
-    proto::FrameSource source(c->socket);
-    std::string reason = "connection closed";
-    try {
-      while (!c->closed) {
-        auto m = co_await source.next();
-        if (!m) {
-          reason = "protocol error: " + m.error().message;
-          break;
-        }
-        if (c->closed) break;
-        run_core(ClientMessage{c->client, c->id, std::move(*m)});
-      }
-    } catch (const std::exception& e) {
-      reason = e.what();
-    }
-    if (!c->closed) lost(c, reason);
-  }
-
-  asio::awaitable<void> writer(ConnPtr c) {
-    std::string reason = "connection closed";
-    try {
-      co_await c->sink.run(c->socket);
-    } catch (const std::exception& e) {
-      reason = std::string("write failed: ") + e.what();
-    }
-    if (!c->closed) lost(c, reason);
+  // Reports a connection's end to the core unless the core already replaced or dropped it.
+  void lost(ClientId client, ConnId id, const std::string& reason) {
+    if (!current(client, id)) return;
+    links[client].conn.reset();
+    run_core(ClientDisconnected{client, id, reason});
   }
 
   // ---- guest submissions --------------------------------------------------------------
@@ -245,7 +199,7 @@ struct Volume::Impl {
   std::counting_semaphore<kMaxOutstandingCalls> outstanding;
   TimePoint armed = TimePoint::max();
   bool stopping = false;
-  ClientData<ConnPtr> conns;
+  ClientData<Link> links;
   std::unordered_map<GuestId, Completion> pending;
   uint64_t next_guest = 1;
   std::atomic<uint32_t> block_size_{0};

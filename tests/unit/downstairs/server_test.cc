@@ -27,7 +27,7 @@ constexpr Millis kTimeout{10000};
 // The core and region belong to that thread once it starts.
 class ServerFixture {
  public:
-  ServerFixture() {
+  explicit ServerFixture(ServerOptions options = {}) {
     RegionOptions o;
     o.def = {kBs, kExtentSize, 4, Uuid::random(), false};
     auto r = Region::create(fs_, "r", o);
@@ -35,7 +35,7 @@ class ServerFixture {
     region_ = std::move(*r);
     core_ = std::make_unique<Core>(*region_, CoreOptions{});
     server_ = std::make_unique<Server>(
-        io_, *core_, asio::ip::tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+        io_, *core_, asio::ip::tcp::endpoint(asio::ip::address_v4::loopback(), 0), options);
     port_ = server_->port();
     core_->set_repair_addr(fmt::format("127.0.0.1:{}", port_));
     server_->start();
@@ -167,6 +167,25 @@ TEST(Server, ARefusedPromotionIsExplainedBeforeTheHangUp) {
   EXPECT_EQ(report->status.code, ErrorCode::kGenerationTooLow);
   EXPECT_TRUE(p->wait_closed(kTimeout));
   expect_write_and_read(*a, 1000, 0, 1, 3);
+}
+
+// A peer that asks for more than it reads fills its outbox; the server hangs up on it
+// (the peer reads what was sent, then EOF or a reset) and goes on serving others.
+TEST(Server, PeerThatStopsReadingLosesOnlyItsConnection) {
+  ServerOptions o;
+  o.outbox_frames = 4;
+  ServerFixture s(o);
+  auto greedy = negotiated(s.port(), Upstairs{}, 1);
+  ASSERT_TRUE(greedy) << greedy.error().to_string();
+  // 200 reads of 512 KiB: 100 MiB of replies, far beyond what the socket buffers and a
+  // four-frame outbox hold. Sends fail once the server has hung up.
+  constexpr uint32_t kBlocks = 1024;
+  for (uint64_t job = 1000; job < 1200; ++job)
+    if (!greedy->send(Read{JobId{job}, {}, BlockIndex{0}, kBlocks})) break;
+  EXPECT_TRUE(greedy->wait_closed(kTimeout)) << "the server drops the connection";
+  auto polite = negotiated(s.port(), Upstairs{}, 2);
+  ASSERT_TRUE(polite) << polite.error().to_string();
+  expect_write_and_read(*polite, 2000, 0, 2, 5);
 }
 
 // A peer that breaks the protocol costs its own connection and nothing else.

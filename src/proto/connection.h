@@ -1,0 +1,121 @@
+// One framed TCP connection, the shape both shells use (the downstairs Server and the
+// upstairs Volume): a single coroutine owns the socket, reads frames (FrameSource),
+// writes a bounded outbox (FrameSink), optionally drops a silent peer (idle watchdog) and
+// optionally connects first (resolve + connect, optional timeout). The owner is told what
+// happens through three handlers. Everything, handlers included, runs on the thread that
+// runs the socket's io_context; no method may be called from another thread.
+#pragma once
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/steady_timer.hpp>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/address.h"
+#include "proto/framed_socket.h"
+#include "proto/messages.h"
+
+namespace cru::proto {
+
+// LIFETIME RULE
+// - The owner holds a shared_ptr; the connection's own coroutine holds another, so the
+//   object lives until that coroutine ends, whatever the owner does meanwhile.
+// - Handlers run only from that coroutine, never from inside a method the owner calls:
+//   send(), close(), close_after_drain() and disarm() never re-enter the owner. So an
+//   owner may close, forget or replace a connection from inside any handler, the
+//   connection's own included, and may erase its map entry in on_closed.
+// - on_closed runs exactly once, last, after the socket is closed; after close() or
+//   close_after_drain() (or a failure) no on_message follows, only on_closed.
+// - Handlers may capture the owner by pointer. An owner that stops or goes away while
+//   its connections may still run calls disarm() on each first: from then on no handler
+//   runs (the coroutine still ends on its own and frees the object).
+class FramedConnection {
+ public:
+  using Ptr = std::shared_ptr<FramedConnection>;
+  using Clock = std::chrono::steady_clock;
+
+  struct Options {
+    // Frames queued for the peer; send() beyond this drops the connection. Must be > 0.
+    size_t outbox_frames = 0;
+    // A peer that sends nothing for longer than this is dropped; none: never.
+    std::optional<Clock::duration> idle_timeout;
+    // connect() gives up if resolving and connecting take longer; none: the OS decides.
+    std::optional<Clock::duration> connect_timeout;
+  };
+  struct Handlers {
+    // connect() only: the socket is up (and send() reaches the peer).
+    std::function<void()> on_connected;
+    // Every whole message from the peer, in order, until the connection starts closing.
+    std::function<void(Message)> on_message;
+    // Why it ended: the first of close()'s reason, close_after_drain()'s reason, a socket
+    // error, a protocol error, the idle or connect timeout, a full outbox.
+    std::function<void(const std::string& reason)> on_closed;
+  };
+
+  // Serves an accepted socket (sets TCP_NODELAY); reading starts at once.
+  static Ptr serve(asio::ip::tcp::socket socket, Options options, Handlers handlers);
+  // Resolves `address` ("host:port") and connects; on_connected once up, otherwise
+  // on_closed with why (an unparsable address, the resolver's or connect's error, the
+  // timeout). Frames sent before that are written once connected.
+  static Ptr connect(const asio::any_io_executor& executor, std::string address, Options options,
+                     Handlers handlers);
+
+  ~FramedConnection();
+  FramedConnection(const FramedConnection&) = delete;
+  FramedConnection& operator=(const FramedConnection&) = delete;
+
+  // Queues a message for the peer. False if the connection is closing, or if the outbox
+  // is full: the connection then closes with reason "outbox full: the peer does not read
+  // its replies" (on_closed follows later, from the coroutine).
+  [[nodiscard]] bool send(const Message& m);
+  // Closes the socket now; queued frames are dropped. Idempotent.
+  void close(std::string reason);
+  // Writes the frames queued so far (e.g. a last message), then closes; sends are
+  // refused and incoming messages dropped meanwhile. If the outbox is full, as close().
+  void close_after_drain(std::string reason);
+  // No handler runs after this returns. Does not close the connection.
+  void disarm() { armed_ = false; }
+
+  // close(), close_after_drain() or a failure happened: nothing more is accepted.
+  bool closing() const { return !accepting_; }
+  // The socket is or was connected (from the start for serve()).
+  bool connected() const { return connected_; }
+  // The peer's "host:port" for serve(), the address given to connect().
+  const std::string& peer() const { return peer_; }
+
+ private:
+  FramedConnection(asio::ip::tcp::socket socket, bool connected, std::string peer, Options options,
+                   Handlers handlers);
+  static void spawn(const Ptr& self);
+  static asio::awaitable<void> run(Ptr self);
+  asio::awaitable<void> connect_to(HostPort where);
+  asio::awaitable<void> connect_deadline();
+  asio::awaitable<void> read_loop();
+  asio::awaitable<void> write_loop();
+  asio::awaitable<void> watchdog();
+  // Ends the connection: records the reason if it is the first, closes the socket and
+  // the outbox and cancels the timers so every loop returns.
+  void stop(std::string reason);
+
+  asio::ip::tcp::socket socket_;
+  std::optional<asio::ip::tcp::resolver> resolver_;  // connect() only
+  FrameSink outbox_;
+  asio::steady_timer timer_;  // the connect timeout, then the idle watchdog
+  std::string peer_;
+  Options options_;
+  Handlers handlers_;
+  std::optional<std::string> reason_;  // set once, by whatever ends the connection first
+  Clock::time_point last_heard_;
+  bool connected_ = false;
+  bool accepting_ = true;  // sends accepted and messages delivered
+  bool stopped_ = false;   // socket closed
+  bool armed_ = true;      // handlers may run
+};
+
+}  // namespace cru::proto
