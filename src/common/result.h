@@ -84,9 +84,11 @@ inline tl::unexpected<Error> fail(ErrorCode code, std::string message) {
 // lvalue. It expands to several statements in the enclosing scope: use it as a statement of
 // its own (never as the body of an unbraced if or loop), at most once per line.
 #define CRU_TRY_ASSIGN(decl, expr) CRU_TRY_ASSIGN_(CRU_TRY_NAME_(__LINE__), decl, expr)
+// NOLINTBEGIN(bugprone-macro-parentheses): decl is a declaration and tmp a name.
 #define CRU_TRY_ASSIGN_(tmp, decl, expr)                                   \
   auto tmp = (expr);                                                       \
   if (!tmp) return ::tl::unexpected<::cru::Error>(std::move(tmp.error())); \
   decl = std::move(*tmp)
+// NOLINTEND(bugprone-macro-parentheses)
 #define CRU_TRY_NAME_(line) CRU_TRY_CONCAT_(cru_try_value_, line)
 #define CRU_TRY_CONCAT_(a, b) a##b

@@ -164,6 +164,7 @@ Result<DumpReport> dump(const std::vector<Region*>& regions, const std::vector<s
                      fmt::format("D{}", i));
   t += "\n";
   std::vector<std::vector<proto::ExtentVersion>> versions;
+  versions.reserve(regions.size());
   for (auto* r : regions) versions.push_back(r->versions());
   uint32_t first = options.extent.value_or(0);
   uint32_t last = options.extent ? *options.extent + 1 : def0.extent_count;

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/units.h"
 #include "downstairs/file_io.h"
 
 namespace cru::downstairs {
@@ -68,7 +69,7 @@ class PosixFile final : public File {
       return {};
     if (errno != EOPNOTSUPP) return errno_error("punch hole in", path_, errno);
     // A filesystem without hole punching: zero the range instead (same contents).
-    static const std::vector<std::byte> kZeros(1024 * 1024);
+    static const std::vector<std::byte> kZeros(kMiB);
     while (len > 0) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(len, kZeros.size()));
       CRU_TRY(write_at(offset, std::span(kZeros).first(n)));

@@ -14,7 +14,7 @@ namespace {
 
 constexpr std::string_view kRegionFile = "region.json";
 // region.json is a few hundred bytes; anything larger is not ours.
-constexpr size_t kMaxRegionFileBytes = 64 * 1024;
+constexpr size_t kMaxRegionFileBytes = 64 * kKiB;
 // A received extent is checked this many blocks at a time, bounding the memory it takes.
 constexpr uint64_t kVerifyStepBlocks = 1024;
 
@@ -108,7 +108,7 @@ Result<RegionOptions> Region::read_options(FileSystem& fs, const std::string& di
 // ---- create / open ---------------------------------------------------------------------
 
 Region::Region(FileSystem& fs, std::string dir, RegionOptions options, bool read_only)
-    : fs_(fs), dir_(std::move(dir)), options_(std::move(options)), read_only_(read_only) {
+    : fs_(fs), dir_(std::move(dir)), options_(options), read_only_(read_only) {
   layout_ = ExtentLayout{options_.def.block_size, options_.def.extent_size};
 }
 

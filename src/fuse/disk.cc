@@ -46,7 +46,7 @@ void Disk::write(uint64_t offset, std::span<const std::byte> data, DoneFn done) 
   if (offset % block_size_ == 0 && data.size() % block_size_ == 0) {
     volume_.write(BlockIndex{first}, data, [this, token, done = std::move(done)](Status s) {
       locks_.unlock(token);
-      done(s);
+      done(std::move(s));
     });
     return;
   }
@@ -95,7 +95,7 @@ Status Disk::zero_range(uint64_t offset, uint64_t len) {
 
 void Disk::flush(DoneFn done) {
   dirty_.store(false, std::memory_order_release);
-  volume_.flush([this, done = std::move(done)](Status s) {
+  volume_.flush([this, done = std::move(done)](const Status& s) {
     if (!s) dirty_.store(true, std::memory_order_release);  // the next close tries again
     done(s);
   });
