@@ -21,6 +21,7 @@ struct StrongId {
 
   constexpr StrongId() = default;
   constexpr explicit StrongId(Int v) : value(v) {}
+  // NOLINTNEXTLINE(modernize-use-nullptr): clang-tidy 14 misreads a defaulted <=>.
   friend constexpr auto operator<=>(StrongId, StrongId) = default;
   constexpr StrongId next() const { return StrongId(static_cast<Int>(value + 1)); }
 };

@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 #include <tl/expected.hpp>
+#include <utility>
 
 namespace cru {
 
@@ -65,11 +66,29 @@ inline tl::unexpected<Error> fail(ErrorCode code, std::string message) {
   return tl::unexpected<Error>(Error{code, std::move(message)});
 }
 
-// Evaluates a Result expression; on error returns the error from the enclosing function.
-#define CRU_TRY(expr)                                                            \
-  do {                                                                           \
-    if (auto cru_try_result_ = (expr); !cru_try_result_)                         \
-      return ::tl::unexpected<::cru::Error>(std::move(cru_try_result_.error())); \
+}  // namespace cru
+
+// The one try helper: `if (!x) return tl::unexpected(x.error());` in one line.
+//
+// CRU_TRY(expr): evaluates a Result (usually a Status); on error returns the error from the
+// enclosing function, which returns some Result<U>. Any value is discarded.
+#define CRU_TRY(expr)                                                        \
+  do {                                                                       \
+    if (auto&& cru_try_result_ = (expr); !cru_try_result_)                   \
+      return ::tl::unexpected<::cru::Error>(                                 \
+          std::forward<decltype(cru_try_result_)>(cru_try_result_).error()); \
   } while (0)
 
-}  // namespace cru
+// CRU_TRY_ASSIGN(decl, expr): evaluates a Result<T>; on error returns the error as CRU_TRY
+// does, otherwise moves the value into `decl`, a declaration (`auto f`, `uint64_t n`) or an
+// lvalue. It expands to several statements in the enclosing scope: use it as a statement of
+// its own (never as the body of an unbraced if or loop), at most once per line.
+#define CRU_TRY_ASSIGN(decl, expr) CRU_TRY_ASSIGN_(CRU_TRY_NAME_(__LINE__), decl, expr)
+// NOLINTBEGIN(bugprone-macro-parentheses): decl is a declaration and tmp a name.
+#define CRU_TRY_ASSIGN_(tmp, decl, expr)                                   \
+  auto tmp = (expr);                                                       \
+  if (!tmp) return ::tl::unexpected<::cru::Error>(std::move(tmp.error())); \
+  decl = std::move(*tmp)
+// NOLINTEND(bugprone-macro-parentheses)
+#define CRU_TRY_NAME_(line) CRU_TRY_CONCAT_(cru_try_value_, line)
+#define CRU_TRY_CONCAT_(a, b) a##b

@@ -25,7 +25,7 @@ Result<uint64_t> parse_size(std::string_view text) {
   std::string unit;
   for (; i < text.size(); ++i)
     unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
-  static const std::array<std::pair<std::string_view, uint64_t>, 13> kUnits = {{
+  static constexpr std::array<std::pair<std::string_view, uint64_t>, 13> kUnits = {{
       {"", 1},
       {"b", 1},
       {"k", kKiB},

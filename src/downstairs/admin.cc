@@ -25,14 +25,12 @@ Result<ImportStats> import_file(Region& region, const std::string& file) {
                 "cannot import into an encrypted region: the downstairs never holds the key "
                 "(import through crucible-fuse instead)");
   FileSystem& fs = posix_fs();
-  auto in = fs.open(file, OpenMode::kReadOnly);
-  if (!in) return tl::unexpected(in.error());
-  auto size = (*in)->size();
-  if (!size) return tl::unexpected(size.error());
+  CRU_TRY_ASSIGN(auto in, fs.open(file, OpenMode::kReadOnly));
+  CRU_TRY_ASSIGN(const uint64_t size, in->size());
   ImportStats stats;
-  stats.file_bytes = *size;
+  stats.file_bytes = size;
   const uint32_t bs = region.def().block_size;
-  const uint64_t blocks = (*size + bs - 1) / bs;
+  const uint64_t blocks = (size + bs - 1) / bs;
   const uint64_t extent_blocks = region.def().extent_size;
   const uint64_t extents_needed =
       std::max<uint64_t>(1, (blocks + extent_blocks - 1) / extent_blocks);
@@ -43,13 +41,13 @@ Result<ImportStats> import_file(Region& region, const std::string& file) {
     CRU_TRY(region.extend(static_cast<uint32_t>(extents_needed)));
     stats.extents_created = region.def().extent_count - before;
   }
-  Progress progress("importing " + file, *size);
+  Progress progress("importing " + file, size);
   ByteBuffer buf(kCopyChunkBytes);
   std::vector<proto::BlockContext> contexts;
-  for (uint64_t offset = 0; offset < *size; offset += kCopyChunkBytes) {
-    uint64_t n = std::min(kCopyChunkBytes, *size - offset);
+  for (uint64_t offset = 0; offset < size; offset += kCopyChunkBytes) {
+    uint64_t n = std::min(kCopyChunkBytes, size - offset);
     uint64_t padded = (n + bs - 1) / bs * bs;
-    CRU_TRY((*in)->read_at(offset, buf.span().first(n)));
+    CRU_TRY(in->read_at(offset, buf.span().first(n)));
     std::fill(buf.data() + n, buf.data() + padded, std::byte{0});  // zero-pad the last block
     // Write runs of non-zero blocks; zero blocks stay unwritten and read as zeros.
     uint64_t first_block = offset / bs;
@@ -93,20 +91,18 @@ Result<uint64_t> export_file(Region& region, const std::string& file, uint64_t s
         fmt::format("--skip {} --count {} reaches past the region's {} blocks", skip, n, total));
   FileSystem& fs = posix_fs();
   CRU_TRY(fs.remove(file));
-  auto out = fs.open(file, OpenMode::kCreateExclusive);
-  if (!out) return tl::unexpected(out.error());
+  CRU_TRY_ASSIGN(auto out, fs.open(file, OpenMode::kCreateExclusive));
   const uint64_t chunk_blocks = kCopyChunkBytes / bs;
   Progress progress("exporting to " + file, n * bs);
   for (uint64_t done = 0; done < n;) {
     uint64_t m = std::min(chunk_blocks, n - done);
-    auto r = region.read(BlockIndex{skip + done}, m);
-    if (!r) return tl::unexpected(r.error());
-    CRU_TRY((*out)->write_at(done * bs, r->data.span()));
+    CRU_TRY_ASSIGN(auto r, region.read(BlockIndex{skip + done}, m));
+    CRU_TRY(out->write_at(done * bs, r.data.span()));
     done += m;
     progress.update(done * bs);
   }
   progress.finish();
-  CRU_TRY((*out)->sync());
+  CRU_TRY(out->sync());
   return n;
 }
 
@@ -139,9 +135,8 @@ Result<DumpReport> dump(const std::vector<Region*>& regions, const std::vector<s
     t += fmt::format("block {} (extent {}, block {} in it):\n", b, e, b % def0.extent_size);
     std::optional<uint64_t> first_hash;
     for (size_t i = 0; i < regions.size(); ++i) {
-      auto r = regions[i]->inspect(e, b % def0.extent_size, 1);
-      if (!r) return tl::unexpected(r.error());
-      const BlockReport& br = (*r)[0];
+      CRU_TRY_ASSIGN(auto r, regions[i]->inspect(e, b % def0.extent_size, 1));
+      const BlockReport& br = r[0];
       t +=
           fmt::format("  region {}: data xxh64 {:016x}, active slot {}, data {}\n", i, br.data_hash,
                       br.active < 0 ? std::string("none") : std::to_string(br.active),
@@ -169,6 +164,7 @@ Result<DumpReport> dump(const std::vector<Region*>& regions, const std::vector<s
                      fmt::format("D{}", i));
   t += "\n";
   std::vector<std::vector<proto::ExtentVersion>> versions;
+  versions.reserve(regions.size());
   for (auto* r : regions) versions.push_back(r->versions());
   uint32_t first = options.extent.value_or(0);
   uint32_t last = options.extent ? *options.extent + 1 : def0.extent_count;
@@ -211,10 +207,9 @@ Result<VerifyReport> verify(Region& region) {
   for (uint32_t e = 0; e < def.extent_count; ++e) {
     for (uint64_t first = 0; first < def.extent_size; first += step) {
       uint64_t n = std::min(step, def.extent_size - first);
-      auto blocks = region.inspect(ExtentId{e}, first, n);
-      if (!blocks) return tl::unexpected(blocks.error());
+      CRU_TRY_ASSIGN(auto blocks, region.inspect(ExtentId{e}, first, n));
       for (uint64_t i = 0; i < n; ++i) {
-        const BlockReport& b = (*blocks)[i];
+        const BlockReport& b = blocks[i];
         ++report.blocks;
         if (b.active >= 0 && !b.slots[b.active].discarded) ++report.written;
         if (!b.data_matches) {

@@ -353,14 +353,16 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
                                                          w->data.span(), false));
     out.send(conn, Ack{id, st});
     return st.is_ok();
-  } else if (auto wu = std::get_if<WriteUnwritten>(&m)) {
+  }
+  if (auto wu = std::get_if<WriteUnwritten>(&m)) {
     WireStatus st = inject(options_.faults.write_error)
                         ? injected("write")
                         : WireStatus::from(region_.write(wu->start, wu->block_size, wu->contexts,
                                                          wu->data.span(), true));
     out.send(conn, Ack{id, st});
     return st.is_ok();
-  } else if (auto r = std::get_if<Read>(&m)) {
+  }
+  if (auto r = std::get_if<Read>(&m)) {
     ReadResponse resp{id, {}, region_.def().block_size, {}, {}};
     if (inject(options_.faults.read_error)) {
       resp.status = injected("read");
@@ -371,13 +373,16 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
       resp.data = Bytes(std::move(res->data));
     }
     out.send(conn, std::move(resp));
-  } else if (auto d = std::get_if<Discard>(&m)) {
+    return true;
+  }
+  if (auto d = std::get_if<Discard>(&m)) {
     WireStatus st = inject(options_.faults.write_error)
                         ? injected("discard")
                         : WireStatus::from(region_.discard(d->start, d->block_count));
     out.send(conn, Ack{id, st});
     return st.is_ok();
-  } else if (auto f = std::get_if<Flush>(&m)) {
+  }
+  if (auto f = std::get_if<Flush>(&m)) {
     WireStatus st;
     if (inject(options_.faults.flush_error)) {
       st = injected("flush");
@@ -391,29 +396,38 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
                 *f->snapshot);
     out.send(conn, Ack{id, st});
     return st.is_ok();
-  } else if (std::holds_alternative<Barrier>(m)) {
+  }
+  if (std::holds_alternative<Barrier>(m)) {
     out.send(conn, Ack{id, WireStatus::ok()});
-  } else if (auto lc = std::get_if<ExtentLiveClose>(&m)) {
+    return true;
+  }
+  if (auto lc = std::get_if<ExtentLiveClose>(&m)) {
     auto v = region_.close_extent(lc->extent);
     out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()),
                                       v.value_or(ExtentVersion{})});
-  } else if (auto lfc = std::get_if<ExtentLiveFlushClose>(&m)) {
+    return true;
+  }
+  if (auto lfc = std::get_if<ExtentLiveFlushClose>(&m)) {
     Status s = region_.flush_extent(lfc->extent, lfc->flush_number, lfc->generation);
     Result<ExtentVersion> v = s ? region_.close_extent(lfc->extent) : tl::unexpected(s.error());
     out.send(conn, ExtentLiveCloseAck{id, v ? WireStatus::ok() : WireStatus::from(v.error()),
                                       v.value_or(ExtentVersion{})});
-  } else if (auto lr = std::get_if<ExtentLiveRepair>(&m)) {
+    return true;
+  }
+  if (auto lr = std::get_if<ExtentLiveRepair>(&m)) {
     conns_.at(conn).running.insert(id);
     start_fetch(out, conn, id, std::nullopt, lr->extent, lr->source_addr);
     return false;
-  } else if (auto lo = std::get_if<ExtentLiveReopen>(&m)) {
-    out.send(conn, Ack{id, WireStatus::from(region_.reopen_extent(lo->extent))});
-  } else if (std::holds_alternative<ExtentLiveNoOp>(m)) {
-    out.send(conn, Ack{id, WireStatus::ok()});
-  } else {
-    CRU_UNREACHABLE("job_header accepted a message execute() does not know");
   }
-  return true;
+  if (auto lo = std::get_if<ExtentLiveReopen>(&m)) {
+    out.send(conn, Ack{id, WireStatus::from(region_.reopen_extent(lo->extent))});
+    return true;
+  }
+  if (std::holds_alternative<ExtentLiveNoOp>(m)) {
+    out.send(conn, Ack{id, WireStatus::ok()});
+    return true;
+  }
+  CRU_UNREACHABLE("job_header accepted a message execute() does not know");
 }
 
 // ---- reconciliation (one step at a time, no dependencies) --------------------------------------
@@ -438,7 +452,7 @@ void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) 
   auto req = as<ExtentFetch>(m);
   if (!req) return protocol_error(out, conn, fmt::format("repair peer sent {}", describe(m)));
   Conn& c = conns_.at(conn);
-  auto done_with_error = [&](Error e) {
+  auto done_with_error = [&](const Error& e) {
     log::warn("repair peer {}: extent {}: {}", conn, req->extent, e.to_string());
     out.send(conn, ExtentFetchDone{req->extent, WireStatus::from(e), 0, 0});
     c.stream.reset();
@@ -446,7 +460,8 @@ void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) 
   if (req->offset == 0) {
     auto file = region_.open_for_transfer(req->extent);
     if (!file) return done_with_error(file.error());
-    c.stream.emplace();
+    // Not emplace(): clang (clang-tidy) cannot default-construct this nested struct there.
+    c.stream = Stream{};
     c.stream->extent = req->extent;
     c.stream->file = std::move(*file);
     c.stream->file_bytes = region_.extent_file_bytes();

@@ -163,15 +163,14 @@ uint64_t expected_hash(const Slot& slot, std::span<const std::byte> data) {
 Status Extent::create(FileSystem& fs, const std::string& path, const ExtentLayout& layout) {
   std::string tmp = path + ".new";
   CRU_TRY(fs.remove(tmp));
-  auto f = fs.open(tmp, OpenMode::kCreateExclusive);
-  if (!f) return tl::unexpected(f.error());
+  CRU_TRY_ASSIGN(auto f, fs.open(tmp, OpenMode::kCreateExclusive));
   // A sparse file: data and slots read as zeros, i.e. unwritten and empty.
-  CRU_TRY((*f)->truncate(layout.file_bytes()));
+  CRU_TRY(f->truncate(layout.file_bytes()));
   Meta m;
   m.meta_seq = 1;
-  CRU_TRY((*f)->write_at(layout.meta_offset(1), encode_meta(layout, m)));
-  CRU_TRY((*f)->sync());
-  f->reset();
+  CRU_TRY(f->write_at(layout.meta_offset(1), encode_meta(layout, m)));
+  CRU_TRY(f->sync());
+  f.reset();
   CRU_TRY(fs.rename(tmp, path));
   return fs.sync_dir(parent_dir(path));
 }
@@ -183,22 +182,19 @@ Result<std::unique_ptr<Extent>> Extent::open(FileSystem& fs, const std::string& 
     // An interrupted repair leaves its staging file behind; the extent file itself is
     // only ever replaced by an atomic rename, so it is whole: old or new.
     for (const auto& leftover : {staging_path(path), path + ".new"}) {
-      auto there = fs.exists(leftover);
-      if (!there) return tl::unexpected(there.error());
-      if (*there) {
+      CRU_TRY_ASSIGN(bool there, fs.exists(leftover));
+      if (there) {
         log::info("extent {}: removing {} left by an interrupted repair or create", id, leftover);
         CRU_TRY(fs.remove(leftover));
       }
     }
   }
-  auto f = fs.open(path, read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite);
-  if (!f) return tl::unexpected(f.error());
-  auto size = (*f)->size();
-  if (!size) return tl::unexpected(size.error());
-  if (*size != layout.file_bytes())
+  CRU_TRY_ASSIGN(auto f, fs.open(path, read_only ? OpenMode::kReadOnly : OpenMode::kReadWrite));
+  CRU_TRY_ASSIGN(uint64_t size, f->size());
+  if (size != layout.file_bytes())
     return fail(ErrorCode::kCorrupt, fmt::format("extent {} ({}) is {} bytes, expected {}", id,
-                                                 path, *size, layout.file_bytes()));
-  std::unique_ptr<Extent> e(new Extent(std::move(*f), layout, id, read_only, encrypted));
+                                                 path, size, layout.file_bytes()));
+  std::unique_ptr<Extent> e(new Extent(std::move(f), layout, id, read_only, encrypted));
   CRU_TRY(e->load_meta());
   if (e->dirty_ && !read_only) CRU_TRY(e->recover());
   return e;
@@ -262,14 +258,13 @@ Status Extent::recover() {
   std::vector<std::byte> data(kScanChunkBlocks * bs);
   for (uint64_t first = 0; first < layout_.blocks; first += kScanChunkBlocks) {
     uint64_t n = std::min(kScanChunkBlocks, layout_.blocks - first);
-    auto pairs = read_slot_pairs(first, n);
-    if (!pairs) return tl::unexpected(pairs.error());
+    CRU_TRY_ASSIGN(auto pairs, read_slot_pairs(first, n));
     auto block_data = std::span(data).first(n * bs);
     CRU_TRY(file_->read_at(layout_.data_offset(first), block_data));
     bool changed = false;
     for (uint64_t i = 0; i < n; ++i) {
       auto d = block_data.subspan(i * bs, bs);
-      auto pair = std::span(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+      auto pair = std::span(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
       std::array<Slot, 2> s = {decode_slot(slot_bytes(pair, 0, 0)),
                                decode_slot(slot_bytes(pair, 0, 1))};
       max_seq = std::max({max_seq, s[0].seq, s[1].seq});
@@ -306,7 +301,7 @@ Status Extent::recover() {
         ++unrecoverable;
       }
     }
-    if (changed) CRU_TRY(file_->write_at(layout_.slots_offset(first), *pairs));
+    if (changed) CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
   }
   next_slot_seq_ = max_seq + 1;
   if (rolled_back + rehashed + unrecoverable > 0)
@@ -345,13 +340,12 @@ Status Extent::read(uint64_t first, std::span<std::optional<proto::BlockContext>
                     std::span<std::byte> data) {
   const uint32_t bs = layout_.block_size;
   CRU_ASSERT(first + contexts.size() <= layout_.blocks && data.size() == contexts.size() * bs);
-  auto pairs = read_slot_pairs(first, contexts.size());
-  if (!pairs) return tl::unexpected(pairs.error());
+  CRU_TRY_ASSIGN(auto pairs, read_slot_pairs(first, contexts.size()));
   CRU_TRY(file_->read_at(layout_.data_offset(first), data));
   // A dirty extent opened read-only was not recovered: pick slots by their data.
   const bool check = read_only_ && dirty_;
   for (size_t i = 0; i < contexts.size(); ++i) {
-    auto pair = std::span<const std::byte>(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+    auto pair = std::span<const std::byte>(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
     auto d = data.subspan(i * bs, bs);
     int idx = select_slot(pair, d, check);
     // The branches mirror recover(), so a read-only open sees what a writable one would.
@@ -376,9 +370,8 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
   const size_t n = contexts.size();
   CRU_ASSERT(first + n <= layout_.blocks && data.size() == n * bs);
   if (read_only_) return fail(ErrorCode::kReadOnly, fmt::format("extent {} is read-only", id_));
-  auto old_pairs = read_slot_pairs(first, n);
-  if (!old_pairs) return tl::unexpected(old_pairs.error());
-  std::vector<std::byte> pairs = *old_pairs;
+  CRU_TRY_ASSIGN(const std::vector<std::byte> old_pairs, read_slot_pairs(first, n));
+  std::vector<std::byte> pairs = old_pairs;
   std::vector<bool> skip(n, false);
   size_t writing = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -413,7 +406,7 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
                 unsynced_.begin() + static_cast<ptrdiff_t>(first + j), true);
     if (!s) {
       // Put the old contexts back so the active slots describe the data on disk.
-      if (!file_->write_at(layout_.slots_offset(first), *old_pairs))
+      if (!file_->write_at(layout_.slots_offset(first), old_pairs))
         log::error("extent {}: restoring contexts after a failed write also failed", id_);
       return s;
     }
@@ -429,9 +422,8 @@ Status Extent::discard(uint64_t first, uint64_t count) {
   const uint64_t zero_hash = zero_block_hash(bs);
   for (uint64_t chunk = first; chunk < first + count; chunk += kScanChunkBlocks) {
     uint64_t n = std::min(kScanChunkBlocks, first + count - chunk);
-    auto old_pairs = read_slot_pairs(chunk, n);
-    if (!old_pairs) return tl::unexpected(old_pairs.error());
-    std::vector<std::byte> pairs = *old_pairs;
+    CRU_TRY_ASSIGN(const std::vector<std::byte> old_pairs, read_slot_pairs(chunk, n));
+    std::vector<std::byte> pairs = old_pairs;
     std::vector<bool> change(n, false);
     bool any = false;
     for (uint64_t i = 0; i < n; ++i) {
@@ -460,7 +452,7 @@ Status Extent::discard(uint64_t first, uint64_t count) {
         std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(chunk + i),
                   unsynced_.begin() + static_cast<ptrdiff_t>(chunk + j), true);
       if (!s) {
-        if (!file_->write_at(layout_.slots_offset(chunk), *old_pairs))
+        if (!file_->write_at(layout_.slots_offset(chunk), old_pairs))
           log::error("extent {}: restoring contexts after a failed discard also failed", id_);
         return s;
       }
@@ -499,12 +491,11 @@ Result<std::vector<BlockReport>> Extent::inspect(uint64_t first, uint64_t count)
   std::vector<std::byte> data(kScanChunkBlocks * bs);
   for (uint64_t chunk = first; chunk < first + count; chunk += kScanChunkBlocks) {
     uint64_t n = std::min(kScanChunkBlocks, first + count - chunk);
-    auto pairs = read_slot_pairs(chunk, n);
-    if (!pairs) return tl::unexpected(pairs.error());
+    CRU_TRY_ASSIGN(auto pairs, read_slot_pairs(chunk, n));
     auto block_data = std::span(data).first(n * bs);
     CRU_TRY(file_->read_at(layout_.data_offset(chunk), block_data));
     for (uint64_t i = 0; i < n; ++i) {
-      auto pair = std::span<const std::byte>(*pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
+      auto pair = std::span<const std::byte>(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
       auto d = block_data.subspan(i * bs, bs);
       BlockReport r;
       r.slots = {decode_slot(slot_bytes(pair, 0, 0)), decode_slot(slot_bytes(pair, 0, 1))};

@@ -131,7 +131,7 @@ int cmd_create(const CreateArgs& a) {
         "imported %s (%s): %u extents created, %llu blocks copied (%llu all-zero blocks left "
         "sparse)\n",
         a.import.c_str(), format_size(stats->file_bytes).c_str(), (*region)->def().extent_count,
-        static_cast<unsigned long long>(stats->blocks_copied + stats->zero_blocks),
+        static_cast<unsigned long long>(stats->blocks_copied) + stats->zero_blocks,
         static_cast<unsigned long long>(stats->zero_blocks));
   }
   const auto& d = (*region)->def();

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/units.h"
 #include "downstairs/file_io.h"
 
 namespace cru::downstairs {
@@ -15,8 +16,7 @@ namespace cru::downstairs {
 namespace {
 
 tl::unexpected<Error> errno_error(std::string_view what, const std::string& path, int err) {
-  return tl::unexpected(
-      Error{ErrorCode::kIo, fmt::format("{} {}: {}", what, path, std::strerror(err))});
+  return fail(ErrorCode::kIo, fmt::format("{} {}: {}", what, path, std::strerror(err)));
 }
 
 class PosixFile final : public File {
@@ -69,7 +69,7 @@ class PosixFile final : public File {
       return {};
     if (errno != EOPNOTSUPP) return errno_error("punch hole in", path_, errno);
     // A filesystem without hole punching: zero the range instead (same contents).
-    static const std::vector<std::byte> kZeros(1024 * 1024);
+    static const std::vector<std::byte> kZeros(kMiB);
     while (len > 0) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(len, kZeros.size()));
       CRU_TRY(write_at(offset, std::span(kZeros).first(n)));
@@ -195,26 +195,23 @@ std::string join_path(const std::string& dir, const std::string& name) {
 }
 
 Result<std::string> read_whole_file(FileSystem& fs, const std::string& path, size_t max_bytes) {
-  auto f = fs.open(path, OpenMode::kReadOnly);
-  if (!f) return tl::unexpected(f.error());
-  auto size = (*f)->size();
-  if (!size) return tl::unexpected(size.error());
-  if (*size > max_bytes)
+  CRU_TRY_ASSIGN(auto f, fs.open(path, OpenMode::kReadOnly));
+  CRU_TRY_ASSIGN(const uint64_t size, f->size());
+  if (size > max_bytes)
     return fail(ErrorCode::kCorrupt,
-                fmt::format("{} is {} bytes, more than the {} expected", path, *size, max_bytes));
-  std::string s(static_cast<size_t>(*size), '\0');
-  CRU_TRY((*f)->read_at(0, std::as_writable_bytes(std::span(s))));
+                fmt::format("{} is {} bytes, more than the {} expected", path, size, max_bytes));
+  std::string s(static_cast<size_t>(size), '\0');
+  CRU_TRY(f->read_at(0, std::as_writable_bytes(std::span(s))));
   return s;
 }
 
 Status write_file_atomic(FileSystem& fs, const std::string& path, std::string_view contents) {
   std::string tmp = path + ".tmp";
   CRU_TRY(fs.remove(tmp));
-  auto f = fs.open(tmp, OpenMode::kCreateExclusive);
-  if (!f) return tl::unexpected(f.error());
-  CRU_TRY((*f)->write_at(0, std::as_bytes(std::span(contents))));
-  CRU_TRY((*f)->sync());
-  f->reset();
+  CRU_TRY_ASSIGN(auto f, fs.open(tmp, OpenMode::kCreateExclusive));
+  CRU_TRY(f->write_at(0, std::as_bytes(std::span(contents))));
+  CRU_TRY(f->sync());
+  f.reset();
   CRU_TRY(fs.rename(tmp, path));
   return fs.sync_dir(parent_dir(path));
 }

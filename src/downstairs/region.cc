@@ -14,7 +14,7 @@ namespace {
 
 constexpr std::string_view kRegionFile = "region.json";
 // region.json is a few hundred bytes; anything larger is not ours.
-constexpr size_t kMaxRegionFileBytes = 64 * 1024;
+constexpr size_t kMaxRegionFileBytes = 64 * kKiB;
 // A received extent is checked this many blocks at a time, bounding the memory it takes.
 constexpr uint64_t kVerifyStepBlocks = 1024;
 
@@ -75,16 +75,14 @@ static std::string encode_options(const RegionOptions& o) {
 
 Result<RegionOptions> Region::read_options(FileSystem& fs, const std::string& dir) {
   std::string path = join_path(dir, std::string(kRegionFile));
-  auto there = fs.exists(path);
-  if (!there) return tl::unexpected(there.error());
-  if (!*there)
+  CRU_TRY_ASSIGN(bool there, fs.exists(path));
+  if (!there)
     return fail(ErrorCode::kNotFound, fmt::format("{} is not a region: no {}", dir, kRegionFile));
-  auto text = read_whole_file(fs, path, kMaxRegionFileBytes);
-  if (!text) return tl::unexpected(text.error());
+  CRU_TRY_ASSIGN(std::string text, read_whole_file(fs, path, kMaxRegionFileBytes));
   auto bad = [&](std::string why) {
     return fail(ErrorCode::kCorrupt, fmt::format("{}: {}", path, why));
   };
-  nlohmann::json j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
   RegionOptions o;
   try {
@@ -110,7 +108,7 @@ Result<RegionOptions> Region::read_options(FileSystem& fs, const std::string& di
 // ---- create / open ---------------------------------------------------------------------
 
 Region::Region(FileSystem& fs, std::string dir, RegionOptions options, bool read_only)
-    : fs_(fs), dir_(std::move(dir)), options_(std::move(options)), read_only_(read_only) {
+    : fs_(fs), dir_(std::move(dir)), options_(options), read_only_(read_only) {
   layout_ = ExtentLayout{options_.def.block_size, options_.def.extent_size};
 }
 
@@ -124,9 +122,8 @@ std::string Region::extent_path(ExtentId e) const {
 Result<std::unique_ptr<Region>> Region::create(FileSystem& fs, const std::string& dir,
                                                const RegionOptions& options) {
   CRU_TRY(validate_geometry(options.def));
-  auto there = fs.exists(join_path(dir, std::string(kRegionFile)));
-  if (!there) return tl::unexpected(there.error());
-  if (*there) return fail(ErrorCode::kAlreadyExists, fmt::format("{} already holds a region", dir));
+  CRU_TRY_ASSIGN(bool there, fs.exists(join_path(dir, std::string(kRegionFile))));
+  if (there) return fail(ErrorCode::kAlreadyExists, fmt::format("{} already holds a region", dir));
   CRU_TRY(fs.make_dirs(dir));
   std::unique_ptr<Region> r(new Region(fs, dir, options, false));
   r->options_.def.extent_count = 0;
@@ -148,10 +145,9 @@ Status Region::extend(uint32_t extent_count) {
   // region.json last: until it names them, the new extents are not part of the region.
   CRU_TRY(write_file_atomic(fs_, join_path(dir_, std::string(kRegionFile)), encode_options(grown)));
   for (uint32_t i = options_.def.extent_count; i < extent_count; ++i) {
-    auto e = Extent::open(fs_, extent_path(ExtentId{i}), layout_, ExtentId{i}, false,
-                          grown.def.encrypted);
-    if (!e) return tl::unexpected(e.error());
-    extents_.push_back(std::move(*e));
+    CRU_TRY_ASSIGN(auto e, Extent::open(fs_, extent_path(ExtentId{i}), layout_, ExtentId{i}, false,
+                                        grown.def.encrypted));
+    extents_.push_back(std::move(e));
     closed_versions_.emplace_back();
     epochs_.push_back(0);
   }
@@ -161,17 +157,15 @@ Status Region::extend(uint32_t extent_count) {
 
 Result<std::unique_ptr<Region>> Region::open(FileSystem& fs, const std::string& dir,
                                              bool read_only) {
-  auto options = read_options(fs, dir);
-  if (!options) return tl::unexpected(options.error());
-  std::unique_ptr<Region> r(new Region(fs, dir, *options, read_only));
-  for (uint32_t i = 0; i < options->def.extent_count; ++i) {
-    auto e = Extent::open(fs, r->extent_path(ExtentId{i}), r->layout_, ExtentId{i}, read_only,
-                          options->def.encrypted);
-    if (!e) return tl::unexpected(e.error());
-    r->extents_.push_back(std::move(*e));
+  CRU_TRY_ASSIGN(const RegionOptions options, read_options(fs, dir));
+  std::unique_ptr<Region> r(new Region(fs, dir, options, read_only));
+  for (uint32_t i = 0; i < options.def.extent_count; ++i) {
+    CRU_TRY_ASSIGN(auto e, Extent::open(fs, r->extent_path(ExtentId{i}), r->layout_, ExtentId{i},
+                                        read_only, options.def.encrypted));
+    r->extents_.push_back(std::move(e));
   }
-  r->closed_versions_.resize(options->def.extent_count);
-  r->epochs_.assign(options->def.extent_count, 0);
+  r->closed_versions_.resize(options.def.extent_count);
+  r->epochs_.assign(options.def.extent_count, 0);
   return r;
 }
 
@@ -215,10 +209,9 @@ Result<ReadResult> Region::read(BlockIndex start, uint64_t count) {
   out.contexts.resize(count);
   out.data = ByteBuffer(count * bs);
   for (const auto& run : runs) {
-    auto x = open_extent(run.extent);
-    if (!x) return tl::unexpected(x.error());
-    CRU_TRY((*x)->read(run.first, std::span(out.contexts).subspan(run.offset, run.count),
-                       out.data.span().subspan(run.offset * bs, run.count * bs)));
+    CRU_TRY_ASSIGN(Extent * x, open_extent(run.extent));
+    CRU_TRY(x->read(run.first, std::span(out.contexts).subspan(run.offset, run.count),
+                    out.data.span().subspan(run.offset * bs, run.count * bs)));
   }
   return out;
 }
@@ -253,11 +246,10 @@ Status Region::write(BlockIndex start, uint32_t block_size,
           fmt::format("block {}: data does not match its hash {:016x}", start.value + i, ctx.hash));
   }
   for (const auto& run : runs) {
-    auto x = open_extent(run.extent);
-    if (!x) return tl::unexpected(x.error());
-    CRU_TRY((*x)->write(run.first, contexts.subspan(run.offset, run.count),
-                        data.subspan(run.offset * block_size, run.count * block_size),
-                        only_unwritten));
+    CRU_TRY_ASSIGN(Extent * x, open_extent(run.extent));
+    CRU_TRY(x->write(run.first, contexts.subspan(run.offset, run.count),
+                     data.subspan(run.offset * block_size, run.count * block_size),
+                     only_unwritten));
   }
   return {};
 }
@@ -271,9 +263,8 @@ Status Region::discard(BlockIndex start, uint64_t count) {
       return fail(ErrorCode::kExtentClosed,
                   fmt::format("extent {} is closed for repair", run.extent));
   for (const auto& run : runs) {
-    auto x = open_extent(run.extent);
-    if (!x) return tl::unexpected(x.error());
-    CRU_TRY((*x)->discard(run.first, run.count));
+    CRU_TRY_ASSIGN(Extent * x, open_extent(run.extent));
+    CRU_TRY(x->discard(run.first, run.count));
   }
   return {};
 }
@@ -307,18 +298,16 @@ bool Region::is_open(ExtentId e) const {
 }
 
 Result<proto::ExtentVersion> Region::close_extent(ExtentId e) {
-  auto x = open_extent(e);
-  if (!x) return tl::unexpected(x.error());
-  proto::ExtentVersion v = (*x)->version();
+  CRU_TRY_ASSIGN(Extent * x, open_extent(e));
+  proto::ExtentVersion v = x->version();
   closed_versions_[e.value] = v;
   extents_[e.value].reset();
   return v;
 }
 
 Status Region::flush_extent(ExtentId e, FlushNumber flush, Generation generation) {
-  auto x = open_extent(e);
-  if (!x) return tl::unexpected(x.error());
-  return (*x)->flush(flush, generation);
+  CRU_TRY_ASSIGN(Extent * x, open_extent(e));
+  return x->flush(flush, generation);
 }
 
 Status Region::reopen_extent(ExtentId e) {
@@ -327,9 +316,8 @@ Status Region::reopen_extent(ExtentId e) {
     return fail(ErrorCode::kInvalidArgument, fmt::format("extent {} is already open", e));
   if (repairing_.contains(e))
     return fail(ErrorCode::kBusy, fmt::format("extent {} is still being repaired", e));
-  auto x = Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted);
-  if (!x) return tl::unexpected(x.error());
-  extents_[e.value] = std::move(*x);
+  CRU_TRY_ASSIGN(extents_[e.value],
+                 Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted));
   ++epochs_[e.value];
   return {};
 }
@@ -341,12 +329,11 @@ Status Region::reopen_all() {
 }
 
 Result<std::vector<BlockReport>> Region::inspect(ExtentId e, uint64_t first, uint64_t count) {
-  auto x = open_extent(e);
-  if (!x) return tl::unexpected(x.error());
+  CRU_TRY_ASSIGN(Extent * x, open_extent(e));
   if (first + count > def().extent_size)
     return fail(ErrorCode::kOffsetInvalid,
                 fmt::format("blocks [{}, {}) are outside extent {}", first, first + count, e));
-  return (*x)->inspect(first, count);
+  return x->inspect(first, count);
 }
 
 // ---- repair ----------------------------------------------------------------------------------
@@ -374,11 +361,9 @@ Result<std::unique_ptr<RepairStaging>> Region::begin_repair(ExtentId e) {
     return fail(ErrorCode::kBusy, fmt::format("extent {} is already being repaired", e));
   std::string path = Extent::staging_path(extent_path(e));
   CRU_TRY(fs_.remove(path));
-  auto f = fs_.open(path, OpenMode::kCreateExclusive);
-  if (!f) return tl::unexpected(f.error());
+  CRU_TRY_ASSIGN(auto f, fs_.open(path, OpenMode::kCreateExclusive));
   repairing_.insert(e);
-  return std::unique_ptr<RepairStaging>(
-      new RepairStaging(*this, e, std::move(*f), std::move(path)));
+  return std::unique_ptr<RepairStaging>(new RepairStaging(*this, e, std::move(f), std::move(path)));
 }
 
 RepairStaging::RepairStaging(Region& region, ExtentId extent, std::unique_ptr<File> file,

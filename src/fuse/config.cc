@@ -32,64 +32,57 @@ class Reader {
  public:
   explicit Reader(std::string_view source) : source_(source) {}
 
-  Error error(const std::string& key, const std::string& why) const {
-    return Error{ErrorCode::kInvalidArgument, fmt::format("{}: {}: {}", source_, key, why)};
+  tl::unexpected<Error> fail(const std::string& key, const std::string& why) const {
+    return cru::fail(ErrorCode::kInvalidArgument, fmt::format("{}: {}: {}", source_, key, why));
   }
 
   // A mapping whose keys must all be in `allowed`.
   Status map(const YAML::Node& n, const std::string& key,
              std::initializer_list<std::string_view> allowed) const {
-    if (!n.IsMap())
-      return tl::unexpected(error(key.empty() ? "(top level)" : key, "expected a mapping of keys"));
+    if (!n.IsMap()) return fail(key.empty() ? "(top level)" : key, "expected a mapping of keys");
     std::set<std::string_view> ok(allowed);
     for (const auto& kv : n) {
-      if (!kv.first.IsScalar()) return tl::unexpected(error(key, "keys must be plain names"));
+      if (!kv.first.IsScalar()) return fail(key, "keys must be plain names");
       const std::string& k = kv.first.Scalar();
       if (!ok.contains(k)) {
         std::string names;
         for (auto a : allowed) names += fmt::format("{}{}", names.empty() ? "" : ", ", a);
-        return tl::unexpected(
-            error(join(key, k), fmt::format("unknown key (expected one of: {})", names)));
+        return fail(join(key, k), fmt::format("unknown key (expected one of: {})", names));
       }
     }
     return {};
   }
 
   Result<std::string> scalar(const YAML::Node& n, const std::string& key) const {
-    if (!n.IsScalar()) return tl::unexpected(error(key, "expected a single value"));
+    if (!n.IsScalar()) return fail(key, "expected a single value");
     return n.Scalar();
   }
 
   Result<bool> boolean(const YAML::Node& n, const std::string& key) const {
-    auto s = scalar(n, key);
-    if (!s) return tl::unexpected(s.error());
-    if (*s == "true") return true;
-    if (*s == "false") return false;
-    return tl::unexpected(error(key, fmt::format("'{}' is not true or false", *s)));
+    CRU_TRY_ASSIGN(auto s, scalar(n, key));
+    if (s == "true") return true;
+    if (s == "false") return false;
+    return fail(key, fmt::format("'{}' is not true or false", s));
   }
 
   Result<uint64_t> integer(const YAML::Node& n, const std::string& key, uint64_t min,
                            uint64_t max) const {
-    auto s = scalar(n, key);
-    if (!s) return tl::unexpected(s.error());
+    CRU_TRY_ASSIGN(auto s, scalar(n, key));
     uint64_t v = 0;
-    auto [end, ec] = std::from_chars(s->data(), s->data() + s->size(), v);
-    if (s->empty() || ec != std::errc{} || end != s->data() + s->size())
-      return tl::unexpected(error(key, fmt::format("'{}' is not a whole number", *s)));
-    if (v < min || v > max)
-      return tl::unexpected(error(key, fmt::format("{} is not in {}..{}", v, min, max)));
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc{} || end != s.data() + s.size())
+      return fail(key, fmt::format("'{}' is not a whole number", s));
+    if (v < min || v > max) return fail(key, fmt::format("{} is not in {}..{}", v, min, max));
     return v;
   }
 
   Result<uint64_t> size(const YAML::Node& n, const std::string& key, uint64_t min,
                         uint64_t max) const {
-    auto s = scalar(n, key);
-    if (!s) return tl::unexpected(s.error());
-    auto v = parse_size(*s);
-    if (!v) return tl::unexpected(error(key, v.error().message));
+    CRU_TRY_ASSIGN(auto s, scalar(n, key));
+    auto v = parse_size(s);
+    if (!v) return fail(key, v.error().message);
     if (*v < min || *v > max)
-      return tl::unexpected(
-          error(key, fmt::format("{} is not in {}..{}", *s, format_size(min), format_size(max))));
+      return fail(key, fmt::format("{} is not in {}..{}", s, format_size(min), format_size(max)));
     return *v;
   }
 
@@ -106,67 +99,55 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
                 {"targets", "generation", "read_only", "key", "activate_timeout_ms",
                  "flush_timeout_ms", "limits"}));
   const YAML::Node t = v["targets"];
-  if (!t) return tl::unexpected(r.error("volume.targets", "missing (three host:port addresses)"));
+  if (!t) return r.fail("volume.targets", "missing (three host:port addresses)");
   if (!t.IsSequence() || t.size() != kClientCount)
-    return tl::unexpected(
-        r.error("volume.targets", fmt::format("expected exactly {} host:port addresses, got {}",
-                                              kClientCount, t.IsSequence() ? t.size() : 1)));
+    return r.fail("volume.targets", fmt::format("expected exactly {} host:port addresses, got {}",
+                                                kClientCount, t.IsSequence() ? t.size() : 1));
   std::set<std::string> seen;
   for (size_t i = 0; i < kClientCount; ++i) {
     std::string key = fmt::format("volume.targets[{}]", i);
-    auto s = r.scalar(t[i], key);
-    if (!s) return tl::unexpected(s.error());
-    if (auto a = parse_address(*s); !a) return tl::unexpected(r.error(key, a.error().message));
-    if (!seen.insert(*s).second)
-      return tl::unexpected(r.error(key, fmt::format("'{}' is listed twice", *s)));
-    c.targets[i] = *s;
+    CRU_TRY_ASSIGN(auto s, r.scalar(t[i], key));
+    if (auto a = parse_address(s); !a) return r.fail(key, a.error().message);
+    if (!seen.insert(s).second) return r.fail(key, fmt::format("'{}' is listed twice", s));
+    c.targets[i] = s;
   }
   if (const auto g = v["generation"]) {
-    auto s = r.scalar(g, "volume.generation");
-    if (!s) return tl::unexpected(s.error());
-    if (*s == "auto") {
+    CRU_TRY_ASSIGN(auto s, r.scalar(g, "volume.generation"));
+    if (s == "auto") {
       c.generation.reset();
     } else {
       auto n = r.integer(g, "volume.generation", 1, UINT64_MAX);
       if (!n)
-        return tl::unexpected(
-            r.error("volume.generation", fmt::format("'{}' is not auto or a number >= 1", *s)));
+        return r.fail("volume.generation", fmt::format("'{}' is not auto or a number >= 1", s));
       c.generation = Generation{*n};
     }
   }
   if (const auto ro = v["read_only"]) {
-    auto b = r.boolean(ro, "volume.read_only");
-    if (!b) return tl::unexpected(b.error());
-    c.read_only = *b;
+    CRU_TRY_ASSIGN(c.read_only, r.boolean(ro, "volume.read_only"));
   }
   if (const auto k = v["key"]) {
-    auto s = r.scalar(k, "volume.key");
-    if (!s) return tl::unexpected(s.error());
-    auto key = upstairs::parse_key(*s);
-    if (!key) return tl::unexpected(r.error("volume.key", key.error().message));
+    CRU_TRY_ASSIGN(auto s, r.scalar(k, "volume.key"));
+    auto key = upstairs::parse_key(s);
+    if (!key) return r.fail("volume.key", key.error().message);
     c.key = *key;
   }
   if (const auto a = v["activate_timeout_ms"]) {
-    auto n = r.integer(a, "volume.activate_timeout_ms", 100, kMaxTimeoutMs);
-    if (!n) return tl::unexpected(n.error());
-    c.activate_timeout = std::chrono::milliseconds(*n);
+    CRU_TRY_ASSIGN(auto n, r.integer(a, "volume.activate_timeout_ms", 100, kMaxTimeoutMs));
+    c.activate_timeout = std::chrono::milliseconds(n);
   }
   if (const auto f = v["flush_timeout_ms"]) {
-    auto n = r.integer(f, "volume.flush_timeout_ms", 1, kMaxTimeoutMs);
-    if (!n) return tl::unexpected(n.error());
-    c.limits.flush_timeout = std::chrono::milliseconds(*n);
+    CRU_TRY_ASSIGN(auto n, r.integer(f, "volume.flush_timeout_ms", 1, kMaxTimeoutMs));
+    c.limits.flush_timeout = std::chrono::milliseconds(n);
   }
   if (const auto l = v["limits"]) {
     CRU_TRY(r.map(l, "volume.limits", {"jobs_in_flight", "bytes_in_flight"}));
     if (const auto j = l["jobs_in_flight"]) {
-      auto n = r.integer(j, "volume.limits.jobs_in_flight", 16, kMaxJobsInFlight);
-      if (!n) return tl::unexpected(n.error());
-      c.limits.jobs_in_flight_max = *n;
+      CRU_TRY_ASSIGN(c.limits.jobs_in_flight_max,
+                     r.integer(j, "volume.limits.jobs_in_flight", 16, kMaxJobsInFlight));
     }
     if (const auto b = l["bytes_in_flight"]) {
-      auto n = r.size(b, "volume.limits.bytes_in_flight", kMinBytesInFlight, kMaxBytesInFlight);
-      if (!n) return tl::unexpected(n.error());
-      c.limits.bytes_in_flight_max = *n;
+      CRU_TRY_ASSIGN(c.limits.bytes_in_flight_max, r.size(b, "volume.limits.bytes_in_flight",
+                                                          kMinBytesInFlight, kMaxBytesInFlight));
     }
     // A lagging downstairs is faulted at 2/3 of the admission limits, so the guest never
     // waits on it (as the defaults: 1000 of 1500 jobs, 50 of 75 MiB).
@@ -177,48 +158,40 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
 }
 
 Status parse_top(const Reader& r, const YAML::Node& root, Config& c) {
-  if (!root || root.IsNull()) return tl::unexpected(r.error("(top level)", "the file is empty"));
+  if (!root || root.IsNull()) return r.fail("(top level)", "the file is empty");
   CRU_TRY(r.map(root, "", {"volume", "mount", "log", "control"}));
   const YAML::Node v = root["volume"];
-  if (!v) return tl::unexpected(r.error("volume", "missing (it lists the three targets)"));
+  if (!v) return r.fail("volume", "missing (it lists the three targets)");
   CRU_TRY(parse_volume(r, v, c));
   if (const auto m = root["mount"]) {
     CRU_TRY(r.map(m, "mount", {"path", "allow_other"}));
     if (const auto p = m["path"]) {
-      auto s = r.scalar(p, "mount.path");
-      if (!s) return tl::unexpected(s.error());
-      if (s->empty()) return tl::unexpected(r.error("mount.path", "empty"));
-      c.mount_path = *s;
+      CRU_TRY_ASSIGN(auto s, r.scalar(p, "mount.path"));
+      if (s.empty()) return r.fail("mount.path", "empty");
+      c.mount_path = s;
     }
     if (const auto a = m["allow_other"]) {
-      auto b = r.boolean(a, "mount.allow_other");
-      if (!b) return tl::unexpected(b.error());
-      c.allow_other = *b;
+      CRU_TRY_ASSIGN(c.allow_other, r.boolean(a, "mount.allow_other"));
     }
   }
   if (const auto l = root["log"]) {
     CRU_TRY(r.map(l, "log", {"level", "file"}));
     if (const auto lv = l["level"]) {
-      auto s = r.scalar(lv, "log.level");
-      if (!s) return tl::unexpected(s.error());
-      if (!log::valid_level(*s))
-        return tl::unexpected(r.error(
+      CRU_TRY_ASSIGN(auto s, r.scalar(lv, "log.level"));
+      if (!log::valid_level(s))
+        return r.fail(
             "log.level",
-            fmt::format("'{}' is not one of trace, debug, info, warn, error, critical, off", *s)));
-      c.log_level = *s;
+            fmt::format("'{}' is not one of trace, debug, info, warn, error, critical, off", s));
+      c.log_level = s;
     }
     if (const auto f = l["file"]) {
-      auto s = r.scalar(f, "log.file");
-      if (!s) return tl::unexpected(s.error());
-      c.log_file = *s;
+      CRU_TRY_ASSIGN(c.log_file, r.scalar(f, "log.file"));
     }
   }
   if (const auto ctl = root["control"]) {
     CRU_TRY(r.map(ctl, "control", {"socket"}));
     if (const auto s = ctl["socket"]) {
-      auto p = r.scalar(s, "control.socket");
-      if (!p) return tl::unexpected(p.error());
-      c.control_socket = *p;
+      CRU_TRY_ASSIGN(c.control_socket, r.scalar(s, "control.socket"));
     }
   }
   return {};

@@ -37,11 +37,10 @@ Result<sockaddr_un> unix_address(const std::string& path) {
 }
 
 Result<int> connect_to(const std::string& path) {
-  auto a = unix_address(path);
-  if (!a) return tl::unexpected(a.error());
+  CRU_TRY_ASSIGN(sockaddr_un a, unix_address(path));
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return fail(ErrorCode::kIo, fmt::format("socket: {}", std::strerror(errno)));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&*a), sizeof *a) != 0) {
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     int err = errno;
     ::close(fd);
     return fail(
@@ -67,8 +66,7 @@ ControlServer::~ControlServer() { stop(); }
 
 Status ControlServer::start(const std::string& path, Handler handler) {
   CRU_ASSERT(listen_fd_ < 0);
-  auto a = unix_address(path);
-  if (!a) return tl::unexpected(a.error());
+  CRU_TRY_ASSIGN(sockaddr_un a, unix_address(path));
   if (auto probe = connect_to(path); probe) {
     ::close(*probe);
     return fail(ErrorCode::kAlreadyExists,
@@ -77,7 +75,7 @@ Status ControlServer::start(const std::string& path, Handler handler) {
   ::unlink(path.c_str());  // stale: its server is gone
   listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) return fail(ErrorCode::kIo, fmt::format("socket: {}", std::strerror(errno)));
-  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&*a), sizeof *a) != 0 ||
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
       ::listen(listen_fd_, 8) != 0) {
     int err = errno;
     ::close(listen_fd_);
@@ -147,18 +145,17 @@ void ControlServer::handle(int fd) {
 }
 
 Result<std::string> control_request(const std::string& path, const std::string& request) {
-  auto fd = connect_to(path);
-  if (!fd) return tl::unexpected(fd.error());
+  CRU_TRY_ASSIGN(const int fd, connect_to(path));
   std::string reply;
-  bool sent = write_all(*fd, request + "\n");
+  bool sent = write_all(fd, request + "\n");
   char buf[4096];
   while (sent && reply.size() < kMaxReplyBytes) {
-    ssize_t n = ::recv(*fd, buf, sizeof buf, 0);
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     reply.append(buf, static_cast<size_t>(n));
   }
-  ::close(*fd);
+  ::close(fd);
   if (!sent || reply.empty())
     return fail(ErrorCode::kIo, fmt::format("control socket {}: no reply", path));
   return reply;

@@ -46,7 +46,7 @@ void Disk::write(uint64_t offset, std::span<const std::byte> data, DoneFn done) 
   if (offset % block_size_ == 0 && data.size() % block_size_ == 0) {
     volume_.write(BlockIndex{first}, data, [this, token, done = std::move(done)](Status s) {
       locks_.unlock(token);
-      done(s);
+      done(std::move(s));
     });
     return;
   }
@@ -59,10 +59,9 @@ void Disk::write(uint64_t offset, std::span<const std::byte> data, DoneFn done) 
 Status Disk::write_partial(uint64_t offset, std::span<const std::byte> data) {
   const uint64_t first = offset / block_size_;
   const uint64_t end = (offset + data.size() + block_size_ - 1) / block_size_;
-  auto old = volume_.read_sync(BlockIndex{first}, end - first);
-  if (!old) return tl::unexpected(old.error());
-  ByteBuffer merged(old->size());
-  std::memcpy(merged.data(), old->data(), old->size());
+  CRU_TRY_ASSIGN(const Bytes old, volume_.read_sync(BlockIndex{first}, end - first));
+  ByteBuffer merged(old.size());
+  std::memcpy(merged.data(), old.data(), old.size());
   std::memcpy(merged.data() + (offset - first * block_size_), data.data(), data.size());
   return volume_.write_sync(BlockIndex{first}, merged.span());
 }
@@ -96,7 +95,7 @@ Status Disk::zero_range(uint64_t offset, uint64_t len) {
 
 void Disk::flush(DoneFn done) {
   dirty_.store(false, std::memory_order_release);
-  volume_.flush([this, done = std::move(done)](Status s) {
+  volume_.flush([this, done = std::move(done)](const Status& s) {
     if (!s) dirty_.store(true, std::memory_order_release);  // the next close tries again
     done(s);
   });

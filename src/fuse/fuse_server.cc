@@ -198,11 +198,11 @@ struct FuseServer::Impl {
   static void flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
     FuseServer& s = self(req);
     if (!s.disk_.dirty()) return static_cast<void>(fuse_reply_err(req, 0));
-    s.disk_.flush([req](Status st) { reply_flush(req, "flush on close", st); });
+    s.disk_.flush([req](Status st) { reply_flush(req, "flush on close", std::move(st)); });
   }
 
   static void fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
-    self(req).disk_.flush([req](Status st) { reply_flush(req, "fsync", st); });
+    self(req).disk_.flush([req](Status st) { reply_flush(req, "fsync", std::move(st)); });
   }
 
   static void fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,

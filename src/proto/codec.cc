@@ -440,9 +440,8 @@ Result<FrameHeader> parse_header(std::span<const std::byte, kFrameHeaderBytes> b
   if (h.meta_bytes > kMaxMetaBytes)
     return fail(ErrorCode::kProtocol, fmt::format("metadata length {} exceeds the limit {}",
                                                   h.meta_bytes, kMaxMetaBytes));
-  auto probe = make_for_tag(h.tag);
-  if (!probe) return tl::unexpected(probe.error());
-  if (!tag_has_data(*probe) && h.data_bytes() != 0)
+  CRU_TRY_ASSIGN(const Message probe, make_for_tag(h.tag));
+  if (!tag_has_data(probe) && h.data_bytes() != 0)
     return fail(ErrorCode::kProtocol,
                 fmt::format("{}: {} trailing bytes after the message",
                             tag_name(static_cast<Tag>(h.tag)), h.data_bytes()));
@@ -467,7 +466,7 @@ Result<Message> decode(const FrameHeader& header, std::span<const std::byte> met
         return {};
       },
       *msg);
-  if (!s) return tl::unexpected(s.error());
+  CRU_TRY(s);
   CRU_TRY(validate_impl(*msg));
   return msg;
 }
@@ -477,16 +476,15 @@ Result<Message> decode_frame(std::span<const std::byte> frame) {
     return fail(ErrorCode::kProtocol,
                 fmt::format("truncated frame: {} bytes, the header alone is {}", frame.size(),
                             kFrameHeaderBytes));
-  auto h = parse_header(frame.first<kFrameHeaderBytes>());
-  if (!h) return tl::unexpected(h.error());
-  if (frame.size() != h->frame_bytes)
+  CRU_TRY_ASSIGN(const FrameHeader h, parse_header(frame.first<kFrameHeaderBytes>()));
+  if (frame.size() != h.frame_bytes)
     return fail(ErrorCode::kProtocol,
                 fmt::format("{} frame: header says {} bytes, buffer holds {}",
-                            frame.size() < h->frame_bytes ? "truncated" : "oversized",
-                            h->frame_bytes, frame.size()));
-  auto meta = frame.subspan(kFrameHeaderBytes, h->meta_bytes);
-  auto data = Bytes::copy_of(frame.subspan(kFrameHeaderBytes + h->meta_bytes));
-  return decode(*h, meta, std::move(data));
+                            frame.size() < h.frame_bytes ? "truncated" : "oversized", h.frame_bytes,
+                            frame.size()));
+  auto meta = frame.subspan(kFrameHeaderBytes, h.meta_bytes);
+  auto data = Bytes::copy_of(frame.subspan(kFrameHeaderBytes + h.meta_bytes));
+  return decode(h, meta, std::move(data));
 }
 
 Status validate(const Message& m) { return validate_impl(m); }

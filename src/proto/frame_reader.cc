@@ -30,9 +30,7 @@ Result<FrameReader::FeedResult> FrameReader::feed(std::span<const std::byte> in)
         break;
     }
     out.consumed += n;
-    auto m = advance();
-    if (!m) return tl::unexpected(m.error());
-    out.message = std::move(*m);
+    CRU_TRY_ASSIGN(out.message, advance());
   }
   return out;
 }

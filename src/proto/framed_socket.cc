@@ -5,17 +5,19 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
+#include "common/units.h"
+
 namespace cru::proto {
 
 namespace {
 // Small frames are read through a staging buffer (one syscall for many frames); bulk
 // data larger than this goes straight into its final buffer.
-constexpr size_t kStagingBytes = 256 * 1024;
-constexpr size_t kDirectReadMinBytes = 64 * 1024;
+constexpr size_t kStagingBytes = 256 * kKiB;
+constexpr size_t kDirectReadMinBytes = 64 * kKiB;
 // One gather write takes at most this many frames / bytes (IOV_MAX is 1024 and each
 // frame takes up to two iovecs).
 constexpr size_t kMaxBatchFrames = 256;
-constexpr size_t kMaxBatchBytes = 8 * 1024 * 1024;
+constexpr size_t kMaxBatchBytes = 8 * kMiB;
 }  // namespace
 
 FrameSource::FrameSource(asio::ip::tcp::socket& socket)

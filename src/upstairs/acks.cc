@@ -14,7 +14,7 @@ namespace cru::upstairs {
 using namespace cru::proto;
 
 void Upstairs::guest_done(GuestId id, Status status, ReadData read) {
-  actions_.push_back(GuestDone{id, std::move(status), std::move(read)});
+  actions_.emplace_back(GuestDone{id, std::move(status), std::move(read)});
 }
 
 void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply) {

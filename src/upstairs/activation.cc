@@ -42,7 +42,7 @@ void Upstairs::connect_due() {
     move(c, DsEvent::kConnectDue, DsState::kConnecting);
     cl.connect_started = now_;
     ++cl.connects;
-    actions_.push_back(ConnectTo{c, cl.conn, cl.target});
+    actions_.emplace_back(ConnectTo{c, cl.conn, cl.target});
   }
 }
 
@@ -51,10 +51,9 @@ void Upstairs::on_connected(ClientId c) {
   if (cl.ds != DsState::kConnecting) return;
   move(c, DsEvent::kConnected, DsState::kWaitYesItsMe);
   cl.last_heard = cl.last_ping = now_;
-  actions_.push_back(SendTo{
-      c, cl.conn,
-      HereIAm{kProtocolVersion, config_.upstairs_id, config_.session_id,
-              requested_generation_.value_or(generation_), config_.read_only, config_.encrypted}});
+  send(c,
+       HereIAm{kProtocolVersion, config_.upstairs_id, config_.session_id,
+               requested_generation_.value_or(generation_), config_.read_only, config_.encrypted});
 }
 
 void Upstairs::on_message(ClientId c, Message& m) {
@@ -62,7 +61,7 @@ void Upstairs::on_message(ClientId c, Message& m) {
   cl.last_heard = now_;
   if (std::holds_alternative<Imok>(m)) return;
   if (std::holds_alternative<Ruok>(m)) {
-    actions_.push_back(SendTo{c, cl.conn, Imok{}});
+    send(c, Imok{});
     return;
   }
   if (auto* gone = std::get_if<YouAreNoLongerActive>(&m)) {
@@ -182,8 +181,7 @@ void Upstairs::on_yes_its_me(ClientId c, const YesItsMe& y) {
     return promote_all_if_ready();
   }
   move(c, DsEvent::kYesItsMe, DsState::kWaitActive);
-  actions_.push_back(
-      SendTo{c, cl.conn, PromoteToActive{config_.upstairs_id, config_.session_id, generation_}});
+  send(c, PromoteToActive{config_.upstairs_id, config_.session_id, generation_});
 }
 
 void Upstairs::on_now_active(ClientId c, const YouAreNowActive& a) {
@@ -192,7 +190,7 @@ void Upstairs::on_now_active(ClientId c, const YouAreNowActive& a) {
     return refuse(c, ErrorCode::kUuidMismatch,
                   "YouAreNowActive does not echo our ids and generation");
   move(c, DsEvent::kNowActive, DsState::kWaitRegionInfo);
-  actions_.push_back(SendTo{c, clients_[c].conn, RegionInfoPlease{}});
+  send(c, RegionInfoPlease{});
 }
 
 void Upstairs::on_region_info(ClientId c, const RegionDefinition& d) {
@@ -216,7 +214,7 @@ void Upstairs::on_region_info(ClientId c, const RegionDefinition& d) {
   cl.region_uuid = d.uuid;
   if (cl.mode == DsMode::kOffline && state_ != VolumeState::kActivating) return replay(c);
   move(c, DsEvent::kRegionInfo, DsState::kWaitVersions);
-  actions_.push_back(SendTo{c, cl.conn, ExtentVersionsPlease{}});
+  send(c, ExtentVersionsPlease{});
 }
 
 void Upstairs::on_versions(ClientId c, std::vector<ExtentVersion> versions) {
@@ -243,9 +241,7 @@ void Upstairs::promote_all_if_ready() {
   }
   for (ClientId c : kAllClients) {
     move(c, DsEvent::kPromote, DsState::kWaitActive);
-    actions_.push_back(
-        SendTo{c, clients_[c].conn,
-               PromoteToActive{config_.upstairs_id, config_.session_id, generation_}});
+    send(c, PromoteToActive{config_.upstairs_id, config_.session_id, generation_});
   }
 }
 
@@ -315,7 +311,7 @@ void Upstairs::finish_activation() {
 // Back from Offline: it is told its last completed flush and sent every job after it.
 void Upstairs::replay(ClientId c) {
   Client& cl = clients_[c];
-  actions_.push_back(SendTo{c, cl.conn, LastFlush{cl.last_flush}});
+  send(c, LastFlush{cl.last_flush});
   go_active(c, DsEvent::kRegionInfo);
   ++cl.replays;
   uint64_t n = 0;

@@ -483,7 +483,7 @@ Message Upstairs::job_message(ClientId c, const Job& job) const {
 
 void Upstairs::send_job(ClientId c, Job& job) {
   set_io(job, c, Io::kSent);
-  actions_.push_back(SendTo{c, clients_[c].conn, job_message(c, job)});
+  send(c, job_message(c, job));
 }
 
 JobId Upstairs::submit_flush(std::optional<GuestId> guest) {

@@ -74,7 +74,7 @@ void Upstairs::on_disconnected(ClientId c, const std::string& reason) {
 void Upstairs::lose_connection(ClientId c, const std::string& reason, bool emit, bool counted) {
   Client& cl = clients_[c];
   const DsState prev = cl.ds;
-  if (cl.conn != ConnId{} && emit) actions_.push_back(Disconnect{c, cl.conn, reason});
+  if (cl.conn != ConnId{} && emit) actions_.emplace_back(Disconnect{c, cl.conn, reason});
   cl.conn = ConnId{};
   if (prev == DsState::kIdle) return;
   const bool wanted = state_ == VolumeState::kActivating || state_ == VolumeState::kActive ||
@@ -175,7 +175,7 @@ void Upstairs::check_liveness(ClientId c) {
   }
   if (now_ >= cl.last_ping + l.ping_interval) {
     cl.last_ping = now_;
-    actions_.push_back(SendTo{c, cl.conn, Ruok{}});
+    send(c, Ruok{});
   }
 }
 

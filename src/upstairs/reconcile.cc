@@ -36,24 +36,24 @@ void Upstairs::reconcile_step() {
   const ExtentMend& m = r.plan[r.index];
   r.id = r.id.next();
   r.waiting.clear();
-  auto send = [&](ClientId c, Message msg) {
+  auto ask = [&](ClientId c, Message msg) {
     r.waiting.push_back(c);
-    actions_.push_back(SendTo{c, clients_[c].conn, std::move(msg)});
+    send(c, std::move(msg));
   };
   switch (r.step) {
     case Reconcile::Step::kFlush:
-      send(m.source, ExtentFlush{r.id, m.extent, m.source, next_flush_, generation_});
+      ask(m.source, ExtentFlush{r.id, m.extent, m.source, next_flush_, generation_});
       next_flush_ = next_flush_.next();
       break;
     case Reconcile::Step::kClose:
-      for (ClientId c : kAllClients) send(c, ExtentClose{r.id, m.extent});
+      for (ClientId c : kAllClients) ask(c, ExtentClose{r.id, m.extent});
       break;
     case Reconcile::Step::kRepair:
       for (ClientId d : m.dests)
-        send(d, ExtentRepair{r.id, m.extent, m.source, clients_[m.source].target, m.dests});
+        ask(d, ExtentRepair{r.id, m.extent, m.source, clients_[m.source].target, m.dests});
       break;
     case Reconcile::Step::kReopen:
-      for (ClientId c : kAllClients) send(c, ExtentReopen{r.id, m.extent});
+      for (ClientId c : kAllClients) ask(c, ExtentReopen{r.id, m.extent});
       break;
   }
 }
@@ -99,7 +99,8 @@ void Upstairs::abort_reconcile(const std::string& why) {
   for (ClientId c : kAllClients) {
     Client& cl = clients_[c];
     if (cl.ds == DsState::kIdle) continue;
-    if (cl.conn != ConnId{}) actions_.push_back(Disconnect{c, cl.conn, "reconciliation aborted"});
+    if (cl.conn != ConnId{})
+      actions_.emplace_back(Disconnect{c, cl.conn, "reconciliation aborted"});
     cl.conn = ConnId{};
     move(c, DsEvent::kLost, DsState::kDisconnected);
     cl.next_connect = now_ + cl.backoff;

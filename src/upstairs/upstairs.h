@@ -243,6 +243,10 @@ class Upstairs {
   bool takes_io(ClientId c) const;
   int io_takers() const;  // how many downstairs count toward the write quorum
   std::string describe(ClientId c) const;
+  // Queues `m` for c's current connection.
+  void send(ClientId c, proto::Message m) {
+    actions_.emplace_back(SendTo{c, clients_[c].conn, std::move(m)});
+  }
 
   // ---- admission.cc
   void on_guest(GuestSubmit g);

@@ -99,8 +99,10 @@ void workload_rand(Volume& v, std::mt19937_64& rng, uint64_t count) {
       auto data = random_bytes(rng, n * bs);
       check(v.write_sync(BlockIndex{start}, data),
             fmt::format("write of [{}, {})", start, start + n));
-      for (uint64_t b = 0; b < n; ++b)
-        model[start + b].assign(data.begin() + b * bs, data.begin() + (b + 1) * bs);
+      for (uint64_t b = 0; b < n; ++b) {
+        auto block = std::span(data).subspan(b * bs, bs);
+        model[start + b].assign(block.begin(), block.end());
+      }
       ++writes;
     } else if (kind < 9) {
       auto r = v.read_sync(BlockIndex{start}, n);
@@ -140,6 +142,7 @@ void run_pipelined(uint64_t total_ios, int depth, Submit submit) {
   // arrive while a submission runs unlocked must not be missed (the last ones finishing
   // then would leave this waiting forever).
   std::unique_lock lock(mu);
+  // NOLINTNEXTLINE(bugprone-infinite-loop): on_done advances `finished` from the io thread.
   while (finished < total_ios) {
     if (issued < total_ios && issued - finished < static_cast<uint64_t>(depth) && error.empty()) {
       uint64_t i = issued++;

@@ -150,7 +150,7 @@ Result<std::string> call(const std::string& dir, const Request& r,
   asio::io_context io;
   std::optional<Result<std::string>> result;
   asio::co_spawn(io, exchange(*path, format_request(r)),
-                 [&result](std::exception_ptr e, Result<std::string> reply) {
+                 [&result](const std::exception_ptr& e, Result<std::string> reply) {
                    if (e) {
                      try {
                        std::rethrow_exception(e);

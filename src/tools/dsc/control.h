@@ -12,13 +12,14 @@
 #include <string_view>
 
 #include "common/result.h"
+#include "common/units.h"
 
 namespace cru::dsc {
 
 // The longest request is "restart 4294967295"; anything longer is junk.
 inline constexpr size_t kMaxRequestBytes = 64;
 // A status of every downstairs fits many times over.
-inline constexpr size_t kMaxReplyBytes = 64 * 1024;
+inline constexpr size_t kMaxReplyBytes = 64 * kKiB;
 // Longer than the slowest command (restart: a stop that ends in SIGKILL, then a start).
 inline constexpr std::chrono::seconds kCallTimeout{90};
 

@@ -108,6 +108,7 @@ Result<std::vector<std::string>> find_regions(const std::string& dir) {
 // Runs a command with our stdout and stderr; its exit code, or -1 if it did not exit.
 int run_to_completion(std::vector<std::string> args) {
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   pid_t pid = -1;
@@ -145,7 +146,7 @@ int cmd_create(const CreateArgs& a) {
   if (a.extent_count)
     geometry.insert(geometry.end(), {"--extent-count", std::to_string(*a.extent_count)});
   if (!a.size.empty()) geometry.insert(geometry.end(), {"--size", a.size});
-  if (a.encrypted) geometry.push_back("--encrypted");
+  if (a.encrypted) geometry.emplace_back("--encrypted");
   for (uint32_t i = 0; i < a.count; ++i) {
     std::vector<std::string> args = {
         *bin, "create", "-u", Uuid::random().to_string(), "-d", region_dir(a.dir, i)};

@@ -251,6 +251,7 @@ class Supervisor {
         options_.downstairs_bin, "run", "-d", d.region, "-p", std::to_string(d.port), "-a",
         options_.address};
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     std::array<int, 2> out{-1, -1};
