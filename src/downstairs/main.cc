@@ -25,11 +25,12 @@ int fail_with(const Error& e) {
 }
 
 // Every extent is an open file; make sure the process may hold them all.
+// Descriptors beyond the extents: connections, repair transfers, logs and the like.
+constexpr rlim_t kSpareFileDescriptors = 256;
 Status raise_file_limit(uint32_t extents) {
   rlimit lim{};
   if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return {};
-  // Extents, plus connections, repair transfers and the usual descriptors.
-  rlim_t want = static_cast<rlim_t>(extents) + 256;
+  rlim_t want = static_cast<rlim_t>(extents) + kSpareFileDescriptors;
   if (lim.rlim_cur >= want) return {};
   lim.rlim_cur = std::min(want, lim.rlim_max);
   setrlimit(RLIMIT_NOFILE, &lim);

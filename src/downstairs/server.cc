@@ -19,6 +19,9 @@ using proto::FramedConnection;
 namespace {
 // How long a lossy (fault-injecting) downstairs holds deferred jobs.
 constexpr std::chrono::milliseconds kLossyDelay{5};
+// After a failed accept (EMFILE and friends) the listener waits this long: the condition
+// rarely clears at once, and retrying at full speed would spin the io thread.
+constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
 }  // namespace
 
 Server::Server(asio::io_context& io, Core& core, const tcp::endpoint& listen, ServerOptions options)
@@ -54,7 +57,7 @@ asio::awaitable<void> Server::accept_loop(std::shared_ptr<const bool> open) {
       if (ec == asio::error::operation_aborted) co_return;
       // EMFILE and friends: log, back off briefly, keep serving the others.
       log::warn("accept failed: {}", ec.message());
-      asio::steady_timer t(io_, std::chrono::milliseconds(100));
+      asio::steady_timer t(io_, kAcceptRetryDelay);
       co_await t.async_wait(asio::use_awaitable);
       if (!*open) co_return;
       continue;

@@ -24,6 +24,10 @@ constexpr uint64_t kMaxConfigBytes = 1 * kMiB;
 // Bounds that keep a typo from making a volume unusable.
 constexpr uint64_t kMaxTimeoutMs = 24ull * 3600 * 1000;
 constexpr uint64_t kMaxJobsInFlight = 1'000'000;
+// Below these the volume cannot work: activation needs round trips to three downstairs,
+// and admission must let a flush, a barrier and some IO be in flight together.
+constexpr uint64_t kMinActivateTimeoutMs = 100;
+constexpr uint64_t kMinJobsInFlight = 16;
 constexpr uint64_t kMinBytesInFlight = 2 * kMiB;  // two 1 MiB jobs
 constexpr uint64_t kMaxBytesInFlight = 16 * kGiB;
 
@@ -132,7 +136,8 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
     c.key = *key;
   }
   if (const auto a = v["activate_timeout_ms"]) {
-    CRU_TRY_ASSIGN(auto n, r.integer(a, "volume.activate_timeout_ms", 100, kMaxTimeoutMs));
+    CRU_TRY_ASSIGN(
+        auto n, r.integer(a, "volume.activate_timeout_ms", kMinActivateTimeoutMs, kMaxTimeoutMs));
     c.activate_timeout = std::chrono::milliseconds(n);
   }
   if (const auto f = v["flush_timeout_ms"]) {
@@ -142,8 +147,8 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
   if (const auto l = v["limits"]) {
     CRU_TRY(r.map(l, "volume.limits", {"jobs_in_flight", "bytes_in_flight"}));
     if (const auto j = l["jobs_in_flight"]) {
-      CRU_TRY_ASSIGN(c.limits.jobs_in_flight_max,
-                     r.integer(j, "volume.limits.jobs_in_flight", 16, kMaxJobsInFlight));
+      CRU_TRY_ASSIGN(c.limits.jobs_in_flight_max, r.integer(j, "volume.limits.jobs_in_flight",
+                                                            kMinJobsInFlight, kMaxJobsInFlight));
     }
     if (const auto b = l["bytes_in_flight"]) {
       CRU_TRY_ASSIGN(c.limits.bytes_in_flight_max, r.size(b, "volume.limits.bytes_in_flight",

@@ -35,6 +35,7 @@ constexpr double kAttrTimeoutS = 3600.0;
 // IO errors are logged, but a failed volume fails every request: log the first ones
 // and then one in this many.
 constexpr uint64_t kErrorLogEvery = 1000;
+constexpr uint64_t kErrorsLoggedFirst = 10;
 
 int to_errno(const Error& e) {
   switch (e.code) {
@@ -63,7 +64,7 @@ struct FuseServer::Impl {
 
   static int fail_errno(const char* op, const Error& e) {
     uint64_t n = error_count().fetch_add(1, std::memory_order_relaxed);
-    if (n < 10 || n % kErrorLogEvery == 0)
+    if (n < kErrorsLoggedFirst || n % kErrorLogEvery == 0)
       log::warn("{} failed: {} ({} IO errors so far)", op, e.message, n + 1);
     return to_errno(e);
   }
