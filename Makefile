@@ -221,7 +221,7 @@ run: all
 	@scripts/run.sh
 
 # Side by side with the FUSE ceiling and nbdkit+nbdfuse (bench/bench.py --help):
-# BENCH_SECONDS per shape (default 6), BENCH_TREE_MB for the tree copy (default 1200).
+# BENCH_SECONDS per shape (default 6), BENCH_TREE_MB for the tree copy (default 600).
 bench: all
 	@bench/bench.py
 

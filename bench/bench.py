@@ -60,6 +60,7 @@ SHAPES = [
     Shape("randwrite4k-qd1", "randwrite", "4k", 1, "4K random write, iodepth 1", "iops", p99_vs_nbd=1.5),
 ]
 TREE_TARGET = 1.4  # tree copy wall time at most this times the ceiling's
+TREE_MB_MAX = 850  # what ext4 on a 1 GiB image holds with room for its metadata
 
 
 def log(msg):
@@ -341,7 +342,7 @@ def main():
     p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 6)))
     p.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
     p.add_argument("--systems", default="ceiling,nbdfuse,crucible")
-    p.add_argument("--tree-mb", type=int, default=int(os.environ.get("BENCH_TREE_MB", 1200)))
+    p.add_argument("--tree-mb", type=int, default=int(os.environ.get("BENCH_TREE_MB", 600)))
     p.add_argument("--no-tree", action="store_true")
     p.add_argument("--no-rss", action="store_true")
     args = p.parse_args()
@@ -351,6 +352,9 @@ def main():
         sys.exit(f"bench: unknown shape(s) {', '.join(sorted(unknown))}; "
                  f"known: {', '.join(s.name for s in SHAPES)}")
     args.shapes = [s for s in SHAPES if not names or s.name in names]
+    if not 1 <= args.tree_mb <= TREE_MB_MAX:
+        sys.exit(f"bench: --tree-mb {args.tree_mb}: the tree must fit the 1 GiB image's ext4 "
+                 f"(1 to {TREE_MB_MAX} MB)")
     systems = args.systems.split(",")
     if os.geteuid() != 0:
         sys.exit("bench: needs root (FUSE mounts and loop devices)")
