@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "common/log.h"
+#include "common/memory.h"
 #include "common/units.h"
 #include "downstairs/admin.h"
 #include "downstairs/core.h"
@@ -252,6 +253,7 @@ int cmd_verify(const std::string& dir) {
 
 int main(int argc, char** argv) {
   cru::log::init("downstairs");
+  cru::keep_io_buffers_in_heap();
   CLI::App app{
       "crucible-downstairs: one replica of a Crucible volume (a region of extent files) served "
       "over TCP"};

@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "common/log.h"
+#include "common/memory.h"
 #include "common/units.h"
 #include "fuse/config.h"
 #include "fuse/control.h"
@@ -239,7 +240,7 @@ int mount_volume(const Args& a) {
   log::info("mounted {}/disk.img", c.mount_path);
   starter.ok(ready);
 
-  Status served = server.run();
+  Status served = server.run(volume);
   log::info("unmounted {}; final flush", c.mount_path);
   control.stop();
   Status done = volume.deactivate(kDeactivateTimeout);
@@ -294,6 +295,7 @@ int control_command(const Args& a, const std::string& request, bool status) {
 
 int main(int argc, char** argv) {
   Args a;
+  cru::keep_io_buffers_in_heap();
   CLI::App app{
       "crucible-fuse: mounts a volume replicated on three crucible-downstairs as "
       "MOUNTPOINT/disk.img"};
