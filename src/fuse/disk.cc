@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include <cstring>
-#include <future>
 #include <memory>
 
 #include "common/units.h"
@@ -34,69 +33,100 @@ void Disk::read(uint64_t offset, uint64_t len, ReadFn done) {
                });
 }
 
+void Disk::locked(uint64_t offset, uint64_t len, DoneFn done,
+                  std::function<void(DoneFn release_and_done)> body) {
+  const uint64_t first = offset / block_size_;
+  const uint64_t end = (offset + len + block_size_ - 1) / block_size_;
+  locks_.lock(first, end,
+              [this, done = std::move(done), body = std::move(body)](RangeLock::Token t) mutable {
+                body([this, t, done = std::move(done)](Status s) {
+                  locks_.unlock(t);
+                  done(s);
+                });
+              });
+}
+
 void Disk::write(uint64_t offset, std::span<const std::byte> data, DoneFn done) {
   if (auto s = check_range(offset, data.size()); !s) return done(s);
   if (data.empty()) return done({});
-  dirty_.store(true, std::memory_order_release);
+  dirty_ = true;
   const uint64_t first = offset / block_size_;
   const uint64_t end = (offset + data.size() + block_size_ - 1) / block_size_;
+  const bool aligned = offset % block_size_ == 0 && data.size() % block_size_ == 0;
   // Aligned writes lock too: a concurrent read-modify-write of a shared block must not
-  // read before this write and write after it.
-  auto token = locks_.lock(first, end);
-  if (offset % block_size_ == 0 && data.size() % block_size_ == 0) {
-    volume_.write(BlockIndex{first}, data, [this, token, done = std::move(done)](Status s) {
-      locks_.unlock(token);
-      done(std::move(s));
+  // read before this write and write after it. The common case, blocks nobody holds, goes
+  // straight to the volume (which copies `data` before returning).
+  if (auto t = aligned ? locks_.try_lock(first, end) : std::nullopt) {
+    volume_.write(BlockIndex{first}, data, [this, t = *t, done = std::move(done)](Status s) {
+      locks_.unlock(t);
+      done(s);
     });
     return;
   }
-  Status s = write_partial(offset, data);
-  locks_.unlock(token);
-  done(s);
+  // It waits for its blocks (or reads them first): keep a copy, `data` is the caller's.
+  Bytes copy = Bytes::copy_of(data);
+  locked(offset, data.size(), std::move(done),
+         [this, offset, aligned, copy = std::move(copy)](DoneFn finish) {
+           if (aligned)
+             volume_.write(BlockIndex{offset / block_size_}, copy.span(), std::move(finish));
+           else
+             patch(offset, copy, std::move(finish));
+         });
 }
 
-// Read the blocks the range touches, patch, write back; the caller holds the range.
-Status Disk::write_partial(uint64_t offset, std::span<const std::byte> data) {
+void Disk::patch(uint64_t offset, Bytes data, DoneFn done) {
   const uint64_t first = offset / block_size_;
   const uint64_t end = (offset + data.size() + block_size_ - 1) / block_size_;
-  CRU_TRY_ASSIGN(const Bytes old, volume_.read_sync(BlockIndex{first}, end - first));
-  ByteBuffer merged(old.size());
-  std::memcpy(merged.data(), old.data(), old.size());
-  std::memcpy(merged.data() + (offset - first * block_size_), data.data(), data.size());
-  return volume_.write_sync(BlockIndex{first}, merged.span());
+  volume_.read(BlockIndex{first}, end - first,
+               [this, first, offset, data = std::move(data),
+                done = std::move(done)](Result<Bytes> old) mutable {
+                 if (!old) return done(tl::unexpected(old.error()));
+                 ByteBuffer merged(old->size());
+                 std::memcpy(merged.data(), old->data(), old->size());
+                 std::memcpy(merged.data() + (offset - first * block_size_), data.data(),
+                             data.size());
+                 const Bytes whole(std::move(merged));
+                 volume_.write(BlockIndex{first}, whole.span(), std::move(done));
+               });
 }
 
-Status Disk::zero_range(uint64_t offset, uint64_t len) {
-  CRU_TRY(check_range(offset, len));
-  if (len == 0) return {};
-  dirty_.store(true, std::memory_order_release);
+void Disk::zero_range(uint64_t offset, uint64_t len, DoneFn done) {
+  if (auto s = check_range(offset, len); !s) return done(s);
+  if (len == 0) return done({});
+  dirty_ = true;
   const uint64_t end_byte = offset + len;
   const uint64_t first_whole = (offset + block_size_ - 1) / block_size_;
   const uint64_t end_whole = end_byte / block_size_;
-  auto zero_bytes = [&](uint64_t from, uint64_t to) -> Status {
-    if (from >= to) return {};
-    std::vector<std::byte> zeros(to - from);
-    const uint64_t first = from / block_size_, end = (to + block_size_ - 1) / block_size_;
-    auto token = locks_.lock(first, end);
-    Status s = write_partial(from, zeros);
-    locks_.unlock(token);
-    return s;
-  };
-  if (first_whole >= end_whole) return zero_bytes(offset, end_byte);  // within one or two blocks
-  CRU_TRY(zero_bytes(offset, first_whole * block_size_));
-  {
-    auto token = locks_.lock(first_whole, end_whole);
-    Status s = volume_.discard_sync(BlockIndex{first_whole}, end_whole - first_whole);
-    locks_.unlock(token);
-    CRU_TRY(s);
-  }
-  return zero_bytes(end_whole * block_size_, end_byte);
+  locked(offset, len, std::move(done),
+         [this, offset, end_byte, first_whole, end_whole](DoneFn finish) {
+           if (first_whole >= end_whole)  // within one block or across one boundary
+             return patch(offset, Bytes::zeros(end_byte - offset), std::move(finish));
+           // The partial edges and the whole blocks between them are disjoint: all at once,
+           // the first error wins and the last to finish answers.
+           struct Join {
+             int remaining = 0;
+             Status status;
+             DoneFn finish;
+           };
+           auto join = std::make_shared<Join>();
+           join->finish = std::move(finish);
+           auto part = [join](Status s) {
+             if (!s && join->status) join->status = s;
+             if (--join->remaining == 0) join->finish(join->status);
+           };
+           const uint64_t head = first_whole * block_size_ - offset;
+           const uint64_t tail = end_byte - end_whole * block_size_;
+           join->remaining = 1 + (head > 0) + (tail > 0);
+           if (head > 0) patch(offset, Bytes::zeros(head), part);
+           if (tail > 0) patch(end_whole * block_size_, Bytes::zeros(tail), part);
+           volume_.discard(BlockIndex{first_whole}, end_whole - first_whole, part);
+         });
 }
 
 void Disk::flush(DoneFn done) {
-  dirty_.store(false, std::memory_order_release);
-  volume_.flush([this, done = std::move(done)](const Status& s) {
-    if (!s) dirty_.store(true, std::memory_order_release);  // the next close tries again
+  dirty_ = false;
+  volume_.flush([this, done = std::move(done)](Status s) {
+    if (!s) dirty_ = true;  // the next close tries again
     done(s);
   });
 }

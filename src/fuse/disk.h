@@ -1,11 +1,11 @@
 // disk.img's bytes over the replicated volume: byte offsets and lengths in, block IO out.
-// Unaligned writes and the unaligned edges of a discard are read-modify-write under a
-// range lock. Independent of FUSE so the rules live in one testable place. Every call may
-// come from any thread; `done` may run on the caller's thread (early errors) or the
-// volume's io thread, and must not block.
+// Unaligned writes and the unaligned edges of a zeroed range are read-modify-write under
+// a range lock. Independent of FUSE so the rules live in one testable place. Nothing here
+// blocks: every call takes a completion. All calls, and all completions, run on the
+// volume's io thread (the FUSE session is served there, see Volume::watch); a completion
+// may also run before the call returns (early errors, or nothing to do).
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -30,25 +30,31 @@ class Disk {
   // Reads [offset, offset + len) clipped to the end of the disk (short or empty at EOF).
   void read(uint64_t offset, uint64_t len, ReadFn done);
   // Writes all of `data` or nothing: a range reaching past the end is refused (ENOSPC, as
-  // a block device does). May block the caller for the read of a read-modify-write.
+  // a block device does). `data` is borrowed for the call only.
   void write(uint64_t offset, std::span<const std::byte> data, DoneFn done);
   // The range reads as zeros afterwards; whole blocks are discarded (space released),
-  // partial ones zeroed. Blocks the caller until done.
-  Status zero_range(uint64_t offset, uint64_t len);
+  // partial ones zeroed.
+  void zero_range(uint64_t offset, uint64_t len, DoneFn done);
   // Makes every acknowledged write durable on at least two replicas.
   void flush(DoneFn done);
   // Whether anything was written since the last flush began (close needs no flush if not).
-  bool dirty() const { return dirty_.load(std::memory_order_acquire); }
+  bool dirty() const { return dirty_; }
 
  private:
   Status check_range(uint64_t offset, uint64_t len) const;
-  Status write_partial(uint64_t offset, std::span<const std::byte> data);
+  // Holds the blocks [offset, offset + len) touch, then runs `body` with a function that
+  // releases them and answers `done`.
+  void locked(uint64_t offset, uint64_t len, DoneFn done,
+              std::function<void(DoneFn release_and_done)> body);
+  // Read the blocks the range touches, patch in `data`, write them back; the caller holds
+  // the blocks. `data` must stay valid until `done`.
+  void patch(uint64_t offset, Bytes data, DoneFn done);
 
   upstairs::Volume& volume_;
   const uint32_t block_size_;
   const uint64_t size_bytes_;
   RangeLock locks_;
-  std::atomic<bool> dirty_{false};
+  bool dirty_ = false;
 };
 
 }  // namespace cru::fuse

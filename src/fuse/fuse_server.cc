@@ -4,14 +4,19 @@
 #include <fcntl.h>
 #include <fuse3/fuse_lowlevel.h>
 #include <linux/falloc.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <mutex>
 #include <string_view>
 
 #include "common/assert.h"
@@ -27,9 +32,10 @@ constexpr fuse_ino_t kDiskIno = 2;
 constexpr std::string_view kDiskName = "disk.img";
 // The largest read or write the kernel sends us (DESIGN.md: 1 MiB, one upstairs job).
 constexpr unsigned kMaxRequestBytes = 1 * kMiB;
-// Worker threads: a read-modify-write or a discard blocks one, so keep several.
-constexpr unsigned kMaxWorkerThreads = 16;
-constexpr unsigned kIdleWorkerThreads = 4;
+// Asynchronous direct IO (io_submit, a loop device) reaches us as background requests; the
+// kernel's default of 12 in flight would cap a queue depth of 32 at 12. The volume's own
+// admission limits bound what is outstanding beyond this.
+constexpr unsigned kMaxBackgroundRequests = 128;
 // The file and directory never change shape; the kernel may cache attributes for long.
 constexpr double kAttrTimeoutS = 3600.0;
 // IO errors are logged, but a failed volume fails every request: log the first ones
@@ -96,6 +102,8 @@ struct FuseServer::Impl {
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
     conn->max_write = kMaxRequestBytes;
     conn->max_readahead = kMaxRequestBytes;
+    conn->max_background = kMaxBackgroundRequests;
+    conn->congestion_threshold = kMaxBackgroundRequests * 3 / 4;
     log::info("FUSE session started: max request {} (kernel protocol {}.{})",
               format_size(conn->max_write), conn->proto_major, conn->proto_minor);
     static_cast<void>(s);
@@ -227,8 +235,9 @@ struct FuseServer::Impl {
       return static_cast<void>(fuse_reply_err(req, ENOSPC));
     // Past the end there is nothing to zero (as for a regular file's hole punch).
     const uint64_t clipped_end = std::min(end, size);
-    Status st = start < clipped_end ? s.disk_.zero_range(start, clipped_end - start) : Status{};
-    fuse_reply_err(req, st ? 0 : fail_errno("fallocate", st.error()));
+    if (start >= clipped_end) return static_cast<void>(fuse_reply_err(req, 0));
+    s.disk_.zero_range(start, clipped_end - start,
+                       [req](Status st) { reply_flush(req, "fallocate", st); });
   }
 
   static void statfs(fuse_req_t req, fuse_ino_t) {
@@ -325,21 +334,69 @@ Status FuseServer::mount() {
   return {};
 }
 
-Status FuseServer::run() {
+Status FuseServer::run(upstairs::Volume& io) {
   CRU_ASSERT(mounted_);
-  fuse_loop_config* cfg = fuse_loop_cfg_create();
-  fuse_loop_cfg_set_max_threads(cfg, kMaxWorkerThreads);
-  fuse_loop_cfg_set_idle_threads(cfg, kIdleWorkerThreads);
-  int rc = fuse_session_loop_mt(session_, cfg);
-  fuse_loop_cfg_destroy(cfg);
+  const int fd = fuse_session_fd(session_);
+  if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0)
+    return fail(ErrorCode::kIo, fmt::format("/dev/fuse: {}", std::strerror(errno)));
+  // This thread only waits: for the end of the session (told through `ended`) or for
+  // SIGINT/SIGTERM/SIGHUP, taken here through a signalfd. The requests themselves are read
+  // and answered on the volume's io thread.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&stop_signals, sig);
+  sigset_t old_mask;
+  pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
+  const int sfd = ::signalfd(-1, &stop_signals, SFD_CLOEXEC);
+  const int ended = ::eventfd(0, EFD_CLOEXEC);
+  if (sfd < 0 || ended < 0) {
+    int err = errno;
+    for (int f : {sfd, ended})
+      if (f >= 0) ::close(f);
+    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    return fail(ErrorCode::kIo, fmt::format("signalfd/eventfd: {}", std::strerror(err)));
+  }
+  fuse_buf buf{};
+  int loop_error = 0;
+  auto drain = [&] {
+    for (;;) {
+      int res = fuse_session_receive_buf(session_, &buf);
+      if (res == -EINTR) continue;
+      if (res == -EAGAIN) return;
+      if (res > 0) fuse_session_process_buf(session_, &buf);
+      if (res < 0) loop_error = -res;
+      if (res <= 0 || fuse_session_exited(session_)) {  // unmounted, or a failure
+        const uint64_t one = 1;
+        static_cast<void>(::write(ended, &one, sizeof one));
+        return;
+      }
+    }
+  };
+  // A signal that came between mount() and here was taken by libfuse's handler.
+  if (!fuse_session_exited(session_)) {
+    io.watch(fd, drain);
+    pollfd fds[] = {{sfd, POLLIN, 0}, {ended, POLLIN, 0}};
+    while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
+    }
+    if (fds[0].revents & POLLIN) {
+      signalfd_siginfo info{};
+      if (::read(sfd, &info, sizeof info) == sizeof info)
+        log::info("signal {}: unmounting", info.ssi_signo);
+    }
+    io.unwatch();
+  }
+  std::free(buf.mem);
+  ::close(sfd);
+  ::close(ended);
   // Default handlers again: a second signal during the final flush kills the process.
   fuse_remove_signal_handlers(session_);
   handlers_ = false;
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   fuse_session_unmount(session_);
   mounted_ = false;
-  // rc > 0 is the signal that ended the loop: a normal stop.
-  if (rc < 0)
-    return fail(ErrorCode::kIo, fmt::format("the FUSE loop failed: {}", std::strerror(-rc)));
+  if (loop_error != 0)
+    return fail(ErrorCode::kIo,
+                fmt::format("reading FUSE requests failed: {}", std::strerror(loop_error)));
   return {};
 }
 

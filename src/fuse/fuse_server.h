@@ -1,6 +1,7 @@
 // The FUSE side of crucible-fuse: a directory holding one regular file, disk.img, served
-// with libfuse3's low-level API by several worker threads. Requests go to the Disk and
-// are answered asynchronously from the volume's io thread. Every open is direct IO (no
+// with libfuse3's low-level API on the volume's io thread (Volume::watch): a request is
+// read, handed to the Disk and answered on that one thread, with no hand-off between
+// threads. The thread calling run() only waits for the end. Every open is direct IO (no
 // page cache in this daemon's kernel mount): the filesystem or loop device above has its
 // own cache, and a fenced or failed volume must fail reads too, not serve stale pages.
 #pragma once
@@ -30,9 +31,10 @@ class FuseServer {
 
   // Mounts; the error names the mountpoint and the reason.
   Status mount();
-  // Serves until unmounted or SIGINT/SIGTERM/SIGHUP (which end it); then unmounts.
-  // Other threads of the process must block those signals (thread_signals.h).
-  Status run();
+  // Serves on `io`'s thread until unmounted or SIGINT/SIGTERM/SIGHUP (which end it);
+  // then unmounts. Other threads of the process must block those signals
+  // (thread_signals.h). `io` is the volume the Disk is over.
+  Status run(upstairs::Volume& io);
 
   struct Impl;
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <asio/io_context.hpp>
+#include <asio/posix/stream_descriptor.hpp>
 #include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 #include <atomic>
@@ -59,10 +60,31 @@ struct Volume::Impl {
         l.conn.reset();
       }
       timer.cancel();
+      end_watch();
       work.reset();
       stopping = true;
     });
     thread.join();
+  }
+
+  // ---- a watched descriptor (io thread only) --------------------------------------------
+
+  void arm_watch() {
+    watched->async_wait(asio::posix::stream_descriptor::wait_read,
+                        [this](const asio::error_code& ec) {
+                          if (ec || !watched) return;  // cancelled by end_watch()
+                          on_readable();
+                          if (watched) arm_watch();
+                        });
+  }
+
+  void end_watch() {
+    if (!watched) return;
+    asio::error_code ignored;
+    watched->cancel(ignored);
+    watched->release();  // the descriptor is the caller's
+    watched.reset();
+    on_readable = nullptr;
   }
 
   bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id; }
@@ -205,6 +227,8 @@ struct Volume::Impl {
   std::atomic<uint32_t> block_size_{0};
   std::atomic<uint64_t> total_blocks_{0};
   std::optional<BlockCrypto> crypto;  // set on the io thread before block_size_ is published
+  std::optional<asio::posix::stream_descriptor> watched;
+  std::function<void()> on_readable;
 };
 
 Volume::Volume(VolumeOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
@@ -258,6 +282,18 @@ void Volume::read(BlockIndex start, uint64_t count, ReadFn done) {
   bool acquired = im.acquire();
   const uint32_t bs = im.block_size_;
   const uint64_t per = im.chunk_blocks();
+  if (count <= per && !im.options.key) {
+    // One job and nothing to decrypt: the received data is the answer, not copied.
+    im.submit({{ReadOp{start, static_cast<uint32_t>(count)},
+                [done = std::move(done), release = im.releaser(acquired)](GuestDone& g) {
+                  if (g.status)
+                    done(std::move(g.read.data));
+                  else
+                    done(tl::unexpected(g.status.error()));
+                  release();
+                }}});
+    return;
+  }
   // All chunks land in one buffer; the last one to finish decrypts and answers.
   struct State {
     ByteBuffer buf;
@@ -439,6 +475,26 @@ Status Volume::flush_sync() {
 Status Volume::replace_sync(std::string old_target, std::string new_target) {
   return call_sync<Status>(
       [&](auto cb) { replace(std::move(old_target), std::move(new_target), cb); });
+}
+
+void Volume::watch(int fd, std::function<void()> on_readable) {
+  asio::post(impl_->io, [this, fd, fn = std::move(on_readable)]() mutable {
+    Impl& im = *impl_;
+    CRU_ASSERT(!im.watched, "one watch at a time");
+    im.watched.emplace(im.io, fd);
+    im.on_readable = std::move(fn);
+    im.arm_watch();
+  });
+}
+
+void Volume::unwatch() {
+  CRU_ASSERT(!impl_->on_io_thread(), "unwatch() waits for the io thread");
+  std::promise<void> ended;
+  asio::post(impl_->io, [this, &ended] {
+    impl_->end_watch();
+    ended.set_value();
+  });
+  ended.get_future().wait();
 }
 
 Snapshot Volume::snapshot() const {

@@ -75,6 +75,16 @@ class Volume {
   // A consistent copy of the core's state, taken on the io thread.
   Snapshot snapshot() const;
 
+  // Serves another source of work on the io thread, so that a front end (the FUSE
+  // session) needs no thread of its own and no hand-off per request: `on_readable` runs on
+  // the io thread whenever `fd` is readable, and must read until it would block (fd must
+  // be non-blocking). The volume's calls made from it complete on the same thread. One
+  // watch at a time; the fd stays the caller's (never closed here) and must outlive it.
+  void watch(int fd, std::function<void()> on_readable);
+  // Ends the watch; once it returns, on_readable is not running and will not run again.
+  // Not from the io thread.
+  void unwatch();
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
