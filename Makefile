@@ -42,7 +42,7 @@ DEFINES := -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL -DASI
 CXXFLAGS := -std=c++20 $(MODE_FLAGS) $(WARNINGS) $(DEFINES) -Isrc -MMD -MP
 # Evaluated when used (after the deps stamp exists), not when the Makefile is read.
 FUSE_CFLAGS = $(shell pkg-config --cflags fuse3)
-LDLIBS := -lfuse3 -lyaml-cpp -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -pthread
+LDLIBS := -lfuse3 -lyaml-cpp -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -pthread
 TEST_LDLIBS := -lgmock -lgtest -pthread
 
 # ---- sources and libraries ----------------------------------------------------------

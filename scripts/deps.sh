@@ -9,7 +9,7 @@ packages=(
   g++ make pkg-config
   # libraries (headers + link)
   libasio-dev libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
-  libexpected-dev libxxhash-dev libsodium-dev libssl-dev libfuse3-dev
+  libexpected-dev libxxhash-dev libsodium-dev libssl-dev libfuse3-dev liburing-dev
   # tests, fuzzing, lint
   libgtest-dev libgmock-dev clang libclang-rt-14-dev clang-format clang-tidy
   # runtime tools used by the end-to-end tests, make run and make bench

@@ -75,7 +75,13 @@ void Core::drop(Output& out, ConnectionId conn, const std::string& reason) {
     }
   }
   std::erase_if(deferred_, [&](const auto& d) { return d.first == conn; });
-  if (active_ == conn) active_.reset();
+  if (active_ == conn) {
+    active_.reset();
+    // Nobody writes until the next upstairs: settle the extents at rest, so that this
+    // region opens without scans and compares clean if it is left now.
+    if (Status s = region_.settle(); !s)
+      log::warn("settling the extents after the upstairs left: {}", s.error().message);
+  }
   conns_.erase(it);
 }
 

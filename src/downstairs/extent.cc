@@ -53,6 +53,7 @@ constexpr std::string_view kMetaMagic = "CRUEXTNT";
 constexpr size_t kMetaBytesUsed = 72;
 
 struct Meta {
+  uint32_t format = kExtentFormatVersion;
   uint64_t meta_seq = 0;
   uint64_t generation = 0;
   uint64_t flush = 0;
@@ -81,15 +82,16 @@ Result<Meta> decode_meta(const ExtentLayout& layout, std::span<const std::byte> 
   if (std::memcmp(b.data(), kMetaMagic.data(), kMetaMagic.size()) != 0)
     return bad("no metadata magic");
   if (get_u64(b, 64) != integrity_hash(b.first(64))) return bad("metadata checksum mismatch");
-  if (uint32_t v = get_u32(b, 8); v != kExtentFormatVersion)
-    return bad(
-        fmt::format("format version {}, this build reads version {}", v, kExtentFormatVersion));
+  const uint32_t format = get_u32(b, 8);
+  if (format != kExtentFormatVersion && format != kOldestExtentFormatVersion)
+    return bad(fmt::format("format version {}, this build reads versions {} and {}", format,
+                           kOldestExtentFormatVersion, kExtentFormatVersion));
   if (get_u32(b, 12) != layout.block_size || get_u64(b, 16) != layout.blocks)
     return bad(fmt::format("geometry {} blocks of {} bytes, region says {} of {}", get_u64(b, 16),
                            get_u32(b, 12), layout.blocks, layout.block_size));
   uint8_t dirty = std::to_integer<uint8_t>(b[48]);
   if (dirty > 1) return bad("dirty flag is not 0 or 1");
-  return Meta{get_u64(b, 24), get_u64(b, 32), get_u64(b, 40), dirty == 1, get_u64(b, 56)};
+  return Meta{format, get_u64(b, 24), get_u64(b, 32), get_u64(b, 40), dirty == 1, get_u64(b, 56)};
 }
 
 std::span<const std::byte, kSlotBytes> slot_bytes(std::span<const std::byte> pairs, size_t block,
@@ -196,7 +198,8 @@ Result<std::unique_ptr<Extent>> Extent::open(FileSystem& fs, const std::string& 
                                                  path, size, layout.file_bytes()));
   std::unique_ptr<Extent> e(new Extent(std::move(f), layout, id, read_only, encrypted));
   CRU_TRY(e->load_meta());
-  if (e->dirty_ && !read_only) CRU_TRY(e->recover());
+  // Read-only, the scan only decides whether the extent is dirty; it changes nothing.
+  if (e->dirty_) CRU_TRY(e->recover(/*repair=*/!read_only));
   return e;
 }
 
@@ -212,13 +215,15 @@ Status Extent::load_meta() {
   meta_seq_ = m.meta_seq;
   generation_ = Generation{m.generation};
   flush_ = FlushNumber{m.flush};
-  dirty_ = m.dirty;
+  dirty_ = dirty_on_disk_ = m.dirty;
   next_slot_seq_ = std::max<uint64_t>(m.next_slot_seq, 1);
+  meta_format_ = m.format;
   return {};
 }
 
-Status Extent::write_meta() {
-  Meta m{meta_seq_ + 1, generation_.value, flush_.value, dirty_, next_slot_seq_};
+Status Extent::write_meta(Generation generation, FlushNumber flush, bool dirty,
+                          uint64_t next_slot_seq) {
+  Meta m{kExtentFormatVersion, meta_seq_ + 1, generation.value, flush.value, dirty, next_slot_seq};
   // Alternate copies: the one holding the current state is never overwritten.
   CRU_TRY(file_->write_at(layout_.meta_offset(static_cast<int>(m.meta_seq % 2)),
                           encode_meta(layout_, m)));
@@ -226,15 +231,29 @@ Status Extent::write_meta() {
   return {};
 }
 
-Status Extent::mark_dirty() {
+Status Extent::mark_dirty(uint64_t first_seq) {
   if (dirty_) return {};
+  // The dirty flag must be durable before any slot or data write that it covers: after a
+  // crash it is what tells open() to check every block. A flush leaves it set on disk, so
+  // only the first write after the extent settled pays for this. Recorded with it: every
+  // slot written from now on has a seq of at least first_seq (see recover()).
+  if (!dirty_on_disk_) {
+    CRU_TRY(write_meta(generation_, flush_, true, first_seq));
+    CRU_TRY(sync());
+    dirty_on_disk_ = true;
+  }
   dirty_ = true;
-  // The dirty flag must be durable before any slot or data write that it covers:
-  // after a crash it is what tells open() to check every block.
-  Status s = write_meta();
-  if (s) s = sync();
-  if (!s) dirty_ = false;
-  return s;
+  return {};
+}
+
+Status Extent::settle() {
+  if (dirty_ || !dirty_on_disk_) return {};
+  // Nothing was written since the last flush made everything durable: the clean flag is
+  // true. Synced so that a region at rest opens without a scan.
+  CRU_TRY(write_meta(generation_, flush_, false, next_slot_seq_));
+  CRU_TRY(sync());
+  dirty_on_disk_ = false;
+  return {};
 }
 
 // ---- slot selection and recovery -------------------------------------------------------
@@ -251,9 +270,16 @@ int Extent::select_slot(std::span<const std::byte> pair, std::span<const std::by
   return -1;
 }
 
-Status Extent::recover() {
+Status Extent::recover(bool repair) {
   const uint32_t bs = layout_.block_size;
+  // Every slot written since the metadata was (at the last flush, or when the extent was
+  // marked dirty) has at least this seq.
+  const uint64_t unflushed_seq = next_slot_seq_;
   uint64_t max_seq = next_slot_seq_ - 1;
+  // Whether anything differs from the extent's last flush once recovered: a surviving slot
+  // of a later write, or bytes no write since explains. Decided from what recovery leaves,
+  // so a power cut right after recovery (which may undo its unsynced fixes) decides alike.
+  bool changed_since_flush = false;
   uint64_t rolled_back = 0, rehashed = 0, unrecoverable = 0;
   std::vector<std::byte> data(kScanChunkBlocks * bs);
   for (uint64_t first = 0; first < layout_.blocks; first += kScanChunkBlocks) {
@@ -270,28 +296,51 @@ Status Extent::recover() {
       max_seq = std::max({max_seq, s[0].seq, s[1].seq});
       int newest = select_slot(pair, d, false);
       int match = select_slot(pair, d, true);
+      // A slot for bytes that are on disk but that no surviving context since the last
+      // flush explains: recorded as of a write since the flush, so that the extent stays
+      // dirty even if this recovery's fix is all that survives the next power cut.
+      const uint64_t since_flush_seq = std::max({s[0].seq, s[1].seq, unflushed_seq});
       if (match >= 0) {
         if (match != newest) {
-          // The newer context's data never reached the disk: forget that context.
-          encode_slot(Slot{}, slot_bytes(pair, 0, newest));
+          if (s[newest].seq >= unflushed_seq) {
+            // The newer context's data never reached the disk: forget that context.
+            encode_slot(Slot{}, slot_bytes(pair, 0, newest));
+          } else {
+            // A context from before the last flush lost its data, which that flush
+            // synced: not a crash. Keep the value the disk holds.
+            Slot kept = s[match];
+            kept.seq = since_flush_seq;
+            encode_slot(kept, slot_bytes(pair, 0, newest));
+          }
+          max_seq = std::max(max_seq, since_flush_seq);
           ++rolled_back;
           changed = true;
         }
       } else if (all_zero(d)) {
-        // Never written, or a first write whose context landed but whose data did not
-        // (contexts go first): the block is still unwritten.
-        if (newest >= 0) {
+        if (newest >= 0 && s[newest].seq >= unflushed_seq) {
+          // A first write whose context landed but whose data did not (contexts go
+          // first): the block is still unwritten.
           encode_slot(Slot{}, slot_bytes(pair, 0, 0));
           encode_slot(Slot{}, slot_bytes(pair, 0, 1));
+          ++rolled_back;
+          changed = true;
+        } else if (newest >= 0) {
+          // Zeros under a context from before the last flush: a discard whose hole
+          // landed but whose context did not. The block is discarded.
+          encode_slot(Slot{since_flush_seq, zero_block_hash(bs), true, std::nullopt},
+                      slot_bytes(pair, 0, 0));
+          encode_slot(Slot{}, slot_bytes(pair, 0, 1));
+          max_seq = std::max(max_seq, since_flush_seq);
           ++rolled_back;
           changed = true;
         }
       } else if (!encrypted_) {
         // The data reached the disk but its context did not (contexts and data are not
         // ordered by an fsync on unencrypted regions). The bytes are an unflushed write,
-        // a legal value after a crash; give them a context.
-        uint64_t seq = std::max<uint64_t>({s[0].seq, s[1].seq, 1});
-        encode_slot(Slot{seq, integrity_hash(d), false, std::nullopt}, slot_bytes(pair, 0, 0));
+        // a legal value after a crash; give them a context, as of a write since the flush.
+        max_seq = std::max(max_seq, since_flush_seq);
+        encode_slot(Slot{since_flush_seq, integrity_hash(d), false, std::nullopt},
+                    slot_bytes(pair, 0, 0));
         encode_slot(Slot{}, slot_bytes(pair, 0, 1));
         ++rehashed;
         changed = true;
@@ -299,11 +348,20 @@ Status Extent::recover() {
         // Encrypted contexts are synced before their data, so this is corruption, not a
         // crash. Leave it: reads fail authentication upstairs, which heals from a peer.
         ++unrecoverable;
+        changed_since_flush = true;
       }
+      for (int slot : {0, 1})
+        changed_since_flush |= decode_slot(slot_bytes(pair, 0, slot)).seq >= unflushed_seq;
     }
-    if (changed) CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
+    if (changed && repair) CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
   }
   next_slot_seq_ = max_seq + 1;
+  // A write of which nothing landed left the extent as its last flush did: then the flush
+  // number it holds is true and it is clean (its flag stays set on disk until settled).
+  // Version 1 recorded next_slot_seq after the first write's slots, so S proves nothing
+  // there: such an extent stays dirty, as version 1 had it.
+  dirty_ = changed_since_flush || meta_format_ < 2;
+  if (!repair) return {};
   if (rolled_back + rehashed + unrecoverable > 0)
     log::info(
         "extent {} recovered after a crash: {} blocks rolled back, {} rehashed, {} unrecoverable",
@@ -315,9 +373,11 @@ Status Extent::recover() {
 
 Status Extent::sync() {
   CRU_TRY(file_->sync());
-  std::fill(unsynced_.begin(), unsynced_.end(), false);
+  synced();
   return {};
 }
+
+void Extent::synced() { std::fill(unsynced_.begin(), unsynced_.end(), false); }
 
 Status Extent::sync_before_overwriting(uint64_t first, uint64_t count) {
   if (!encrypted_) return {};  // unencrypted contexts are rebuilt from the data (recover())
@@ -343,7 +403,7 @@ Status Extent::read(uint64_t first, std::span<std::optional<proto::BlockContext>
   CRU_TRY_ASSIGN(auto pairs, read_slot_pairs(first, contexts.size()));
   CRU_TRY(file_->read_at(layout_.data_offset(first), data));
   // A dirty extent opened read-only was not recovered: pick slots by their data.
-  const bool check = read_only_ && dirty_;
+  const bool check = read_only_ && dirty_on_disk_;
   for (size_t i = 0; i < contexts.size(); ++i) {
     auto pair = std::span<const std::byte>(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
     auto d = data.subspan(i * bs, bs);
@@ -374,6 +434,7 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
   std::vector<std::byte> pairs = old_pairs;
   std::vector<bool> skip(n, false);
   size_t writing = 0;
+  const uint64_t first_seq = next_slot_seq_;
   for (size_t i = 0; i < n; ++i) {
     auto pair = std::span(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
     int active = select_slot(pair, {}, false);
@@ -386,7 +447,7 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
                 slot_bytes(pair, 0, active == 0 ? 1 : 0));
   }
   if (writing == 0) return {};
-  CRU_TRY(mark_dirty());
+  CRU_TRY(mark_dirty(first_seq));
   CRU_TRY(sync_before_overwriting(first, n));
   CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
   // Encrypted contexts cannot be rebuilt from the data (the nonce and tag would be lost),
@@ -426,6 +487,7 @@ Status Extent::discard(uint64_t first, uint64_t count) {
     std::vector<std::byte> pairs = old_pairs;
     std::vector<bool> change(n, false);
     bool any = false;
+    const uint64_t first_seq = next_slot_seq_;
     for (uint64_t i = 0; i < n; ++i) {
       auto pair = std::span(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
       int active = select_slot(pair, {}, false);
@@ -436,7 +498,7 @@ Status Extent::discard(uint64_t first, uint64_t count) {
       change[i] = any = true;
     }
     if (!any) continue;
-    CRU_TRY(mark_dirty());
+    CRU_TRY(mark_dirty(first_seq));
     CRU_TRY(sync_before_overwriting(chunk, n));
     CRU_TRY(file_->write_at(layout_.slots_offset(chunk), pairs));
     if (encrypted_) CRU_TRY(sync());  // as in write(): contexts before data
@@ -464,23 +526,26 @@ Status Extent::discard(uint64_t first, uint64_t count) {
 
 Status Extent::flush(FlushNumber flush, Generation generation) {
   if (!dirty_) return {};
+  CRU_TRY(sync());
+  CRU_TRY(write_flush_meta(flush, generation));
+  CRU_TRY(sync());
+  flushed(flush, generation);
+  return {};
+}
+
+Status Extent::write_flush_meta(FlushNumber flush, Generation generation) {
+  CRU_ASSERT(dirty_, "only a dirty extent is flushed");
   if (read_only_)
     return fail(ErrorCode::kReadOnly, fmt::format("extent {} is dirty but opened read-only", id_));
-  // Data and contexts first; only then may the metadata say they are covered.
-  CRU_TRY(sync());
-  Generation old_gen = generation_;
-  FlushNumber old_flush = flush_;
+  // The new numbers with the dirty flag still set: the next write then needs no sync to
+  // set it (settle() clears it once the extent is at rest).
+  return write_meta(generation, flush, true, next_slot_seq_);
+}
+
+void Extent::flushed(FlushNumber flush, Generation generation) {
   generation_ = generation;
   flush_ = flush;
   dirty_ = false;
-  Status s = write_meta();
-  if (s) s = sync();
-  if (!s) {
-    generation_ = old_gen;
-    flush_ = old_flush;
-    dirty_ = true;
-  }
-  return s;
 }
 
 Result<std::vector<BlockReport>> Extent::inspect(uint64_t first, uint64_t count) {
@@ -502,8 +567,8 @@ Result<std::vector<BlockReport>> Extent::inspect(uint64_t first, uint64_t count)
       r.data_hash = integrity_hash(d);
       // A clean extent's active slot is the newest; a dirty one's is the newest that
       // matches (what recovery would keep).
-      r.active = select_slot(pair, d, dirty_);
-      if (r.active < 0 && dirty_) r.active = select_slot(pair, d, false);
+      r.active = select_slot(pair, d, dirty_on_disk_);
+      if (r.active < 0 && dirty_on_disk_) r.active = select_slot(pair, d, false);
       r.data_matches = r.active >= 0 ? expected_hash(r.slots[r.active], d) == r.slots[r.active].hash
                                      : all_zero(d);
       out.push_back(r);

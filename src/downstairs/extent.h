@@ -19,8 +19,11 @@
 
 namespace cru::downstairs {
 
-// Bump when the file layout changes; files of another version refuse to open.
-inline constexpr uint32_t kExtentFormatVersion = 1;
+// Bump when the file layout or its meaning changes (docs/extent-format.md, "Format
+// version"). Version 2: a flush leaves the dirty flag set and recovery decides dirty from
+// next_slot_seq. Metadata of version 1 is still read; what this build writes is version 2.
+inline constexpr uint32_t kExtentFormatVersion = 2;
+inline constexpr uint32_t kOldestExtentFormatVersion = 1;
 // Each block has two context slots (the active one is never overwritten in place).
 inline constexpr size_t kSlotBytes = 64;
 inline constexpr size_t kSlotPairBytes = 2 * kSlotBytes;
@@ -82,8 +85,12 @@ class Extent {
 
   ExtentId id() const { return id_; }
   const ExtentLayout& layout() const { return layout_; }
+  // (generation, flush, dirty) where dirty means written since the last flush (the flag on
+  // disk may still be set after a flush: see settle()).
   proto::ExtentVersion version() const { return {generation_, flush_, dirty_}; }
   bool dirty() const { return dirty_; }
+  // Whether the dirty flag on disk is set (the extent is scanned if it opens after a crash).
+  bool dirty_on_disk() const { return dirty_on_disk_; }
 
   // Block offsets are relative to the extent; the caller checks ranges and hashes.
   // Reads count blocks: one optional context per block (nullopt: unwritten, zeros).
@@ -95,9 +102,20 @@ class Extent {
                std::span<const std::byte> data, bool only_unwritten);
   // Makes blocks unwritten (zeros) and releases their space.
   Status discard(uint64_t first, uint64_t count);
-  // If dirty: makes data and contexts durable, then records the numbers and clears the
-  // dirty flag durably. A clean extent is not touched.
+  // If dirty: makes data and contexts durable, then records the numbers durably. A clean
+  // extent is not touched. The dirty flag stays set on disk (the next write needs no sync
+  // to set it); settle() clears it.
   Status flush(FlushNumber flush, Generation generation);
+  // flush() in steps, so that a region syncs many extents at once: sync file() (then call
+  // synced()), write_flush_meta(), sync file() again (synced()), then flushed(). Until
+  // flushed() the extent keeps its old numbers and stays dirty.
+  File& file() { return *file_; }
+  void synced();
+  Status write_flush_meta(FlushNumber flush, Generation generation);
+  void flushed(FlushNumber flush, Generation generation);
+  // At rest (no write since the last flush) with the flag still set on disk: clears it
+  // durably, so that opening after a crash needs no scan and dump shows it clean.
+  Status settle();
 
   // Every block's slots and whether its data matches (verify, dump).
   Result<std::vector<BlockReport>> inspect(uint64_t first, uint64_t count);
@@ -115,15 +133,19 @@ class Extent {
         encrypted_(encrypted) {}
 
   Status load_meta();
-  Status write_meta();
-  Status mark_dirty();
+  Status write_meta(Generation generation, FlushNumber flush, bool dirty, uint64_t next_slot_seq);
+  // Before the first write since the last flush, whose slots start at first_seq.
+  Status mark_dirty(uint64_t first_seq);
   // fdatasync, and forget which blocks had unsynced data.
   Status sync();
   // Encrypted only: before a write overwrites the inactive slot of a block, the active
   // slot's data must be durable, else a crash can leave neither context matching the
   // data on disk (the older, overwritten slot described it). Syncs if needed.
   Status sync_before_overwriting(uint64_t first, uint64_t count);
-  Status recover();
+  // A dirty extent after a crash: each block keeps the newest slot that matches its data,
+  // and the extent stays dirty only if anything was written since its last flush. With
+  // repair false (read-only) nothing is written; only dirty_ is decided.
+  Status recover(bool repair);
   Result<std::vector<std::byte>> read_slot_pairs(uint64_t first, uint64_t count);
   // Which of a block's slots is active; with data, only a slot matching it counts.
   int select_slot(std::span<const std::byte> pair, std::span<const std::byte> data,
@@ -136,9 +158,11 @@ class Extent {
   bool encrypted_;
   Generation generation_;
   FlushNumber flush_;
-  bool dirty_ = false;
+  bool dirty_ = false;          // written since the last flush
+  bool dirty_on_disk_ = false;  // the flag as written (and synced) to the metadata
   uint64_t meta_seq_ = 0;
   uint64_t next_slot_seq_ = 1;
+  uint32_t meta_format_ = kExtentFormatVersion;  // of the metadata copy loaded at open
   std::vector<bool> unsynced_;  // encrypted only: blocks whose data was written since the last sync
 };
 

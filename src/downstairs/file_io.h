@@ -50,6 +50,12 @@ class FileSystem {
   virtual Status sync_dir(const std::string& path) = 0;
   // Names (not paths) of the entries of a directory.
   virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
+  // File::sync() of each of `files` (opened by this filesystem); an implementation may
+  // run them concurrently. Fails if any failed; then any of them may or may not be done.
+  virtual Status sync_all(std::span<File* const> files) {
+    for (File* f : files) CRU_TRY(f->sync());
+    return {};
+  }
 };
 
 // The real filesystem. Shared; stateless.

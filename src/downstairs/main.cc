@@ -209,6 +209,8 @@ int cmd_run(const RunArgs& a) {
     log::info("signal {}: stopping", sig);
     server->stop();
     io.stop();
+    if (Status s = (*region)->settle(); !s)
+      log::warn("settling the extents at exit: {}", s.error().message);
   });
   io.run();
   return 0;

@@ -1,6 +1,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <liburing.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/assert.h"
 #include "common/units.h"
 #include "downstairs/file_io.h"
 
@@ -71,6 +73,9 @@ class PosixFile final : public File {
     if (::fdatasync(fd_) != 0) return errno_error("fdatasync", path_, errno);
     return {};
   }
+
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
 
   Status punch_hole(uint64_t offset, uint64_t len) override {
     if (len == 0) return {};
@@ -185,6 +190,66 @@ class PosixFileSystem final : public FileSystem {
     ::closedir(d);
     return names;
   }
+
+  // All the fdatasyncs in flight at once through io_uring: a flush of many extents then
+  // costs about one device cache flush, not one per extent in turn.
+  Status sync_all(std::span<File* const> files) override {
+    if (files.size() <= 1) return FileSystem::sync_all(files);
+    SyncRing* ring = SyncRing::for_this_thread();
+    if (ring == nullptr) return FileSystem::sync_all(files);  // io_uring unavailable
+    for (size_t at = 0; at < files.size(); at += SyncRing::kDepth) {
+      auto batch = files.subspan(at, std::min<size_t>(SyncRing::kDepth, files.size() - at));
+      CRU_TRY(ring->sync(batch));
+    }
+    return {};
+  }
+
+ private:
+  class SyncRing {
+   public:
+    // Syncs submitted together; a flush rarely has more dirty extents than this.
+    static constexpr unsigned kDepth = 64;
+
+    // One ring per thread (the downstairs has one), made on first use; nullptr if the
+    // kernel refuses io_uring (e.g. kernel.io_uring_disabled).
+    static SyncRing* for_this_thread() {
+      thread_local SyncRing ring;
+      return ring.ok_ ? &ring : nullptr;
+    }
+    ~SyncRing() {
+      if (ok_) io_uring_queue_exit(&ring_);
+    }
+    SyncRing(const SyncRing&) = delete;
+    SyncRing& operator=(const SyncRing&) = delete;
+
+    Status sync(std::span<File* const> files) {
+      for (size_t i = 0; i < files.size(); ++i) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+        CRU_ASSERT(sqe != nullptr, "more syncs than the ring holds");
+        io_uring_prep_fsync(sqe, static_cast<PosixFile*>(files[i])->fd(), IORING_FSYNC_DATASYNC);
+        io_uring_sqe_set_data64(sqe, i);
+      }
+      int submitted = io_uring_submit_and_wait(&ring_, static_cast<unsigned>(files.size()));
+      if (submitted < 0)
+        return fail(ErrorCode::kIo, fmt::format("io_uring submit: {}", std::strerror(-submitted)));
+      Status first_error;
+      for (size_t done = 0; done < files.size(); ++done) {
+        io_uring_cqe* cqe = nullptr;
+        if (int rc = io_uring_wait_cqe(&ring_, &cqe); rc < 0)
+          return fail(ErrorCode::kIo, fmt::format("io_uring wait: {}", std::strerror(-rc)));
+        const int res = cqe->res;
+        const auto* f = static_cast<PosixFile*>(files[io_uring_cqe_get_data64(cqe)]);
+        io_uring_cqe_seen(&ring_, cqe);
+        if (res < 0 && first_error) first_error = errno_error("fdatasync", f->path(), -res);
+      }
+      return first_error;
+    }
+
+   private:
+    SyncRing() : ok_(io_uring_queue_init(kDepth, &ring_, 0) == 0) {}
+    io_uring ring_{};
+    bool ok_;
+  };
 };
 
 }  // namespace

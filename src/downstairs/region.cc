@@ -276,10 +276,30 @@ Status Region::flush(FlushNumber flush, Generation generation,
     CRU_TRY(check_extent(*extent_limit));
     end = extent_limit->value + 1;
   }
-  for (uint32_t i = 0; i < end; ++i) {
-    Extent* x = extents_[i].get();
-    if (x != nullptr && x->dirty()) CRU_TRY(x->flush(flush, generation));
-  }
+  std::vector<Extent*> dirty;
+  for (uint32_t i = 0; i < end; ++i)
+    if (Extent* x = extents_[i].get(); x != nullptr && x->dirty()) dirty.push_back(x);
+  if (dirty.empty()) return {};
+  // Each extent's data before its new numbers (see Extent::flush), every extent at once.
+  CRU_TRY(sync_all(dirty));
+  for (Extent* x : dirty) CRU_TRY(x->write_flush_meta(flush, generation));
+  CRU_TRY(sync_all(dirty));
+  for (Extent* x : dirty) x->flushed(flush, generation);
+  return {};
+}
+
+Status Region::sync_all(const std::vector<Extent*>& extents) {
+  std::vector<File*> files;
+  files.reserve(extents.size());
+  for (Extent* x : extents) files.push_back(&x->file());
+  CRU_TRY(fs_.sync_all(files));
+  for (Extent* x : extents) x->synced();
+  return {};
+}
+
+Status Region::settle() {
+  for (auto& x : extents_)
+    if (x) CRU_TRY(x->settle());
   return {};
 }
 
@@ -299,6 +319,7 @@ bool Region::is_open(ExtentId e) const {
 
 Result<proto::ExtentVersion> Region::close_extent(ExtentId e) {
   CRU_TRY_ASSIGN(Extent * x, open_extent(e));
+  CRU_TRY(x->settle());
   proto::ExtentVersion v = x->version();
   closed_versions_[e.value] = v;
   extents_[e.value].reset();

@@ -76,13 +76,19 @@ class Region {
   Status write(BlockIndex start, uint32_t block_size, std::span<const proto::BlockContext> contexts,
                std::span<const std::byte> data, bool only_unwritten);
   Status discard(BlockIndex start, uint64_t count);
-  // Flushes every open dirty extent (only those <= extent_limit when given).
+  // Flushes every open dirty extent (only those <= extent_limit when given), syncing
+  // their files all at once.
   Status flush(FlushNumber flush, Generation generation, std::optional<ExtentId> extent_limit);
+  // Clears the on-disk dirty flag of every open extent at rest (see Extent::settle): when
+  // no upstairs is active, so that a region left alone opens without scans.
+  Status settle();
 
   // ---- extents -------------------------------------------------------------------------
   // (generation, flush, dirty) of every extent; a closed extent reports its state at close.
   std::vector<proto::ExtentVersion> versions() const;
   bool is_open(ExtentId e) const;
+  // Closes an extent for repair; one at rest is settled first, so that its file (which a
+  // repair copies) is clean.
   Result<proto::ExtentVersion> close_extent(ExtentId e);
   // Flushes one extent if dirty (reconciliation's ExtentFlush; the extent stays open).
   Status flush_extent(ExtentId e, FlushNumber flush, Generation generation);
@@ -108,6 +114,8 @@ class Region {
   Status check_range(BlockIndex start, uint64_t count) const;
   Status check_extent(ExtentId e) const;
   Result<Extent*> open_extent(ExtentId e);  // kExtentClosed if closed
+  // fdatasync of every extent's file at once (FileSystem::sync_all).
+  Status sync_all(const std::vector<Extent*>& extents);
   void end_repair(ExtentId e) { repairing_.erase(e); }
 
   FileSystem& fs_;

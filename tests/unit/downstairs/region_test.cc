@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/hash.h"
 #include "downstairs/admin.h"
@@ -191,6 +192,158 @@ TEST(ExtentVersions, RegionFlushWithExtentLimitFlushesOnlyUpToTheLimit) {
   EXPECT_EQ(v[1], ver(2, 5, false));
   EXPECT_EQ(v[2], ver(0, 0, true));
   EXPECT_EQ(v[3], ver(0, 0, true));
+}
+
+// The flag on disk: a flush leaves it set, so the next write needs no sync of its own;
+// settle() clears it once the extent is at rest.
+TEST(ExtentDirtyFlag, AWriteAfterAFlushSyncsNothing) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(1, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
+  uint64_t syncs = fs.syncs();
+  ASSERT_TRUE(write(*r, 1, make_blocks(1, 2)));
+  EXPECT_EQ(fs.syncs(), syncs);
+  EXPECT_EQ(r->versions()[0], ver(1, 1, true));
+}
+
+TEST(ExtentDirtyFlag, TheFirstWriteAfterSettlingSyncsTheFlag) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(1, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
+  ASSERT_TRUE(r->settle());
+  uint64_t syncs = fs.syncs();
+  ASSERT_TRUE(write(*r, 1, make_blocks(1, 2)));
+  EXPECT_EQ(fs.syncs(), syncs + 1);
+}
+
+TEST(ExtentDirtyFlag, AFlushSyncsEachExtentTwiceWhateverTheirNumber) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  for (uint32_t e = 0; e < kExtents; ++e)
+    ASSERT_TRUE(write(*r, e * kExtentSize, make_blocks(1, e + 1)));
+  uint64_t syncs = fs.syncs();
+  ASSERT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
+  EXPECT_EQ(fs.syncs(), syncs + 2 * kExtents) << "data, then the new numbers";
+}
+
+TEST(ExtentDirtyFlag, ReopeningUnsettledIsCleanWhenNothingWasWrittenSinceTheFlush) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(2, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
+  r.reset();  // as a crash would: the flag is still set on disk
+  for (bool read_only : {true, false}) {
+    auto again = Region::open(fs, "r", read_only);
+    ASSERT_TRUE(again);
+    EXPECT_EQ((*again)->versions()[0], ver(2, 4, false)) << "read_only " << read_only;
+  }
+}
+
+TEST(ExtentDirtyFlag, ReopeningUnsettledIsDirtyWhenAWriteLandedSinceTheFlush) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(2, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
+  ASSERT_TRUE(write(*r, 1, make_blocks(1, 9)));
+  r.reset();
+  for (bool read_only : {true, false}) {
+    auto again = Region::open(fs, "r", read_only);
+    ASSERT_TRUE(again);
+    EXPECT_EQ((*again)->versions()[0], ver(2, 4, true)) << "read_only " << read_only;
+  }
+}
+
+TEST(ExtentDirtyFlag, SettledExtentsOpenWithoutAScan) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(2, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
+  ASSERT_TRUE(r->settle());
+  r.reset();
+  uint64_t reads = fs.stats().count(FaultFs::Op::kRead);
+  auto again = Region::open(fs, "r", false);
+  ASSERT_TRUE(again);
+  EXPECT_EQ((*again)->versions()[0], ver(2, 4, false));
+  // region.json and each extent's metadata, no block data.
+  EXPECT_LE(fs.stats().count(FaultFs::Op::kRead) - reads, 1u + kExtents);
+}
+
+TEST(ExtentDirtyFlag, ClosingAnExtentAtRestSettlesIt) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(1, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
+  ASSERT_TRUE(r->close_extent(ExtentId{0}));
+  ASSERT_TRUE(r->reopen_extent(ExtentId{0}));
+  uint64_t syncs = fs.syncs();
+  ASSERT_TRUE(write(*r, 0, make_blocks(1, 2)));
+  EXPECT_EQ(fs.syncs(), syncs + 1) << "settled at close: the next write sets the flag again";
+}
+
+// ---- format version 1 ---------------------------------------------------------------------
+
+// Rewrites extent 0's newest metadata copy as format version 1 would have written it,
+// with next_slot_seq past every slot (version 1 recorded it after the first write's slots).
+void make_version_1(FaultFs& fs) {
+  ExtentLayout layout{kBs, kExtentSize};
+  auto f = fs.open("r/00/000/000", OpenMode::kReadWrite);
+  ASSERT_TRUE(f);
+  std::array<std::vector<std::byte>, 2> copies;
+  for (int c : {0, 1}) {
+    copies[c].resize(kMetaCopyBytes);
+    ASSERT_TRUE((*f)->read_at(layout.meta_offset(c), copies[c]));
+  }
+  auto u64 = [](const std::vector<std::byte>& b, size_t at) {
+    uint64_t v = 0;
+    std::memcpy(&v, b.data() + at, 8);
+    return v;
+  };
+  int newest = u64(copies[0], 24) > u64(copies[1], 24) ? 0 : 1;
+  std::vector<std::byte>& m = copies[newest];
+  const uint32_t v1 = 1;
+  const uint64_t far = 1000;
+  std::memcpy(m.data() + 8, &v1, 4);
+  std::memcpy(m.data() + 56, &far, 8);
+  const uint64_t check = integrity_hash(std::span<const std::byte>(m).first(64));
+  std::memcpy(m.data() + 64, &check, 8);
+  ASSERT_TRUE((*f)->write_at(layout.meta_offset(newest), m));
+}
+
+TEST(ExtentFormat, AVersion1ExtentWithItsFlagSetOpensDirty) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(2, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
+  r.reset();
+  make_version_1(fs);
+  for (bool read_only : {true, false}) {
+    auto again = Region::open(fs, "r", read_only);
+    ASSERT_TRUE(again) << again.error().to_string();
+    EXPECT_EQ((*again)->versions()[0], ver(2, 4, true)) << "read_only " << read_only;
+    expect_block(read(**again, 0, 2), 1, make_blocks(2, 1), 1);
+  }
+}
+
+TEST(ExtentFormat, AVersion1ExtentAtRestOpensCleanAndTakesVersion2Writes) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  ASSERT_TRUE(write(*r, 0, make_blocks(2, 1)));
+  ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
+  ASSERT_TRUE(r->settle());
+  r.reset();
+  make_version_1(fs);
+  auto again = Region::open(fs, "r", false);
+  ASSERT_TRUE(again) << again.error().to_string();
+  EXPECT_EQ((*again)->versions()[0], ver(2, 4, false));
+  ASSERT_TRUE(write(**again, 1, make_blocks(1, 7)));
+  ASSERT_TRUE((*again)->flush(FlushNumber{5}, Generation{2}, std::nullopt));
+  again->reset();
+  auto third = Region::open(fs, "r", false);
+  ASSERT_TRUE(third);
+  EXPECT_EQ((*third)->versions()[0], ver(2, 5, false));
+  expect_block(read(**third, 1, 1), 0, make_blocks(1, 7), 0);
 }
 
 TEST(ExtentVersions, RegionFlushLimitBeyondTheLastExtentIsRefused) {
