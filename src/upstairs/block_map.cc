@@ -7,8 +7,12 @@
 namespace cru::upstairs {
 
 namespace {
-void add_unique(std::vector<JobId>& deps, JobId id) {
-  if (std::find(deps.begin(), deps.end(), id) == deps.end()) deps.push_back(id);
+// Sorted, each id once. Collected with duplicates first: a flush or barrier spans every
+// range, and one linear search per id made that quadratic in the reads since the last one.
+std::vector<JobId> sorted_unique(std::vector<JobId> ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
 }
 }  // namespace
 
@@ -46,16 +50,15 @@ std::vector<JobId> BlockMap::add_blocking(JobId job, BlockRange range) {
        it != ranges_.end() && it->first < range.end();) {
     const Entry& e = it->second;
     if (!e.reads.empty()) {
-      for (JobId r : e.reads) add_unique(deps, r);
+      deps.insert(deps.end(), e.reads.begin(), e.reads.end());
     } else if (e.blocking) {
-      add_unique(deps, *e.blocking);
+      deps.push_back(*e.blocking);
     }
     it = ranges_.erase(it);
   }
   ranges_.emplace(range.start, Entry{range.end(), job, {}});
   merge_around(range.start, range.end());
-  std::sort(deps.begin(), deps.end());
-  return deps;
+  return sorted_unique(std::move(deps));
 }
 
 std::vector<JobId> BlockMap::add_read(JobId job, BlockRange range) {
@@ -73,14 +76,13 @@ std::vector<JobId> BlockMap::add_read(JobId job, BlockRange range) {
       continue;
     }
     Entry& e = it->second;
-    if (e.blocking) add_unique(deps, *e.blocking);
+    if (e.blocking) deps.push_back(*e.blocking);
     e.reads.push_back(job);
     cursor = e.end;
     ++it;
   }
   merge_around(range.start, range.end());
-  std::sort(deps.begin(), deps.end());
-  return deps;
+  return sorted_unique(std::move(deps));
 }
 
 void BlockMap::retire_through(JobId through) {
