@@ -194,6 +194,16 @@ TEST(ExtentVersions, RegionFlushWithExtentLimitFlushesOnlyUpToTheLimit) {
   EXPECT_EQ(v[3], ver(0, 0, true));
 }
 
+// Opens the region read-only, then read-write (which recovers): both must see extent 0
+// as `want`.
+void expect_reopened_extent0(FaultFs& fs, const ExtentVersion& want) {
+  for (bool read_only : {true, false}) {
+    auto again = Region::open(fs, "r", read_only);
+    ASSERT_TRUE(again) << again.error().to_string();
+    EXPECT_EQ((*again)->versions()[0], want) << "read_only " << read_only;
+  }
+}
+
 // The flag on disk: a flush leaves it set, so the next write needs no sync of its own;
 // settle() clears it once the extent is at rest.
 TEST(ExtentDirtyFlag, AWriteAfterAFlushSyncsNothing) {
@@ -234,11 +244,7 @@ TEST(ExtentDirtyFlag, ReopeningUnsettledIsCleanWhenNothingWasWrittenSinceTheFlus
   ASSERT_TRUE(write(*r, 0, make_blocks(2, 1)));
   ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
   r.reset();  // as a crash would: the flag is still set on disk
-  for (bool read_only : {true, false}) {
-    auto again = Region::open(fs, "r", read_only);
-    ASSERT_TRUE(again);
-    EXPECT_EQ((*again)->versions()[0], ver(2, 4, false)) << "read_only " << read_only;
-  }
+  expect_reopened_extent0(fs, ver(2, 4, false));
 }
 
 TEST(ExtentDirtyFlag, ReopeningUnsettledIsDirtyWhenAWriteLandedSinceTheFlush) {
@@ -248,11 +254,7 @@ TEST(ExtentDirtyFlag, ReopeningUnsettledIsDirtyWhenAWriteLandedSinceTheFlush) {
   ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{2}, std::nullopt));
   ASSERT_TRUE(write(*r, 1, make_blocks(1, 9)));
   r.reset();
-  for (bool read_only : {true, false}) {
-    auto again = Region::open(fs, "r", read_only);
-    ASSERT_TRUE(again);
-    EXPECT_EQ((*again)->versions()[0], ver(2, 4, true)) << "read_only " << read_only;
-  }
+  expect_reopened_extent0(fs, ver(2, 4, true));
 }
 
 TEST(ExtentDirtyFlag, SettledExtentsOpenWithoutAScan) {
