@@ -41,7 +41,7 @@ void Disk::locked(uint64_t offset, uint64_t len, DoneFn done,
               [this, done = std::move(done), body = std::move(body)](RangeLock::Token t) mutable {
                 body([this, t, done = std::move(done)](Status s) {
                   locks_.unlock(t);
-                  done(s);
+                  done(std::move(s));
                 });
               });
 }
@@ -59,7 +59,7 @@ void Disk::write(uint64_t offset, std::span<const std::byte> data, DoneFn done) 
   if (auto t = aligned ? locks_.try_lock(first, end) : std::nullopt) {
     volume_.write(BlockIndex{first}, data, [this, t = *t, done = std::move(done)](Status s) {
       locks_.unlock(t);
-      done(s);
+      done(std::move(s));
     });
     return;
   }
@@ -110,7 +110,7 @@ void Disk::zero_range(uint64_t offset, uint64_t len, DoneFn done) {
            };
            auto join = std::make_shared<Join>();
            join->finish = std::move(finish);
-           auto part = [join](Status s) {
+           auto part = [join](const Status& s) {
              if (!s && join->status) join->status = s;
              if (--join->remaining == 0) join->finish(join->status);
            };
@@ -125,7 +125,7 @@ void Disk::zero_range(uint64_t offset, uint64_t len, DoneFn done) {
 
 void Disk::flush(DoneFn done) {
   dirty_ = false;
-  volume_.flush([this, done = std::move(done)](Status s) {
+  volume_.flush([this, done = std::move(done)](const Status& s) {
     if (!s) dirty_ = true;  // the next close tries again
     done(s);
   });

@@ -199,7 +199,7 @@ struct FuseServer::Impl {
         });
   }
 
-  static void reply_flush(fuse_req_t req, const char* op, Status st) {
+  static void reply_flush(fuse_req_t req, const char* op, const Status& st) {
     fuse_reply_err(req, st ? 0 : fail_errno(op, st.error()));
   }
 
@@ -207,11 +207,11 @@ struct FuseServer::Impl {
   static void flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
     FuseServer& s = self(req);
     if (!s.disk_.dirty()) return static_cast<void>(fuse_reply_err(req, 0));
-    s.disk_.flush([req](Status st) { reply_flush(req, "flush on close", std::move(st)); });
+    s.disk_.flush([req](const Status& st) { reply_flush(req, "flush on close", st); });
   }
 
   static void fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
-    self(req).disk_.flush([req](Status st) { reply_flush(req, "fsync", std::move(st)); });
+    self(req).disk_.flush([req](const Status& st) { reply_flush(req, "fsync", st); });
   }
 
   static void fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
@@ -237,7 +237,7 @@ struct FuseServer::Impl {
     const uint64_t clipped_end = std::min(end, size);
     if (start >= clipped_end) return static_cast<void>(fuse_reply_err(req, 0));
     s.disk_.zero_range(start, clipped_end - start,
-                       [req](Status st) { reply_flush(req, "fallocate", st); });
+                       [req](const Status& st) { reply_flush(req, "fallocate", st); });
   }
 
   static void statfs(fuse_req_t req, fuse_ino_t) {
