@@ -334,64 +334,92 @@ Status FuseServer::mount() {
   return {};
 }
 
+namespace {
+
+// What the thread that calls run() waits on: SIGINT/SIGTERM/SIGHUP (blocked in this thread
+// and taken through a signalfd) or the end of the session, which the io thread tells
+// through an eventfd. Restores the signal mask when it goes.
+class StopWait {
+ public:
+  StopWait() {
+    sigemptyset(&signals_);
+    for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals_, sig);
+    pthread_sigmask(SIG_BLOCK, &signals_, &old_mask_);
+    signal_fd_ = ::signalfd(-1, &signals_, SFD_CLOEXEC);
+    if (signal_fd_ < 0) error_ = errno;
+    ended_fd_ = ::eventfd(0, EFD_CLOEXEC);
+    if (ended_fd_ < 0) error_ = errno;
+  }
+  ~StopWait() {
+    for (int f : {signal_fd_, ended_fd_})
+      if (f >= 0) ::close(f);
+    pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
+  }
+  StopWait(const StopWait&) = delete;
+  StopWait& operator=(const StopWait&) = delete;
+
+  Status status() const {
+    if (error_ != 0)
+      return fail(ErrorCode::kIo, fmt::format("signalfd/eventfd: {}", std::strerror(error_)));
+    return {};
+  }
+  // From any thread.
+  void end() const {
+    const uint64_t one = 1;
+    static_cast<void>(::write(ended_fd_, &one, sizeof one));
+  }
+  void wait() const {
+    pollfd fds[] = {{signal_fd_, POLLIN, 0}, {ended_fd_, POLLIN, 0}};
+    while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
+    }
+    signalfd_siginfo info{};
+    if ((fds[0].revents & POLLIN) && ::read(signal_fd_, &info, sizeof info) == sizeof info)
+      log::info("signal {}: unmounting", info.ssi_signo);
+  }
+
+ private:
+  sigset_t signals_{};
+  sigset_t old_mask_{};
+  int signal_fd_ = -1;
+  int ended_fd_ = -1;
+  int error_ = 0;
+};
+
+}  // namespace
+
 Status FuseServer::run(upstairs::Volume& io) {
   CRU_ASSERT(mounted_);
   const int fd = fuse_session_fd(session_);
   if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0)
     return fail(ErrorCode::kIo, fmt::format("/dev/fuse: {}", std::strerror(errno)));
-  // This thread only waits: for the end of the session (told through `ended`) or for
-  // SIGINT/SIGTERM/SIGHUP, taken here through a signalfd. The requests themselves are read
-  // and answered on the volume's io thread.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&stop_signals, sig);
-  sigset_t old_mask;
-  pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask);
-  const int sfd = ::signalfd(-1, &stop_signals, SFD_CLOEXEC);
-  const int ended = ::eventfd(0, EFD_CLOEXEC);
-  if (sfd < 0 || ended < 0) {
-    int err = errno;
-    for (int f : {sfd, ended})
-      if (f >= 0) ::close(f);
-    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    return fail(ErrorCode::kIo, fmt::format("signalfd/eventfd: {}", std::strerror(err)));
-  }
-  fuse_buf buf{};
   int loop_error = 0;
-  auto drain = [&] {
-    for (;;) {
-      int res = fuse_session_receive_buf(session_, &buf);
-      if (res == -EINTR) continue;
-      if (res == -EAGAIN) return;
-      if (res > 0) fuse_session_process_buf(session_, &buf);
-      if (res < 0) loop_error = -res;
-      if (res <= 0 || fuse_session_exited(session_)) {  // unmounted, or a failure
-        const uint64_t one = 1;
-        static_cast<void>(::write(ended, &one, sizeof one));
-        return;
+  {
+    StopWait stop;
+    CRU_TRY(stop.status());
+    fuse_buf buf{};
+    // On the io thread, whenever /dev/fuse is readable: every request there, in turn.
+    auto drain = [&] {
+      for (;;) {
+        int res = fuse_session_receive_buf(session_, &buf);
+        if (res == -EINTR) continue;
+        if (res == -EAGAIN) return;
+        if (res > 0) fuse_session_process_buf(session_, &buf);
+        if (res < 0) loop_error = -res;
+        if (res <= 0 || fuse_session_exited(session_)) return stop.end();  // unmounted, failed
       }
+    };
+    // A signal that came between mount() and here was taken by libfuse's handler.
+    if (!fuse_session_exited(session_)) {
+      io.watch(fd, drain);
+      stop.wait();
+      io.unwatch();
     }
-  };
-  // A signal that came between mount() and here was taken by libfuse's handler.
-  if (!fuse_session_exited(session_)) {
-    io.watch(fd, drain);
-    pollfd fds[] = {{sfd, POLLIN, 0}, {ended, POLLIN, 0}};
-    while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
-    }
-    if (fds[0].revents & POLLIN) {
-      signalfd_siginfo info{};
-      if (::read(sfd, &info, sizeof info) == sizeof info)
-        log::info("signal {}: unmounting", info.ssi_signo);
-    }
-    io.unwatch();
+    std::free(buf.mem);
+    // Default handlers again (before the mask is restored): a second signal during the
+    // final flush kills the process.
+    fuse_remove_signal_handlers(session_);
+    handlers_ = false;
   }
-  std::free(buf.mem);
-  ::close(sfd);
-  ::close(ended);
-  // Default handlers again: a second signal during the final flush kills the process.
-  fuse_remove_signal_handlers(session_);
-  handlers_ = false;
-  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   fuse_session_unmount(session_);
   mounted_ = false;
   if (loop_error != 0)

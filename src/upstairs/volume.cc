@@ -203,6 +203,57 @@ struct Volume::Impl {
     };
   }
 
+  // A read of several jobs (or one to decrypt): every job's data lands in one buffer, and
+  // the last to finish decrypts and answers.
+  void read_gathered(BlockIndex start, uint64_t count, ReadFn done, std::function<void()> release) {
+    const uint32_t bs = block_size_;
+    const uint64_t per = chunk_blocks();
+    struct State {
+      ByteBuffer buf;
+      std::vector<std::optional<proto::BlockContext>> contexts;
+      uint64_t remaining = 0;
+      Status status;
+      ReadFn done;
+      std::function<void()> release;
+    };
+    auto st = std::make_shared<State>();
+    st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
+    st->done = std::move(done);
+    st->release = std::move(release);
+    if (count > 0) {
+      st->buf = ByteBuffer(count * bs);
+      if (options.key) st->contexts.resize(count);
+    }
+    std::vector<std::pair<GuestOp, Completion>> ops;
+    for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
+      uint64_t n = std::min(per, count - off);
+      ops.emplace_back(ReadOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)},
+                       [this, st, off, bs, start](GuestDone& g) {
+                         if (!g.status) {
+                           if (st->status) st->status = g.status;
+                         } else if (!st->buf.empty()) {
+                           std::memcpy(st->buf.data() + off * bs, g.read.data.data(),
+                                       g.read.data.size());
+                           if (!st->contexts.empty())
+                             std::move(g.read.contexts.begin(), g.read.contexts.end(),
+                                       st->contexts.begin() + static_cast<long>(off));
+                         }
+                         if (--st->remaining > 0) return;
+                         if (st->status && !st->contexts.empty())
+                           st->status = crypto->open(start.value, st->contexts, st->buf.span());
+                         auto reply = std::move(st->done);
+                         auto release = std::move(st->release);
+                         if (st->status)
+                           reply(Bytes(std::move(st->buf)));
+                         else
+                           reply(tl::unexpected(st->status.error()));
+                         release();
+                       });
+      if (count == 0) break;
+    }
+    submit(std::move(ops));
+  }
+
   uint64_t chunk_blocks() const { return std::max<uint64_t>(1, kMaxJobBytes / block_size_); }
 
   Status check_active() const {
@@ -279,13 +330,11 @@ Status Volume::deactivate(std::chrono::milliseconds timeout) {
 void Volume::read(BlockIndex start, uint64_t count, ReadFn done) {
   if (auto s = impl_->check_active(); !s) return done(tl::unexpected(s.error()));
   Impl& im = *impl_;
-  bool acquired = im.acquire();
-  const uint32_t bs = im.block_size_;
-  const uint64_t per = im.chunk_blocks();
-  if (count <= per && !im.options.key) {
+  auto release = im.releaser(im.acquire());
+  if (count <= im.chunk_blocks() && !im.options.key) {
     // One job and nothing to decrypt: the received data is the answer, not copied.
     im.submit({{ReadOp{start, static_cast<uint32_t>(count)},
-                [done = std::move(done), release = im.releaser(acquired)](GuestDone& g) {
+                [done = std::move(done), release = std::move(release)](GuestDone& g) {
                   if (g.status)
                     done(std::move(g.read.data));
                   else
@@ -294,51 +343,7 @@ void Volume::read(BlockIndex start, uint64_t count, ReadFn done) {
                 }}});
     return;
   }
-  // All chunks land in one buffer; the last one to finish decrypts and answers.
-  struct State {
-    ByteBuffer buf;
-    std::vector<std::optional<proto::BlockContext>> contexts;
-    uint64_t remaining = 0;
-    Status status;
-    ReadFn done;
-    std::function<void()> release;
-  };
-  auto st = std::make_shared<State>();
-  st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
-  st->done = std::move(done);
-  st->release = im.releaser(acquired);
-  if (count > 0) {
-    st->buf = ByteBuffer(count * bs);
-    if (im.options.key) st->contexts.resize(count);
-  }
-  std::vector<std::pair<GuestOp, Impl::Completion>> ops;
-  for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
-    uint64_t n = std::min(per, count - off);
-    ops.emplace_back(ReadOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)},
-                     [st, off, bs, &im, start](GuestDone& g) {
-                       if (!g.status) {
-                         if (st->status) st->status = g.status;
-                       } else if (!st->buf.empty()) {
-                         std::memcpy(st->buf.data() + off * bs, g.read.data.data(),
-                                     g.read.data.size());
-                         if (!st->contexts.empty())
-                           std::move(g.read.contexts.begin(), g.read.contexts.end(),
-                                     st->contexts.begin() + static_cast<long>(off));
-                       }
-                       if (--st->remaining > 0) return;
-                       if (st->status && !st->contexts.empty())
-                         st->status = im.crypto->open(start.value, st->contexts, st->buf.span());
-                       auto reply = std::move(st->done);
-                       auto release = std::move(st->release);
-                       if (st->status)
-                         reply(Bytes(std::move(st->buf)));
-                       else
-                         reply(tl::unexpected(st->status.error()));
-                       release();
-                     });
-    if (count == 0) break;
-  }
-  im.submit(std::move(ops));
+  im.read_gathered(start, count, std::move(done), std::move(release));
 }
 
 // One guest call split into several jobs: the first error wins, the last job to finish

@@ -232,7 +232,7 @@ TEST(ExtentDirtyFlag, AFlushSyncsEachExtentTwiceWhateverTheirNumber) {
   FaultFs fs;
   auto r = make_region(fs);
   for (uint32_t e = 0; e < kExtents; ++e)
-    ASSERT_TRUE(write(*r, e * kExtentSize, make_blocks(1, e + 1)));
+    ASSERT_TRUE(write(*r, e * kExtentSize, make_blocks(1, static_cast<uint8_t>(e + 1))));
   uint64_t syncs = fs.syncs();
   ASSERT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
   EXPECT_EQ(fs.syncs(), syncs + 2 * kExtents) << "data, then the new numbers";
