@@ -100,7 +100,7 @@ class Reader {
 
 Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
   CRU_TRY(r.map(v, "volume",
-                {"targets", "generation", "read_only", "key", "activate_timeout_ms",
+                {"targets", "generation", "read_only", "key", "key_file", "activate_timeout_ms",
                  "flush_timeout_ms", "limits"}));
   const YAML::Node t = v["targets"];
   if (!t) return r.fail("volume.targets", "missing (three host:port addresses)");
@@ -129,10 +129,16 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
   if (const auto ro = v["read_only"]) {
     CRU_TRY_ASSIGN(c.read_only, r.boolean(ro, "volume.read_only"));
   }
-  if (const auto k = v["key"]) {
-    CRU_TRY_ASSIGN(auto s, r.scalar(k, "volume.key"));
-    auto key = upstairs::parse_key(s);
-    if (!key) return r.fail("volume.key", key.error().message);
+  // A key written in the config would be as readable as the config (and end up in
+  // backups and version control): refused, without echoing it.
+  if (v["key"])
+    return r.fail("volume.key",
+                  "an inline key is not accepted; put it in a file of mode 0600 and name that "
+                  "file in volume.key_file");
+  if (const auto k = v["key_file"]) {
+    CRU_TRY_ASSIGN(auto path, r.scalar(k, "volume.key_file"));
+    auto key = upstairs::load_key_file(path);
+    if (!key) return r.fail("volume.key_file", key.error().message);
     c.key = *key;
   }
   if (const auto a = v["activate_timeout_ms"]) {

@@ -20,7 +20,7 @@ struct Config {
   std::array<std::string, kClientCount> targets;
   std::optional<Generation> generation;  // nullopt: auto
   bool read_only = false;
-  std::optional<upstairs::Key> key;  // volume.key: encryption key, base64 (32 bytes)
+  std::optional<upstairs::Key> key;  // read from volume.key_file
   std::chrono::milliseconds activate_timeout{30'000};
   upstairs::Limits limits;  // flush_timeout_ms and limits.* land here
   // mount:

@@ -1,7 +1,10 @@
 #include "upstairs/block_crypto.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -27,6 +30,42 @@ Result<Key> parse_key(std::string_view base64) {
     return fail(ErrorCode::kInvalidArgument,
                 "the encryption key must be 32 bytes in standard base64 (44 characters)");
   }
+  return key;
+}
+
+Result<Key> load_key_file(const std::string& path) {
+  // A base64 key and a newline; anything much larger is the wrong file.
+  constexpr size_t kMaxKeyFileBytes = 1024;
+  auto bad = [&](const std::string& why) {
+    return fail(ErrorCode::kInvalidArgument, fmt::format("key file {}: {}", path, why));
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return bad(std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return bad(std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) return bad("not a regular file");
+  if (st.st_uid != ::geteuid())
+    return bad(fmt::format("owned by uid {}, not by this user (uid {})", st.st_uid, ::geteuid()));
+  if ((st.st_mode & 077) != 0)
+    return bad(fmt::format("mode {:04o} lets others read it; chmod 600 it", st.st_mode & 07777));
+  std::array<char, kMaxKeyFileBytes + 1> text{};
+  size_t len = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, text.data() + len, text.size() - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return bad(std::strerror(errno));
+    if (n == 0) break;
+    len += static_cast<size_t>(n);
+    if (len == text.size()) break;
+  }
+  if (len > kMaxKeyFileBytes) return bad(fmt::format("larger than {} bytes", kMaxKeyFileBytes));
+  Result<Key> key = parse_key(std::string_view(text.data(), len));
+  sodium_memzero(text.data(), text.size());
+  if (!key) return bad(key.error().message);
   return key;
 }
 

@@ -21,6 +21,10 @@ using Key = std::array<uint8_t, kKeyBytes>;
 
 // Decodes a standard base64 key that must be exactly 32 bytes.
 Result<Key> parse_key(std::string_view base64);
+// Reads a key file: a regular file owned by this user, readable by no one else (mode 0600
+// or stricter), holding the base64 key (e.g. `openssl rand -base64 32`). The error names
+// the path and what is wrong, never the key.
+Result<Key> load_key_file(const std::string& path);
 
 class BlockCrypto {
  public:

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 
 #include "common/uuid.h"
@@ -74,6 +75,14 @@ class Cluster {
   std::string dir(size_t i) const { return tmp_.file("ds" + std::to_string(i)); }
   std::string file(const std::string& name) const { return tmp_.file(name); }
   void set_target(size_t i, uint16_t port) { ports_[i] = port; }
+  // kKey in a file of mode 0600, for --key-file.
+  std::string key_file() const {
+    const std::string path = file("key");
+    std::ofstream(path) << kKey << "\n";
+    std::filesystem::permissions(
+        path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    return path;
+  }
 
   // `crucible -t ... -t ... -t ... <args>`, run to completion.
   std::vector<std::string> argv(std::vector<std::string> args) const {
@@ -247,7 +256,7 @@ TEST(CrucibleRefusals, UnencryptedRegionWithAKeyIsRefused) {
   ASSERT_NO_FATAL_FAILURE(c.create(1, {"--encrypted"}));
   ASSERT_NO_FATAL_FAILURE(c.create(2));
   ASSERT_NO_FATAL_FAILURE(c.start_all());
-  auto r = c.run({"--key", kKey, "--activate-timeout", "20", "one"});
+  auto r = c.run({"--key-file", c.key_file(), "--activate-timeout", "20", "one"});
   expect_refused(r, std::regex("encrypt"), "the encryption mismatch");
   EXPECT_NE(r.err.find(c.target(2)), std::string::npos)
       << "names the unencrypted downstairs: " << r.err;
@@ -257,8 +266,26 @@ TEST(CrucibleRefusals, EncryptedRegionsWithAKeyWork) {
   Cluster c;
   ASSERT_NO_FATAL_FAILURE(c.create_all({"--encrypted"}));
   ASSERT_NO_FATAL_FAILURE(c.start_all());
-  auto r = c.run({"--key", kKey, "rand", "--count", "200"});
+  auto r = c.run({"--key-file", c.key_file(), "rand", "--count", "200"});
   expect_success(r, c, "(all verified)");
+}
+
+TEST(CrucibleRefusals, KeyOnTheCommandLineIsRefused) {
+  Cluster c;
+  auto r = run_command({crucible(), "-t", "127.0.0.1:1", "-t", "127.0.0.1:2", "-t", "127.0.0.1:3",
+                        "--key", kKey, "one"},
+                       kCommandTimeout);
+  expect_refused(r, std::regex("--key-file"), "the flag to use instead");
+  EXPECT_EQ(r.err.find(kKey), std::string::npos) << "never echoes the key: " << r.err;
+}
+
+TEST(CrucibleRefusals, KeyFileReadableByOthersIsRefused) {
+  Cluster c;
+  const std::string path = c.key_file();
+  std::filesystem::permissions(path, std::filesystem::perms::others_read,
+                               std::filesystem::perm_options::add);
+  auto r = c.run({"--key-file", path, "one"});
+  expect_refused(r, std::regex("chmod 600"), "the mode fix");
 }
 
 TEST_F(CrucibleE2e, ExplicitGenerationLowerThanOnDiskIsRefusedNamingBothNumbers) {

@@ -274,7 +274,14 @@ bool Cluster::downstairs_running(int i) const {
 
 std::string Cluster::config_yaml(const std::string& mountpoint,
                                  const std::string& extra_yaml) const {
-  std::string key = key_.empty() ? "" : fmt::format("  key: \"{}\"\n", key_);
+  std::string key;
+  if (!key_.empty()) {
+    // What volume.key_file demands: a file only its owner can read.
+    const std::string path = write_file("volume.key", key_);
+    std::filesystem::permissions(
+        path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    key = fmt::format("  key_file: {}\n", path);
+  }
   return fmt::format(
       "volume:\n"
       "  targets: [\"{}\", \"{}\", \"{}\"]\n"

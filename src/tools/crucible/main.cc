@@ -26,7 +26,8 @@ using Ms = std::chrono::milliseconds;
 struct Args {
   std::vector<std::string> targets;
   std::string gen = "auto";
-  std::string key;
+  std::string key;  // refused: see main()
+  std::string key_file;
   bool quiet = false;
   int activate_timeout_s = 30;
   uint64_t count = 0;
@@ -336,7 +337,10 @@ int main(int argc, char** argv) {
   app.add_option("-g,--gen", a.gen,
                  "activation generation: a number or 'auto' (1 + the highest seen)")
       ->capture_default_str();
-  app.add_option("--key", a.key, "base64 256-bit encryption key (encrypted regions)");
+  app.add_option("--key-file", a.key_file,
+                 "file of mode 0600 holding the base64 256-bit encryption key (encrypted regions)");
+  // Still recognised, only to refuse it without echoing the key (as an unknown flag would).
+  app.add_option("--key", a.key)->group("");
   app.add_flag("-q,--quiet", a.quiet, "print only errors (and perf results)");
   app.add_option("--activate-timeout", a.activate_timeout_s, "seconds to wait for activation")
       ->capture_default_str();
@@ -385,9 +389,12 @@ int main(int argc, char** argv) {
   }
   VolumeOptions options;
   std::copy(a.targets.begin(), a.targets.end(), options.targets.begin());
-  if (!a.key.empty()) {
-    auto key = parse_key(a.key);
-    if (!key) die("--key: " + key.error().message);
+  if (!a.key.empty())
+    die("--key: a key on the command line is visible to every user (ps); put it in a file of "
+        "mode 0600 and pass --key-file");
+  if (!a.key_file.empty()) {
+    auto key = load_key_file(a.key_file);
+    if (!key) die("--key-file: " + key.error().message);
     options.key = *key;
   }
   uint64_t seed = a.seed ? a.seed : std::random_device{}();

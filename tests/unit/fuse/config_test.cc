@@ -109,12 +109,6 @@ TEST(FuseConfig, ReadOnly) {
   EXPECT_TRUE(c->read_only);
 }
 
-TEST(FuseConfig, Key) {
-  auto c = parse(std::string(kTargets) + "  key: \"" + kKey + "\"\n");
-  ASSERT_TRUE(c) << c.error().to_string();
-  ASSERT_TRUE(c->key.has_value());
-}
-
 TEST(FuseConfig, ActivateAndFlushTimeouts) {
   auto c =
       parse(std::string(kTargets) + "  activate_timeout_ms: 100\n  flush_timeout_ms: 86400000\n");
@@ -228,8 +222,11 @@ INSTANTIATE_TEST_SUITE_P(
                 "is not true or false"},
         Refusal{"ReadOnlyList", kT + "  read_only: [true]\n", "volume.read_only",
                 "expected a single value"},
-        Refusal{"KeyNotBase64", kT + "  key: \"not a key\"\n", "volume.key", ""},
-        Refusal{"KeyTooShort", kT + "  key: \"AAECAwQFBgcICQoLDA0ODw==\"\n", "volume.key", ""},
+        Refusal{"InlineKey", kT + "  key: \"" + kKey + "\"\n", "volume.key",
+                "an inline key is not accepted; put it in a file of mode 0600 and name that "
+                "file in volume.key_file"},
+        Refusal{"KeyFileMissing", kT + "  key_file: /nonexistent/key\n", "volume.key_file",
+                "key file /nonexistent/key: No such file or directory"},
         Refusal{"ActivateTimeoutTooSmall", kT + "  activate_timeout_ms: 99\n",
                 "volume.activate_timeout_ms", "99 is not in 100..86400000"},
         Refusal{"FlushTimeoutZero", kT + "  flush_timeout_ms: 0\n", "volume.flush_timeout_ms",
@@ -299,10 +296,14 @@ class FuseConfigFile : public ::testing::Test {
     dir_ = templ;
   }
   void TearDown() override { fs::remove_all(dir_); }
-  std::string write(const std::string& name, const std::string& text) {
+  std::string write(const std::string& name, const std::string& text, mode_t mode = 0644) {
     std::string path = dir_ + "/" + name;
     std::ofstream(path) << text;
+    fs::permissions(path, static_cast<fs::perms>(mode));
     return path;
+  }
+  Result<Config> with_key_file(const std::string& path) {
+    return parse(std::string(kTargets) + "  key_file: " + path + "\n");
   }
   std::string dir_;
 };
@@ -342,6 +343,56 @@ TEST_F(FuseConfigFile, GoodFileLoads) {
   auto c = load_config(path);
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(c->mount_path, "./mnt");
+}
+
+// ---- volume.key_file ----
+
+TEST_F(FuseConfigFile, KeyFileOfMode0600IsRead) {
+  auto c = with_key_file(write("key", std::string(kKey) + "\n", 0600));
+  ASSERT_TRUE(c) << c.error().to_string();
+  ASSERT_TRUE(c->key.has_value());
+  EXPECT_EQ((*c->key)[0], 0);
+  EXPECT_EQ((*c->key)[31], 31);
+}
+
+TEST_F(FuseConfigFile, KeyFileReadableByOthersIsRefused) {
+  for (mode_t mode : {0644, 0640, 0604}) {
+    auto c = with_key_file(write("key", kKey, mode));
+    ASSERT_FALSE(c) << std::oct << mode;
+    EXPECT_NE(c.error().message.find("lets others read it; chmod 600 it"), std::string::npos)
+        << c.error().message;
+  }
+}
+
+TEST_F(FuseConfigFile, KeyFileOwnedBySomeoneElseIsRefused) {
+  const std::string path = write("key", kKey, 0600);
+  ASSERT_EQ(::chown(path.c_str(), ::geteuid() + 1, static_cast<gid_t>(-1)), 0)
+      << "the tests run as root";
+  auto c = with_key_file(path);
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("not by this user"), std::string::npos) << c.error().message;
+}
+
+TEST_F(FuseConfigFile, KeyFileThatIsNotAKeyIsRefusedWithoutEchoingIt) {
+  const std::string secret = "c2VjcmV0IGJ1dCBub3QgYSBrZXk=";
+  auto c = with_key_file(write("key", secret, 0600));
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("32 bytes in standard base64"), std::string::npos)
+      << c.error().message;
+  EXPECT_EQ(c.error().message.find(secret), std::string::npos) << c.error().message;
+}
+
+TEST_F(FuseConfigFile, KeyFileThatIsADirectoryOrASymlinkIsRefused) {
+  auto dir = with_key_file(dir_);
+  ASSERT_FALSE(dir);
+  EXPECT_NE(dir.error().message.find("not a regular file"), std::string::npos)
+      << dir.error().message;
+  const std::string target = write("key", kKey, 0600);
+  fs::create_symlink(target, dir_ + "/link");
+  auto link = with_key_file(dir_ + "/link");
+  ASSERT_FALSE(link);
+  EXPECT_NE(link.error().message.find("key file " + dir_ + "/link: "), std::string::npos)
+      << link.error().message;
 }
 
 }  // namespace
