@@ -32,6 +32,14 @@ std::optional<std::pair<JobId, std::vector<JobId>*>> job_header(Message& m) {
       m);
 }
 
+// The generation a message asks to write to disk, if it carries one.
+std::optional<Generation> carried_generation(const Message& m) {
+  if (auto* f = std::get_if<Flush>(&m)) return f->generation;
+  if (auto* ef = std::get_if<ExtentFlush>(&m)) return ef->generation;
+  if (auto* lfc = std::get_if<ExtentLiveFlushClose>(&m)) return lfc->generation;
+  return std::nullopt;
+}
+
 bool is_reconcile(const Message& m) {
   return std::holds_alternative<ExtentFlush>(m) || std::holds_alternative<ExtentClose>(m) ||
          std::holds_alternative<ExtentRepair>(m) || std::holds_alternative<ExtentReopen>(m);
@@ -44,6 +52,8 @@ Core::Core(Region& region, CoreOptions options)
   // A promotion below a generation already on disk can only be a stale upstairs.
   for (const auto& v : region_.versions())
     highest_generation_ = std::max(highest_generation_, v.generation);
+  if (const auto& last = region_.last_promotion())
+    highest_generation_ = std::max(highest_generation_, last->generation);
 }
 
 ConnectionId Core::new_connection() {
@@ -237,14 +247,23 @@ void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive&
   };
   if (!options_.read_only) {
     if (p.generation.value == 0) return refuse("generation 0 is not allowed");
+    // Strictly above every generation seen, or the very promotion last recorded coming
+    // back (the same upstairs and session reconnecting): anything else would let a second
+    // upstairs write beside the first.
+    const auto& last = region_.last_promotion();
+    const bool same_session = last && last->generation == p.generation &&
+                              last->upstairs_id == p.upstairs_id &&
+                              last->session_id == p.session_id;
+    if (p.generation < highest_generation_ ||
+        (p.generation == highest_generation_ && !same_session))
+      return refuse(fmt::format("generation {} does not exceed generation {} already seen{}",
+                                p.generation, highest_generation_,
+                                last && last->generation == highest_generation_
+                                    ? fmt::format(" (promoted by upstairs {} session {})",
+                                                  last->upstairs_id, last->session_id)
+                                    : std::string()));
     if (active_ && *active_ != conn) {
-      Conn& old = conns_.at(*active_);
-      bool same_session =
-          old.hello.upstairs_id == p.upstairs_id && old.hello.session_id == p.session_id;
-      if (p.generation < old.generation || (p.generation == old.generation && !same_session))
-        return refuse(
-            fmt::format("generation {} does not exceed the active upstairs {}'s generation {}",
-                        p.generation, old.hello.upstairs_id, old.generation));
+      const Conn& old = conns_.at(*active_);
       log::warn("upstairs {} (generation {}) takes over from upstairs {} (generation {})",
                 p.upstairs_id, p.generation, old.hello.upstairs_id, old.generation);
       ConnectionId old_conn = *active_;
@@ -252,12 +271,16 @@ void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive&
       drop(
           out, old_conn,
           fmt::format("taken over by upstairs {} with generation {}", p.upstairs_id, p.generation));
-    } else if (p.generation < highest_generation_) {
-      return refuse(fmt::format("generation {} is lower than generation {} already seen",
-                                p.generation, highest_generation_));
+    }
+    // Recorded before the answer: after a crash the promotion is still known.
+    if (auto s = region_.record_promotion({p.generation, p.upstairs_id, p.session_id}); !s) {
+      log::error("recording the promotion of upstairs {}: {}", p.upstairs_id,
+                 s.error().to_string());
+      out.send(conn, ErrorReport{JobId{}, WireStatus::from(s.error())});
+      return drop(out, conn, "cannot record the promotion: " + s.error().message);
     }
     active_ = conn;
-    highest_generation_ = std::max(highest_generation_, p.generation);
+    highest_generation_ = p.generation;
     // A new session starts from a whole region, whatever the last one left closed.
     if (auto s = region_.reopen_all(); !s) {
       log::error("reopening extents for upstairs {}: {}", p.upstairs_id, s.error().to_string());
@@ -275,6 +298,13 @@ void Core::handle_promote(Output& out, ConnectionId conn, const PromoteToActive&
 // ---- jobs ------------------------------------------------------------------------------------
 
 void Core::handle_running(Output& out, ConnectionId conn, Message& m) {
+  // Only the generation this connection was promoted with may reach the disk: anything
+  // else is a confused or hostile peer, never a legitimate upstairs.
+  if (auto g = carried_generation(m); g && *g != conns_.at(conn).generation)
+    return protocol_error(out, conn,
+                          fmt::format("{} carries generation {} but this connection was promoted "
+                                      "with generation {}",
+                                      describe(m), *g, conns_.at(conn).generation));
   if (is_reconcile(m)) return handle_reconcile(out, conn, m);
   auto header = job_header(m);
   if (!header)

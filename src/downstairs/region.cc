@@ -15,6 +15,7 @@ namespace {
 constexpr std::string_view kRegionFile = "region.json";
 // region.json is a few hundred bytes; anything larger is not ours.
 constexpr size_t kMaxRegionFileBytes = 64 * kKiB;
+constexpr std::string_view kPromotionFile = "promotion.json";
 // A received extent is checked this many blocks at a time, bounding the memory it takes.
 constexpr uint64_t kVerifyStepBlocks = 1024;
 
@@ -105,6 +106,40 @@ Result<RegionOptions> Region::read_options(FileSystem& fs, const std::string& di
   return o;
 }
 
+// ---- promotion.json ----------------------------------------------------------------------
+
+static Result<std::optional<Promotion>> read_promotion(FileSystem& fs, const std::string& dir) {
+  const std::string path = join_path(dir, std::string(kPromotionFile));
+  CRU_TRY_ASSIGN(bool there, fs.exists(path));
+  if (!there) return std::optional<Promotion>{};  // never promoted read-write (or older build)
+  CRU_TRY_ASSIGN(std::string text, read_whole_file(fs, path, kMaxRegionFileBytes));
+  auto bad = [&](std::string why) {
+    return fail(ErrorCode::kCorrupt, fmt::format("{}: {}", path, why));
+  };
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
+  try {
+    auto up = Uuid::parse(j.at("upstairs_id").get<std::string>());
+    auto session = Uuid::parse(j.at("session_id").get<std::string>());
+    if (!up) return bad(up.error().message);
+    if (!session) return bad(session.error().message);
+    return Promotion{Generation{j.at("generation").get<uint64_t>()}, *up, *session};
+  } catch (const nlohmann::json::exception& e) {
+    return bad(e.what());
+  }
+}
+
+Status Region::record_promotion(const Promotion& p) {
+  if (read_only_) return fail(ErrorCode::kReadOnly, "the region is open read-only");
+  nlohmann::ordered_json j;
+  j["generation"] = p.generation.value;
+  j["upstairs_id"] = p.upstairs_id.to_string();
+  j["session_id"] = p.session_id.to_string();
+  CRU_TRY(write_file_atomic(fs_, join_path(dir_, std::string(kPromotionFile)), j.dump(2) + "\n"));
+  promotion_ = p;
+  return {};
+}
+
 // ---- create / open ---------------------------------------------------------------------
 
 Region::Region(FileSystem& fs, std::string dir, RegionOptions options, bool read_only)
@@ -159,6 +194,7 @@ Result<std::unique_ptr<Region>> Region::open(FileSystem& fs, const std::string& 
                                              bool read_only) {
   CRU_TRY_ASSIGN(const RegionOptions options, read_options(fs, dir));
   std::unique_ptr<Region> r(new Region(fs, dir, options, read_only));
+  CRU_TRY_ASSIGN(r->promotion_, read_promotion(fs, dir));
   for (uint32_t i = 0; i < options.def.extent_count; ++i) {
     CRU_TRY_ASSIGN(auto e, Extent::open(fs, r->extent_path(ExtentId{i}), r->layout_, ExtentId{i},
                                         read_only, options.def.encrypted));

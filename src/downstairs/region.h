@@ -46,6 +46,16 @@ struct ReadResult {
 
 class RepairStaging;
 
+// The last read-write promotion. Kept in promotion.json so that after a restart the
+// downstairs still knows which generation was promoted last and by whom: only that
+// upstairs and session may come back with the same generation (fencing).
+struct Promotion {
+  Generation generation;
+  Uuid upstairs_id;
+  Uuid session_id;
+  friend bool operator==(const Promotion&, const Promotion&) = default;
+};
+
 class Region {
  public:
   // Creates a region in `dir` (made if missing). Refuses a directory that already
@@ -63,6 +73,10 @@ class Region {
   uint16_t default_port() const { return options_.default_port; }
   bool read_only() const { return read_only_; }
   const std::string& dir() const { return dir_; }
+
+  const std::optional<Promotion>& last_promotion() const { return promotion_; }
+  // Durable (written atomically and synced) when it returns.
+  Status record_promotion(const Promotion& p);
 
   // Adds extents so the region holds at least `extent_count` (import of a large file).
   Status extend(uint32_t extent_count);
@@ -122,6 +136,7 @@ class Region {
   std::string dir_;
   RegionOptions options_;
   bool read_only_;
+  std::optional<Promotion> promotion_;
   ExtentLayout layout_;
   // nullptr while closed (for repair); closed_versions_ then holds its state at close.
   std::vector<std::unique_ptr<Extent>> extents_;

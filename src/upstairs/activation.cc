@@ -164,7 +164,14 @@ bool Upstairs::refused(ClientId c, const Message& m) {
                        en->expected ? "encrypted" : "not encrypted",
                        config_.encrypted ? "has a key" : "has no key"));
   } else if (auto* er = std::get_if<ErrorReport>(&m)) {
-    refuse(c, er->status.code, er->status.message);
+    // Refused for its generation once active: another upstairs has a newer one (or took
+    // over and left). Writing on through the other two would split the volume: stop.
+    if (er->status.code == ErrorCode::kGenerationTooLow &&
+        (state_ == VolumeState::kActive || state_ == VolumeState::kDeactivating))
+      fence(fmt::format("{} refused generation {}: {}", describe(c), generation_,
+                        er->status.message));
+    else
+      refuse(c, er->status.code, er->status.message);
   } else if (std::holds_alternative<UuidMismatch>(m)) {
     refuse(c, ErrorCode::kUuidMismatch, "the downstairs reports an id mismatch");
   } else {
@@ -180,6 +187,10 @@ void Upstairs::on_yes_its_me(ClientId c, const YesItsMe& y) {
     move(c, DsEvent::kYesItsMe, DsState::kWaitPromote);
     return promote_all_if_ready();
   }
+  // Reconnecting: a replica that has seen a newer generation has a newer upstairs.
+  if (y.highest_generation > generation_)
+    return fence(fmt::format("{} has seen generation {}, above ours ({})", describe(c),
+                             y.highest_generation, generation_));
   move(c, DsEvent::kYesItsMe, DsState::kWaitActive);
   send(c, PromoteToActive{config_.upstairs_id, config_.session_id, generation_});
 }

@@ -375,12 +375,14 @@ TEST(CoreTakeover, ALowerGenerationIsRefused) {
   EXPECT_EQ(f.core->active_upstairs(), a);
 }
 
-TEST(CoreTakeover, ALowerGenerationIsRefusedEvenAfterTheActiveOneLeft) {
-  Fixture f;
-  ConnectionId a = f.negotiate(Upstairs{}, 5);
-  f.core->on_disconnect(a, "gone");
-  EXPECT_FALSE(f.core->active_upstairs());
-  expect_refused(f, Upstairs{}, 4);
+TEST(CoreTakeover, ALowerOrEqualGenerationFromAnotherUpstairsIsRefusedAfterTheActiveOneLeft) {
+  for (uint64_t gen : {4, 5}) {
+    Fixture f;
+    ConnectionId a = f.negotiate(Upstairs{}, 5);
+    f.core->on_disconnect(a, "gone");
+    EXPECT_FALSE(f.core->active_upstairs());
+    expect_refused(f, Upstairs{}, gen);
+  }
 }
 
 TEST(CoreTakeover, AGenerationLowerThanOneOnDiskIsRefused) {
@@ -400,6 +402,70 @@ TEST(CoreTakeover, AGenerationLowerThanOneOnDiskIsRefused) {
   ConnectionId c2 = core.new_connection();
   core.on_message(c2, u.hello(8));
   only<YouAreNowActive>(core.on_message(c2, u.promote(8)), c2);
+}
+
+TEST(CoreTakeover, APromotionOutlivesARestartWithoutAnyFlush) {
+  Fixture f;
+  Upstairs a;
+  f.negotiate(a, 4);
+  // The downstairs restarts: a new core over the region reopened from disk.
+  f.core.reset();
+  f.region.reset();
+  auto region = Region::open(f.fs, "r", false);
+  ASSERT_TRUE(region) << region.error().to_string();
+  f.region = std::move(*region);
+  ASSERT_TRUE(f.region->last_promotion());
+  EXPECT_EQ(*f.region->last_promotion(), (Promotion{Generation{4}, a.id, a.session}));
+  f.core = std::make_unique<Core>(*f.region, CoreOptions{});
+  // A stranger learns 4 is the generation to beat and cannot use 4 (or 3) itself.
+  ConnectionId probe = f.core->new_connection();
+  EXPECT_EQ(
+      only<YesItsMe>(f.core->on_message(probe, Upstairs{}.hello(3)), probe).highest_generation,
+      Generation{4});
+  expect_refused(f, Upstairs{}, 4);
+  expect_refused(f, Upstairs{}, 3);
+  // The upstairs that was promoted comes back with its generation and session.
+  f.negotiate(a, 4);
+}
+
+TEST(CoreTakeover, APromotionThatCannotBeRecordedIsRefused) {
+  Fixture f;
+  f.fs.fail_next(FaultFs::Op::kRename);  // promotion.json.tmp -> promotion.json
+  Upstairs u;
+  ConnectionId c = f.core->new_connection();
+  f.core->on_message(c, u.hello(1));
+  auto out = f.core->on_message(c, u.promote(1));
+  EXPECT_EQ(only<ErrorReport>(out, c).status.code, ErrorCode::kIo);
+  EXPECT_TRUE(closed(out, c));
+  EXPECT_FALSE(f.core->active_upstairs());
+}
+
+TEST(CoreTakeover, AFlushCarryingAnotherGenerationIsRefusedAndTouchesNothing) {
+  for (uint64_t gen : {2, 9, 3}) {
+    Fixture f;
+    ConnectionId c = f.negotiate(Upstairs{}, 3);
+    ASSERT_EQ(acked(f.core->on_message(c, make_write(1000, {}, 0, 1, 1)), c), ids({1000}));
+    auto out = f.core->on_message(c, make_flush(1001, ids({1000}), 1, gen));
+    if (gen == 3) {  // the connection's own generation
+      EXPECT_EQ(acked(out, c), ids({1001}));
+      EXPECT_EQ(f.region->versions()[0].generation, Generation{3});
+      continue;
+    }
+    EXPECT_TRUE(acked(out, c).empty());
+    ASSERT_TRUE(closed(out, c));
+    EXPECT_NE(closed(out, c)->find("carries generation " + std::to_string(gen)), std::string::npos)
+        << *closed(out, c);
+    EXPECT_EQ(f.region->versions()[0].generation, Generation{0}) << "nothing reached the disk";
+  }
+}
+
+TEST(CoreTakeover, AReconciliationFlushCarryingAnotherGenerationIsRefused) {
+  Fixture f;
+  ConnectionId c = f.negotiate(Upstairs{}, 3);
+  auto out = f.core->on_message(
+      c, ExtentFlush{RepairId{1}, ExtentId{0}, ClientId{0}, FlushNumber{1}, Generation{4}});
+  EXPECT_TRUE(sent<RepairAck>(out, c).empty());
+  EXPECT_TRUE(closed(out, c));
 }
 
 TEST(CoreTakeover, GenerationZeroIsRefused) {
@@ -657,11 +723,12 @@ struct RepairPair {
     src_up = negotiate(*src, *src_region);
     dst_up = negotiate(*dst, *dst_region);
   }
-  static ConnectionId negotiate(Core& core, Region& region) {
+  // Generation 2 by default: the one the tests' live flushes and repairs carry.
+  static ConnectionId negotiate(Core& core, Region& region, uint64_t gen = 2) {
     Upstairs u;
     ConnectionId c = core.new_connection();
-    core.on_message(c, u.hello(1, false, region.def().encrypted));
-    core.on_message(c, u.promote(1));
+    core.on_message(c, u.hello(gen, false, region.def().encrypted));
+    core.on_message(c, u.promote(gen));
     core.on_message(c, RegionInfoPlease{});
     core.on_message(c, ExtentVersionsPlease{});
     return c;
@@ -1043,7 +1110,7 @@ TEST(CoreLiveRepair, AnUpstairsThatLeavesAbandonsItsFetch) {
   // Late events for the abandoned fetch are ignored.
   EXPECT_TRUE(p.dst->on_connected(fetch).sends.empty());
   EXPECT_TRUE(p.dst->on_disconnect(fetch, "late").sends.empty());
-  ConnectionId next = RepairPair::negotiate(*p.dst, *p.dst_region);
+  ConnectionId next = RepairPair::negotiate(*p.dst, *p.dst_region, 3);
   EXPECT_TRUE(p.dst_region->is_open(ExtentId{0})) << "the next session reopens it";
   (void)next;
 }
@@ -1057,10 +1124,10 @@ TEST(CoreReconciliation, RepairStepsCopyTheSourceExtent) {
   auto w = make_write(1000, {}, 2, 1, 33);
   ASSERT_TRUE(only<Ack>(p.to_src(w), p.src_up).status.is_ok());
   auto flushed = only<RepairAck>(
-      p.to_src(ExtentFlush{RepairId{1}, ExtentId{0}, ClientId{0}, FlushNumber{8}, Generation{3}}),
+      p.to_src(ExtentFlush{RepairId{1}, ExtentId{0}, ClientId{0}, FlushNumber{8}, Generation{2}}),
       p.src_up);
   EXPECT_EQ(flushed, (RepairAck{RepairId{1}, WireStatus::ok()}));
-  EXPECT_EQ(p.src_region->versions()[0], (ExtentVersion{Generation{3}, FlushNumber{8}, false}));
+  EXPECT_EQ(p.src_region->versions()[0], (ExtentVersion{Generation{2}, FlushNumber{8}, false}));
   EXPECT_TRUE(
       only<RepairAck>(p.to_src(ExtentClose{RepairId{2}, ExtentId{0}}), p.src_up).status.is_ok());
   EXPECT_TRUE(

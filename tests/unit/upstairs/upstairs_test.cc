@@ -780,5 +780,49 @@ TEST_F(Active, DownstairsReportingAHigherGenerationFencesThisUpstairs) {
   EXPECT_EQ(h.reply(w).status.error().code, ErrorCode::kNoLongerActive);
 }
 
+// Drops downstairs `c` and runs the clock until the core connects to it again, then plays
+// the negotiation with `ds` answering.
+void reconnect_with(Harness& h, ClientId c, ClientData<FakeDs> ds) {
+  h.disconnect(c);
+  const size_t seen = h.connects().size();
+  for (int i = 0; i < 100 && h.connects().size() == seen; ++i) {
+    TimePoint d = h.up().next_deadline();
+    ASSERT_NE(d, TimePoint::max()) << "no timer is due";
+    h.tick_at(d);
+    h.drop_pings();
+  }
+  ASSERT_GT(h.connects().size(), seen) << "never reconnected";
+  h.negotiate(ds);
+}
+
+void expect_fenced(Harness& h, GuestId pending) {
+  EXPECT_EQ(h.up().snapshot().state, "disabled");
+  ASSERT_TRUE(h.done(pending)) << "the outstanding IO is failed";
+  EXPECT_EQ(h.reply(pending).status.error().code, ErrorCode::kNoLongerActive);
+  GuestId w = h.submit(write_op(0, 1, 2));
+  ASSERT_TRUE(h.done(w));
+  EXPECT_EQ(h.reply(w).status.error().code, ErrorCode::kNoLongerActive);
+}
+
+TEST_F(Active, AGenerationTooLowRefusalDuringAReconnectFencesThisUpstairs) {
+  GuestId f = h.submit(FlushOp{});
+  ClientData<FakeDs> ds;
+  ds[kC1].refuse_hello =
+      ErrorReport{JobId{0}, WireStatus{ErrorCode::kGenerationTooLow,
+                                       "generation 1 does not exceed generation 1 already seen"}};
+  ASSERT_NO_FATAL_FAILURE(reconnect_with(h, kC1, ds));
+  expect_fenced(h, f);
+}
+
+TEST_F(Active, AReplicaThatHasSeenANewerGenerationOnReconnectFencesThisUpstairs) {
+  GuestId f = h.submit(FlushOp{});
+  ClientData<FakeDs> ds;
+  ds[kC2].highest_generation = Generation{h.up().snapshot().generation.value + 1};
+  ASSERT_NO_FATAL_FAILURE(reconnect_with(h, kC2, ds));
+  expect_fenced(h, f);
+  EXPECT_TRUE(h.inbox(kC2).empty() || !std::holds_alternative<PromoteToActive>(h.inbox(kC2).back()))
+      << "never asks to be promoted over the newer upstairs";
+}
+
 }  // namespace
 }  // namespace cru::upstairs::test
