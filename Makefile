@@ -4,7 +4,7 @@
 #   make run        three local downstairs + disk.img mounted at ./mnt
 #   make deps       install the Debian packages (as root; quiet when present)
 #   make asan|tsan  unit and simulation tests under sanitizers
-#   make fuzz       libFuzzer on the protocol decoder (FUZZ_SECONDS, default 60)
+#   make fuzz       libFuzzer: the decoder, the downstairs and upstairs cores (FUZZ_SECONDS each)
 #   make format|format-check|lint|check-headers|check-layers|bench|clean
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -245,11 +245,32 @@ $(FUZZ_DIR)/make_corpus: tests/fuzz/make_corpus.cc $(LIB_PROTO) $(LIB_COMMON)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< $(LIB_PROTO) $(LIB_COMMON) $(LDLIBS) -o $@
 
-fuzz: $(FUZZ_DIR)/fuzz_decode $(FUZZ_DIR)/make_corpus
-	@rm -rf $(FUZZ_DIR)/seeds && mkdir -p $(FUZZ_DIR)/seeds $(FUZZ_DIR)/corpus $(FUZZ_DIR)/artifacts
+# The stateful fuzzers drive a whole core (with the in-memory FaultFs for the downstairs).
+FUZZ_STATEFUL_FLAGS := $(FUZZ_FLAGS) -Itests
+FUZZ_LIBS := -lspdlog -lfmt -lsodium -lxxhash -luring -pthread
+FUZZ_HEADERS := $(wildcard src/*/*.h tests/fuzz/*.h tests/support/*.h)
+$(FUZZ_DIR)/fuzz_downstairs: tests/fuzz/fuzz_downstairs.cc $(FUZZ_SRC) $(DOWNSTAIRS_SRC) tests/support/fault_fs.cc $(FUZZ_HEADERS) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	clang++ $(FUZZ_STATEFUL_FLAGS) tests/fuzz/fuzz_downstairs.cc $(FUZZ_SRC) $(DOWNSTAIRS_SRC) \
+	  tests/support/fault_fs.cc $(FUZZ_LIBS) -o $@
+$(FUZZ_DIR)/fuzz_upstairs: tests/fuzz/fuzz_upstairs.cc $(FUZZ_SRC) $(UPSTAIRS_SRC) $(FUZZ_HEADERS) | $(DEPS_STAMP)
+	@mkdir -p $(@D)
+	clang++ $(FUZZ_STATEFUL_FLAGS) tests/fuzz/fuzz_upstairs.cc $(FUZZ_SRC) $(UPSTAIRS_SRC) \
+	  $(FUZZ_LIBS) -o $@
+
+# Every fuzzer runs FUZZ_SECONDS, each with its own corpus directory; the decoder's starts
+# from seeds of every message. A crash stops the target with the reproducer in artifacts/.
+FUZZERS := fuzz_decode fuzz_downstairs fuzz_upstairs
+fuzz: $(addprefix $(FUZZ_DIR)/,$(FUZZERS)) $(FUZZ_DIR)/make_corpus
+	@rm -rf $(FUZZ_DIR)/seeds && mkdir -p $(FUZZ_DIR)/seeds $(FUZZ_DIR)/artifacts \
+	  $(addprefix $(FUZZ_DIR)/corpus/,$(FUZZERS))
 	@$(FUZZ_DIR)/make_corpus $(FUZZ_DIR)/seeds
 	$(FUZZ_DIR)/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR)/artifacts/ $(FUZZ_DIR)/corpus $(FUZZ_DIR)/seeds
+	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_decode- $(FUZZ_DIR)/corpus/fuzz_decode $(FUZZ_DIR)/seeds
+	$(FUZZ_DIR)/fuzz_downstairs -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_downstairs- $(FUZZ_DIR)/corpus/fuzz_downstairs
+	$(FUZZ_DIR)/fuzz_upstairs -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_upstairs- $(FUZZ_DIR)/corpus/fuzz_upstairs
 
 # ---- style --------------------------------------------------------------------------
 CXX_FILES = $(shell git ls-files '*.cc' '*.h')

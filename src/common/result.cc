@@ -36,7 +36,8 @@ std::string_view error_code_name(ErrorCode code) {
       "already exists",
       "not found",
       "busy",
-      "shutting down"};
+      "shutting down",
+      "io too large"};
   auto i = static_cast<size_t>(code);
   return i < kNames.size() ? kNames[i] : "unknown error";
 }

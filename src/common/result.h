@@ -45,8 +45,9 @@ enum class ErrorCode : uint16_t {
   kNotFound = 28,
   kBusy = 29,  // refused now, may succeed later (e.g. repair while degraded)
   kShutdown = 30,
+  kIoTooLarge = 31,  // one IO whose reply (or request) could not fit in one frame
 };
-inline constexpr uint16_t kErrorCodeMax = 30;
+inline constexpr uint16_t kErrorCodeMax = 31;
 
 std::string_view error_code_name(ErrorCode code);
 

@@ -6,6 +6,7 @@
 
 #include "common/hash.h"
 #include "common/log.h"
+#include "downstairs/request_check.h"
 #include "proto/codec.h"
 #include "proto/limits.h"
 
@@ -305,6 +306,20 @@ void Core::handle_running(Output& out, ConnectionId conn, Message& m) {
                           fmt::format("{} carries generation {} but this connection was promoted "
                                       "with generation {}",
                                       describe(m), *g, conns_.at(conn).generation));
+  // Every field is checked against the region before anything is queued, allocated or
+  // read from disk; a bad request is answered with the error and never runs.
+  if (Status s = check_request(m, region_.def()); !s) {
+    auto reply = error_reply(m, s.error());
+    if (!reply) return protocol_error(out, conn, s.error().message);
+    log::warn("connection {}: refused {}: {}", conn, describe(m), s.error().to_string());
+    out.send(conn, std::move(*reply));
+    // As after a failed read: a read changes nothing, so what waits for it may run.
+    if (auto r = as<Read>(m)) {
+      complete(conns_.at(conn), r->job_id, false);
+      run_ready(out, conn);
+    }
+    return;
+  }
   if (is_reconcile(m)) return handle_reconcile(out, conn, m);
   auto header = job_header(m);
   if (!header)

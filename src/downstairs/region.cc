@@ -49,7 +49,7 @@ Status validate_geometry(const proto::RegionDefinition& def) {
     return invalid(fmt::format("--block-size {} is not a power of two from {} to {}",
                                def.block_size, proto::kMinBlockSize, proto::kMaxBlockSize));
   if (def.extent_size == 0) return invalid("--extent-size must be at least 1 block");
-  if (def.extent_bytes() > kMaxExtentBytes)
+  if (def.extent_size > kMaxExtentBytes / def.block_size)  // no overflow in extent_bytes()
     return invalid(fmt::format(
         "--extent-size {} blocks of {} bytes is {}; the limit is {} per extent", def.extent_size,
         def.block_size, format_size(def.extent_bytes()), format_size(kMaxExtentBytes)));

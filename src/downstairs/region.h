@@ -23,9 +23,7 @@ namespace cru::downstairs {
 
 // Bump when region.json changes incompatibly.
 inline constexpr uint32_t kRegionFormatVersion = 1;
-// One extent file holds at most 1 GiB of data: bounds the time to repair or recover one
-// extent, and the memory of one transfer's bookkeeping.
-inline constexpr uint64_t kMaxExtentBytes = 1ull << 30;
+using proto::kMaxExtentBytes;
 // Defaults: 64 MiB extents of 4 KiB blocks, 16 of them (a 1 GiB volume).
 inline constexpr uint32_t kDefaultBlockSize = 4096;
 inline constexpr uint64_t kDefaultExtentBytes = 64ull << 20;

@@ -489,6 +489,19 @@ Result<Message> decode_frame(std::span<const std::byte> frame) {
 
 Status validate(const Message& m) { return validate_impl(m); }
 
+Status check_region(const RegionDefinition& def) {
+  const char* name = "RegionInfo";
+  if (!valid_block_size(def.block_size))
+    return bad(name, fmt::format("block size {} is not a power of two in [{}, {}]", def.block_size,
+                                 kMinBlockSize, kMaxBlockSize));
+  if (def.extent_size == 0 || def.extent_size > kMaxExtentBytes / def.block_size)
+    return bad(name, fmt::format("extent size {} blocks of {} bytes is not 1 to {} bytes",
+                                 def.extent_size, def.block_size, kMaxExtentBytes));
+  if (def.extent_count == 0 || def.extent_count > kMaxExtents)
+    return bad(name, fmt::format("extent count {} is not 1 to {}", def.extent_count, kMaxExtents));
+  return {};
+}
+
 Status check_version(uint32_t peer_version) {
   if (peer_version == kProtocolVersion) return {};
   return fail(ErrorCode::kVersionMismatch,

@@ -53,6 +53,11 @@ Result<Message> decode_frame(std::span<const std::byte> frame);
 // block count times block size, dependency counts, client ids.
 Status validate(const Message& m);
 
+// A region's geometry as a peer reports it (RegionInfo): a valid block size, 1 to
+// kMaxExtentBytes per extent, 1 to kMaxExtents extents. Within these no size computed from
+// it overflows. The error (kProtocol) names the field.
+Status check_region(const RegionDefinition& def);
+
 // The downstairs' check of a HereIAm's version, naming both versions on a mismatch.
 Status check_version(uint32_t peer_version);
 

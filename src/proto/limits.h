@@ -29,6 +29,9 @@ inline constexpr uint32_t kMaxDiscardBlocks = 1u << 20;
 inline constexpr uint32_t kMaxDependencies = 65536;
 // Strings are names, addresses and error messages, never data.
 inline constexpr uint32_t kMaxStringBytes = 4096;
+// One extent file holds at most 1 GiB of data: bounds the time to repair or recover one
+// extent, and the memory of one transfer's bookkeeping.
+inline constexpr uint64_t kMaxExtentBytes = 1ull << 30;
 // One ExtentVersions entry (17 B) per extent, so the list must fit in kMaxMetaBytes;
 // 2^18 extents of 64 MiB is a 16 TiB region.
 inline constexpr uint32_t kMaxExtents = 1u << 18;

@@ -25,7 +25,8 @@ namespace cru::proto {
 
 // Bump on any change to a message's tag or fields, to the frame layout, or to the meaning
 // of an ErrorCode: peers compare versions first and refuse a mismatch with both numbers.
-inline constexpr uint32_t kProtocolVersion = 2;  // 2: ExtentFetch.have_hash, ExtentChunk.unchanged
+// 2: ExtentFetch.have_hash, ExtentChunk.unchanged; 3: ErrorCode kIoTooLarge.
+inline constexpr uint32_t kProtocolVersion = 3;
 
 #define CRU_FIELDS(...)                           \
   auto fields() { return std::tie(__VA_ARGS__); } \

@@ -19,22 +19,28 @@ void Upstairs::guest_done(GuestId id, Status status, ReadData read) {
 
 void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply) {
   auto it = jobs_.find(id);
+  // Ids are never reused: one past the counter, or one this downstairs was never sent, can
+  // only come from a broken or hostile peer.
+  if (id >= next_job_ ||
+      (it != jobs_.end() && (it->second.io[c] == Io::kNone || it->second.io[c] == Io::kHeld)))
+    return protocol_violation(c, fmt::format("reply for job {}, which it was never sent", id));
   if (it == jobs_.end() || it->second.io[c] != Io::kSent) {
+    // Retired, or answered before its connection was lost and the job skipped here.
     log::debug("{}: reply for job {} that is not in flight there", describe(c), id);
     return;
   }
   Job& job = it->second;
   clients_[c].last_reply = now_;
-  if (job.kind == JobKind::kRead) {
-    auto* resp = reply ? std::get_if<ReadResponse>(reply) : nullptr;
-    if (!resp)
-      return lose_connection(
-          c, fmt::format("protocol error: job {} is a read, the reply is not", id), true);
-    return on_read_reply(c, job, status, resp);
-  }
+  const bool read_reply = reply && std::holds_alternative<ReadResponse>(*reply);
+  if (read_reply != (job.kind == JobKind::kRead))
+    return protocol_violation(
+        c, fmt::format("job {} is {}a read, the reply is {}", id,
+                       job.kind == JobKind::kRead ? "" : "not ", proto::describe(*reply)));
+  if (read_reply) return on_read_reply(c, job, status, &std::get<ReadResponse>(*reply));
   bool close_ack = reply && std::holds_alternative<ExtentLiveCloseAck>(*reply);
   if (close_ack != (job.kind == JobKind::kLiveClose))
-    return lose_connection(c, fmt::format("protocol error: wrong reply type for job {}", id), true);
+    return protocol_violation(
+        c, fmt::format("wrong reply type {} for job {}", proto::describe(*reply), id));
   if (!status) {
     set_io(job, c, Io::kError);
     log::warn("{}: job {} failed: {}", describe(c), id, status.error().to_string());
@@ -55,9 +61,18 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
 
 void Upstairs::on_read_reply(ClientId c, Job& job, const Status& status, ReadResponse* resp) {
   Status s = status;
-  if (s && (resp->contexts.size() != job.range.count || resp->block_size != region_->block_size))
-    s = fail(ErrorCode::kProtocol, fmt::format("read job {} answered with {} blocks of {} bytes",
-                                               job.id, resp->contexts.size(), resp->block_size));
+  if (s && (resp->contexts.size() != job.range.count || resp->block_size != region_->block_size ||
+            resp->data.size() != job.range.count * region_->block_size)) {
+    // Not data that failed a check: an answer to another question. The read is retried
+    // elsewhere before this downstairs is dropped.
+    set_io(job, c, Io::kError);
+    if (!job.acked) retry_read(job);
+    return protocol_violation(
+        c, fmt::format("read job {} of {} blocks of {} bytes answered with {} blocks of {} bytes "
+                       "and {} bytes of data",
+                       job.id, job.range.count, region_->block_size, resp->contexts.size(),
+                       resp->block_size, resp->data.size()));
+  }
   bool corrupt = false;
   if (s && !job.acked) {
     // Every block is checked before it can reach the guest.

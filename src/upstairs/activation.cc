@@ -5,7 +5,9 @@
 
 #include <algorithm>
 
+#include "common/address.h"
 #include "common/log.h"
+#include "proto/codec.h"
 #include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
@@ -180,8 +182,19 @@ bool Upstairs::refused(ClientId c, const Message& m) {
   return true;
 }
 
+void Upstairs::protocol_violation(ClientId c, const std::string& what) {
+  std::string why = "protocol error: " + what;
+  clients_[c].set_error(why, now_);
+  log::warn("{}: {}", describe(c), why);
+  // Active: a downstairs that breaks the protocol no longer holds a trusted replica.
+  fault(c, why);
+}
+
 void Upstairs::on_yes_its_me(ClientId c, const YesItsMe& y) {
   Client& cl = clients_[c];
+  // Handed to the other downstairs as a repair source: it must be a usable address.
+  if (auto a = parse_address(y.repair_addr); !a)
+    return protocol_violation(c, "YesItsMe repair address: " + a.error().message);
   cl.highest_generation = y.highest_generation;
   if (state_ == VolumeState::kActivating) {
     move(c, DsEvent::kYesItsMe, DsState::kWaitPromote);
@@ -206,6 +219,8 @@ void Upstairs::on_now_active(ClientId c, const YouAreNowActive& a) {
 
 void Upstairs::on_region_info(ClientId c, const RegionDefinition& d) {
   Client& cl = clients_[c];
+  // Checked before anything divides by it or sizes a table with it.
+  if (Status s = check_region(d); !s) return protocol_violation(c, s.error().message);
   if (d.encrypted != config_.encrypted)
     return refuse(c, ErrorCode::kEncryptionMismatch,
                   fmt::format("the region is {}encrypted but this volume is {}",

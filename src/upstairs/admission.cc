@@ -71,7 +71,7 @@ bool Upstairs::admit(const GuestSubmit& g) {
 
 bool Upstairs::admit_read(GuestId g, const ReadOp& op) {
   if (refuse_unless_active(g)) return true;
-  if (auto s = check_range(op.start, op.count, kMaxIoBlocks); !s) {
+  if (auto s = check_range(op.start, op.count, kMaxIoBytes / region_->block_size); !s) {
     guest_done(g, s);
     return true;
   }
@@ -92,7 +92,7 @@ bool Upstairs::admit_read(GuestId g, const ReadOp& op) {
 
 bool Upstairs::admit_write(GuestId g, const WriteOp& op) {
   if (refuse_unless_active(g) || refuse_if_read_only(g)) return true;
-  Status s = check_range(op.start, op.contexts.size(), kMaxIoBlocks);
+  Status s = check_range(op.start, op.contexts.size(), kMaxIoBytes / region_->block_size);
   if (s && op.data.size() != op.contexts.size() * region_->block_size)
     s = fail(ErrorCode::kInvalidArgument, "write data does not match its block count");
   if (s) s = check_quorum("writes");
@@ -248,8 +248,9 @@ bool Upstairs::refuse_if_read_only(GuestId g) {
 Status Upstairs::check_range(BlockIndex start, uint64_t count, uint64_t max_count) const {
   uint64_t total = region_->total_blocks();
   if (count == 0) return fail(ErrorCode::kInvalidArgument, "zero-length IO");
+  // A read's reply or a write's data must fit in one frame: the volume splits larger IO.
   if (count > max_count)
-    return fail(ErrorCode::kInvalidArgument,
+    return fail(ErrorCode::kIoTooLarge,
                 fmt::format("{} blocks exceed the {}-block limit of one IO", count, max_count));
   if (start.value >= total || count > total - start.value)
     return fail(ErrorCode::kOffsetInvalid,

@@ -308,6 +308,9 @@ class Upstairs {
   // keeps this downstairs out until a retry succeeds.
   void refuse(ClientId c, ErrorCode code, std::string why);
   bool refused(ClientId c, const proto::Message& m);  // a mismatch or error answer
+  // c sent something no correct downstairs sends: logged, faulted (when active) and
+  // disconnected; it is tried again after the usual backoff.
+  void protocol_violation(ClientId c, const std::string& what);
   void on_yes_its_me(ClientId c, const proto::YesItsMe& y);
   void on_now_active(ClientId c, const proto::YouAreNowActive& a);
   void on_region_info(ClientId c, const proto::RegionDefinition& d);

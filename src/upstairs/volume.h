@@ -18,6 +18,7 @@
 #include "common/bytes.h"
 #include "common/ids.h"
 #include "common/result.h"
+#include "proto/limits.h"
 #include "upstairs/block_crypto.h"
 #include "upstairs/status.h"
 
@@ -26,6 +27,9 @@ namespace cru::upstairs {
 // One job carries at most this much data: bounds the latency one IO adds in front of
 // others and keeps admission (75 MiB per downstairs) fine-grained.
 inline constexpr uint64_t kMaxJobBytes = 1 * kMiB;
+// The volume splits guest IO into jobs of kMaxJobBytes (at least one block), so no job's
+// data or read reply can outgrow a frame; the core refuses one that would (kIoTooLarge).
+static_assert(kMaxJobBytes >= proto::kMaxBlockSize && kMaxJobBytes <= proto::kMaxIoBytes);
 // Guest calls accepted but not finished; submitters beyond this wait (backpressure for
 // callers that do not wait for completions themselves).
 inline constexpr int kMaxOutstandingCalls = 4096;

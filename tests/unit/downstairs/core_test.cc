@@ -559,7 +559,7 @@ TEST(CoreJobs, AChainArrivingInReverseRunsInOrder) {
 TEST(CoreJobs, AnUnmetDependencyStaysPending) {
   Fixture f;
   ConnectionId c = f.negotiate(Upstairs{}, 1);
-  auto out = f.core->on_message(c, make_write(1001, ids({999999}), 0, 1, 1));
+  auto out = f.core->on_message(c, make_write(1001, ids({999}), 0, 1, 1));
   EXPECT_TRUE(out.sends.empty());
   EXPECT_FALSE(closed(out, c));
   only<Imok>(f.core->on_message(c, Ruok{}), c);
@@ -1177,6 +1177,73 @@ TEST(CoreRepairSource, ARepairHelloOfAnotherVersionIsRefused) {
   auto out = p.src->on_message(peer, RepairHello{kProtocolVersion + 1});
   EXPECT_EQ(only<VersionMismatch>(out, peer).version, kProtocolVersion);
   EXPECT_TRUE(closed(out, peer));
+}
+
+// ---- validation before allocation ----------------------------------------------------------
+
+// The probe from issue 10 against a read-only downstairs: a read whose reply could not be
+// one frame is answered with kIoTooLarge (not allocated, never encoded), and the
+// connection goes on serving.
+TEST(CoreValidation, AReadTooLargeForOneFrameIsRefusedAndTheConnectionServesOn) {
+  FaultFs fs;
+  RegionOptions o;
+  // 32 KiB blocks, so a region just over kMaxIoBytes stays small in memory.
+  const uint32_t bs = kMaxBlockSize;
+  const uint64_t extent_blocks = kMaxIoBytes / bs / 2 + 1;
+  o.def = {bs, extent_blocks, 2, Uuid::random(), false};
+  ASSERT_TRUE(Region::create(fs, "big", o));
+  auto region = Region::open(fs, "big", /*read_only=*/true);
+  ASSERT_TRUE(region);
+  Core core(**region, options(true, "127.0.0.1:3810"));
+  Upstairs u;
+  ConnectionId c = core.new_connection();
+  only<YesItsMe>(core.on_message(c, u.hello(1, /*read_only=*/true)), c);
+  only<YouAreNowActive>(core.on_message(c, u.promote(1)), c);
+  only<RegionInfo>(core.on_message(c, RegionInfoPlease{}), c);
+  only<ExtentVersions>(core.on_message(c, ExtentVersionsPlease{}), c);
+  const auto too_many = static_cast<uint32_t>(kMaxIoBytes / bs + 1);
+  auto out = core.on_message(c, make_read(1000, {}, 0, too_many));
+  auto r = only<ReadResponse>(out, c);
+  EXPECT_EQ(r.status.code, ErrorCode::kIoTooLarge) << r.status.message;
+  EXPECT_TRUE(r.data.empty());
+  EXPECT_FALSE(closed(out, c));
+  auto ok = only<ReadResponse>(core.on_message(c, make_read(1001, {}, 0, 2)), c);
+  EXPECT_TRUE(ok.status.is_ok()) << ok.status.message;
+  EXPECT_EQ(ok.data.size(), 2u * bs);
+}
+
+TEST(CoreValidation, ARefusedJobIsAnsweredNeverRunsAndWhatDependsOnItWaits) {
+  Fixture f;
+  ConnectionId c = f.negotiate(Upstairs{}, 1);
+  const uint64_t total = kExtentSize * kExtents;
+  auto out = f.core->on_message(c, make_write(1000, {}, total - 1, 2, 1));
+  EXPECT_EQ(only<Ack>(out, c).status.code, ErrorCode::kOffsetInvalid);
+  EXPECT_FALSE(closed(out, c));
+  for (const auto& v : f.region->versions()) EXPECT_FALSE(v.dirty) << "nothing was written";
+  EXPECT_TRUE(f.core->on_message(c, make_write(1001, ids({1000}), 0, 1, 2)).sends.empty())
+      << "a job depending on a refused one waits, as after a failed one";
+  only<Imok>(f.core->on_message(c, Ruok{}), c);
+}
+
+TEST(CoreValidation, ADependencyOnALaterJobIsRefusedNotQueuedForever) {
+  Fixture f;
+  ConnectionId c = f.negotiate(Upstairs{}, 1);
+  auto out = f.core->on_message(c, make_write(1001, ids({999999}), 0, 1, 1));
+  auto ack = only<Ack>(out, c);
+  EXPECT_EQ(ack.status.code, ErrorCode::kProtocol);
+  EXPECT_NE(ack.status.message.find("depends on job 999999"), std::string::npos)
+      << ack.status.message;
+}
+
+TEST(CoreValidation, ReconciliationOfAnExtentBeyondTheRegionIsRefusedInTheAck) {
+  Fixture f;
+  ConnectionId c = f.negotiate(Upstairs{}, 1);
+  auto out = f.core->on_message(
+      c, ExtentRepair{RepairId{5}, ExtentId{kExtents}, ClientId{0}, "127.0.0.1:1", {ClientId{1}}});
+  auto ack = only<RepairAck>(out, c);
+  EXPECT_EQ(ack.repair_id, RepairId{5});
+  EXPECT_EQ(ack.status.code, ErrorCode::kInvalidExtent);
+  EXPECT_TRUE(out.connects.empty()) << "no fetch was started";
 }
 
 }  // namespace

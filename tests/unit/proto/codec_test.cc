@@ -257,7 +257,7 @@ std::vector<std::byte> bytes_of(std::initializer_list<int> v) {
 }
 
 // A reminder that a version change is deliberate: update docs/protocol.md with it.
-TEST(Golden, ProtocolVersionIsTwo) { EXPECT_EQ(kProtocolVersion, 2u); }
+TEST(Golden, ProtocolVersionIsThree) { EXPECT_EQ(kProtocolVersion, 3u); }
 
 TEST(Golden, HereIAmEncoding) {
   HereIAm m;
