@@ -145,9 +145,11 @@ struct Volume::Impl {
     }
   }
 
-  static proto::FramedConnection::Options connection_options() {
+  proto::FramedConnection::Options connection_options() const {
     proto::FramedConnection::Options o;
     o.outbox_frames = kOutboxFrames;
+    o.tls = options.tls;
+    o.tls_check_host = true;
     // No idle or connect timeout: the core times both out through ticks (Disconnect).
     return o;
   }
@@ -242,12 +244,12 @@ struct Volume::Impl {
                          if (st->status && !st->contexts.empty())
                            st->status = crypto->open(start.value, st->contexts, st->buf.span());
                          auto reply = std::move(st->done);
-                         auto release = std::move(st->release);
+                         auto release_slot = std::move(st->release);
                          if (st->status)
                            reply(Bytes(std::move(st->buf)));
                          else
                            reply(tl::unexpected(st->status.error()));
-                         release();
+                         release_slot();
                        });
       if (count == 0) break;
     }

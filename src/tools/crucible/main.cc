@@ -12,7 +12,9 @@
 
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/tls_files.h"
 #include "common/units.h"
+#include "proto/tls.h"
 #include "tools/crucible/write_log.h"
 #include "upstairs/volume.h"
 
@@ -27,6 +29,7 @@ struct Args {
   std::vector<std::string> targets;
   std::string gen = "auto";
   std::string key;
+  std::string tls_cert, tls_key, tls_ca;
   bool quiet = false;
   int activate_timeout_s = 30;
   uint64_t count = 0;
@@ -337,6 +340,11 @@ int main(int argc, char** argv) {
                  "activation generation: a number or 'auto' (1 + the highest seen)")
       ->capture_default_str();
   app.add_option("--key", a.key, "base64 256-bit encryption key (encrypted regions)");
+  app.add_option("--tls-cert", a.tls_cert,
+                 "mutual TLS: this client's certificate (PEM; with --tls-key, --tls-ca)");
+  app.add_option("--tls-key", a.tls_key, "mutual TLS: the certificate's private key (PEM)");
+  app.add_option("--tls-ca", a.tls_ca,
+                 "mutual TLS: the CA that signed the downstairs' certificates (PEM)");
   app.add_flag("-q,--quiet", a.quiet, "print only errors (and perf results)");
   app.add_option("--activate-timeout", a.activate_timeout_s, "seconds to wait for activation")
       ->capture_default_str();
@@ -389,6 +397,13 @@ int main(int argc, char** argv) {
     auto key = parse_key(a.key);
     if (!key) die("--key: " + key.error().message);
     options.key = *key;
+  }
+  auto tls_files = tls_files_from_flags(a.tls_cert, a.tls_key, a.tls_ca);
+  if (!tls_files) die(tls_files.error().message);
+  if (*tls_files) {
+    auto tls = proto::TlsContext::load(**tls_files);
+    if (!tls) die(tls.error().message);
+    options.tls = std::move(*tls);
   }
   uint64_t seed = a.seed ? a.seed : std::random_device{}();
   std::mt19937_64 rng(seed);
