@@ -245,7 +245,8 @@ class Cluster:
                      "--size", size], stdout=subprocess.DEVNULL)
             logf = open(self.work / f"downstairs{i}.log", "w")
             proc = subprocess.Popen([str(BIN / "crucible-downstairs"), "--log-level", "warn", "run", "-d",
-                                     str(d), "-p", "0"] + tls_args[i], stdout=subprocess.PIPE,
+                                     str(d), "-p", "0", "-a", "127.0.0.1"] + tls_args[i],
+                                    stdout=subprocess.PIPE,
                                     stderr=logf, text=True)
             cleanup.process(proc, f"downstairs {i}")
             line = proc.stdout.readline()

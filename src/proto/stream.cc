@@ -27,7 +27,15 @@ void Stream::use_tls(TlsContext& context) {
 
 asio::awaitable<void> Stream::handshake(asio::ssl::stream_base::handshake_type type,
                                         const std::string& host) {
-  if (!host.empty()) tls_->set_verify_callback(asio::ssl::host_name_verification(host));
+  if (!host.empty()) {
+    // OpenSSL reports a name mismatch only as "unspecified": remember it to say so.
+    tls_->set_verify_callback([this, host, check = asio::ssl::host_name_verification(host)](
+                                  bool preverified, asio::ssl::verify_context& ctx) mutable {
+      bool ok = check(preverified, ctx);
+      if (preverified && !ok) host_mismatch_ = true;
+      return ok;
+    });
+  }
   asio::error_code ec;
   try {
     co_await tls_->async_handshake(type, asio::use_awaitable);
@@ -39,7 +47,10 @@ asio::awaitable<void> Stream::handshake(asio::ssl::stream_base::handshake_type t
   // says which check the peer's certificate failed.
   std::string why = ec.message();
   long verify = SSL_get_verify_result(tls_->native_handle());
-  if (verify != X509_V_OK) why += fmt::format(" ({})", X509_verify_cert_error_string(verify));
+  if (host_mismatch_)
+    why += fmt::format(" (the certificate does not name {})", host);
+  else if (verify != X509_V_OK)
+    why += fmt::format(" ({})", X509_verify_cert_error_string(verify));
   throw std::runtime_error("TLS handshake failed: " + why);
 }
 

@@ -53,6 +53,7 @@ class Stream {
   asio::ip::tcp::socket socket_;  // moved into tls_ by use_tls()
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket>> tls_;
   std::vector<std::byte> staged_;  // small buffers gathered into one record (TLS only)
+  bool host_mismatch_ = false;     // the server's certificate did not name the host
 };
 
 }  // namespace cru::proto

@@ -144,16 +144,16 @@ bool run_until(asio::io_context& io, Pred done, Millis timeout = kTimeout) {
 // A listener that serves each accepted socket with `server_options`.
 class TlsServer {
  public:
-  TlsServer(asio::io_context& io, FramedConnection::Options server_options, Record& r)
-      : acceptor_(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0)),
-        options_(std::move(server_options)),
-        record_(r) {
+  TlsServer(asio::io_context& io, FramedConnection::Options server_options, Record& r,
+            asio::ip::address_v4 address = asio::ip::address_v4::loopback())
+      : acceptor_(io, tcp::endpoint(address, 0)), options_(std::move(server_options)), record_(r) {
     acceptor_.async_accept([this](const asio::error_code& ec, tcp::socket s) {
       if (!ec) conn_ = FramedConnection::serve(std::move(s), options_, recording(record_));
     });
   }
   std::string address() const {
-    return "127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port());
+    auto ep = acceptor_.local_endpoint();
+    return ep.address().to_string() + ":" + std::to_string(ep.port());
   }
   uint16_t port() const { return acceptor_.local_endpoint().port(); }
   FramedConnection::Ptr& conn() { return conn_; }
@@ -229,6 +229,22 @@ TEST_F(TlsTest, ClientRefusesAServerFromAForeignCa) {
   EXPECT_EQ(cr.connected, 0);
   EXPECT_NE(cr.closed[0].find("TLS handshake failed: certificate verify failed"), std::string::npos)
       << cr.closed[0];
+}
+
+TEST_F(TlsTest, ClientRefusesAServerWhoseCertificateDoesNotNameTheHost) {
+  asio::io_context io;
+  Record sr, cr;
+  // Linux routes all of 127/8 to loopback; the certificates name 127.0.0.1 only.
+  TlsServer server(io, options(load(files("pki", "server"))), sr,
+                   asio::ip::make_address_v4("127.0.0.2"));
+  auto client =
+      FramedConnection::connect(io.get_executor(), server.address(),
+                                options(load(files("pki", "client")), true), recording(cr));
+  ASSERT_TRUE(run_until(io, [&] { return !cr.closed.empty(); }));
+  EXPECT_EQ(cr.connected, 0);
+  EXPECT_EQ(cr.closed[0],
+            "TLS handshake failed: certificate verify failed (SSL routines) (the certificate does "
+            "not name 127.0.0.2)");
 }
 
 TEST_F(TlsTest, ServerRefusesPlainTcpAndTimesOutASilentPeer) {
