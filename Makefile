@@ -55,7 +55,8 @@ module_srcs = $(filter-out $(1)/main.cc $(2),$(wildcard $(1)/*.cc))
 objs = $(patsubst %.cc,$(BUILD)/obj/%.o,$(1))
 
 # The shells (wildcard: a file not yet written is simply absent).
-PROTO_NET_SRC := $(wildcard src/proto/framed_socket.cc src/proto/connection.cc)
+PROTO_NET_SRC := $(wildcard src/proto/framed_socket.cc src/proto/connection.cc src/proto/stream.cc \
+  src/proto/tls.cc)
 DOWNSTAIRS_SERVER_SRC := $(wildcard src/downstairs/server.cc)
 VOLUME_SRC := $(wildcard src/upstairs/volume.cc)
 

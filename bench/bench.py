@@ -5,14 +5,16 @@ Runs, in one run on this machine, the same fio shapes and the same ext4 tree cop
   ceiling   bench/fuse_ceiling.c: one FUSE file over a local file (what FUSE allows);
   nbdfuse   nbdkit's file plugin behind nbdfuse: ONE unreplicated copy, what a user
             might pick instead of a replicated disk;
-  crucible  crucible-fuse over three local crucible-downstairs (three copies).
+  crucible  crucible-fuse over three local crucible-downstairs (three copies);
+  crucible-tls  the same with mutual TLS on every connection (certificates from
+            crucible-dsc create --tls): the "TLS / plain" column is the cost of TLS.
 Each image is 1 GiB and is filled once (1 MiB writes) before the shapes run, so reads
 read data. Then it measures crucible's peak memory (VmHWM) on a 1 GiB and a 64 GiB
 (sparse) volume. Prints per shape IOPS, MiB/s, p50 and p99 completion latency, the ratios
 to the ceiling and to nbdfuse against the targets of DESIGN.md section 9, and writes the
 summary to build/bench/results.md. Needs root (FUSE mounts, loop devices).
 
-Usage: bench/bench.py [--seconds N] [--shapes a,b] [--systems ceiling,nbdfuse,crucible]
+Usage: bench/bench.py [--seconds N] [--shapes a,b] [--systems ceiling,nbdfuse,crucible,crucible-tls]
                       [--tree-mb N] [--no-rss] [--no-tree]
 """
 import argparse
@@ -218,19 +220,34 @@ def mount_nbdfuse(work, cleanup):
 class Cluster:
     """Three crucible-downstairs on loopback and crucible-fuse over them."""
 
-    def __init__(self, work, size, cleanup, name="crucible"):
+    def __init__(self, work, size, cleanup, name="crucible", tls=False):
         self.work, self.cleanup, self.name = work / name, cleanup, name
         self.work.mkdir()
         self.downstairs = []
         targets = []
+        tls_args, tls_yaml = [[], [], []], ""
+        if tls:
+            # crucible-dsc makes the regions and a throw-away CA with a certificate each.
+            run([str(BIN / "crucible-dsc"), "create", "--dir", str(self.work / "dsc"), "--count", "3",
+                 "--size", size, "--tls"], stdout=subprocess.DEVNULL)
+            certs = self.work / "dsc" / "tls"
+            tls_args = [["--tls-cert", str(certs / f"downstairs-{i}.pem"), "--tls-key",
+                         str(certs / f"downstairs-{i}-key.pem"), "--tls-ca", str(certs / "ca.pem")]
+                        for i in range(3)]
+            tls_yaml = (f'  tls: {{cert: "{certs / "upstairs.pem"}", key: "{certs / "upstairs-key.pem"}", '
+                        f'ca: "{certs / "ca.pem"}"}}\n')
         for i in range(3):
-            d = self.work / f"region{i}"
-            run([str(BIN / "crucible-downstairs"), "create", "-u", str(uuid.uuid4()), "-d", str(d),
-                 "--size", size], stdout=subprocess.DEVNULL)
+            if tls:
+                d = self.work / "dsc" / str(i)
+            else:
+                d = self.work / f"region{i}"
+                run([str(BIN / "crucible-downstairs"), "create", "-u", str(uuid.uuid4()), "-d", str(d),
+                     "--size", size], stdout=subprocess.DEVNULL)
             logf = open(self.work / f"downstairs{i}.log", "w")
             proc = subprocess.Popen([str(BIN / "crucible-downstairs"), "--log-level", "warn", "run", "-d",
-                                     str(d), "-p", "0"], stdout=subprocess.PIPE, stderr=logf,
-                                    text=True)
+                                     str(d), "-p", "0", "-a", "127.0.0.1"] + tls_args[i],
+                                    stdout=subprocess.PIPE,
+                                    stderr=logf, text=True)
             cleanup.process(proc, f"downstairs {i}")
             line = proc.stdout.readline()
             if not line.startswith("listening on "):
@@ -239,7 +256,7 @@ class Cluster:
             self.downstairs.append(proc)
         config = self.work / "crucible.yaml"
         config.write_text("volume:\n  targets: [" + ", ".join(f'"{t}"' for t in targets) + "]\n"
-                          "log:\n  level: warn\n")
+                          + tls_yaml + "log:\n  level: warn\n")
         self.mnt = self.work / "mnt"
         self.mnt.mkdir()
         out = open(self.work / "fuse.out", "w")
@@ -290,9 +307,9 @@ def verdict(ok):
 
 def report(args, results, rss):
     lines = ["| shape | ceiling | nbdfuse (1 copy) | crucible (3 copies) | vs ceiling | vs nbdfuse |"
-             " p50 / p99 us (crucible) | p99 vs nbdfuse |",
-             "|---|---|---|---|---|---|---|---|"]
-    c, n, x = (results.get(k, {}) for k in ("ceiling", "nbdfuse", "crucible"))
+             " p50 / p99 us (crucible) | p99 vs nbdfuse | crucible + TLS | TLS / plain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    c, n, x, t = (results.get(k, {}) for k in ("ceiling", "nbdfuse", "crucible", "crucible-tls"))
     for s in args.shapes:
         if s.name not in x:
             continue
@@ -313,6 +330,13 @@ def report(args, results, rss):
                                        if s.p99_vs_nbd else ""))
         else:
             cols.append("-")
+        # The cost of mutual TLS: the same shape over TLS, and its ratio to plain TCP.
+        if s.name in t:
+            tr = t[s.name]
+            cols.append(fmt_rate(tr, s.metric) + f", p99 {tr['p99us']:.0f} us")
+            cols.append(f"{tr[s.metric] / xr[s.metric]:.2f}x" if xr[s.metric] else "-")
+        else:
+            cols += ["-", "-"]
         lines.append("| " + " | ".join(cols) + " |")
     if "tree" in x:
         ct = c.get("tree", {}).get("seconds")
@@ -320,8 +344,10 @@ def report(args, results, rss):
         xt = x["tree"]["seconds"]
         ratio = f"{xt / ct:.2f}x time (<= {TREE_TARGET}x {verdict(xt / ct <= TREE_TARGET)})" if ct else "-"
         secs = lambda t: f"{t:.1f} s" if t else "-"
+        tt = t.get("tree", {}).get("seconds")
         lines.append(f"| tree copy {args.tree_mb} MB + sync | {secs(ct)} | {secs(nt)} | {secs(xt)} | "
-                     f"{ratio} | {f'{xt / nt:.2f}x time' if nt else '-'} | | |")
+                     f"{ratio} | {f'{xt / nt:.2f}x time' if nt else '-'} | | | {secs(tt)} | "
+                     f"{f'{tt / xt:.2f}x time' if tt else '-'} |")
     if rss:
         lines.append("")
         lines.append("| volume | crucible-fuse peak RSS | downstairs peak RSS (each) |")
@@ -341,7 +367,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 6)))
     p.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
-    p.add_argument("--systems", default="ceiling,nbdfuse,crucible")
+    p.add_argument("--systems", default="ceiling,nbdfuse,crucible,crucible-tls")
     p.add_argument("--tree-mb", type=int, default=int(os.environ.get("BENCH_TREE_MB", 600)))
     p.add_argument("--no-tree", action="store_true")
     p.add_argument("--no-rss", action="store_true")
@@ -372,7 +398,9 @@ def main():
             make_tree(tree, args.tree_mb)
         mounts = {"ceiling": lambda: mount_ceiling(work, cleanup),
                   "nbdfuse": lambda: mount_nbdfuse(work, cleanup),
-                  "crucible": lambda: Cluster(work, "1G", cleanup).image}
+                  "crucible": lambda: Cluster(work, "1G", cleanup).image,
+                  "crucible-tls": lambda: Cluster(work, "1G", cleanup, name="crucible-tls",
+                                                  tls=True).image}
         for name in systems:
             if name not in mounts:
                 sys.exit(f"bench: unknown system {name}; known: {', '.join(mounts)}")

@@ -8,11 +8,13 @@
 # unmount (exit 0), the supervisor stopped, and the three regions compared (extent
 # metadata with `crucible-downstairs dump`, every block's data, every block's hash).
 #
-#   scripts/chaos.sh [--seconds N] [--mode kill|stop] [--dir D] [--keep]
+#   scripts/chaos.sh [--seconds N] [--mode kill|stop] [--tls] [--dir D] [--keep]
 #
 # --seconds   how long faults are injected (default $CHAOS_SECONDS or 600)
 # --mode      kill: `crucible-dsc kill N`, 1-3 s later `crucible-dsc start N` (default);
 #             stop: SIGSTOP the downstairs, SIGCONT 2-7 s later
+# --tls       mutual TLS everywhere: crucible-dsc create --tls makes a throw-away CA and
+#             certificates, the downstairs (and their repairs) and the mount use them
 # --dir D     work in D (created if absent; must not hold regions); default: a temp dir
 # --keep      keep the work dir (regions, logs, config) for inspection
 # Environment: CRUCIBLE_BIN (default build/bin), CHAOS_CONVERGE_SECONDS (default 180): how
@@ -29,6 +31,7 @@ seconds=${CHAOS_SECONDS:-600}
 mode=kill
 dir=""
 keep=0
+tls=0
 converge_s=${CHAOS_CONVERGE_SECONDS:-180}
 
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -38,6 +41,7 @@ while [[ $# -gt 0 ]]; do
     --mode) mode=${2:-}; shift 2 ;;
     --dir) dir=${2:-}; shift 2 ;;
     --keep) keep=1; shift ;;
+    --tls) tls=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "chaos: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -194,8 +198,13 @@ await_line() {
     sleep 0.2
   done
 }
-echo "chaos: $mode mode for ${seconds} s in $work (binaries: $bin)"
-dsc create --count 3 --block-size "$block_size" --extent-size "$extent_blocks" \
+echo "chaos: $mode mode for ${seconds} s in $work (binaries: $bin)$( ((tls)) && echo ", mutual TLS")"
+tls_create=() tls_yaml=""
+if ((tls)); then
+  tls_create=(--tls)
+  tls_yaml="  tls: { cert: $regions/tls/upstairs.pem, key: $regions/tls/upstairs-key.pem, ca: $regions/tls/ca.pem }"
+fi
+dsc create "${tls_create[@]}" --count 3 --block-size "$block_size" --extent-size "$extent_blocks" \
   --extent-count "$extent_count" >"$work/create.log" 2>&1 || { cat "$work/create.log" >&2; die "crucible-dsc create failed"; }
 "$bin/crucible-dsc" start --dir "$regions" --port-base 0 >"$work/dsc.log" 2>&1 &
 dsc_pid=$!
@@ -211,6 +220,7 @@ volume:
   generation: auto
   flush_timeout_ms: 500
   limits: { jobs_in_flight: $jobs_limit, bytes_in_flight: $bytes_limit }
+$tls_yaml
 mount:
   path: $mnt
 log:

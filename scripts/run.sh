@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make run: three local downstairs under crucible-dsc (regions in var/, kept between
-# runs) and the volume mounted at ./mnt/disk.img with etc/crucible.yaml. Ctrl-C unmounts
-# (after a final flush) and stops everything.
+# runs) and the volume mounted at ./mnt/disk.img with etc/crucible.yaml. Mutual TLS by
+# default: the first run makes a throw-away CA and certificates in var/tls (crucible-dsc
+# create --tls), the downstairs use them and the mount gets var/crucible.yaml (the example
+# plus volume.tls). Ctrl-C unmounts (after a final flush) and stops everything.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=build/bin
@@ -19,8 +21,17 @@ if mountpoint -q "$mnt" 2>/dev/null; then
 fi
 
 if [[ ! -e $var/0/region.json ]]; then
-  echo "make run: creating three regions in $var/ (1 GiB each, 4 KiB blocks)"
-  "$bin/crucible-dsc" create --dir "$var" --count 3 || exit 1
+  echo "make run: creating three regions in $var/ (1 GiB each, 4 KiB blocks) and TLS certificates"
+  "$bin/crucible-dsc" create --dir "$var" --count 3 --tls || exit 1
+fi
+if [[ -e $var/tls/ca.pem ]]; then
+  # The example config plus the upstairs's certificate (crucible-dsc start finds the
+  # downstairs' certificates in $var/tls itself).
+  tls="  tls: { cert: $var/tls/upstairs.pem, key: $var/tls/upstairs-key.pem, ca: $var/tls/ca.pem }"
+  sed "/^volume:/a\\$tls" "$config" >"$var/crucible.yaml" || exit 1
+  config=$var/crucible.yaml
+else
+  echo "make run: $var/ was made without TLS certificates: plain TCP (remove $var/ for TLS)" >&2
 fi
 mkdir -p "$mnt"
 
@@ -55,7 +66,7 @@ setsid "$bin/crucible-fuse" -c "$config" "$mnt" --foreground &
 fuse_pid=$!
 
 cat <<INFO
-make run: mounting $mnt/disk.img (replicas on 127.0.0.1:3810, :3820, :3830).
+make run: mounting $mnt/disk.img (replicas on 127.0.0.1:3810, :3820, :3830; config $config).
   In another shell, once it says "ready":
     dev=\$(losetup -f --show $mnt/disk.img)
     mkfs.ext4 \$dev && mkdir -p /tmp/vol && mount \$dev /tmp/vol

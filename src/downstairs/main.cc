@@ -9,11 +9,13 @@
 
 #include "common/log.h"
 #include "common/memory.h"
+#include "common/tls_files.h"
 #include "common/units.h"
 #include "downstairs/admin.h"
 #include "downstairs/core.h"
 #include "downstairs/region.h"
 #include "downstairs/server.h"
+#include "proto/tls.h"
 
 namespace {
 
@@ -147,6 +149,7 @@ int cmd_create(const CreateArgs& a) {
 
 struct RunArgs {
   std::string dir, address = "0.0.0.0", inject;
+  std::string tls_cert, tls_key, tls_ca;
   int port = -1;
   bool read_only = false, lossy = false;
 };
@@ -174,6 +177,14 @@ int cmd_run(const RunArgs& a) {
   if (ec)
     return fail_with(Error{ErrorCode::kInvalidArgument,
                            fmt::format("-a/--address '{}': {}", a.address, ec.message())});
+  auto tls_files = tls_files_from_flags(a.tls_cert, a.tls_key, a.tls_ca);
+  if (!tls_files) return fail_with(tls_files.error());
+  ServerOptions server_options;
+  if (*tls_files) {
+    auto tls = proto::TlsContext::load(**tls_files);
+    if (!tls) return fail_with(tls.error());
+    server_options.tls = std::move(*tls);
+  }
   auto region = Region::open(posix_fs(), a.dir, a.read_only);
   if (!region) return fail_with(region.error());
 
@@ -181,8 +192,8 @@ int cmd_run(const RunArgs& a) {
   std::unique_ptr<Server> server;
   Core core(**region, core_options);
   try {
-    server = std::make_unique<Server>(io, core,
-                                      asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)));
+    server = std::make_unique<Server>(
+        io, core, asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)), server_options);
   } catch (const std::system_error& e) {
     return fail_with(Error{ErrorCode::kIo,
                            fmt::format("cannot listen on {}:{}: {}", a.address, port, e.what())});
@@ -192,6 +203,11 @@ int cmd_run(const RunArgs& a) {
   log::info("serving region {} ({} extents x {} blocks x {} bytes{}{}) from {}", d.uuid,
             d.extent_count, d.extent_size, d.block_size, d.encrypted ? ", encrypted" : "",
             a.read_only ? ", read-only" : "", a.dir);
+  if (*tls_files)
+    log::info(
+        "mutual TLS: certificate {}, CA {}; peers without a certificate from this CA are "
+        "refused",
+        (*tls_files)->cert, (*tls_files)->ca);
   if (core_options.faults.read_error + core_options.faults.write_error +
               core_options.faults.flush_error >
           0 ||
@@ -287,6 +303,11 @@ int main(int argc, char** argv) {
   run->add_flag("--read-only", ra.read_only, "open the region read-only and refuse writes");
   run->add_flag("--lossy", ra.lossy,
                 "test only: delay a quarter of jobs so they complete out of order");
+  run->add_option("--tls-cert", ra.tls_cert,
+                  "mutual TLS: this downstairs's certificate (PEM; with --tls-key, --tls-ca)");
+  run->add_option("--tls-key", ra.tls_key, "mutual TLS: the certificate's private key (PEM)");
+  run->add_option("--tls-ca", ra.tls_ca,
+                  "mutual TLS: the CA that signed every peer's certificate (PEM)");
   run->add_option("--inject-errors", ra.inject,
                   "test only: read=P,write=P,flush=P error probabilities");
 

@@ -25,7 +25,7 @@ constexpr std::chrono::milliseconds kAcceptRetryDelay{100};
 }  // namespace
 
 Server::Server(asio::io_context& io, Core& core, const tcp::endpoint& listen, ServerOptions options)
-    : io_(io), core_(core), options_(options), acceptor_(io, listen) {}
+    : io_(io), core_(core), options_(std::move(options)), acceptor_(io, listen) {}
 
 Server::~Server() { stop(); }
 
@@ -74,6 +74,9 @@ FramedConnection::Options Server::connection_options() const {
   o.outbox_frames = options_.outbox_frames;
   o.idle_timeout = kIdleTimeout;
   o.connect_timeout = kConnectTimeout;  // outgoing (repair) connections only
+  // Repair sources are reached at an address a peer reported (possibly 0.0.0.0): the CA
+  // alone vouches for them.
+  o.tls = options_.tls;
   return o;
 }
 

@@ -27,6 +27,8 @@ inline constexpr size_t kOutboxFrames = 20000;
 struct ServerOptions {
   // Frames queued for one connection before it is dropped as not reading (kOutboxFrames).
   size_t outbox_frames = kOutboxFrames;
+  // Mutual TLS on every connection, served and outgoing (repair); none: plain TCP.
+  std::shared_ptr<proto::TlsContext> tls;
 };
 
 class Server {

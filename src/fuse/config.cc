@@ -98,9 +98,26 @@ class Reader {
   std::string source_;
 };
 
+// volume.tls: all three files, each readable now (a typo fails here, not at connect).
+Result<TlsFiles> parse_tls(const Reader& r, const YAML::Node& t) {
+  CRU_TRY(r.map(t, "volume.tls", {"cert", "key", "ca"}));
+  TlsFiles files;
+  for (auto [name, out] :
+       {std::pair{"cert", &files.cert}, std::pair{"key", &files.key}, std::pair{"ca", &files.ca}}) {
+    std::string key = fmt::format("volume.tls.{}", name);
+    const YAML::Node f = t[name];
+    if (!f) return r.fail(key, "missing (volume.tls needs cert, key and ca)");
+    CRU_TRY_ASSIGN(*out, r.scalar(f, key));
+    if (out->empty()) return r.fail(key, "empty");
+    std::ifstream in(*out);
+    if (!in) return r.fail(key, fmt::format("cannot read {}: {}", *out, std::strerror(errno)));
+  }
+  return files;
+}
+
 Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
   CRU_TRY(r.map(v, "volume",
-                {"targets", "generation", "read_only", "key", "key_file", "activate_timeout_ms",
+                {"targets", "generation", "read_only", "key", "key_file", "tls", "activate_timeout_ms",
                  "flush_timeout_ms", "limits"}));
   const YAML::Node t = v["targets"];
   if (!t) return r.fail("volume.targets", "missing (three host:port addresses)");
@@ -140,6 +157,9 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
     auto key = upstairs::load_key_file(path);
     if (!key) return r.fail("volume.key_file", key.error().message);
     c.key = *key;
+  }
+  if (const auto tls = v["tls"]) {
+    CRU_TRY_ASSIGN(c.tls, parse_tls(r, tls));
   }
   if (const auto a = v["activate_timeout_ms"]) {
     CRU_TRY_ASSIGN(

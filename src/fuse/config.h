@@ -10,6 +10,7 @@
 
 #include "common/ids.h"
 #include "common/result.h"
+#include "common/tls_files.h"
 #include "upstairs/block_crypto.h"
 #include "upstairs/status.h"
 
@@ -21,6 +22,7 @@ struct Config {
   std::optional<Generation> generation;  // nullopt: auto
   bool read_only = false;
   std::optional<upstairs::Key> key;  // read from volume.key_file
+  std::optional<TlsFiles> tls;       // volume.tls: {cert, key, ca}; none: plain TCP
   std::chrono::milliseconds activate_timeout{30'000};
   upstairs::Limits limits;  // flush_timeout_ms and limits.* land here
   // mount:

@@ -24,6 +24,7 @@
 #include "fuse/disk.h"
 #include "fuse/fuse_server.h"
 #include "fuse/status.h"
+#include "proto/tls.h"
 #include "upstairs/volume.h"
 
 #ifndef PR_SET_IO_FLUSHER
@@ -195,6 +196,16 @@ int mount_volume(const Args& a) {
     return 2;
   }
   const fuse::Config& c = *cfg;
+  // Built before anything starts, so a bad certificate is reported on the terminal.
+  std::shared_ptr<proto::TlsContext> tls;
+  if (c.tls) {
+    auto t = proto::TlsContext::load(*c.tls);
+    if (!t) {
+      std::cerr << "crucible-fuse: " << a.config << ": volume.tls: " << t.error().message << "\n";
+      return 2;
+    }
+    tls = std::move(*t);
+  }
   // A closed stderr or control client must not kill us in the middle of a final flush.
   ::signal(SIGPIPE, SIG_IGN);
   Starter starter(a.foreground);
@@ -211,6 +222,7 @@ int mount_volume(const Args& a) {
   vo.read_only = c.read_only;
   vo.key = c.key;
   vo.limits = c.limits;
+  vo.tls = tls;
   upstairs::Volume volume(vo);
   log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1],
             c.targets[2], c.generation ? std::to_string(c.generation->value) : "auto");

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "common/assert.h"
+#include "proto/tls.h"
 
 namespace cru::proto {
 
@@ -35,15 +36,16 @@ std::string describe(FramedConnection::Clock::duration d) {
 
 FramedConnection::FramedConnection(tcp::socket socket, bool connected, std::string peer,
                                    Options options, Handlers handlers)
-    : socket_(std::move(socket)),
-      outbox_(socket_.get_executor(), options.outbox_frames),
-      timer_(socket_.get_executor()),
+    : stream_(std::move(socket)),
+      outbox_(stream_.socket().get_executor(), options.outbox_frames),
+      timer_(stream_.socket().get_executor()),
       peer_(std::move(peer)),
-      options_(options),
+      options_(std::move(options)),
       handlers_(std::move(handlers)),
       last_heard_(Clock::now()),
       connected_(connected) {
   CRU_ASSERT(options_.outbox_frames > 0);
+  if (options_.tls) stream_.use_tls(*options_.tls);
 }
 
 FramedConnection::~FramedConnection() = default;
@@ -52,8 +54,8 @@ FramedConnection::Ptr FramedConnection::serve(tcp::socket socket, Options option
                                               Handlers handlers) {
   tune_socket(socket);
   std::string peer = endpoint_string(socket);
-  Ptr self(
-      new FramedConnection(std::move(socket), true, std::move(peer), options, std::move(handlers)));
+  Ptr self(new FramedConnection(std::move(socket), true, std::move(peer), std::move(options),
+                                std::move(handlers)));
   spawn(self);
   return self;
 }
@@ -61,15 +63,15 @@ FramedConnection::Ptr FramedConnection::serve(tcp::socket socket, Options option
 FramedConnection::Ptr FramedConnection::connect(const asio::any_io_executor& executor,
                                                 std::string address, Options options,
                                                 Handlers handlers) {
-  Ptr self(new FramedConnection(tcp::socket(executor), false, std::move(address), options,
-                                std::move(handlers)));
+  Ptr self(new FramedConnection(tcp::socket(executor), false, std::move(address),
+                                std::move(options), std::move(handlers)));
   self->resolver_.emplace(executor);
   spawn(self);
   return self;
 }
 
 void FramedConnection::spawn(const Ptr& self) {
-  asio::co_spawn(self->socket_.get_executor(), run(self), asio::detached);
+  asio::co_spawn(self->stream_.socket().get_executor(), run(self), asio::detached);
 }
 
 bool FramedConnection::send(const Message& m) {
@@ -96,7 +98,7 @@ void FramedConnection::stop(std::string reason) {
   stopped_ = true;
   outbox_.close();
   asio::error_code ignored;
-  socket_.close(ignored);
+  stream_.socket().close(ignored);
   timer_.cancel();
   if (resolver_) resolver_->cancel();
 }
@@ -106,20 +108,28 @@ void FramedConnection::stop(std::string reason) {
 asio::awaitable<void> FramedConnection::run(Ptr self) {
   // co_spawn runs a coroutine inline up to its first suspension when called on the io
   // thread; starting from the queue keeps every handler out of serve() and connect().
-  co_await asio::post(self->socket_.get_executor(), asio::use_awaitable);
+  co_await asio::post(self->stream_.socket().get_executor(), asio::use_awaitable);
   try {
     if (!self->connected_ && !self->stopped_) {
       auto where = parse_address(self->peer_);
       if (!where) {
         self->stop(where.error().message);
-      } else if (self->options_.connect_timeout) {
-        self->timer_.expires_after(*self->options_.connect_timeout);
-        co_await (self->connect_to(std::move(*where)) || self->connect_deadline());
       } else {
-        co_await self->connect_to(std::move(*where));
+        // The name to check in the server's certificate; empty: the CA alone decides.
+        std::string host = self->options_.tls_check_host ? where->host : "";
+        if (self->options_.connect_timeout) {
+          self->timer_.expires_after(*self->options_.connect_timeout);
+          co_await (self->connect_to(std::move(*where)) || self->connect_deadline());
+        } else {
+          co_await self->connect_to(std::move(*where));
+        }
+        if (self->stream_.tls() && !self->stopped_)
+          co_await self->secure(asio::ssl::stream_base::client, std::move(host));
       }
       if (!self->stopped_ && self->accepting_ && self->armed_ && self->handlers_.on_connected)
         self->handlers_.on_connected();
+    } else if (self->stream_.tls() && !self->stopped_) {
+      co_await self->secure(asio::ssl::stream_base::server, "");
     }
     // asio 1.22's || waits for one branch to *succeed*; a branch that threw would leave
     // the others running. So each branch catches its own end, calls stop() (which makes
@@ -145,7 +155,7 @@ asio::awaitable<void> FramedConnection::connect_to(HostPort where) {
         co_await resolver_->async_resolve(where.host, where.port_string(), asio::use_awaitable);
     // async_connect would reopen a socket that stop() closed meanwhile.
     if (stopped_) co_return;
-    co_await asio::async_connect(socket_, endpoints, asio::use_awaitable);
+    co_await asio::async_connect(stream_.socket(), endpoints, asio::use_awaitable);
   } catch (const std::exception& e) {
     stop(e.what());
     co_return;
@@ -154,7 +164,7 @@ asio::awaitable<void> FramedConnection::connect_to(HostPort where) {
   if (stopped_) co_return;
   connected_ = true;
   last_heard_ = Clock::now();
-  tune_socket(socket_);
+  tune_socket(stream_.socket());
   timer_.cancel();
 }
 
@@ -165,8 +175,37 @@ asio::awaitable<void> FramedConnection::connect_deadline() {
   if (!ec && !connected_) stop("timed out after " + describe(*options_.connect_timeout));
 }
 
+// Both ends verify: the server requires a certificate from the CA, the client checks the
+// server's against the CA and the host it connected to. Nothing is read or written as a
+// frame before this succeeds, so a peer without the CA's certificate never reaches the core.
+asio::awaitable<void> FramedConnection::secure(asio::ssl::stream_base::handshake_type type,
+                                               std::string host) {
+  timer_.expires_after(kTlsHandshakeTimeout);
+  co_await (handshake(type, std::move(host)) || handshake_deadline());
+}
+
+asio::awaitable<void> FramedConnection::handshake(asio::ssl::stream_base::handshake_type type,
+                                                  std::string host) {
+  try {
+    co_await stream_.handshake(type, host);
+  } catch (const std::exception& e) {
+    stop(e.what());
+    co_return;
+  }
+  if (stopped_) co_return;
+  secured_ = true;
+  last_heard_ = Clock::now();
+  timer_.cancel();
+}
+
+asio::awaitable<void> FramedConnection::handshake_deadline() {
+  asio::error_code ec;
+  co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  if (!ec && !secured_) stop("TLS handshake timed out after " + describe(kTlsHandshakeTimeout));
+}
+
 asio::awaitable<void> FramedConnection::read_loop() {
-  FrameSource source(socket_);
+  FrameSource source(stream_);
   try {
     for (;;) {
       auto m = co_await source.next();
@@ -185,7 +224,7 @@ asio::awaitable<void> FramedConnection::read_loop() {
 
 asio::awaitable<void> FramedConnection::write_loop() {
   try {
-    co_await outbox_.run(socket_);
+    co_await outbox_.run(stream_);
   } catch (const std::exception& e) {
     stop(std::string("write failed: ") + e.what());
     co_return;

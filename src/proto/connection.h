@@ -1,7 +1,8 @@
 // One framed TCP connection, the shape both shells use (the downstairs Server and the
 // upstairs Volume): a single coroutine owns the socket, reads frames (FrameSource),
 // writes a bounded outbox (FrameSink), optionally drops a silent peer (idle watchdog) and
-// optionally connects first (resolve + connect, optional timeout). The owner is told what
+// optionally connects first (resolve + connect, optional timeout) and optionally speaks
+// mutual TLS (handshake before any frame, with a timeout). The owner is told what
 // happens through three handlers. Everything, handlers included, runs on the thread that
 // runs the socket's io_context; no method may be called from another thread.
 #pragma once
@@ -20,8 +21,15 @@
 #include "common/address.h"
 #include "proto/framed_socket.h"
 #include "proto/messages.h"
+#include "proto/stream.h"
 
 namespace cru::proto {
+
+class TlsContext;
+
+// A TLS handshake that takes longer is abandoned: a peer that connects and says nothing
+// (or speaks plain TCP and waits) must not hold a connection until the idle timeout.
+inline constexpr std::chrono::seconds kTlsHandshakeTimeout{10};
 
 // LIFETIME RULE
 // - The owner holds a shared_ptr; the connection's own coroutine holds another, so the
@@ -47,14 +55,21 @@ class FramedConnection {
     std::optional<Clock::duration> idle_timeout;
     // connect() gives up if resolving and connecting take longer; none: the OS decides.
     std::optional<Clock::duration> connect_timeout;
+    // Mutual TLS with this context (served: as the server; connect(): as the client);
+    // none: plain TCP. Either way the peer's certificate must chain to the context's CA.
+    std::shared_ptr<TlsContext> tls;
+    // connect() with TLS: the server's certificate must also name the host connected to
+    // (an address from a config, not one a peer reported).
+    bool tls_check_host = false;
   };
   struct Handlers {
-    // connect() only: the socket is up (and send() reaches the peer).
+    // connect() only: the socket is up, TLS too if used (and send() reaches the peer).
     std::function<void()> on_connected;
     // Every whole message from the peer, in order, until the connection starts closing.
     std::function<void(Message)> on_message;
     // Why it ended: the first of close()'s reason, close_after_drain()'s reason, a socket
-    // error, a protocol error, the idle or connect timeout, a full outbox.
+    // error, a protocol error, a failed TLS handshake (with OpenSSL's reason), the idle,
+    // connect or handshake timeout, a full outbox.
     std::function<void(const std::string& reason)> on_closed;
   };
 
@@ -96,6 +111,10 @@ class FramedConnection {
   static asio::awaitable<void> run(Ptr self);
   asio::awaitable<void> connect_to(HostPort where);
   asio::awaitable<void> connect_deadline();
+  // The TLS handshake under kTlsHandshakeTimeout (Stream::handshake).
+  asio::awaitable<void> secure(asio::ssl::stream_base::handshake_type type, std::string host);
+  asio::awaitable<void> handshake(asio::ssl::stream_base::handshake_type type, std::string host);
+  asio::awaitable<void> handshake_deadline();
   asio::awaitable<void> read_loop();
   asio::awaitable<void> write_loop();
   asio::awaitable<void> watchdog();
@@ -103,7 +122,7 @@ class FramedConnection {
   // the outbox and cancels the timers so every loop returns.
   void stop(std::string reason);
 
-  asio::ip::tcp::socket socket_;
+  Stream stream_;
   std::optional<asio::ip::tcp::resolver> resolver_;  // connect() only
   FrameSink outbox_;
   asio::steady_timer timer_;  // the connect timeout, then the idle watchdog
@@ -113,6 +132,7 @@ class FramedConnection {
   std::optional<std::string> reason_;  // set once, by whatever ends the connection first
   Clock::time_point last_heard_;
   bool connected_ = false;
+  bool secured_ = false;   // the TLS handshake completed (TLS only)
   bool accepting_ = true;  // sends accepted and messages delivered
   bool stopped_ = false;   // socket closed
   bool armed_ = true;      // handlers may run

@@ -3,7 +3,6 @@
 #include <asio/buffer.hpp>
 #include <asio/redirect_error.hpp>
 #include <asio/use_awaitable.hpp>
-#include <asio/write.hpp>
 
 #include "common/units.h"
 
@@ -20,8 +19,7 @@ constexpr size_t kMaxBatchFrames = 256;
 constexpr size_t kMaxBatchBytes = 8 * kMiB;
 }  // namespace
 
-FrameSource::FrameSource(asio::ip::tcp::socket& socket)
-    : socket_(socket), staging_(kStagingBytes) {}
+FrameSource::FrameSource(Stream& stream) : stream_(stream), staging_(kStagingBytes) {}
 
 asio::awaitable<Result<Message>> FrameSource::next() {
   for (;;) {
@@ -36,14 +34,13 @@ asio::awaitable<Result<Message>> FrameSource::next() {
     staged_begin_ = staged_end_ = 0;
     auto direct = reader_.direct_span();
     if (direct.size() >= kDirectReadMinBytes) {
-      size_t n = co_await socket_.async_read_some(asio::buffer(direct.data(), direct.size()),
-                                                  asio::use_awaitable);
+      size_t n = co_await stream_.read_some(asio::buffer(direct.data(), direct.size()));
       auto m = reader_.commit_direct(n);
       if (!m) co_return tl::unexpected(m.error());
       if (*m) co_return std::move(**m);
       continue;
     }
-    staged_end_ = co_await socket_.async_read_some(asio::buffer(staging_), asio::use_awaitable);
+    staged_end_ = co_await stream_.read_some(asio::buffer(staging_));
   }
 }
 
@@ -61,7 +58,7 @@ asio::awaitable<void> FrameSink::push(const Message& m) {
   ++queued_;
 }
 
-asio::awaitable<void> FrameSink::run(asio::ip::tcp::socket& socket) {
+asio::awaitable<void> FrameSink::run(Stream& stream) {
   std::vector<EncodedFrame> batch;
   std::vector<asio::const_buffer> iov;
   for (;;) {
@@ -90,7 +87,7 @@ asio::awaitable<void> FrameSink::run(asio::ip::tcp::socket& socket) {
       iov.emplace_back(f.head.data(), f.head.size());
       if (!f.data.empty()) iov.emplace_back(f.data.data(), f.data.size());
     }
-    co_await asio::async_write(socket, iov, asio::use_awaitable);
+    co_await stream.write_all(iov);
     if (closed) co_return;
   }
 }

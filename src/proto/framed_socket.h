@@ -1,7 +1,7 @@
-// Frames over a TCP socket (asio, C++20 coroutines). A connection owns one FrameSource
-// (reading) and one FrameSink (a bounded outbox drained by a write loop), all on the
-// io thread that owns the socket. Socket failures throw asio::system_error (caught at the
-// root of the connection's task); protocol violations come back as Result errors.
+// Frames over a TCP socket or TLS stream (asio, C++20 coroutines). A connection owns one
+// FrameSource (reading) and one FrameSink (a bounded outbox drained by a write loop), all on the io
+// thread that owns the socket. Socket failures throw asio::system_error (caught at the root of the
+// connection's task); protocol violations come back as Result errors.
 #pragma once
 
 #include <asio/awaitable.hpp>
@@ -14,19 +14,20 @@
 #include "proto/codec.h"
 #include "proto/frame_reader.h"
 #include "proto/messages.h"
+#include "proto/stream.h"
 
 namespace cru::proto {
 
 class FrameSource {
  public:
-  // The socket must outlive this object.
-  explicit FrameSource(asio::ip::tcp::socket& socket);
+  // The stream must outlive this object.
+  explicit FrameSource(Stream& stream);
   // The next whole message. Throws asio::system_error on EOF or a socket error; returns
   // kProtocol on a malformed frame (the reader is then poisoned).
   asio::awaitable<Result<Message>> next();
 
  private:
-  asio::ip::tcp::socket& socket_;
+  Stream& stream_;
   FrameReader reader_;
   std::vector<std::byte> staging_;
   size_t staged_begin_ = 0;
@@ -43,8 +44,8 @@ class FrameSink {
   // Queues a message, waiting for room. Throws if the sink is closed.
   asio::awaitable<void> push(const Message& m);
   // Writes queued frames in order, batching whatever is queued into one gather write,
-  // until close(). Throws on socket errors. The socket must outlive the loop.
-  asio::awaitable<void> run(asio::ip::tcp::socket& socket);
+  // until close(). Throws on socket errors. The stream must outlive the loop.
+  asio::awaitable<void> run(Stream& stream);
   // Makes run() return; frames still queued are dropped. Idempotent.
   void close();
   // Makes run() return after writing the frames queued so far (e.g. a last message before

@@ -145,9 +145,11 @@ struct Volume::Impl {
     }
   }
 
-  static proto::FramedConnection::Options connection_options() {
+  proto::FramedConnection::Options connection_options() const {
     proto::FramedConnection::Options o;
     o.outbox_frames = kOutboxFrames;
+    o.tls = options.tls;
+    o.tls_check_host = true;
     // No idle or connect timeout: the core times both out through ticks (Disconnect).
     return o;
   }

@@ -22,6 +22,10 @@
 #include "upstairs/block_crypto.h"
 #include "upstairs/status.h"
 
+namespace cru::proto {
+class TlsContext;
+}  // namespace cru::proto
+
 namespace cru::upstairs {
 
 // One job carries at most this much data: bounds the latency one IO adds in front of
@@ -39,6 +43,9 @@ struct VolumeOptions {
   bool read_only = false;
   std::optional<Key> key;
   Limits limits;
+  // Mutual TLS to every downstairs (proto/tls.h; each target's certificate must also name
+  // its host); none: plain TCP.
+  std::shared_ptr<proto::TlsContext> tls;
 };
 
 class Volume {

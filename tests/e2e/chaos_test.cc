@@ -80,13 +80,15 @@ uint64_t ds_counter(const json& s, int i, const char* name) {
 
 // Runs scripts/chaos.sh and expects it to pass; a run that overstays is sent SIGTERM so
 // its trap unmounts and stops what it started.
-void run_chaos(const std::string& mode, int seconds) {
+void run_chaos(const std::string& mode, int seconds, const std::vector<std::string>& extra = {}) {
   const std::string script = repo_root() + "/scripts/chaos.sh";
   ASSERT_TRUE(fs::exists(script)) << script << " not found; set CRUCIBLE_ROOT to the repository";
   ProcessOptions po;
   po.env = {"CRUCIBLE_BIN=" + bin_dir()};
-  auto p = Process::start(
-      {"/bin/bash", script, "--seconds", std::to_string(seconds), "--mode", mode}, po);
+  std::vector<std::string> args = {"/bin/bash", script, "--seconds", std::to_string(seconds),
+                                   "--mode",    mode};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto p = Process::start(args, po);
   ASSERT_TRUE(p) << p.error().to_string();
   // Faults for `seconds`, then at most one convergence wait, a fio round, a verify pass
   // and a shutdown, each bounded inside the script.
@@ -109,6 +111,11 @@ void run_chaos(const std::string& mode, int seconds) {
 TEST(Chaos, KillLoopKeepsEveryWriteAndTheReplicasConverge) { run_chaos("kill", 45); }
 
 TEST(Chaos, StopLoopKeepsEveryWriteAndTheReplicasConverge) { run_chaos("stop", 30); }
+
+// The same kill -9 loop with mutual TLS on every connection, live repairs included.
+TEST(Chaos, KillLoopOverTlsKeepsEveryWriteAndTheReplicasConverge) {
+  run_chaos("kill", 30, {"--tls"});
+}
 
 // ---- helpers for the Cluster tests
 // ----------------------------------------------------------------

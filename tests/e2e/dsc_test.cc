@@ -180,6 +180,35 @@ TEST(DscE2e, CreateMakesNumberedRegionsAndRefusesToOverwriteThem) {
   EXPECT_FALSE(fs::exists(tmp.file("other/0")));
 }
 
+// create --tls: a CA and one certificate per downstairs and for the upstairs, keys 0600;
+// start runs every downstairs with its certificate, so only a TLS upstairs gets through.
+TEST(DscE2e, CreateTlsWritesCertificatesThatStartUses) {
+  TempDir tmp;
+  std::string dir = tmp.file("var");
+  auto r = dsc({"create", "--dir", dir, "--count", "3", "--extent-size", "64", "--extent-count",
+                "2", "--tls"});
+  ASSERT_EQ(r.exit_code(), 0) << r.describe();
+  EXPECT_TRUE(contains(r.out, "volume.tls: {cert: " + dir + "/tls/upstairs.pem")) << r.out;
+  const auto secret = fs::perms::owner_read | fs::perms::owner_write;
+  for (std::string name : {"ca", "downstairs-0", "downstairs-1", "downstairs-2", "upstairs"}) {
+    EXPECT_TRUE(fs::exists(dir + "/tls/" + name + ".pem")) << name;
+    EXPECT_EQ(fs::status(dir + "/tls/" + name + "-key.pem").permissions(), secret) << name;
+  }
+  auto s = start_supervisor(dir);
+  ASSERT_TRUE(s) << s.error().to_string();
+  std::vector<std::string> args = {bin("crucible"), "--activate-timeout", "30"};
+  for (auto port : s->ports) args.insert(args.end(), {"-t", fmt::format("127.0.0.1:{}", port)});
+  const std::string certs = dir + "/tls/";
+  auto plain_args = args;
+  plain_args[2] = "3";
+  auto plain = run_command(plain_args, kCommandTimeout);
+  EXPECT_NE(plain.exit_code(), 0) << plain.describe();
+  args.insert(args.end(), {"--tls-cert", certs + "upstairs.pem", "--tls-key",
+                           certs + "upstairs-key.pem", "--tls-ca", certs + "ca.pem"});
+  auto tls = run_command(args, kCommandTimeout);
+  EXPECT_EQ(tls.exit_code(), 0) << tls.describe() << s->process->output();
+}
+
 TEST(DscE2e, StartRefusesADirectoryWithoutRegions) {
   TempDir tmp;
   auto r = dsc({"start", "--dir", tmp.path(), "--port-base", "0"});

@@ -23,6 +23,7 @@
 #include <map>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "support/cluster.h"
@@ -225,8 +226,12 @@ TEST(FuseMount, DdPatternReadsBackAtAlignedAndUnalignedOffsets) {
   EXPECT_TRUE(read_at(disk, 1 * kMiB, pat.size()) == pat);
 }
 
-TEST(FuseMount, FioVerifyWithDirectIoPasses) {
-  START_MOUNTED(c, m);
+class FuseFio : public ::testing::TestWithParam<bool> {};  // mutual TLS
+
+TEST_P(FuseFio, VerifyWithDirectIoPasses) {
+  ClusterOptions options;
+  options.tls = GetParam();
+  START_MOUNTED(c, m, options);
   for (const char* bs : {"--bs=4k", "--bsrange=4k-256k"}) {
     auto r = c.run({tool("fio"), "--name=verify", "--filename=" + m.disk_path(), "--direct=1",
                     "--ioengine=libaio", "--iodepth=16", "--rw=randwrite", bs, "--size=24M",
@@ -236,6 +241,11 @@ TEST(FuseMount, FioVerifyWithDirectIoPasses) {
     EXPECT_EQ(r.err.find("verify"), std::string::npos) << r.describe();
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Fuse, FuseFio, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? "OverTls" : "Plain";
+                         });
 
 TEST(FuseMount, ODirectOpenReadsAndWrites) {
   START_MOUNTED(c, m);
@@ -393,11 +403,14 @@ TEST(FuseMount, ConcurrentUnalignedWritersLoseNothing) {
 
 // ---- loop devices and ext4 ---------------------------------------------------------------
 
-class FuseLoop : public ::testing::TestWithParam<bool> {};
+// (direct IO on the loop device, mutual TLS to the downstairs)
+class FuseLoop : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
 
 TEST_P(FuseLoop, Ext4CopyFsckRemountChecksumsEqual) {
-  const bool direct_io = GetParam();
-  START_MOUNTED(c, m);
+  const auto [direct_io, tls] = GetParam();
+  ClusterOptions options;
+  options.tls = tls;
+  START_MOUNTED(c, m, options);
   const std::string src = c.dir() + "/src";
   make_tree(src, 40, 5);
   const auto want = tree_digest(src);
@@ -425,9 +438,10 @@ TEST_P(FuseLoop, Ext4CopyFsckRemountChecksumsEqual) {
   EXPECT_EQ(tree_digest(*dir), want);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fuse, FuseLoop, ::testing::Values(false, true),
-                         [](const ::testing::TestParamInfo<bool>& p) {
-                           return p.param ? "DirectIo" : "Buffered";
+INSTANTIATE_TEST_SUITE_P(Fuse, FuseLoop, ::testing::Combine(::testing::Bool(), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<bool, bool>>& p) {
+                           return std::string(std::get<0>(p.param) ? "DirectIo" : "Buffered") +
+                                  (std::get<1>(p.param) ? "OverTls" : "");
                          });
 
 TEST(FusePersistence, DataSurvivesUnmountAndRestartOfAllDownstairs) {

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/assert.h"
+#include "common/pki.h"
 #include "common/uuid.h"
 
 namespace cru::test {
@@ -188,7 +189,21 @@ CommandResult Cluster::run(std::vector<std::string> argv) const {
   return run_command(std::move(argv), options_.command_timeout);
 }
 
+TlsFiles Cluster::tls_files(const std::string& name) const {
+  return local_pki_files(dir_.file("tls"), name);
+}
+
+std::vector<std::string> Cluster::upstairs_tls_args() const {
+  if (!options_.tls) return {};
+  return tls_flags(tls_files("upstairs"));
+}
+
 Status Cluster::create_regions() {
+  if (options_.tls) {
+    std::vector<std::string> names = {"upstairs"};
+    for (int i = 0; i < kDownstairsCount; ++i) names.push_back(fmt::format("downstairs-{}", i));
+    CRU_TRY(write_local_pki(dir_.file("tls"), names));
+  }
   for (int i = 0; i < kDownstairsCount; ++i) {
     std::vector<std::string> args = {bin("crucible-downstairs"),
                                      "create",
@@ -218,6 +233,10 @@ Status Cluster::start_downstairs(int i) {
       bin("crucible-downstairs"), "run", "-d", region_dir(i), "-a", "127.0.0.1", "-p",
       std::to_string(ports_[i])};
   args.insert(args.end(), options_.downstairs_args.begin(), options_.downstairs_args.end());
+  if (options_.tls) {
+    auto flags = tls_flags(tls_files(fmt::format("downstairs-{}", i)));
+    args.insert(args.end(), flags.begin(), flags.end());
+  }
   auto p = Process::start(args);
   if (!p) return tl::unexpected(p.error());
   auto line = (*p)->wait_for_line(std::regex("listening on 127\\.0\\.0\\.1:([0-9]+)"),
@@ -281,6 +300,10 @@ std::string Cluster::config_yaml(const std::string& mountpoint,
     std::filesystem::permissions(
         path, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
     key = fmt::format("  key_file: {}\n", path);
+  }
+  if (options_.tls) {
+    TlsFiles t = tls_files("upstairs");
+    key += fmt::format("  tls: {{cert: \"{}\", key: \"{}\", ca: \"{}\"}}\n", t.cert, t.key, t.ca);
   }
   return fmt::format(
       "volume:\n"

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/tls_files.h"
 #include "support/process.h"
 
 namespace cru::test {
@@ -39,6 +40,9 @@ struct ClusterOptions {
   uint64_t extent_size_blocks = 4096;
   uint32_t extent_count = 8;
   bool encrypted = false;  // regions made with --encrypted; mounts get a random volume.key
+  // Mutual TLS: a throw-away CA and certificates in dir()/tls (common/pki.h, as crucible-dsc
+  // create --tls makes them); every downstairs runs with --tls-*, every mount gets volume.tls.
+  bool tls = false;
   // Extra arguments for every `crucible-downstairs run` (e.g. {"--lossy"}).
   std::vector<std::string> downstairs_args;
   // Written into every mount's config.
@@ -108,6 +112,11 @@ class Cluster {
   std::string region_dir(int i) const;
   uint16_t port(int i) const { return ports_.at(i); }
   std::string target(int i) const;  // "127.0.0.1:PORT"
+  // With options().tls: the files of a certificate from the cluster's CA; `name` is
+  // "downstairs-0".."downstairs-2" or "upstairs".
+  TlsFiles tls_files(const std::string& name) const;
+  // The upstairs's --tls-* arguments for `crucible`; empty without TLS.
+  std::vector<std::string> upstairs_tls_args() const;
 
   // ---- downstairs i (0..2) ----
   // Starts it again on the port it had (the first start picks a free one).

@@ -12,7 +12,9 @@
 
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/tls_files.h"
 #include "common/units.h"
+#include "proto/tls.h"
 #include "tools/crucible/write_log.h"
 #include "upstairs/volume.h"
 
@@ -28,6 +30,7 @@ struct Args {
   std::string gen = "auto";
   std::string key;  // refused: see main()
   std::string key_file;
+  std::string tls_cert, tls_key, tls_ca;
   bool quiet = false;
   int activate_timeout_s = 30;
   uint64_t count = 0;
@@ -341,6 +344,11 @@ int main(int argc, char** argv) {
                  "file of mode 0600 holding the base64 256-bit encryption key (encrypted regions)");
   // Still recognised, only to refuse it without echoing the key (as an unknown flag would).
   app.add_option("--key", a.key)->group("");
+  app.add_option("--tls-cert", a.tls_cert,
+                 "mutual TLS: this client's certificate (PEM; with --tls-key, --tls-ca)");
+  app.add_option("--tls-key", a.tls_key, "mutual TLS: the certificate's private key (PEM)");
+  app.add_option("--tls-ca", a.tls_ca,
+                 "mutual TLS: the CA that signed the downstairs' certificates (PEM)");
   app.add_flag("-q,--quiet", a.quiet, "print only errors (and perf results)");
   app.add_option("--activate-timeout", a.activate_timeout_s, "seconds to wait for activation")
       ->capture_default_str();
@@ -396,6 +404,13 @@ int main(int argc, char** argv) {
     auto key = load_key_file(a.key_file);
     if (!key) die("--key-file: " + key.error().message);
     options.key = *key;
+  }
+  auto tls_files = tls_files_from_flags(a.tls_cert, a.tls_key, a.tls_ca);
+  if (!tls_files) die(tls_files.error().message);
+  if (*tls_files) {
+    auto tls = proto::TlsContext::load(**tls_files);
+    if (!tls) die(tls.error().message);
+    options.tls = std::move(*tls);
   }
   uint64_t seed = a.seed ? a.seed : std::random_device{}();
   std::mt19937_64 rng(seed);

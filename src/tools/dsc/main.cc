@@ -18,7 +18,9 @@
 #include <vector>
 
 #include "common/log.h"
+#include "common/pki.h"
 #include "common/result.h"
+#include "common/tls_files.h"
 #include "common/uuid.h"
 #include "tools/dsc/control.h"
 #include "tools/dsc/supervisor.h"
@@ -34,6 +36,12 @@ namespace fs = std::filesystem;
 // Plenty for a local demo; each downstairs is a process with a port and open extents.
 constexpr uint32_t kMaxDownstairs = 32;
 constexpr const char* kDefaultDir = "var";
+// create --tls writes the CA and certificates here, inside --dir; start uses them.
+constexpr const char* kTlsSubdir = "tls";
+constexpr const char* kUpstairsCertName = "upstairs";
+
+std::string tls_dir(const std::string& dir) { return fmt::format("{}/{}", dir, kTlsSubdir); }
+std::string downstairs_cert_name(uint32_t i) { return fmt::format("downstairs-{}", i); }
 
 int fail_with(const std::string& message) {
   std::fprintf(stderr, "crucible-dsc: %s\n", message.c_str());
@@ -126,6 +134,7 @@ struct CreateArgs {
   std::optional<uint32_t> block_size, extent_count;
   std::optional<uint64_t> extent_size;
   bool encrypted = false;
+  bool tls = false;
 };
 
 int cmd_create(const CreateArgs& a) {
@@ -158,11 +167,46 @@ int cmd_create(const CreateArgs& a) {
   }
   std::printf("created %u regions in %s; run them with: crucible-dsc start --dir %s\n", a.count,
               a.dir.c_str(), a.dir.c_str());
+  if (a.tls) {
+    std::vector<std::string> names;
+    for (uint32_t i = 0; i < a.count; ++i) names.push_back(downstairs_cert_name(i));
+    names.emplace_back(kUpstairsCertName);
+    if (Status s = write_local_pki(tls_dir(a.dir), names); !s)
+      return fail_with("--tls: " + s.error().message);
+    TlsFiles up = local_pki_files(tls_dir(a.dir), kUpstairsCertName);
+    std::printf(
+        "wrote a throw-away CA and certificates to %s (start uses them); for the upstairs:\n"
+        "  volume.tls: {cert: %s, key: %s, ca: %s}\n"
+        "  crucible --tls-cert %s --tls-key %s --tls-ca %s\n",
+        tls_dir(a.dir).c_str(), up.cert.c_str(), up.key.c_str(), up.ca.c_str(), up.cert.c_str(),
+        up.key.c_str(), up.ca.c_str());
+  }
   return 0;
+}
+
+// --tls-* (the same files for every downstairs), else the certificates create --tls wrote,
+// else none.
+Result<std::vector<TlsFiles>> downstairs_tls(const std::string& dir, size_t count,
+                                             const std::optional<TlsFiles>& flags) {
+  std::vector<TlsFiles> out;
+  if (flags) {
+    out.assign(count, *flags);
+  } else if (fs::exists(tls_dir(dir) + "/ca.pem")) {
+    for (uint32_t i = 0; i < count; ++i) {
+      out.push_back(local_pki_files(tls_dir(dir), downstairs_cert_name(i)));
+      if (!fs::exists(out.back().cert))
+        return fail(ErrorCode::kNotFound,
+                    fmt::format("{} has no certificate for downstairs {} ({}); pass --tls-cert, "
+                                "--tls-key and --tls-ca",
+                                tls_dir(dir), i, out.back().cert));
+    }
+  }
+  return out;
 }
 
 struct StartArgs {
   std::string dir = kDefaultDir, ds_bin, address = "127.0.0.1";
+  std::string tls_cert, tls_key, tls_ca;
   uint32_t port_base = 3810, port_step = 10;
 };
 
@@ -180,8 +224,13 @@ int cmd_supervise(const StartArgs& a) {
           fmt::format("--port-base {} --port-step {}: downstairs {} would get port {}, above 65535",
                       a.port_base, a.port_step, regions->size() - 1, last));
   }
+  auto flags = tls_files_from_flags(a.tls_cert, a.tls_key, a.tls_ca);
+  if (!flags) return fail_with(flags.error().message);
+  auto tls = downstairs_tls(a.dir, regions->size(), *flags);
+  if (!tls) return fail_with(tls.error().message);
   SupervisorOptions o;
   o.dir = a.dir;
+  o.tls = std::move(*tls);
   o.regions = std::move(*regions);
   o.downstairs_bin = std::move(*bin);
   o.address = a.address;
@@ -220,6 +269,9 @@ int main(int argc, char** argv) {
   create->add_option("--extent-count", ca.extent_count, "extents per region");
   create->add_option("--size", ca.size, "region size, e.g. 1G (picks the extent count)");
   create->add_flag("--encrypted", ca.encrypted, "the upstairs encrypts every block");
+  create->add_flag("--tls", ca.tls,
+                   "also write a throw-away CA and certificates to DIR/tls (start then serves "
+                   "mutual TLS with them)");
   create->add_option("--ds-bin", ca.ds_bin,
                      "crucible-downstairs binary (default: next to crucible-dsc)");
 
@@ -246,6 +298,12 @@ int main(int argc, char** argv) {
                       ->capture_default_str();
   auto* start_ds_bin = start->add_option(
       "--ds-bin", sa.ds_bin, "crucible-downstairs binary (default: next to crucible-dsc)");
+  auto* tls_cert = start->add_option(
+      "--tls-cert", sa.tls_cert,
+      "mutual TLS for every downstairs: certificate (PEM; with --tls-key, --tls-ca; default: "
+      "DIR/tls from create --tls, if present)");
+  auto* tls_key = start->add_option("--tls-key", sa.tls_key, "mutual TLS: private key (PEM)");
+  auto* tls_ca = start->add_option("--tls-ca", sa.tls_ca, "mutual TLS: the CA (PEM)");
 
   // stop, restart, kill INDEX; kill-random and status: requests to the supervisor.
   struct ControlCommand {
@@ -274,7 +332,7 @@ int main(int argc, char** argv) {
   if (create->parsed()) return cmd_create(ca);
   if (start->parsed()) {
     if (!start_index) return cmd_supervise(sa);
-    for (auto* o : {port_base, port_step, address, start_ds_bin})
+    for (auto* o : {port_base, port_step, address, start_ds_bin, tls_cert, tls_key, tls_ca})
       if (o->count() > 0)
         return fail_with(fmt::format("{} applies to starting the supervisor, not to 'start {}'",
                                      o->get_name(), *start_index));

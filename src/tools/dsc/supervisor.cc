@@ -150,6 +150,7 @@ class Supervisor {
         changed_(io, Clock::time_point::max()),
         rng_(std::random_device{}()) {
     CRU_ASSERT(!options.regions.empty());
+    CRU_ASSERT(options.tls.empty() || options.tls.size() == options.regions.size());
     for (uint32_t i = 0; i < options.regions.size(); ++i) {
       Downstairs d;
       d.index = i;
@@ -250,6 +251,10 @@ class Supervisor {
     std::vector<std::string> args = {
         options_.downstairs_bin, "run", "-d", d.region, "-p", std::to_string(d.port), "-a",
         options_.address};
+    if (!options_.tls.empty()) {
+      auto flags = tls_flags(options_.tls[d.index]);
+      args.insert(args.end(), flags.begin(), flags.end());
+    }
     std::vector<char*> argv;
     argv.reserve(args.size() + 1);
     for (auto& a : args) argv.push_back(a.data());

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "common/tls_files.h"
+
 namespace cru::dsc {
 
 // A graceful stop (SIGTERM) turns into SIGKILL after this long.
@@ -34,6 +36,8 @@ struct SupervisorOptions {
   // port on its first start and keeps it for later starts.
   uint16_t port_base = 3810;
   uint16_t port_step = 10;
+  // Mutual TLS: empty, plain TCP; else one set of files per region, passed to its downstairs.
+  std::vector<TlsFiles> tls;
 };
 
 // Runs in the foreground. Returns the exit code: 0 after SIGINT/SIGTERM stopped every

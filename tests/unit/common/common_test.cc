@@ -4,6 +4,7 @@
 #include "common/hash.h"
 #include "common/ids.h"
 #include "common/result.h"
+#include "common/tls_files.h"
 #include "common/units.h"
 #include "common/uuid.h"
 
@@ -86,6 +87,28 @@ TEST(ClientData, IndexesByClientId) {
 TEST(Error, ToStringNamesCodeAndMessage) {
   Error e{ErrorCode::kHashMismatch, "block 7"};
   EXPECT_EQ(e.to_string(), "hash mismatch: block 7");
+}
+
+TEST(TlsFiles, NoFlagsMeanPlainTcpAllThreeMeanTls) {
+  auto none = tls_files_from_flags("", "", "");
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(*none);
+  EXPECT_TRUE(tls_flags(*none).empty());
+  auto all = tls_files_from_flags("c.pem", "k.pem", "a.pem");
+  ASSERT_TRUE(all && *all);
+  EXPECT_EQ(**all, (TlsFiles{"c.pem", "k.pem", "a.pem"}));
+  EXPECT_EQ(tls_flags(*all), (std::vector<std::string>{"--tls-cert", "c.pem", "--tls-key", "k.pem",
+                                                       "--tls-ca", "a.pem"}));
+}
+
+TEST(TlsFiles, PartialFlagsAreRefusedNamingTheMissingOnes) {
+  auto only_cert = tls_files_from_flags("c.pem", "", "");
+  ASSERT_FALSE(only_cert);
+  EXPECT_EQ(only_cert.error().message,
+            "TLS needs --tls-cert, --tls-key and --tls-ca together; missing --tls-key, --tls-ca");
+  auto no_ca = tls_files_from_flags("c.pem", "k.pem", "");
+  ASSERT_FALSE(no_ca);
+  EXPECT_NE(no_ca.error().message.find("missing --tls-ca"), std::string::npos);
 }
 
 }  // namespace

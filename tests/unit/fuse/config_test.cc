@@ -395,5 +395,33 @@ TEST_F(FuseConfigFile, KeyFileThatIsADirectoryOrASymlinkIsRefused) {
       << link.error().message;
 }
 
+TEST_F(FuseConfigFile, TlsFilesLandInConfig) {
+  const std::string cert = write("c.pem", "x"), key = write("k.pem", "x"), ca = write("a.pem", "x");
+  auto c = parse(std::string(kTargets) + "  tls: {cert: " + cert + ", key: " + key + ", ca: " + ca +
+                 "}\n");
+  ASSERT_TRUE(c) << c.error().to_string();
+  ASSERT_TRUE(c->tls);
+  EXPECT_EQ(*c->tls, (TlsFiles{cert, key, ca}));
+  auto plain = parse(kTargets);
+  ASSERT_TRUE(plain) << plain.error().to_string();
+  EXPECT_FALSE(plain->tls);
+}
+
+TEST_F(FuseConfigFile, TlsRefusalsNameFileKeyAndReason) {
+  const std::string cert = write("c.pem", "x"), key = write("k.pem", "x");
+  const std::string missing = dir_ + "/nope.pem";
+  const std::string pre = std::string(kTargets) + "  tls: ";
+  EXPECT_EQ(error_of(pre + "{cert: " + cert + ", key: " + key + "}\n"),
+            "test.yaml: volume.tls.ca: missing (volume.tls needs cert, key and ca)");
+  EXPECT_EQ(error_of(pre + "{cert: " + cert + ", key: " + key + ", ca: " + missing + "}\n"),
+            "test.yaml: volume.tls.ca: cannot read " + missing + ": No such file or directory");
+  EXPECT_EQ(
+      error_of(pre + "{cert: " + cert + ", key: " + key + ", ca: " + cert + ", colour: red}\n"),
+      "test.yaml: volume.tls.colour: unknown key (expected one of: cert, key, ca)");
+  EXPECT_EQ(error_of(pre + "yes\n"), "test.yaml: volume.tls: expected a mapping of keys");
+  EXPECT_EQ(error_of(pre + "{cert: \"\", key: " + key + ", ca: " + cert + "}\n"),
+            "test.yaml: volume.tls.cert: empty");
+}
+
 }  // namespace
 }  // namespace cru::fuse

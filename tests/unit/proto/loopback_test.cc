@@ -258,7 +258,8 @@ size_t data_size(const Message& m) {
 // Checks `count` messages against the generator, then answers Imok so the sender knows
 // every frame arrived and can close its outbox.
 asio::awaitable<ExchangeStats> receive_messages(tcp::socket socket, uint64_t seed, size_t count) {
-  FrameSource source(socket);
+  Stream stream(std::move(socket));
+  FrameSource source(stream);
   MessageGenerator expected(seed);
   ExchangeStats stats;
   for (size_t i = 0; i < count; ++i) {
@@ -273,7 +274,7 @@ asio::awaitable<ExchangeStats> receive_messages(tcp::socket socket, uint64_t see
     stats.largest_data = std::max(stats.largest_data, data_size(*got));
   }
   std::vector<std::byte> imok = encode_flat(Imok{});
-  co_await asio::async_write(socket, asio::buffer(imok), asio::use_awaitable);
+  co_await asio::async_write(stream.socket(), asio::buffer(imok), asio::use_awaitable);
   co_return stats;
 }
 
@@ -288,9 +289,10 @@ asio::awaitable<void> produce(FrameSink& sink, FrameSource& replies, uint64_t se
 }
 
 asio::awaitable<void> send_messages(tcp::socket socket, uint64_t seed, size_t count) {
-  FrameSink sink(socket.get_executor(), kOutboxFrames);
-  FrameSource replies(socket);
-  auto writer = sink.run(socket);
+  Stream stream(std::move(socket));
+  FrameSink sink(stream.socket().get_executor(), kOutboxFrames);
+  FrameSource replies(stream);
+  auto writer = sink.run(stream);
   auto producer = produce(sink, replies, seed, count);
   co_await (std::move(writer) && std::move(producer));
 }
@@ -326,7 +328,8 @@ struct Received {
 
 // Reads until next() fails one way or the other.
 asio::awaitable<Received> receive_until_failure(tcp::socket socket) {
-  FrameSource source(socket);
+  Stream stream(std::move(socket));
+  FrameSource source(stream);
   Received out;
   try {
     for (;;) {
@@ -412,12 +415,13 @@ TEST(Loopback, PeerClosingMidFrameMakesNextThrow) {
 
 // try_push() queues; close_after_drain() writes what is queued, then the sink stops.
 asio::awaitable<void> push_and_hang_up(tcp::socket socket, std::vector<Message> messages) {
-  FrameSink sink(socket.get_executor(), messages.size() + 1);
+  Stream stream(std::move(socket));
+  FrameSink sink(stream.socket().get_executor(), messages.size() + 1);
   for (const auto& m : messages)
     if (!sink.try_push(m)) throw std::runtime_error("try_push refused with room left");
   if (sink.queued_frames() != messages.size()) throw std::runtime_error("queued_frames() is wrong");
   sink.close_after_drain();
-  co_await sink.run(socket);
+  co_await sink.run(stream);
 }
 
 asio::awaitable<Received> sink_drains_then_closes(std::vector<Message> messages) {
