@@ -117,8 +117,8 @@ Result<TlsFiles> parse_tls(const Reader& r, const YAML::Node& t) {
 
 Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
   CRU_TRY(r.map(v, "volume",
-                {"targets", "generation", "read_only", "key", "key_file", "tls", "activate_timeout_ms",
-                 "flush_timeout_ms", "limits"}));
+                {"targets", "generation", "read_only", "key", "key_file", "tls",
+                 "activate_timeout_ms", "flush_timeout_ms", "limits"}));
   const YAML::Node t = v["targets"];
   if (!t) return r.fail("volume.targets", "missing (three host:port addresses)");
   if (!t.IsSequence() || t.size() != kClientCount)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <sys/stat.h>
 
 #include <array>
 #include <cerrno>
@@ -23,6 +24,19 @@ Status readable(const std::string& path, const char* what) {
     return fail(ErrorCode::kInvalidArgument,
                 fmt::format("{} file {}: {}", what, path, std::strerror(errno)));
   std::fclose(f);
+  return {};
+}
+
+// A private key others can read is no longer private: refused, as the volume key file is.
+Status owner_only(const std::string& path, const char* what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    return fail(ErrorCode::kInvalidArgument,
+                fmt::format("{} file {}: {}", what, path, std::strerror(errno)));
+  if ((st.st_mode & 077) != 0)
+    return fail(ErrorCode::kInvalidArgument,
+                fmt::format("{} file {}: mode {:04o} lets others read it; chmod 600 it", what, path,
+                            st.st_mode & 07777));
   return {};
 }
 
@@ -54,6 +68,7 @@ TlsContext::TlsContext() : ctx_(asio::ssl::context::tls) {}
 Result<std::shared_ptr<TlsContext>> TlsContext::load(const TlsFiles& files) {
   CRU_TRY(readable(files.cert, "TLS certificate"));
   CRU_TRY(readable(files.key, "TLS key"));
+  CRU_TRY(owner_only(files.key, "TLS key"));
   CRU_TRY(readable(files.ca, "TLS CA"));
   ERR_clear_error();
   std::shared_ptr<TlsContext> t(new TlsContext());

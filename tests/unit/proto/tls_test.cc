@@ -79,6 +79,15 @@ TEST_F(TlsTest, MissingFileIsNamedWithItsRole) {
   EXPECT_EQ(t.error().message, "TLS CA file " + f.ca + ": No such file or directory");
 }
 
+TEST_F(TlsTest, KeyFileReadableByOthersIsRefused) {
+  TlsFiles f = files("pki", "server");
+  fs::permissions(f.key, fs::perms::group_read, fs::perm_options::add);
+  auto t = TlsContext::load(f);
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().message,
+            "TLS key file " + f.key + ": mode 0640 lets others read it; chmod 600 it");
+}
+
 TEST_F(TlsTest, NotPemCertificateIsNamedWithOpensslsReason) {
   TlsFiles f = files("pki", "server");
   f.cert = write("junk.pem", "not a certificate\n");
