@@ -242,12 +242,12 @@ struct Volume::Impl {
                          if (st->status && !st->contexts.empty())
                            st->status = crypto->open(start.value, st->contexts, st->buf.span());
                          auto reply = std::move(st->done);
-                         auto release = std::move(st->release);
+                         auto unlock = std::move(st->release);
                          if (st->status)
                            reply(Bytes(std::move(st->buf)));
                          else
                            reply(tl::unexpected(st->status.error()));
-                         release();
+                         unlock();
                        });
       if (count == 0) break;
     }
