@@ -260,7 +260,8 @@ $(FUZZ_DIR)/fuzz_upstairs: tests/fuzz/fuzz_upstairs.cc $(FUZZ_SRC) $(UPSTAIRS_SR
 	  $(FUZZ_LIBS) -o $@
 
 # Every fuzzer runs FUZZ_SECONDS, each with its own corpus directory; the decoder's starts
-# from seeds of every message. A crash stops the target with the reproducer in artifacts/.
+# from seeds of every message, a stateful one from tests/fuzz/regressions/NAME (inputs that
+# once crashed it, run first). A crash stops the target with the reproducer in artifacts/.
 FUZZERS := fuzz_decode fuzz_downstairs fuzz_upstairs
 fuzz: $(addprefix $(FUZZ_DIR)/,$(FUZZERS)) $(FUZZ_DIR)/make_corpus
 	@rm -rf $(FUZZ_DIR)/seeds && mkdir -p $(FUZZ_DIR)/seeds $(FUZZ_DIR)/artifacts \
@@ -269,9 +270,11 @@ fuzz: $(addprefix $(FUZZ_DIR)/,$(FUZZERS)) $(FUZZ_DIR)/make_corpus
 	$(FUZZ_DIR)/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_decode- $(FUZZ_DIR)/corpus/fuzz_decode $(FUZZ_DIR)/seeds
 	$(FUZZ_DIR)/fuzz_downstairs -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_downstairs- $(FUZZ_DIR)/corpus/fuzz_downstairs
+	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_downstairs- $(FUZZ_DIR)/corpus/fuzz_downstairs \
+	  $(wildcard tests/fuzz/regressions/fuzz_downstairs)
 	$(FUZZ_DIR)/fuzz_upstairs -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_upstairs- $(FUZZ_DIR)/corpus/fuzz_upstairs
+	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_upstairs- $(FUZZ_DIR)/corpus/fuzz_upstairs \
+	  $(wildcard tests/fuzz/regressions/fuzz_upstairs)
 
 # ---- style --------------------------------------------------------------------------
 CXX_FILES = $(shell git ls-files '*.cc' '*.h')

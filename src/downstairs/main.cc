@@ -198,7 +198,9 @@ int cmd_run(const RunArgs& a) {
     return fail_with(Error{ErrorCode::kIo,
                            fmt::format("cannot listen on {}:{}: {}", a.address, port, e.what())});
   }
-  core.set_repair_addr(fmt::format("{}:{}", a.address, server->port()));
+  // host:port, an IPv6 address in brackets: the upstairs refuses anything else.
+  core.set_repair_addr(addr.is_v6() ? fmt::format("[{}]:{}", a.address, server->port())
+                                    : fmt::format("{}:{}", a.address, server->port()));
   const auto& d = (*region)->def();
   log::info("serving region {} ({} extents x {} blocks x {} bytes{}{}) from {}", d.uuid,
             d.extent_count, d.extent_size, d.block_size, d.encrypted ? ", encrypted" : "",

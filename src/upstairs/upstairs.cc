@@ -49,6 +49,11 @@ std::vector<Action> Upstairs::apply(Event event, TimePoint now) {
 void Upstairs::maintain() {
   check_limits();
   start_live_repair_if_ready();
+  // Before retire(): a live-repair step whose job just completed everywhere (also by being
+  // skipped, when a downstairs faulted) takes it now, or retire() could drop the job the
+  // step still reads (found by tests/fuzz/fuzz_upstairs.cc: the close job of an extent
+  // retired behind a flush, then abort_live_repair() looked it up).
+  repair_progress();
   retire();
   barrier_if_due();
   admit_waiting();

@@ -224,7 +224,8 @@ class Sim {
       ds.region = std::move(*r);
     }
     downstairs::CoreOptions co;
-    co.repair_addr = fmt::format("ds{}:repair", d);
+    // host:port like a real one: both the upstairs and the downstairs refuse anything else.
+    co.repair_addr = fmt::format("ds{}:3811", d);
     co.faults.lossy = ds.lossy;
     co.faults.seed = rng_();
     ds.tick_at.reset();
