@@ -104,6 +104,11 @@ void FramedConnection::set_owner_bytes(uint64_t bytes) {
 
 void FramedConnection::set_guaranteed(bool guaranteed) {
   if (guaranteed_ == guaranteed) return;
+  // Its bytes move to the other pool.
+  if (options_.budget) {
+    options_.budget->update(charged_, 0, guaranteed_);
+    options_.budget->update(0, charged_, guaranteed);
+  }
   guaranteed_ = guaranteed;
   if (guaranteed) wake_reader();  // it may go on now
 }
@@ -116,7 +121,7 @@ void FramedConnection::charge() {
   if (!options_.budget) return;
   uint64_t now = stopped_ ? 0 : held().sum();
   uint64_t before = std::exchange(charged_, now);
-  options_.budget->update(before, now);
+  options_.budget->update(before, now, guaranteed_);
   // Its own memory went down: the budget woke the waiters, this reader included.
 }
 
@@ -263,7 +268,7 @@ asio::awaitable<void> FramedConnection::watchdog() {
 asio::awaitable<void> FramedConnection::wait_for_memory() {
   if (!options_.budget) co_return;
   charge();
-  auto why = options_.budget->over(held(), guaranteed_);
+  auto why = options_.budget->over(held(), guaranteed_, source_.frame_bytes_max());
   if (!why) co_return;
   const auto paused_at = Clock::now();
   log::warn("connection from {}: reading paused: {}", peer_, why->why);
@@ -276,7 +281,7 @@ asio::awaitable<void> FramedConnection::wait_for_memory() {
     asio::error_code ignored;
     co_await read_wake_.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
     options_.budget->cancel(waiter);
-    why = options_.budget->over(held(), guaranteed_);
+    why = options_.budget->over(held(), guaranteed_, source_.frame_bytes_max());
   }
   pause_reason_.reset();
   paused_by_others_ = false;

@@ -29,6 +29,7 @@ class FrameSource {
   // See FrameReader::set_frame_bytes_max. Also caps the staging buffer: a peer held to
   // small frames never grows it beyond its first size.
   void set_frame_bytes_max(uint64_t bytes) { reader_.set_frame_bytes_max(bytes); }
+  uint64_t frame_bytes_max() const { return reader_.frame_bytes_max(); }
   // Memory held for reading: the staging buffer and the frame being received.
   uint64_t buffered_bytes() const { return staging_.size() + reader_.buffered_bytes(); }
 

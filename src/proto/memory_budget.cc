@@ -15,9 +15,13 @@ MemoryBudget::MemoryBudget(Limits limits) : limits_(limits) {
   CRU_ASSERT(limits_.peer_bytes >= kMaxFrameBytes && limits_.peer_bytes <= limits_.total_bytes / 2);
 }
 
-void MemoryBudget::update(uint64_t before, uint64_t after) {
+void MemoryBudget::update(uint64_t before, uint64_t after, bool guaranteed) {
   CRU_ASSERT(held_ >= before, "a connection releases more than it held");
   held_ = held_ - before + after;
+  if (guaranteed) {
+    CRU_ASSERT(held_guaranteed_ >= before, "the guaranteed connection releases more than it held");
+    held_guaranteed_ = held_guaranteed_ - before + after;
+  }
   peak_ = std::max(peak_, held_);
   if (after >= before || waiters_.empty()) return;
   // Every waiter checks again; one that is still over waits anew.
@@ -25,7 +29,9 @@ void MemoryBudget::update(uint64_t before, uint64_t after) {
   for (auto& [id, wake] : waiters) wake();
 }
 
-std::optional<MemoryBudget::Over> MemoryBudget::over(const Held& held, bool guaranteed) const {
+std::optional<MemoryBudget::Over> MemoryBudget::over(const Held& held, bool guaranteed,
+                                                     uint64_t frame_bytes_max) const {
+  if (held.sum() + frame_bytes_max <= kAlwaysReadableBytes) return std::nullopt;
   if (held.sum() >= limits_.peer_bytes)
     return Over{
         true,
@@ -34,13 +40,17 @@ std::optional<MemoryBudget::Over> MemoryBudget::over(const Held& held, bool guar
             "budget)",
             format_size(held.sum()), format_size(held.reading), format_size(held.outbox),
             format_size(held.owner), format_size(limits_.peer_bytes))};
-  uint64_t limit = guaranteed ? limits_.total_bytes : limits_.total_bytes - limits_.peer_bytes;
-  if (held_ >= limit)
-    return Over{
-        false,
-        fmt::format("all peers hold {}, over the {} they may use of the {} total (memory budget{})",
-                    format_size(held_), format_size(limit), format_size(limits_.total_bytes),
-                    guaranteed ? "" : ", less one peer budget kept for the active upstairs")};
+  if (guaranteed && held_ >= limits_.total_bytes)
+    return Over{false, fmt::format("all peers hold {}, the memory budget is {}", format_size(held_),
+                                   format_size(limits_.total_bytes))};
+  const uint64_t others = held_ - held_guaranteed_;
+  const uint64_t others_max = limits_.total_bytes - limits_.peer_bytes;
+  if (!guaranteed && others >= others_max)
+    return Over{false, fmt::format("peers other than the active upstairs hold {}, they may hold {} "
+                                   "(the memory budget {} less one peer budget kept for the active "
+                                   "upstairs)",
+                                   format_size(others), format_size(others_max),
+                                   format_size(limits_.total_bytes))};
   return std::nullopt;
 }
 

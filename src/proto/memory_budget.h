@@ -9,7 +9,13 @@
 #include <optional>
 #include <string>
 
+#include "common/units.h"
+
 namespace cru::proto {
+
+// What a connection may hold, its next frame included, and still read whatever the others
+// hold: a negotiating connection (16 KiB frames, an 8 KiB staging buffer, a few replies).
+inline constexpr uint64_t kAlwaysReadableBytes = 64 * kKiB;
 
 class MemoryBudget {
  public:
@@ -42,15 +48,18 @@ class MemoryBudget {
   // The most held at once so far.
   uint64_t peak_bytes() const { return peak_; }
 
-  // One connection's holding went from `before` to `after` bytes. Wakes every waiter when
-  // memory was freed, so each can check again.
-  void update(uint64_t before, uint64_t after);
+  // One connection's holding went from `before` to `after` bytes; `guaranteed` says which
+  // pool it is counted in (the guaranteed connection's or the others'). Wakes every waiter
+  // when memory was freed, so each can check again.
+  void update(uint64_t before, uint64_t after, bool guaranteed = false);
 
-  // Why a connection holding `held` must not read more now, or nullopt if it may. A
-  // guaranteed connection (the active upstairs) is checked against the whole total;
-  // any other against the total minus one peer's budget, so that others together can
-  // never starve the guaranteed one.
-  std::optional<Over> over(const Held& held, bool guaranteed) const;
+  // Why a connection holding `held` whose next frame may be `frame_bytes_max` long must
+  // not read more now, or nullopt if it may. The others together may hold the total less
+  // one peer's budget, so they can never starve the guaranteed connection (the active
+  // upstairs); it is checked against the total. One that holds little and may only send
+  // small frames (still negotiating) is checked against nothing: the real upstairs must
+  // always be able to negotiate, and the connection limit bounds what those hold.
+  std::optional<Over> over(const Held& held, bool guaranteed, uint64_t frame_bytes_max) const;
 
   // `wake` runs (once) at the next update() that frees memory, unless cancelled first.
   WaiterId wait(std::function<void()> wake);
@@ -59,6 +68,7 @@ class MemoryBudget {
  private:
   Limits limits_;
   uint64_t held_ = 0;
+  uint64_t held_guaranteed_ = 0;  // the part of held_ the guaranteed connection holds
   uint64_t peak_ = 0;
   WaiterId next_waiter_ = 1;
   std::map<WaiterId, std::function<void()>> waiters_;
