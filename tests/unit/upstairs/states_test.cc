@@ -152,7 +152,9 @@ TEST(UpstairsStates, DownstairsTableIsConnectedAndHasNoDuplicates) {
   }
   for (DsState s : kAllDsStates) {
     EXPECT_TRUE(from.contains(s)) << name(s) << " cannot be left";
-    if (s != DsState::kIdle) EXPECT_TRUE(to.contains(s)) << name(s) << " cannot be reached";
+    if (s != DsState::kIdle) {
+      EXPECT_TRUE(to.contains(s)) << name(s) << " cannot be reached";
+    }
   }
 }
 
