@@ -167,12 +167,12 @@ Output Core::on_message(ConnectionId conn, Message m) {
     case State::kRegionInfoSent:
       if (as<ExtentVersionsPlease>(m)) {
         it->second.state = State::kRunning;
-        it->second.completed.clear();
+        reset_completed(it->second, std::nullopt);
         out.send(conn, ExtentVersions{region_.versions()});
       } else if (auto lf = as<LastFlush>(m)) {
         // A reconnecting upstairs replays everything after its last flush.
         it->second.state = State::kRunning;
-        it->second.completed = {lf->last_flushed};
+        reset_completed(it->second, lf->last_flushed);
         log::info("upstairs {} replays jobs after {}", conn, lf->last_flushed);
       } else {
         protocol_error(
@@ -344,6 +344,7 @@ bool Core::ready(const Conn& c, const Job& job) const {
 
 void Core::enqueue_job(Output& out, ConnectionId conn, Job job) {
   Conn& c = conns_.at(conn);
+  c.pending_bytes += job_bytes(job);
   c.pending.push_back(std::move(job));
   run_ready(out, conn);
 }
@@ -363,6 +364,7 @@ void Core::run_ready(Output& out, ConnectionId conn) {
       }
       Job job = std::move(*it);
       it = c.pending.erase(it);
+      c.pending_bytes -= job_bytes(job);
       progress = true;
       if (options_.faults.lossy && inject(0.25)) {
         deferred_.emplace_back(conn, std::move(job));
@@ -380,8 +382,66 @@ void Core::run_ready(Output& out, ConnectionId conn) {
 void Core::complete(Conn& c, JobId id, bool resets) {
   c.running.erase(id);
   // After a flush or barrier the upstairs names no job older than it as a dependency.
-  if (resets) c.completed.clear();
-  c.completed.insert(id);
+  if (resets) reset_completed(c, std::nullopt);
+  if (!c.completed.insert(id).second) return;
+  c.completed_order.push_back(id);
+  if (c.completed_order.size() > kMaxCompletedJobs) {
+    c.completed.erase(c.completed_order.front());
+    c.completed_order.pop_front();
+  }
+}
+
+void Core::reset_completed(Conn& c, std::optional<JobId> only) {
+  c.completed.clear();
+  c.completed_order.clear();
+  if (only) {
+    c.completed.insert(*only);
+    c.completed_order.push_back(*only);
+  }
+}
+
+uint64_t Core::job_bytes(const Job& job) const {
+  // The deque slot, the message's fixed part and the dependency list.
+  uint64_t bytes = sizeof(Job) + job.deps.capacity() * sizeof(JobId);
+  std::visit(
+      [&](const auto& m) {
+        using T = std::decay_t<decltype(m)>;
+        if constexpr (requires { m.data.size() + m.contexts.size(); })
+          bytes += m.data.size() + m.contexts.size() * sizeof(m.contexts[0]);
+        if constexpr (std::is_same_v<T, Read>)
+          bytes += uint64_t{m.block_count} * (region_.def().block_size + sizeof(BlockContext));
+      },
+      job.request);
+  return bytes;
+}
+
+uint64_t Core::held_bytes(ConnectionId conn) const {
+  auto it = conns_.find(conn);
+  if (it == conns_.end()) return 0;
+  return it->second.pending_bytes + it->second.completed_order.size() * kCompletedJobBytes;
+}
+
+uint64_t Core::frame_bytes_max(ConnectionId conn) const {
+  auto it = conns_.find(conn);
+  if (it == conns_.end()) return kNegotiationFrameBytesMax;
+  switch (it->second.state) {
+    case State::kNew:
+    case State::kHello:
+    case State::kPromoted:
+    case State::kRegionInfoSent:
+    case State::kRepairPeer:  // asks for chunks; sends no data
+      return kNegotiationFrameBytesMax;
+    case State::kRunning:
+      return options_.read_only ? kJobFrameWithoutDataBytesMax : kMaxFrameBytes;
+    case State::kFetching:
+      return kChunkFrameBytesMax;
+  }
+  CRU_UNREACHABLE("connection state");
+}
+
+bool Core::negotiated(ConnectionId conn) const {
+  auto it = conns_.find(conn);
+  return it != conns_.end() && it->second.state != State::kNew;
 }
 
 bool Core::execute(Output& out, ConnectionId conn, Job& job) {

@@ -18,7 +18,9 @@
 
 #include "common/ids.h"
 #include "common/result.h"
+#include "common/units.h"
 #include "downstairs/region.h"
+#include "proto/limits.h"
 #include "proto/messages.h"
 
 namespace cru::downstairs {
@@ -30,6 +32,22 @@ using ConnectionId = StrongId<struct ConnectionIdTag, uint64_t>;
 inline constexpr size_t kMaxQueuedJobs = 16384;
 // A repairing downstairs asks for this many chunks ahead of the one it is receiving.
 inline constexpr uint64_t kFetchPipelineChunks = 4;
+// Completed job ids remembered per connection (a read-only upstairs never sends the flush
+// or barrier that resets the set): beyond this the earliest completed is forgotten. The
+// upstairs names as dependencies only jobs it has not seen answered, at most its 1500
+// admitted ones plus a few, so a job this many completions old is never named again.
+inline constexpr size_t kMaxCompletedJobs = 65536;
+// What one remembered completed job costs (a set node and a deque slot), for budgets.
+inline constexpr uint64_t kCompletedJobBytes = 64;
+// Before a peer runs jobs it sends only negotiation messages (fixed fields and strings of
+// at most 4 KiB): a longer frame is refused before anything is allocated for it, so a
+// peer that has not negotiated cannot make us hold a 64 MiB frame.
+inline constexpr uint64_t kNegotiationFrameBytesMax = 16 * kKiB;
+// A read-only upstairs sends no bulk data: a job with the longest dependency list, and room.
+inline constexpr uint64_t kJobFrameWithoutDataBytesMax = 1 * kMiB;
+// A repair source sends one chunk per frame, with its small header.
+inline constexpr uint64_t kChunkFrameBytesMax =
+    proto::kRepairChunkBytes + kNegotiationFrameBytesMax;
 
 struct FaultInjection {
   double read_error = 0;   // probability a read fails with kInjected
@@ -86,6 +104,14 @@ class Core {
   // Known once the listener is bound (after the core exists).
   void set_repair_addr(std::string addr) { options_.repair_addr = std::move(addr); }
 
+  // What the core holds for this connection (queued jobs, with the replies reads will
+  // make, and remembered completed ids), for memory budgets. 0 for an unknown one.
+  uint64_t held_bytes(ConnectionId conn) const;
+  // The longest frame this connection may send in its current state.
+  uint64_t frame_bytes_max(ConnectionId conn) const;
+  // Past its first message (HereIAm or RepairHello), or an outgoing connection.
+  bool negotiated(ConnectionId conn) const;
+
   // For status logs and tests.
   std::optional<ConnectionId> active_upstairs() const { return active_; }
   size_t connection_count() const { return conns_.size(); }
@@ -139,10 +165,13 @@ class Core {
     State state = State::kNew;
     proto::HereIAm hello;
     Generation generation;
-    // Jobs: completed ids since the last flush or barrier, and those waiting.
+    // Jobs: completed ids since the last flush or barrier (and in completion order, to
+    // forget the earliest beyond kMaxCompletedJobs), and those waiting.
     std::set<JobId> completed;
+    std::deque<JobId> completed_order;
     std::deque<Job> pending;
-    std::set<JobId> running;  // started, completing later (live repair fetches)
+    uint64_t pending_bytes = 0;  // job_bytes() of every pending job
+    std::set<JobId> running;     // started, completing later (live repair fetches)
     std::optional<Stream> stream;
   };
 
@@ -163,6 +192,9 @@ class Core {
   // discard or flush never counts as completed, so nothing depending on it runs here).
   bool execute(Output& out, ConnectionId conn, Job& job);
   void complete(Conn& c, JobId id, bool resets);
+  static void reset_completed(Conn& c, std::optional<JobId> only);
+  // Memory a queued job holds, and for a read the reply it will make.
+  uint64_t job_bytes(const Job& job) const;
   bool inject(double probability);
 
   void start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job,

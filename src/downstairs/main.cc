@@ -27,13 +27,13 @@ int fail_with(const Error& e) {
   return 1;
 }
 
-// Every extent is an open file; make sure the process may hold them all.
-// Descriptors beyond the extents: connections, repair transfers, logs and the like.
+// Every extent is an open file and every connection a socket; make sure the process may
+// hold them all. Descriptors beyond those: repair transfers, logs and the like.
 constexpr rlim_t kSpareFileDescriptors = 256;
-Status raise_file_limit(uint32_t extents) {
+Status raise_file_limit(uint32_t extents, size_t connections) {
   rlimit lim{};
   if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return {};
-  rlim_t want = static_cast<rlim_t>(extents) + kSpareFileDescriptors;
+  rlim_t want = static_cast<rlim_t>(extents) + connections + kSpareFileDescriptors;
   if (lim.rlim_cur >= want) return {};
   lim.rlim_cur = std::min(want, lim.rlim_max);
   setrlimit(RLIMIT_NOFILE, &lim);
@@ -41,8 +41,9 @@ Status raise_file_limit(uint32_t extents) {
     return fail(
         ErrorCode::kInvalidArgument,
         fmt::format(
-            "the region has {} extents but this process may open only {} files (raise ulimit -n)",
-            extents, lim.rlim_max));
+            "the region has {} extents and --max-connections is {}, but this process may open "
+            "only {} files (raise ulimit -n or lower --max-connections)",
+            extents, connections, lim.rlim_max));
   return {};
 }
 
@@ -152,7 +153,27 @@ struct RunArgs {
   std::string tls_cert, tls_key, tls_ca;
   int port = -1;
   bool read_only = false, lossy = false;
+  size_t max_connections = kMaxConnections;
+  std::string memory_budget, peer_memory_budget;
 };
+
+// --max-connections, --memory-budget and --peer-memory-budget, checked together.
+Result<ServerOptions> server_options(const RunArgs& a) {
+  ServerOptions o;
+  o.max_connections = a.max_connections;
+  auto size_flag = [](const char* flag, const std::string& text, uint64_t& out) -> Status {
+    if (text.empty()) return {};
+    auto bytes = parse_size(text);
+    if (!bytes)
+      return fail(ErrorCode::kInvalidArgument, fmt::format("{}: {}", flag, bytes.error().message));
+    out = *bytes;
+    return {};
+  };
+  CRU_TRY(size_flag("--memory-budget", a.memory_budget, o.memory.total_bytes));
+  CRU_TRY(size_flag("--peer-memory-budget", a.peer_memory_budget, o.memory.peer_bytes));
+  CRU_TRY(validate_server_options(o));
+  return o;
+}
 
 int cmd_run(const RunArgs& a) {
   auto options = Region::read_options(posix_fs(), a.dir);
@@ -162,7 +183,10 @@ int cmd_run(const RunArgs& a) {
     return fail_with(
         Error{ErrorCode::kInvalidArgument,
               fmt::format("no port: give -p PORT (the region in {} has no default port)", a.dir)});
-  if (auto s = raise_file_limit(options->def.extent_count); !s) return fail_with(s.error());
+  auto server_opts = server_options(a);
+  if (!server_opts) return fail_with(server_opts.error());
+  if (auto s = raise_file_limit(options->def.extent_count, server_opts->max_connections); !s)
+    return fail_with(s.error());
   CoreOptions core_options;
   core_options.read_only = a.read_only;
   if (!a.inject.empty()) {
@@ -179,11 +203,10 @@ int cmd_run(const RunArgs& a) {
                            fmt::format("-a/--address '{}': {}", a.address, ec.message())});
   auto tls_files = tls_files_from_flags(a.tls_cert, a.tls_key, a.tls_ca);
   if (!tls_files) return fail_with(tls_files.error());
-  ServerOptions server_options;
   if (*tls_files) {
     auto tls = proto::TlsContext::load(**tls_files);
     if (!tls) return fail_with(tls.error());
-    server_options.tls = std::move(*tls);
+    server_opts->tls = std::move(*tls);
   }
   auto region = Region::open(posix_fs(), a.dir, a.read_only);
   if (!region) return fail_with(region.error());
@@ -193,7 +216,7 @@ int cmd_run(const RunArgs& a) {
   Core core(**region, core_options);
   try {
     server = std::make_unique<Server>(
-        io, core, asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)), server_options);
+        io, core, asio::ip::tcp::endpoint(addr, static_cast<uint16_t>(port)), *server_opts);
   } catch (const std::system_error& e) {
     return fail_with(Error{ErrorCode::kIo,
                            fmt::format("cannot listen on {}:{}: {}", a.address, port, e.what())});
@@ -303,6 +326,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 65535));
   run->add_option("-a,--address", ra.address, "address to listen on")->capture_default_str();
   run->add_flag("--read-only", ra.read_only, "open the region read-only and refuse writes");
+  run->add_option("--max-connections", ra.max_connections,
+                  "connections at once; at the limit a new one replaces the oldest that has not "
+                  "negotiated, or is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
+  run->add_option("--memory-budget", ra.memory_budget,
+                  "memory held for all peers together, e.g. 1G (default: 1 GiB; at least twice "
+                  "--peer-memory-budget)");
+  run->add_option("--peer-memory-budget", ra.peer_memory_budget,
+                  "memory held for one peer (jobs, outbox, frame being read), e.g. 256M "
+                  "(default: 256 MiB; at least 72 MiB, one largest frame)");
   run->add_flag("--lossy", ra.lossy,
                 "test only: delay a quarter of jobs so they complete out of order");
   run->add_option("--tls-cert", ra.tls_cert,

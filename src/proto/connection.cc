@@ -13,6 +13,8 @@
 
 #include "common/assert.h"
 #include "proto/tls.h"
+#include "common/log.h"
+#include "common/units.h"
 
 namespace cru::proto {
 
@@ -37,8 +39,10 @@ std::string describe(FramedConnection::Clock::duration d) {
 FramedConnection::FramedConnection(tcp::socket socket, bool connected, std::string peer,
                                    Options options, Handlers handlers)
     : stream_(std::move(socket)),
-      outbox_(stream_.socket().get_executor(), options.outbox_frames),
+      source_(stream_),
+      outbox_(stream_.socket().get_executor(), options.outbox_frames, options.outbox_bytes),
       timer_(stream_.socket().get_executor()),
+      read_wake_(stream_.socket().get_executor()),
       peer_(std::move(peer)),
       options_(std::move(options)),
       handlers_(std::move(handlers)),
@@ -46,6 +50,8 @@ FramedConnection::FramedConnection(tcp::socket socket, bool connected, std::stri
       connected_(connected) {
   CRU_ASSERT(options_.outbox_frames > 0);
   if (options_.tls) stream_.use_tls(*options_.tls);
+  // Written frames free memory another connection may be waiting for.
+  if (options_.budget) outbox_.on_written([this] { charge(); });
 }
 
 FramedConnection::~FramedConnection() = default;
@@ -76,10 +82,52 @@ void FramedConnection::spawn(const Ptr& self) {
 
 bool FramedConnection::send(const Message& m) {
   if (!accepting_) return false;
-  if (outbox_.try_push(m)) return true;
-  close("outbox full: the peer does not read its replies");
+  if (outbox_.try_push(m)) {
+    charge();
+    return true;
+  }
+  if (outbox_.queued_frames() >= options_.outbox_frames)
+    close(
+        fmt::format("outbox full: {} frames queued, the limit is {}: the peer does not read "
+                    "its replies",
+                    outbox_.queued_frames(), options_.outbox_frames));
+  else
+    close(fmt::format(
+        "outbox full: {} queued and a {} frame would exceed the outbox limit of "
+        "{}: the peer does not read its replies",
+        format_size(outbox_.queued_bytes()), describe(m), format_size(options_.outbox_bytes)));
   return false;
 }
+
+void FramedConnection::set_owner_bytes(uint64_t bytes) {
+  owner_bytes_ = bytes;
+  charge();
+}
+
+void FramedConnection::set_guaranteed(bool guaranteed) {
+  if (guaranteed_ == guaranteed) return;
+  // Its bytes move to the other pool.
+  if (options_.budget) {
+    options_.budget->update(charged_, 0, guaranteed_);
+    options_.budget->update(0, charged_, guaranteed);
+  }
+  guaranteed_ = guaranteed;
+  if (guaranteed) wake_reader();  // it may go on now
+}
+
+MemoryBudget::Held FramedConnection::held() const {
+  return {source_.buffered_bytes(), outbox_.queued_bytes(), owner_bytes_};
+}
+
+void FramedConnection::charge() {
+  if (!options_.budget) return;
+  uint64_t now = stopped_ ? 0 : held().sum();
+  uint64_t before = std::exchange(charged_, now);
+  options_.budget->update(before, now, guaranteed_);
+  // Its own memory went down: the budget woke the waiters, this reader included.
+}
+
+void FramedConnection::wake_reader() { read_wake_.cancel(); }
 
 void FramedConnection::close(std::string reason) { stop(std::move(reason)); }
 
@@ -100,6 +148,8 @@ void FramedConnection::stop(std::string reason) {
   asio::error_code ignored;
   stream_.socket().close(ignored);
   timer_.cancel();
+  read_wake_.cancel();
+  charge();  // holds nothing from now on
   if (resolver_) resolver_->cancel();
 }
 
@@ -205,14 +255,17 @@ asio::awaitable<void> FramedConnection::handshake_deadline() {
 }
 
 asio::awaitable<void> FramedConnection::read_loop() {
-  FrameSource source(stream_);
   try {
     for (;;) {
-      auto m = co_await source.next();
+      co_await wait_for_memory();
+      if (stopped_) co_return;
+      auto m = co_await source_.next();
       if (!m) {
         stop("protocol error: " + m.error().message);
         co_return;
       }
+      // The frame's buffers moved into the message: the owner counts what it keeps.
+      charge();
       last_heard_ = Clock::now();
       // While draining (close_after_drain) the peer's messages are read and dropped.
       if (accepting_ && armed_ && handlers_.on_message) handlers_.on_message(std::move(*m));
@@ -239,11 +292,41 @@ asio::awaitable<void> FramedConnection::watchdog() {
     asio::error_code ec;
     co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     if (stopped_ || ec) co_return;
+    // Held back by the others' memory, not its own doing: its silence is ours.
+    if (paused_by_others_) last_heard_ = Clock::now();
     if (Clock::now() - last_heard_ >= limit) {
-      stop("silent for more than " + describe(limit));
+      // A peer over its own budget is not read, so it falls silent here: say why.
+      stop(pause_reason_ ? fmt::format("silent for more than {} while not read: {}",
+                                       describe(limit), *pause_reason_)
+                         : "silent for more than " + describe(limit));
       co_return;
     }
   }
+}
+
+asio::awaitable<void> FramedConnection::wait_for_memory() {
+  if (!options_.budget) co_return;
+  charge();
+  auto why = options_.budget->over(held(), guaranteed_, source_.frame_bytes_max());
+  if (!why) co_return;
+  const auto paused_at = Clock::now();
+  log::warn("connection from {}: reading paused: {}", peer_, why->why);
+  while (why && !stopped_) {
+    pause_reason_ = std::move(why->why);
+    paused_by_others_ = !why->own;
+    // Woken when any connection frees memory, by stop(), or by set_guaranteed().
+    auto waiter = options_.budget->wait([this] { wake_reader(); });
+    read_wake_.expires_at(Clock::time_point::max());
+    asio::error_code ignored;
+    co_await read_wake_.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+    options_.budget->cancel(waiter);
+    why = options_.budget->over(held(), guaranteed_, source_.frame_bytes_max());
+  }
+  pause_reason_.reset();
+  paused_by_others_ = false;
+  if (!stopped_)
+    log::info("connection from {}: reading resumed after {}", peer_,
+              describe(Clock::now() - paused_at));
 }
 
 }  // namespace cru::proto

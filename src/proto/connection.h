@@ -20,6 +20,7 @@
 
 #include "common/address.h"
 #include "proto/framed_socket.h"
+#include "proto/memory_budget.h"
 #include "proto/messages.h"
 #include "proto/stream.h"
 
@@ -51,6 +52,14 @@ class FramedConnection {
   struct Options {
     // Frames queued for the peer; send() beyond this drops the connection. Must be > 0.
     size_t outbox_frames = 0;
+    // Bytes queued for the peer (FrameSink::held_bytes); a send() beyond this drops the
+    // connection, unless the outbox is empty. 0: no byte limit.
+    uint64_t outbox_bytes = 0;
+    // Shared with the owner's other connections; none: no memory accounting. With one,
+    // reading waits (the socket is not read, the peer is slowed by TCP) while this
+    // connection or all of them together hold more than the budget allows (logged with
+    // the figures), and goes on once memory is freed.
+    std::shared_ptr<MemoryBudget> budget;
     // A peer that sends nothing for longer than this is dropped; none: never.
     std::optional<Clock::duration> idle_timeout;
     // connect() gives up if resolving and connecting take longer; none: the OS decides.
@@ -69,7 +78,7 @@ class FramedConnection {
     std::function<void(Message)> on_message;
     // Why it ended: the first of close()'s reason, close_after_drain()'s reason, a socket
     // error, a protocol error, a failed TLS handshake (with OpenSSL's reason), the idle,
-    // connect or handshake timeout, a full outbox.
+    // connect or handshake timeout, a full outbox (with the figures and the limit).
     std::function<void(const std::string& reason)> on_closed;
   };
 
@@ -86,8 +95,9 @@ class FramedConnection {
   FramedConnection& operator=(const FramedConnection&) = delete;
 
   // Queues a message for the peer. False if the connection is closing, or if the outbox
-  // is full: the connection then closes with reason "outbox full: the peer does not read
-  // its replies" (on_closed follows later, from the coroutine).
+  // is full (frames or bytes): the connection then closes with a reason that starts
+  // "outbox full:" and names the limit and the figures (on_closed follows later, from
+  // the coroutine).
   [[nodiscard]] bool send(const Message& m);
   // Closes the socket now; queued frames are dropped. Idempotent.
   void close(std::string reason);
@@ -96,6 +106,18 @@ class FramedConnection {
   void close_after_drain(std::string reason);
   // No handler runs after this returns. Does not close the connection.
   void disarm() { armed_ = false; }
+
+  // Frames longer than this are a protocol error from the next header on (the owner
+  // raises it once the peer has negotiated). Within [kFrameHeaderBytes, kMaxFrameBytes].
+  void set_frame_bytes_max(uint64_t bytes) { source_.set_frame_bytes_max(bytes); }
+  // What the owner holds for this peer (e.g. its queued jobs), counted in its budget.
+  void set_owner_bytes(uint64_t bytes);
+  // A guaranteed connection is never held back by the others' use of the total budget.
+  void set_guaranteed(bool guaranteed);
+  // What this connection holds now.
+  MemoryBudget::Held held() const;
+  // Reading waits for memory now.
+  bool reading_paused() const { return pause_reason_.has_value(); }
 
   // close(), close_after_drain() or a failure happened: nothing more is accepted.
   bool closing() const { return !accepting_; }
@@ -118,14 +140,21 @@ class FramedConnection {
   asio::awaitable<void> read_loop();
   asio::awaitable<void> write_loop();
   asio::awaitable<void> watchdog();
+  // Returns once the budget lets this connection read another frame (or it stopped).
+  asio::awaitable<void> wait_for_memory();
+  // Tells the budget what this connection holds now.
+  void charge();
+  void wake_reader();
   // Ends the connection: records the reason if it is the first, closes the socket and
   // the outbox and cancels the timers so every loop returns.
   void stop(std::string reason);
 
   Stream stream_;
   std::optional<asio::ip::tcp::resolver> resolver_;  // connect() only
+  FrameSource source_;
   FrameSink outbox_;
-  asio::steady_timer timer_;  // the connect timeout, then the idle watchdog
+  asio::steady_timer timer_;      // the connect timeout, then the idle watchdog
+  asio::steady_timer read_wake_;  // a reader waiting for memory waits on this
   std::string peer_;
   Options options_;
   Handlers handlers_;
@@ -136,6 +165,12 @@ class FramedConnection {
   bool accepting_ = true;  // sends accepted and messages delivered
   bool stopped_ = false;   // socket closed
   bool armed_ = true;      // handlers may run
+  // Memory accounting (with Options::budget only).
+  uint64_t owner_bytes_ = 0;
+  uint64_t charged_ = 0;  // what the budget was last told this connection holds
+  bool guaranteed_ = false;
+  std::optional<std::string> pause_reason_;  // set while reading waits for memory
+  bool paused_by_others_ = false;            // ... and only for the total, not its own use
 };
 
 }  // namespace cru::proto

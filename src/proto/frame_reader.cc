@@ -1,9 +1,22 @@
 #include "proto/frame_reader.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 
 namespace cru::proto {
+
+namespace {
+// A metadata buffer up to this size is kept for the next frame (most frames' metadata is
+// a few hundred bytes; a write of 256 blocks carries about 12 KiB of contexts).
+constexpr size_t kKeptMetaBytes = 64 * kKiB;
+}  // namespace
+
+void FrameReader::set_frame_bytes_max(uint64_t bytes) {
+  CRU_ASSERT(bytes >= kFrameHeaderBytes && bytes <= kMaxFrameBytes);
+  frame_bytes_max_ = bytes;
+}
 
 Result<FrameReader::FeedResult> FrameReader::feed(std::span<const std::byte> in) {
   FeedResult out;
@@ -58,6 +71,13 @@ Result<std::optional<Message>> FrameReader::advance() {
         if (header_filled_ < header_bytes_.size()) return std::nullopt;
         auto h = parse_header(header_bytes_);
         if (!h) return poison(h);
+        if (h->frame_bytes > frame_bytes_max_) {
+          state_ = State::kFailed;
+          return fail(ErrorCode::kProtocol,
+                      fmt::format("frame of {} bytes (tag {}) is over this connection's limit of "
+                                  "{} bytes at this stage",
+                                  h->frame_bytes, h->tag, frame_bytes_max_));
+        }
         header_ = *h;
         meta_.assign(header_.meta_bytes, std::byte{0});
         meta_filled_ = 0;
@@ -84,7 +104,12 @@ Result<std::optional<Message>> FrameReader::finish() {
   if (!m) return poison(m);
   state_ = State::kHeader;
   header_filled_ = 0;
-  meta_.clear();
+  // Metadata buffers are reused between frames, except a large one (a big dependency list
+  // or extent list), which would otherwise stay allocated for the connection's life.
+  if (meta_.capacity() > kKeptMetaBytes)
+    std::vector<std::byte>().swap(meta_);
+  else
+    meta_.clear();
   return std::optional<Message>(std::move(*m));
 }
 

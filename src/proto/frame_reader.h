@@ -37,6 +37,14 @@ class FrameReader {
   // True between frames (no partial frame buffered).
   bool idle() const { return state_ == State::kHeader && header_filled_ == 0; }
 
+  // Frames longer than this (at most kMaxFrameBytes) are a protocol error from the next
+  // header on, before anything is allocated for them: a peer that may only negotiate
+  // cannot make us hold a 64 MiB frame.
+  void set_frame_bytes_max(uint64_t bytes);
+  uint64_t frame_bytes_max() const { return frame_bytes_max_; }
+  // Bytes allocated for the frame being received (metadata and bulk data buffers).
+  uint64_t buffered_bytes() const { return meta_.capacity() + data_.size(); }
+
  private:
   enum class State { kHeader, kMeta, kData, kFailed };
 
@@ -49,6 +57,7 @@ class FrameReader {
   }
 
   State state_ = State::kHeader;
+  uint64_t frame_bytes_max_ = kMaxFrameBytes;
   std::array<std::byte, kFrameHeaderBytes> header_bytes_{};
   size_t header_filled_ = 0;
   FrameHeader header_;

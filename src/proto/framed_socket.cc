@@ -10,8 +10,14 @@ namespace cru::proto {
 
 namespace {
 // Small frames are read through a staging buffer (one syscall for many frames); bulk
-// data larger than this goes straight into its final buffer.
+// data larger than this goes straight into its final buffer. The buffer starts small (so
+// a thousand idle or negotiating connections cost little) and doubles whenever one read
+// fills it, up to the largest size, for a peer that is streaming jobs.
+constexpr size_t kStagingBytesFirst = 8 * kKiB;
 constexpr size_t kStagingBytes = 256 * kKiB;
+// What an empty queued frame costs besides its bytes: the EncodedFrame, its head
+// allocation and the channel's slot, rounded up.
+constexpr uint64_t kFrameOverheadBytes = 128;
 constexpr size_t kDirectReadMinBytes = 64 * kKiB;
 // One gather write takes at most this many frames / bytes (IOV_MAX is 1024 and each
 // frame takes up to two iovecs).
@@ -19,7 +25,7 @@ constexpr size_t kMaxBatchFrames = 256;
 constexpr size_t kMaxBatchBytes = 8 * kMiB;
 }  // namespace
 
-FrameSource::FrameSource(Stream& stream) : stream_(stream), staging_(kStagingBytes) {}
+FrameSource::FrameSource(Stream& stream) : stream_(stream), staging_(kStagingBytesFirst) {}
 
 asio::awaitable<Result<Message>> FrameSource::next() {
   for (;;) {
@@ -31,7 +37,6 @@ asio::awaitable<Result<Message>> FrameSource::next() {
       staged_begin_ += fed->consumed;
       if (fed->message) co_return std::move(*fed->message);
     }
-    staged_begin_ = staged_end_ = 0;
     auto direct = reader_.direct_span();
     if (direct.size() >= kDirectReadMinBytes) {
       size_t n = co_await stream_.read_some(asio::buffer(direct.data(), direct.size()));
@@ -40,22 +45,38 @@ asio::awaitable<Result<Message>> FrameSource::next() {
       if (*m) co_return std::move(**m);
       continue;
     }
+    // Grown only between reads, when nothing is staged, and only for a peer that may
+    // send frames larger than the buffer.
+    if (staged_end_ == staging_.size() && staging_.size() < kStagingBytes &&
+        reader_.frame_bytes_max() > staging_.size())
+      staging_.resize(staging_.size() * 2);
+    staged_begin_ = 0;
     staged_end_ = co_await stream_.read_some(asio::buffer(staging_));
   }
 }
 
-FrameSink::FrameSink(const asio::any_io_executor& executor, size_t capacity_frames)
-    : channel_(executor, capacity_frames) {}
+FrameSink::FrameSink(const asio::any_io_executor& executor, size_t capacity_frames,
+                     uint64_t capacity_bytes)
+    : channel_(executor, capacity_frames), capacity_bytes_(capacity_bytes) {}
+
+uint64_t FrameSink::held_bytes(const EncodedFrame& f) { return f.size() + kFrameOverheadBytes; }
 
 bool FrameSink::try_push(const Message& m) {
-  if (!channel_.try_send(asio::error_code{}, encode(m))) return false;
+  EncodedFrame f = encode(m);
+  uint64_t bytes = held_bytes(f);
+  if (capacity_bytes_ && queued_bytes_ > 0 && queued_bytes_ + bytes > capacity_bytes_) return false;
+  if (!channel_.try_send(asio::error_code{}, std::move(f))) return false;
   ++queued_;
+  queued_bytes_ += bytes;
   return true;
 }
 
 asio::awaitable<void> FrameSink::push(const Message& m) {
-  co_await channel_.async_send(asio::error_code{}, encode(m), asio::use_awaitable);
+  EncodedFrame f = encode(m);
+  uint64_t bytes = held_bytes(f);
+  co_await channel_.async_send(asio::error_code{}, std::move(f), asio::use_awaitable);
   ++queued_;
+  queued_bytes_ += bytes;
 }
 
 asio::awaitable<void> FrameSink::run(Stream& stream) {
@@ -83,11 +104,17 @@ asio::awaitable<void> FrameSink::run(Stream& stream) {
     }
     queued_ -= batch.size();
     iov.clear();
+    uint64_t batch_bytes = 0;
     for (const auto& f : batch) {
       iov.emplace_back(f.head.data(), f.head.size());
       if (!f.data.empty()) iov.emplace_back(f.data.data(), f.data.size());
+      batch_bytes += held_bytes(f);
     }
     co_await stream.write_all(iov);
+    // Counted until written: the batch is in memory until now.
+    queued_bytes_ -= batch_bytes;
+    batch.clear();
+    if (on_written_) on_written_();
     if (closed) co_return;
   }
 }

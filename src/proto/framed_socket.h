@@ -8,6 +8,7 @@
 #include <asio/experimental/channel.hpp>
 #include <asio/ip/tcp.hpp>
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "common/result.h"
@@ -26,6 +27,13 @@ class FrameSource {
   // kProtocol on a malformed frame (the reader is then poisoned).
   asio::awaitable<Result<Message>> next();
 
+  // See FrameReader::set_frame_bytes_max. Also caps the staging buffer: a peer held to
+  // small frames never grows it beyond its first size.
+  void set_frame_bytes_max(uint64_t bytes) { reader_.set_frame_bytes_max(bytes); }
+  uint64_t frame_bytes_max() const { return reader_.frame_bytes_max(); }
+  // Memory held for reading: the staging buffer and the frame being received.
+  uint64_t buffered_bytes() const { return staging_.size() + reader_.buffered_bytes(); }
+
  private:
   Stream& stream_;
   FrameReader reader_;
@@ -36,8 +44,15 @@ class FrameSource {
 
 class FrameSink {
  public:
-  // Capacity in frames; push() waits and try_push() fails beyond it.
-  FrameSink(const asio::any_io_executor& executor, size_t capacity_frames);
+  // Capacity in frames; push() waits and try_push() fails beyond it. try_push() also
+  // fails when the frame would take queued_bytes() above capacity_bytes (0: no limit),
+  // unless nothing is queued (a frame is never refused for its size alone).
+  FrameSink(const asio::any_io_executor& executor, size_t capacity_frames,
+            uint64_t capacity_bytes = 0);
+
+  // Memory a queued frame holds: its bytes plus the bookkeeping of an empty one, so a
+  // flood of tiny frames is counted too.
+  static uint64_t held_bytes(const EncodedFrame& f);
 
   // Queues a message; false when the outbox is full or closed.
   [[nodiscard]] bool try_push(const Message& m);
@@ -52,11 +67,19 @@ class FrameSink {
   // hanging up). If the outbox is full they are dropped, as with close().
   void close_after_drain();
   size_t queued_frames() const { return queued_; }
+  // held_bytes() of every frame queued or being written.
+  uint64_t queued_bytes() const { return queued_bytes_; }
+  // Called after a write completes (with queued_bytes() already lowered), so the owner can
+  // let a reader that waited for memory go on.
+  void on_written(std::function<void()> f) { on_written_ = std::move(f); }
 
  private:
   using Channel = asio::experimental::channel<void(asio::error_code, EncodedFrame)>;
   Channel channel_;
+  uint64_t capacity_bytes_;
   size_t queued_ = 0;
+  uint64_t queued_bytes_ = 0;
+  std::function<void()> on_written_;
 };
 
 // Sets TCP_NODELAY: frames are whole requests; batching is done by FrameSink.

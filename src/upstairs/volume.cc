@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/thread_signals.h"
 #include "proto/connection.h"
+#include "proto/limits.h"
 #include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
@@ -24,6 +25,22 @@ namespace {
 // Frames queued for one downstairs: above the 1500-job admission limit plus pings,
 // flushes and repair jobs, so a healthy connection never fills it.
 constexpr size_t kOutboxFrames = 8192;
+// Besides jobs, the outbox holds pings and repair steps: a little room on top of the
+// jobs the core may send at once.
+constexpr uint64_t kOutboxSlackBytes = 16 * kMiB;
+// The longest frame a downstairs may send us: a read reply of one job, or an extent list
+// (both within the metadata limit). A longer one is a protocol error before anything is
+// allocated for it, so a hostile downstairs cannot make us hold 64 MiB frames.
+constexpr uint64_t kFrameFromDownstairsBytesMax =
+    proto::kFrameHeaderBytes + proto::kMaxMetaBytes + kMaxJobBytes;
+static_assert(kFrameFromDownstairsBytesMax <= proto::kMaxFrameBytes);
+
+// Bytes queued for one downstairs: at most its admitted jobs plus the finished ones kept
+// for replay (a reconnect resends them at once), twice over for the jobs that arrive
+// while a barrier is on its way.
+uint64_t outbox_bytes_max(const Limits& l) {
+  return 2 * (l.bytes_in_flight_max + l.barrier_bytes) + kOutboxSlackBytes;
+}
 
 }  // namespace
 
@@ -130,6 +147,7 @@ struct Volume::Impl {
       l = Link{ct->conn, proto::FramedConnection::connect(io.get_executor(), ct->address,
                                                           connection_options(),
                                                           handlers(ct->client, ct->conn))};
+      l.conn->set_frame_bytes_max(kFrameFromDownstairsBytesMax);
     } else if (auto* d = std::get_if<Disconnect>(&a)) {
       Link& l = links[d->client];
       if (l.conn && l.id == d->conn) {
@@ -150,6 +168,7 @@ struct Volume::Impl {
     o.outbox_frames = kOutboxFrames;
     o.tls = options.tls;
     o.tls_check_host = true;
+    o.outbox_bytes = outbox_bytes_max(options.limits);
     // No idle or connect timeout: the core times both out through ticks (Disconnect).
     return o;
   }

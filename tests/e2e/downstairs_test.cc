@@ -373,6 +373,27 @@ TEST(DownstairsE2e, RunRefusesAMissingPortAndBadInjectSpecs) {
   EXPECT_NE(missing.err.find("nothing-here"), std::string::npos) << missing.err;
 }
 
+TEST(DownstairsE2e, RunRefusesBadMemoryAndConnectionLimitsNamingThem) {
+  TempDir tmp;
+  auto c = ds({"create", "-u", Uuid::random().to_string(), "-d", tmp.file("r"), "--extent-size",
+               "8", "--extent-count", "1"});
+  ASSERT_EQ(c.exit_code(), 0) << c.describe();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--memory-budget", "1X"}, "--memory-budget: '1X' is not a size"},
+      {{"--peer-memory-budget", "10M"}, "below one largest frame"},
+      {{"--memory-budget", "300M"}, "at least twice --peer-memory-budget"},
+      {{"--max-connections", "0"}, "--max-connections"},
+  };
+  for (const auto& [flags, reason] : cases) {
+    SCOPED_TRACE(flags.front() + " " + flags.back());
+    std::vector<std::string> args = {"run", "-d", tmp.file("r"), "-p", "0"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    auto r = ds(args);
+    EXPECT_TRUE(r.status.exited() && r.status.code != 0) << r.describe();
+    EXPECT_NE(r.err.find(reason), std::string::npos) << r.err;
+  }
+}
+
 // ---- repair between two running downstairs --------------------------------------------------
 
 struct RepairSetup {

@@ -409,6 +409,26 @@ Status Peer::send(const proto::Message& m) {
   return send_raw(bytes);
 }
 
+Status Peer::send(const proto::Message& m, Millis timeout) {
+  if (fd_ < 0) return fail(ErrorCode::kDisconnected, "peer is closed");
+  auto bytes = proto::encode_flat(m);
+  auto deadline = Clock::now() + timeout;
+  size_t done = 0;
+  while (done < bytes.size()) {
+    if (!wait_fd(fd_, POLLOUT, deadline))
+      return fail(ErrorCode::kTimeout, fmt::format("send: the other side took {} of {} bytes "
+                                                   "and then did not read for {} ms",
+                                                   done, bytes.size(), timeout.count()));
+    ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return fail(ErrorCode::kDisconnected, fmt::format("send: {}", std::strerror(errno)));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
 Status Peer::send_raw(std::span<const std::byte> bytes) {
   if (fd_ < 0) return fail(ErrorCode::kDisconnected, "peer is closed");
   size_t done = 0;

@@ -144,6 +144,9 @@ class Peer {
 
   Status send(const proto::Message& m);
   Status send_raw(std::span<const std::byte> bytes);
+  // As send(), but kTimeout if the other side stops reading long enough that the frame
+  // cannot be handed to the socket within `timeout` (part of it may have been sent).
+  Status send(const proto::Message& m, Millis timeout);
   // The next message. Errors: kTimeout, kDisconnected (EOF or reset), kProtocol (a bad
   // frame from the other side).
   Result<proto::Message> recv(Millis timeout);

@@ -637,6 +637,56 @@ TEST(CoreJobs, MoreThanTheQueueLimitCloses) {
   EXPECT_FALSE(f.core->active_upstairs());
 }
 
+TEST(CoreMemory, QueuedJobsAreCountedWithTheRepliesReadsWillMake) {
+  Fixture f;
+  ConnectionId c = f.negotiate(Upstairs{}, 1);
+  uint64_t idle = f.core->held_bytes(c);
+  // Both wait for job 999: a 4-block write holds its data, a 4-block read its reply.
+  f.core->on_message(c, make_write(1000, ids({999}), 0, 4, 1));
+  uint64_t with_write = f.core->held_bytes(c);
+  EXPECT_GE(with_write - idle, 4 * kBs);
+  f.core->on_message(c, make_read(1001, ids({999}), 0, 4));
+  EXPECT_GE(f.core->held_bytes(c) - with_write, 4 * kBs);
+  // Once they run, only the remembered completed ids are left.
+  f.core->on_message(c, make_write(999, {}, 8, 1, 2));
+  EXPECT_EQ(f.core->held_bytes(c), idle + 3 * kCompletedJobBytes);
+}
+
+TEST(CoreMemory, TheCompletedSetForgetsTheEarliestBeyondItsLimit) {
+  // Read-only: the upstairs never flushes, so nothing else empties the set.
+  CoreOptions o;
+  o.read_only = true;
+  Fixture ro(o);
+  ConnectionId c = ro.negotiate(Upstairs{}, 1, true);
+  for (uint64_t i = 0; i < kMaxCompletedJobs + 10; ++i)
+    ASSERT_EQ(ro.core->on_message(c, make_read(1000 + i, {}, 0, 1)).sends.size(), 1u);
+  EXPECT_EQ(ro.core->held_bytes(c), kMaxCompletedJobs * kCompletedJobBytes);
+  // The latest are still known (a job depending on one runs); the earliest are forgotten.
+  uint64_t last = 1000 + kMaxCompletedJobs + 9;
+  EXPECT_EQ(
+      sent<ReadResponse>(ro.core->on_message(c, make_read(last + 1, ids({last}), 0, 1)), c).size(),
+      1u);
+  EXPECT_TRUE(ro.core->on_message(c, make_read(last + 2, ids({1000}), 0, 1)).sends.empty());
+}
+
+TEST(CoreMemory, OnlyARunningReadWriteUpstairsMaySendLargeFrames) {
+  Fixture f;
+  ConnectionId c = f.core->new_connection();
+  EXPECT_EQ(f.core->frame_bytes_max(c), kNegotiationFrameBytesMax);
+  EXPECT_FALSE(f.core->negotiated(c));
+  Upstairs u;
+  f.core->on_message(c, u.hello(1));
+  EXPECT_TRUE(f.core->negotiated(c));
+  EXPECT_EQ(f.core->frame_bytes_max(c), kNegotiationFrameBytesMax);
+  ConnectionId running = f.negotiate(Upstairs{}, 2);
+  EXPECT_EQ(f.core->frame_bytes_max(running), kMaxFrameBytes);
+  CoreOptions o;
+  o.read_only = true;
+  Fixture ro(o);
+  EXPECT_EQ(ro.core->frame_bytes_max(ro.negotiate(Upstairs{}, 1, true)),
+            kJobFrameWithoutDataBytesMax);
+}
+
 TEST(CoreJobs, InjectedErrorsAreReturnedAsInjected) {
   CoreOptions o;
   o.faults = FaultInjection{1.0, 1.0, 1.0, false, 7};

@@ -5,10 +5,12 @@
 #include <gtest/gtest.h>
 
 #include <asio/post.hpp>
+#include <future>
 #include <thread>
 
 #include "common/hash.h"
 #include "proto/codec.h"
+#include "proto/limits.h"
 #include "support/fault_fs.h"
 #include "support/process.h"
 
@@ -49,6 +51,20 @@ class ServerFixture {
     thread_.join();
   }
   uint16_t port() const { return port_; }
+  // Runs f on the server's thread and returns its result.
+  template <typename F>
+  auto on_io(F f) {
+    std::packaged_task<decltype(f())()> task(std::move(f));
+    auto result = task.get_future();
+    asio::post(io_, [&task] { task(); });
+    return result.get();
+  }
+  uint64_t peak_memory_bytes() {
+    return on_io([this] { return server_->memory().peak_bytes(); });
+  }
+  size_t connections() {
+    return on_io([this] { return core_->connection_count(); });
+  }
 
  private:
   asio::io_context io_;  // destroyed last: everything below uses it
@@ -169,23 +185,75 @@ TEST(Server, ARefusedPromotionIsExplainedBeforeTheHangUp) {
   expect_write_and_read(*a, 1000, 0, 1, 3);
 }
 
-// A peer that asks for more than it reads fills its outbox; the server hangs up on it
-// (the peer reads what was sent, then EOF or a reset) and goes on serving others.
-TEST(Server, PeerThatStopsReadingLosesOnlyItsConnection) {
-  ServerOptions o;
-  o.outbox_frames = 4;
-  ServerFixture s(o);
+// A negotiated peer sends 200 reads of 512 KiB (100 MiB of replies, beyond the socket
+// buffers) and never reads; the server must drop it and go on serving a second upstairs.
+// The requests are small: the socket takes them all at once.
+void expect_a_peer_that_never_reads_dropped(ServerFixture& s) {
   auto greedy = negotiated(s.port(), Upstairs{}, 1);
   ASSERT_TRUE(greedy) << greedy.error().to_string();
-  // 200 reads of 512 KiB: 100 MiB of replies, far beyond what the socket buffers and a
-  // four-frame outbox hold. Sends fail once the server has hung up.
-  constexpr uint32_t kBlocks = 1024;
   for (uint64_t job = 1000; job < 1200; ++job)
-    if (!greedy->send(Read{JobId{job}, {}, BlockIndex{0}, kBlocks})) break;
+    if (!greedy->send(Read{JobId{job}, {}, BlockIndex{0}, 1024})) break;
   EXPECT_TRUE(greedy->wait_closed(kTimeout)) << "the server drops the connection";
   auto polite = negotiated(s.port(), Upstairs{}, 2);
   ASSERT_TRUE(polite) << polite.error().to_string();
   expect_write_and_read(*polite, 2000, 0, 2, 5);
+}
+
+// The replies fill its outbox up to its byte budget; the server then stops reading it and
+// drops it once it has been silent for the idle timeout. Memory held for peers never
+// passes the budget by more than the last frames read before the pause.
+TEST(Server, PeerThatStopsReadingLosesOnlyItsConnection) {
+  ServerOptions o;
+  o.memory = {2 * kMaxFrameBytes, kMaxFrameBytes};
+  o.idle_timeout = std::chrono::seconds(1);
+  ServerFixture s(o);
+  ASSERT_NO_FATAL_FAILURE(expect_a_peer_that_never_reads_dropped(s));
+  EXPECT_LE(s.peak_memory_bytes(), kMaxFrameBytes + kMaxFrameBytes / 8);
+  EXPECT_GE(s.peak_memory_bytes(), kMaxFrameBytes / 2) << "the outbox did fill up";
+}
+
+// The outbox's frame count still closes the connection (the count bounds the channel,
+// the bytes bound memory).
+TEST(Server, AnOutboxOverItsFrameCountLosesOnlyThatConnection) {
+  ServerOptions o;
+  o.outbox_frames = 4;
+  ServerFixture s(o);
+  expect_a_peer_that_never_reads_dropped(s);
+}
+
+// At the connection limit a new connection replaces the oldest one that has not
+// negotiated; when every one has, the new one is closed at once.
+TEST(Server, AtTheConnectionLimitTheOldestUnnegotiatedMakesRoom) {
+  ServerOptions o;
+  o.max_connections = 3;
+  ServerFixture s(o);
+  // Says HereIAm (and no more): negotiated from then on.
+  auto hello = [&]() -> Result<Peer> {
+    auto p = Peer::connect(s.port(), kTimeout);
+    if (!p) return p;
+    CRU_TRY(p->send(
+        HereIAm{kProtocolVersion, Uuid::random(), Uuid::random(), Generation{1}, false, false}));
+    CRU_TRY(p->recv_as<YesItsMe>(kTimeout));
+    return p;
+  };
+  auto idle1 = Peer::connect(s.port(), kTimeout);
+  auto idle2 = Peer::connect(s.port(), kTimeout);
+  ASSERT_TRUE(idle1 && idle2);
+  auto a = hello();
+  ASSERT_TRUE(a) << a.error().to_string();
+  auto b = hello();  // the oldest idle one makes room
+  ASSERT_TRUE(b) << b.error().to_string();
+  EXPECT_TRUE(idle1->wait_closed(kTimeout));
+  auto c = hello();  // the other idle one makes room
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_TRUE(idle2->wait_closed(kTimeout));
+  auto refused = Peer::connect(s.port(), kTimeout);
+  ASSERT_TRUE(refused);
+  EXPECT_TRUE(refused->wait_closed(kTimeout)) << "closed at once: every connection negotiated";
+  for (Peer* p : {&*a, &*b, &*c}) {
+    ASSERT_TRUE(p->send(Ruok{}));
+    EXPECT_TRUE(p->recv_as<Imok>(kTimeout));
+  }
 }
 
 // A peer that breaks the protocol costs its own connection and nothing else.

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "proto/limits.h"
+#include "proto/memory_budget.h"
 #include "support/process.h"
 
 namespace cru::proto {
@@ -140,8 +142,82 @@ TEST(FramedConnection, AFullOutboxClosesLaterFromTheCoroutine) {
   EXPECT_TRUE(r.closed.empty()) << "send() never calls back synchronously";
   EXPECT_FALSE(s.conn()->send(Imok{}));
   ASSERT_TRUE(run_until(s.io(), [&] { return !r.closed.empty(); }));
-  EXPECT_EQ(r.closed, std::vector<std::string>{"outbox full: the peer does not read its replies"});
+  EXPECT_EQ(r.closed, std::vector<std::string>{"outbox full: 2 frames queued, the limit is 2: "
+                                               "the peer does not read its replies"});
   EXPECT_TRUE(s.peer().wait_closed(kTimeout));
+}
+
+TEST(FramedConnection, AnOutboxOverItsByteLimitClosesNamingTheFigures) {
+  Record r;
+  auto o = options();
+  o.outbox_bytes = 4096;
+  Served s(recording(r), o);
+  ReadResponse big{
+      JobId{1}, {}, 512, std::vector<std::optional<BlockContext>>(6), Bytes(ByteBuffer(6 * 512))};
+  // The first frame is taken whatever its size; the second would pass 4 KiB.
+  EXPECT_TRUE(s.conn()->send(big));
+  EXPECT_FALSE(s.conn()->send(big));
+  ASSERT_TRUE(run_until(s.io(), [&] { return !r.closed.empty(); }));
+  ASSERT_EQ(r.closed.size(), 1u);
+  EXPECT_NE(r.closed[0].find("would exceed the outbox limit of 4 KiB"), std::string::npos)
+      << r.closed[0];
+}
+
+TEST(FramedConnection, AFrameOverTheConnectionsLimitIsRefusedBeforeItsBody) {
+  Record r;
+  Served s(recording(r));
+  s.conn()->set_frame_bytes_max(1024);
+  // Only the header of a 64 KiB write: the limit is checked before the body is awaited.
+  Write w;
+  w.job_id = JobId{1};
+  w.block_size = 512;
+  w.contexts.resize(128);
+  w.data = Bytes(ByteBuffer(128 * 512));
+  auto frame = encode_flat(w);
+  ASSERT_TRUE(s.peer().send_raw(std::span(frame).first(kFrameHeaderBytes)));
+  ASSERT_TRUE(run_until(s.io(), [&] { return !r.closed.empty(); }));
+  EXPECT_NE(r.closed[0].find("over this connection's limit of 1024 bytes"), std::string::npos)
+      << r.closed[0];
+  EXPECT_TRUE(r.messages.empty());
+}
+
+// Two connections share a budget; the first fills its own share with replies its peer
+// does not read, and is not read from until the peer reads them.
+TEST(FramedConnection, ReadingWaitsWhileThePeerIsOverItsBudgetAndGoesOnOnceUnder) {
+  auto budget =
+      std::make_shared<MemoryBudget>(MemoryBudget::Limits{4 * kMaxFrameBytes, kMaxFrameBytes});
+  Record r;
+  auto o = options(1024);
+  o.budget = budget;
+  Served s(recording(r), o);
+  // What the owner holds for this peer, e.g. queued jobs, counts too: just over budget.
+  s.conn()->set_owner_bytes(kMaxFrameBytes);
+  ASSERT_TRUE(s.peer().send(Ruok{}));
+  ASSERT_TRUE(run_until(s.io(), [&] { return s.conn()->reading_paused(); }));
+  EXPECT_TRUE(r.messages.empty()) << "not read while over its budget";
+  EXPECT_GE(budget->held_bytes(), kMaxFrameBytes);
+  s.conn()->set_owner_bytes(0);
+  ASSERT_TRUE(run_until(s.io(), [&] { return !r.messages.empty(); }));
+  EXPECT_FALSE(s.conn()->reading_paused());
+  EXPECT_TRUE(r.closed.empty());
+}
+
+TEST(FramedConnection, OthersFillingTheTotalDoNotHoldBackTheGuaranteedConnection) {
+  // A total of four frames: others may use three of them, one is kept for the guaranteed.
+  auto budget =
+      std::make_shared<MemoryBudget>(MemoryBudget::Limits{4 * kMaxFrameBytes, kMaxFrameBytes});
+  budget->update(0, 3 * kMaxFrameBytes);  // the others' use
+  Record r;
+  auto o = options();
+  o.budget = budget;
+  Served s(recording(r), o);
+  ASSERT_TRUE(s.peer().send(Ruok{}));
+  ASSERT_TRUE(run_until(s.io(), [&] { return s.conn()->reading_paused(); }))
+      << "an ordinary peer waits for the others";
+  EXPECT_TRUE(r.messages.empty());
+  s.conn()->set_guaranteed(true);
+  ASSERT_TRUE(run_until(s.io(), [&] { return !r.messages.empty(); }));
+  budget->update(3 * kMaxFrameBytes, 0);
 }
 
 TEST(FramedConnection, CloseAfterDrainDeliversWhatWasQueuedThenHangsUp) {
