@@ -12,9 +12,9 @@
 #include <utility>
 
 #include "common/assert.h"
-#include "proto/tls.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "proto/tls.h"
 
 namespace cru::proto {
 

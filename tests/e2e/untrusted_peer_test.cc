@@ -84,10 +84,12 @@ class UntrustedPeer : public ::testing::Test {
   }
 
   // A peer that completed the upstairs negotiation with downstairs 0 (it is then the
-  // active upstairs there).
-  Peer negotiated(uint64_t gen) {
+  // active upstairs there). Each is a new upstairs, so each needs a generation above the
+  // last one promoted (fencing).
+  Peer negotiated() {
     Peer p = fresh();
-    auto def = p.negotiate(Uuid::random(), Uuid::random(), Generation{gen}, kIoTimeout);
+    auto def =
+        p.negotiate(Uuid::random(), Uuid::random(), Generation{++last_generation_}, kIoTimeout);
     EXPECT_TRUE(def) << def.error().to_string();
     block_size_ = def ? def->block_size : 4096;
     return p;
@@ -139,6 +141,7 @@ class UntrustedPeer : public ::testing::Test {
 
   std::unique_ptr<Cluster> cluster_;
   uint32_t block_size_ = 4096;
+  uint64_t last_generation_ = 0;  // the highest a hostile peer promoted with
 };
 
 // The probe from issue 10: negotiate as a stranger, then ask for 100,000 blocks at once
@@ -147,7 +150,7 @@ class UntrustedPeer : public ::testing::Test {
 // allocated.
 TEST_F(UntrustedPeer, TheOversizedReadProbeIsRefused) {
   ASSERT_NO_FATAL_FAILURE(start(cluster_options(400)));
-  Peer p = negotiated(1);
+  Peer p = negotiated();
   ASSERT_TRUE(p.send(Read{JobId{1000}, {}, BlockIndex{0}, 100000}));
   auto reply = p.recv(kIoTimeout);
   if (reply) {
@@ -165,7 +168,7 @@ TEST_F(UntrustedPeer, TheOversizedReadProbeIsRefused) {
 // read: the downstairs queues them until the peer's budget is full, then stops reading
 // it (the peer's sends block), logging the limit.
 TEST_F(UntrustedPeer, AFloodOfJobsIsSlowedAtThePeerBudget) {
-  Peer p = negotiated(1);
+  Peer p = negotiated();
   size_t sent = 0;
   for (uint64_t i = 0; i < 10000; ++i) {
     if (!p.send(write(1000 + i, {JobId{999}}, 0, 4, static_cast<uint8_t>(i)), Millis{3000})) break;
@@ -179,7 +182,7 @@ TEST_F(UntrustedPeer, AFloodOfJobsIsSlowedAtThePeerBudget) {
 // A peer that never reads: 400 reads of 1 MiB whose replies fill its outbox to the budget;
 // then it is not read any more (and is dropped when the real upstairs takes over).
 TEST_F(UntrustedPeer, APeerThatNeverReadsIsStoppedAtItsBudget) {
-  Peer p = negotiated(1);
+  Peer p = negotiated();
   const uint32_t blocks = static_cast<uint32_t>(kMiB / block_size_);
   ASSERT_TRUE(p.send(write(1000, {}, 0, blocks, 1)));
   ASSERT_TRUE(p.recv_as<Ack>(kIoTimeout));
@@ -243,7 +246,7 @@ TEST_F(UntrustedPeer, TruncatedOversizedAndRandomFramesCostOnlyTheirConnections)
       // Once negotiated, a 64 MiB write is legitimate: its body is awaited.
       if (negotiate_first && what.ends_with("before negotiating")) continue;
       SCOPED_TRACE(what + (negotiate_first ? " after negotiating" : " on a new connection"));
-      Peer p = negotiate_first ? negotiated(1) : fresh();
+      Peer p = negotiate_first ? negotiated() : fresh();
       ASSERT_TRUE(p.send_raw(bytes));
       // A truncated frame is only known as such at the hang-up.
       if (what.starts_with("truncated")) p.shutdown_write();
