@@ -422,7 +422,11 @@ TEST(DscE2e, FailedFirstStartStopsTheOthersAndExitsNonZero) {
   EXPECT_EQ(exit.code, 1) << (*p)->output();
   ASSERT_TRUE((*p)->wait_output_closed(kStopTimeout));
   EXPECT_TRUE(contains((*p)->stderr_text(), "not every downstairs started")) << (*p)->output();
-  EXPECT_TRUE(contains((*p)->stdout_text(), "downstairs 0: pid")) << (*p)->output();
+  // Downstairs 0 cannot listen; on a busy machine a neighbour's port may be taken too,
+  // and whichever failure dsc sees first is the one it reports.
+  EXPECT_TRUE(std::regex_search((*p)->stdout_text(),
+                                std::regex("downstairs [0-9]: pid [0-9]+ exited with code 1")))
+      << (*p)->output();
   std::string out = (*p)->stdout_text();
   std::regex started("downstairs [0-9]: 127\\.0\\.0\\.1:[0-9]+ pid ([0-9]+)");
   for (std::sregex_iterator it(out.begin(), out.end(), started), end; it != end; ++it)
