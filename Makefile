@@ -239,16 +239,17 @@ FUZZ_DIR := build-fuzz
 FUZZ_SRC := $(COMMON_SRC) $(PROTO_SRC)
 FUZZ_FLAGS := -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   $(DEFINES) -Isrc
+# libcrypto: src/common holds the local PKI (certificate generation for crucible-dsc).
+FUZZ_LIBS := -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -pthread
 $(FUZZ_DIR)/fuzz_decode: tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) $(wildcard src/common/*.h src/proto/*.h) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	clang++ $(FUZZ_FLAGS) tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) -lspdlog -lfmt -lsodium -lxxhash -o $@
+	clang++ $(FUZZ_FLAGS) tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) $(FUZZ_LIBS) -o $@
 $(FUZZ_DIR)/make_corpus: tests/fuzz/make_corpus.cc $(LIB_PROTO) $(LIB_COMMON)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< $(LIB_PROTO) $(LIB_COMMON) $(LDLIBS) -o $@
 
 # The stateful fuzzers drive a whole core (with the in-memory FaultFs for the downstairs).
 FUZZ_STATEFUL_FLAGS := $(FUZZ_FLAGS) -Itests
-FUZZ_LIBS := -lspdlog -lfmt -lsodium -lxxhash -luring -pthread
 FUZZ_HEADERS := $(wildcard src/*/*.h tests/fuzz/*.h tests/support/*.h)
 $(FUZZ_DIR)/fuzz_downstairs: tests/fuzz/fuzz_downstairs.cc $(FUZZ_SRC) $(DOWNSTAIRS_SRC) tests/support/fault_fs.cc $(FUZZ_HEADERS) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
