@@ -17,6 +17,7 @@
 #include "proto/limits.h"
 #include "proto/memory_budget.h"
 #include "support/process.h"
+#include "unit/proto/recording.h"
 
 namespace cru::proto {
 namespace {
@@ -28,36 +29,10 @@ using test::Peer;
 
 constexpr Millis kTimeout{10000};
 
-// What the handlers saw, in order.
-struct Record {
-  int connected = 0;
-  std::vector<Message> messages;
-  std::vector<std::string> closed;  // reasons; exactly one when the connection ended
-};
-
-FramedConnection::Handlers recording(Record& r) {
-  FramedConnection::Handlers h;
-  h.on_connected = [&r] { ++r.connected; };
-  h.on_message = [&r](Message m) { r.messages.push_back(std::move(m)); };
-  h.on_closed = [&r](const std::string& reason) { r.closed.push_back(reason); };
-  return h;
-}
-
 FramedConnection::Options options(size_t outbox_frames = 16) {
   FramedConnection::Options o;
   o.outbox_frames = outbox_frames;
   return o;
-}
-
-// Runs the io_context until `done` holds or the timeout passes; true if it holds.
-template <typename Pred>
-bool run_until(asio::io_context& io, Pred done, Millis timeout = kTimeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done() && std::chrono::steady_clock::now() < deadline) {
-    if (io.stopped()) io.restart();
-    io.run_one_for(10ms);
-  }
-  return done();
 }
 
 // A served connection and the blocking peer on its other end.

@@ -22,6 +22,7 @@
 #include "common/pki.h"
 #include "proto/connection.h"
 #include "support/process.h"
+#include "unit/proto/recording.h"
 
 namespace cru::proto {
 namespace {
@@ -118,36 +119,12 @@ TEST_F(TlsTest, CaFileWithoutACertificateIsRefused) {
 
 // ---- connections ----
 
-struct Record {
-  int connected = 0;
-  std::vector<Message> messages;
-  std::vector<std::string> closed;
-};
-
-FramedConnection::Handlers recording(Record& r) {
-  FramedConnection::Handlers h;
-  h.on_connected = [&r] { ++r.connected; };
-  h.on_message = [&r](Message m) { r.messages.push_back(std::move(m)); };
-  h.on_closed = [&r](const std::string& reason) { r.closed.push_back(reason); };
-  return h;
-}
-
 FramedConnection::Options options(std::shared_ptr<TlsContext> tls, bool check_host = false) {
   FramedConnection::Options o;
   o.outbox_frames = 64;
   o.tls = std::move(tls);
   o.tls_check_host = check_host;
   return o;
-}
-
-template <typename Pred>
-bool run_until(asio::io_context& io, Pred done, Millis timeout = kTimeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!done() && std::chrono::steady_clock::now() < deadline) {
-    if (io.stopped()) io.restart();
-    io.run_one_for(10ms);
-  }
-  return done();
 }
 
 // A listener that serves each accepted socket with `server_options`.
