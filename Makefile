@@ -5,6 +5,7 @@
 #   make deps       install the Debian packages (as root; quiet when present)
 #   make asan|tsan  unit and simulation tests under sanitizers
 #   make fuzz       libFuzzer: the decoder, the downstairs and upstairs cores (FUZZ_SECONDS each)
+#   make install    PREFIX (/usr/local) and DESTDIR; make deb: a Debian package in build/deb
 #   make format|format-check|lint|check-headers|check-layers|bench|clean
 SHELL := /bin/bash
 .DEFAULT_GOAL := all
@@ -42,7 +43,7 @@ DEFINES := -DSPDLOG_SHARED_LIB -DSPDLOG_COMPILED_LIB -DSPDLOG_FMT_EXTERNAL -DASI
 CXXFLAGS := -std=c++20 $(MODE_FLAGS) $(WARNINGS) $(DEFINES) -Isrc -MMD -MP
 # Evaluated when used (after the deps stamp exists), not when the Makefile is read.
 FUSE_CFLAGS = $(shell pkg-config --cflags fuse3)
-LDLIBS := -lfuse3 -lyaml-cpp -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -pthread
+LDLIBS := -lfuse3 -lyaml-cpp -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -lsystemd -pthread
 TEST_LDLIBS := -lgmock -lgtest -pthread
 
 # ---- sources and libraries ----------------------------------------------------------
@@ -111,7 +112,7 @@ ALL_TESTS := $(FAST_TESTS) $(E2E_TEST)
 DEPS_STAMP := $(BUILD)/.deps-ok
 
 .PHONY: all test asan tsan fast-test deps run bench chaos fuzz format format-check lint check-headers \
-  check-layers clean
+  check-layers clean man install deb
 
 all: $(BINARIES)
 
@@ -205,9 +206,13 @@ $(BUILD)/tests/e2e: $(call objs,$(wildcard tests/e2e/*.cc)) $(LIB_TEST_SUPPORT) 
 	$(call link,$(TEST_LDLIBS) -lgtest_main)
 
 # ---- test entry points --------------------------------------------------------------
-# End-to-end tests find the binaries through CRUCIBLE_BIN.
+# End-to-end tests find the binaries through CRUCIBLE_BIN, and the Debian package (built
+# first, once everything else is: it runs make itself) through CRUCIBLE_DEB.
 test: $(ALL_TESTS) $(BINARIES)
-	@CRUCIBLE_BIN=$(abspath $(BUILD)/bin) tests/run.sh 1800 $(ALL_TESTS)
+	@$(MAKE) --no-print-directory deb >$(BUILD)/deb.log 2>&1 || \
+	  { tail -40 $(BUILD)/deb.log; echo "make test: make deb failed (log: $(BUILD)/deb.log)"; exit 1; }
+	@CRUCIBLE_BIN=$(abspath $(BUILD)/bin) CRUCIBLE_DEB=$$(ls $(abspath build/deb)/*.deb) \
+	  tests/run.sh 1800 $(ALL_TESTS)
 
 fast-test: $(FAST_TESTS)
 	@tests/run.sh 900 $(FAST_TESTS)
@@ -240,7 +245,7 @@ FUZZ_SRC := $(COMMON_SRC) $(PROTO_SRC)
 FUZZ_FLAGS := -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
   $(DEFINES) -Isrc
 # libcrypto: src/common holds the local PKI (certificate generation for crucible-dsc).
-FUZZ_LIBS := -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -pthread
+FUZZ_LIBS := -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -lsystemd -pthread
 $(FUZZ_DIR)/fuzz_decode: tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) $(wildcard src/common/*.h src/proto/*.h) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	clang++ $(FUZZ_FLAGS) tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) $(FUZZ_LIBS) -o $@
@@ -311,6 +316,54 @@ $(BUILD)/hdr/%.ok: %.h | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	@# Included from a one-line file, as users do (compiling it directly warns "#pragma once in main file").
 	echo '#include "$<"' | $(CXX) $(filter-out -MMD -MP,$(CXXFLAGS)) $(FUSE_CFLAGS) -I. -fsyntax-only -x c++ - && touch $@
+
+# ---- install and package -------------------------------------------------------------
+# make install [PREFIX=/usr/local] [DESTDIR=]: the programs, man pages generated from their
+# --help (scripts/man.sh), the systemd units with this PREFIX's paths, the sysusers entry
+# and the example configuration in /etc/crucible (docs/deploy.md). make deb: the same as a
+# Debian package (debian/), in build/deb, checked with lintian.
+PREFIX ?= /usr/local
+BINDIR := $(PREFIX)/bin
+MAN1DIR := $(PREFIX)/share/man/man1
+UNITDIR := $(PREFIX)/lib/systemd/system
+SYSUSERSDIR := $(PREFIX)/lib/sysusers.d
+DOCDIR := $(PREFIX)/share/doc/crucible
+CONFDIR := /etc/crucible
+MAN_STAMP := $(BUILD)/man/.stamp
+UNITS := $(notdir $(basename $(wildcard packaging/systemd/*.service.in)))
+
+$(MAN_STAMP): $(BINARIES) scripts/man.sh src/common/service.h
+	@scripts/man.sh $(BUILD)/bin $(@D)
+	@touch $@
+
+man: $(MAN_STAMP)
+
+install: all man
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MAN1DIR) $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(DOCDIR) $(DESTDIR)$(CONFDIR)/downstairs
+	install -m 0755 $(BINARIES) $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(BUILD)/man/*.1 $(DESTDIR)$(MAN1DIR)/
+	for u in $(UNITS); do \
+	  sed 's|@BINDIR@|$(BINDIR)|g' packaging/systemd/$$u.in >$(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$u; \
+	done
+	install -D -m 0644 packaging/crucible.sysusers $(DESTDIR)$(SYSUSERSDIR)/crucible.conf
+	install -m 0644 etc/crucible.yaml $(DESTDIR)$(CONFDIR)/example.yaml
+	install -m 0644 packaging/etc/downstairs.conf $(DESTDIR)$(CONFDIR)/downstairs/example.conf
+	install -m 0644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+	install -d $(DESTDIR)$(DOCDIR)/docs && install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/docs/
+
+# The package reuses this tree's build (debian/rules runs make); debhelper and lintian are
+# installed by scripts/deps.sh deb.
+deb: | $(DEPS_STAMP)
+	@scripts/deps.sh deb
+	@rm -rf build/deb debian/crucible debian/.debhelper debian/files debian/*.substvars \
+	  debian/debhelper-build-stamp
+	@mkdir -p build/deb
+	debian/rules build
+	fakeroot debian/rules binary
+	lintian --fail-on error build/deb/*.deb
+	@ls build/deb/*.deb
 
 clean:
 	rm -rf build build-asan build-tsan build-fuzz

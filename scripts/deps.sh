@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages the project needs, as root. Idempotent: quiet and
-# quick when everything is present. Usage: scripts/deps.sh [--check] [bench]
-# ("bench" adds what only make bench needs: nbdkit and nbdfuse to compare against).
+# quick when everything is present. Usage: scripts/deps.sh [--check] [bench] [deb]
+# ("bench" adds what only make bench needs: nbdkit and nbdfuse to compare against;
+# "deb" what make deb needs: debhelper, fakeroot and lintian).
 set -euo pipefail
 
 packages=(
-  # build
-  g++ make pkg-config
+  # build (help2man: the man pages, from --help)
+  g++ make pkg-config help2man
   # libraries (headers + link)
   libasio-dev libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
-  libexpected-dev libxxhash-dev libsodium-dev libssl-dev libfuse3-dev liburing-dev
+  libexpected-dev libxxhash-dev libsodium-dev libssl-dev libfuse3-dev liburing-dev libsystemd-dev
   # tests, fuzzing, lint
   libgtest-dev libgmock-dev clang libclang-rt-14-dev clang-format clang-tidy
   # runtime tools used by the end-to-end tests, make run and make bench
@@ -21,7 +22,8 @@ for arg in "$@"; do
   case $arg in
     --check) check_only=true ;;
     bench) packages+=(nbdkit nbdfuse) ;;
-    *) echo "scripts/deps.sh: unknown argument '$arg' (expected --check or bench)" >&2; exit 2 ;;
+    deb) packages+=(debhelper fakeroot dpkg-dev lintian) ;;
+    *) echo "scripts/deps.sh: unknown argument '$arg' (expected --check, bench or deb)" >&2; exit 2 ;;
   esac
 done
 

@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/memory.h"
+#include "common/service.h"
 #include "common/tls_files.h"
 #include "common/units.h"
 #include "downstairs/admin.h"
@@ -244,10 +245,12 @@ int cmd_run(const RunArgs& a) {
   std::printf("listening on %s:%u\n", a.address.c_str(), server->port());
   std::fflush(stdout);
   server->start();
+  notify_ready(fmt::format("serving {} on port {}", a.dir, server->port()));
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const asio::error_code& e, int sig) {
     if (e) return;
     log::info("signal {}: stopping", sig);
+    notify_stopping("stopping: settling the extents");
     server->stop();
     io.stop();
     if (Status s = (*region)->settle(); !s)
@@ -300,6 +303,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "crucible-downstairs: one replica of a Crucible volume (a region of extent files) served "
       "over TCP"};
+  app.set_version_flag("--version", cru::version_line("crucible-downstairs"));
   app.require_subcommand(1);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")

@@ -18,6 +18,7 @@
 
 #include "common/log.h"
 #include "common/memory.h"
+#include "common/service.h"
 #include "common/units.h"
 #include "fuse/config.h"
 #include "fuse/control.h"
@@ -251,9 +252,12 @@ int mount_volume(const Args& a) {
       c.log_file.empty() ? "" : fmt::format("  log:      {}\n", c.log_file));
   log::info("mounted {}/disk.img", c.mount_path);
   starter.ok(ready);
+  notify_ready(
+      fmt::format("{}/disk.img mounted, generation {}", c.mount_path, snap.generation.value));
 
   Status served = server.run(volume);
   log::info("unmounted {}; final flush", c.mount_path);
+  notify_stopping("unmounted; final flush");
   control.stop();
   Status done = volume.deactivate(kDeactivateTimeout);
   if (!served) log::error("{}", served.error().message);
@@ -311,6 +315,7 @@ int main(int argc, char** argv) {
   CLI::App app{
       "crucible-fuse: mounts a volume replicated on three crucible-downstairs as "
       "MOUNTPOINT/disk.img"};
+  app.set_version_flag("--version", cru::version_line("crucible-fuse"));
   app.add_option("-c,--config", a.config, "YAML configuration (see etc/crucible.yaml)")->required();
   app.add_option("mountpoint", a.mountpoint,
                  "directory to mount on (default: mount.path from the config)");

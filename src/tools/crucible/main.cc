@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/progress.h"
+#include "common/service.h"
 #include "common/tls_files.h"
 #include "common/units.h"
 #include "proto/tls.h"
@@ -334,6 +335,7 @@ void workload_perf(Volume& v, const Args& a, std::mt19937_64& rng) {
 int main(int argc, char** argv) {
   cru::log::init("crucible");
   CLI::App app{"crucible: test client for three crucible-downstairs as one replicated volume"};
+  app.set_version_flag("--version", cru::version_line("crucible"));
   Args a;
   std::string log_level = "warn";
   app.add_option("-t,--target", a.targets, "downstairs host:port (give exactly three)")->required();

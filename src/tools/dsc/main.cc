@@ -20,6 +20,7 @@
 #include "common/log.h"
 #include "common/pki.h"
 #include "common/result.h"
+#include "common/service.h"
 #include "common/tls_files.h"
 #include "common/uuid.h"
 #include "tools/dsc/control.h"
@@ -251,6 +252,7 @@ int cmd_control(const std::string& dir, const Request& r) {
 int main(int argc, char** argv) {
   cru::log::init("dsc");
   CLI::App app{"crucible-dsc: create and supervise local downstairs (demos and tests)"};
+  app.set_version_flag("--version", cru::version_line("crucible-dsc"));
   app.require_subcommand(1);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
