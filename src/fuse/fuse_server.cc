@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <sys/mount.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -306,6 +307,17 @@ FuseServer::~FuseServer() {
 Status FuseServer::mount() {
   CRU_ASSERT(session_ == nullptr);
   struct stat st {};
+  if (::stat(options_.mountpoint.c_str(), &st) != 0 && errno == ENOTCONN) {
+    // A FUSE mount whose daemon died (a crash, SIGKILL): nothing serves it, and it would
+    // stop a restarted service from ever mounting again. Detach it and mount afresh.
+    log::warn("{} is a FUSE mount nobody serves (its crucible-fuse died?): detaching it",
+              options_.mountpoint);
+    if (::umount2(options_.mountpoint.c_str(), MNT_DETACH) != 0)
+      return fail(ErrorCode::kIo,
+                  fmt::format("mount point {} is a dead FUSE mount and could not "
+                              "be detached: {} (try: umount -l {})",
+                              options_.mountpoint, std::strerror(errno), options_.mountpoint));
+  }
   if (::stat(options_.mountpoint.c_str(), &st) != 0)
     return fail(ErrorCode::kNotFound,
                 fmt::format("mount point {}: {}", options_.mountpoint, std::strerror(errno)));

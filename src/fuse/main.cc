@@ -164,7 +164,9 @@ Result<fuse::Config> configure(const Args& a) {
     return fail(ErrorCode::kInvalidArgument,
                 fmt::format("no mount point: give MOUNTPOINT or set mount.path in {}", a.config));
   c->mount_path = absolute(c->mount_path);
-  if (!std::filesystem::is_directory(c->mount_path))
+  std::error_code ec;
+  // ENOTCONN: a dead FUSE mount (its crucible-fuse crashed), which mounting detaches.
+  if (!std::filesystem::is_directory(c->mount_path, ec) && ec != std::errc::not_connected)
     return fail(ErrorCode::kNotFound,
                 fmt::format("mount point {} is not an existing directory", c->mount_path));
   // A daemon has no stderr: its log goes next to the mount point unless configured.

@@ -7,8 +7,10 @@
 // Type=notify relies on, with the build's binaries.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -233,6 +235,49 @@ TEST(Service, ReadinessAndStopReachTheServiceManager) {
   EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe();
   std::string stopping = manager.next(kCommandTimeout);
   EXPECT_NE(stopping.find("STOPPING=1\n"), std::string::npos) << stopping;
+}
+
+// Restart=on-failure after a crash: the dead daemon's FUSE mount is still there (every
+// access fails with ENOTCONN); the restarted crucible-fuse detaches it and mounts again.
+TEST(Service, ARestartMountsOverTheMountACrashLeft) {
+  ClusterOptions options;
+  options.extent_count = 4;
+  auto c = Cluster::start(options);
+  ASSERT_TRUE(c) << c.error().message;
+  const std::string mnt = (*c)->dir() + "/service-mnt";
+  ASSERT_TRUE(fs::create_directory(mnt));
+  const std::string config = (*c)->write_file("service.yaml", (*c)->config_yaml(mnt));
+  // Whatever happens below, nothing stays mounted here.
+  struct Detach {
+    std::string dir;
+    ~Detach() { run_command({tool("umount"), "-l", dir}, kCommandTimeout); }
+  } detach{mnt};
+  auto start = [&] {
+    auto p = Process::start({bin("crucible-fuse"), "-c", config, mnt, "-f"});
+    EXPECT_TRUE(p) << p.error().message;
+    if (p) {
+      auto ready = (*p)->wait_for_line("is ready", kCommandTimeout);
+      EXPECT_TRUE(ready) << ready.error().message;
+    }
+    return p ? std::move(*p) : nullptr;
+  };
+  auto first = start();
+  ASSERT_NE(first, nullptr);
+  first->kill(SIGKILL);
+  ASSERT_TRUE(first->wait(kCommandTimeout).signal == SIGKILL);
+  struct stat st {};
+  ASSERT_NE(::stat(mnt.c_str(), &st), 0);
+  ASSERT_EQ(errno, ENOTCONN) << "the crash should leave a dead FUSE mount";
+
+  auto second = start();
+  ASSERT_NE(second, nullptr);
+  auto line = second->find_line("nobody serves", kCommandTimeout);
+  EXPECT_TRUE(line) << line.error().message;
+  std::error_code ec;
+  EXPECT_TRUE(fs::exists(mnt + "/disk.img", ec)) << ec.message();
+  second->kill(SIGTERM);
+  auto exit = second->wait(kCommandTimeout);
+  EXPECT_TRUE(exit.exited() && exit.code == 0) << exit.describe() << second->output();
 }
 
 }  // namespace
