@@ -233,7 +233,7 @@ bench: all $(DELAY_PROXY)
 	@bench/bench.py
 
 # The end-to-end fault loop (scripts/chaos.sh --help): CHAOS_SECONDS (default 600) of
-# faults, CHAOS_MODE kill (default) or stop.
+# faults, CHAOS_MODE kill (default), stop or replay (short outages that must be replayed).
 chaos: all
 	@CRUCIBLE_BIN=$(abspath $(BUILD)/bin) scripts/chaos.sh --seconds $(or $(CHAOS_SECONDS),600) \
 	  --mode $(or $(CHAOS_MODE),kill)
