@@ -125,28 +125,10 @@ TEST(Chaos, KillLoopOverTlsKeepsEveryWriteAndTheReplicasConverge) {
 // ---- helpers for the Cluster tests
 // ----------------------------------------------------------------
 
-// fio over the whole volume: random 4-64 KiB writes, O_DIRECT, fsync every 32, then every
-// block read back and its crc32c checked. `extra`: e.g. --verify_only (same seed: checks
-// what that run wrote).
+// fio over the whole volume (support/regions.h).
 std::vector<std::string> fio_args(const std::string& file, int seed,
                                   std::vector<std::string> extra = {}) {
-  std::vector<std::string> a = {tool("fio"),
-                                "--name=chaos",
-                                "--filename=" + file,
-                                fmt::format("--size={}", kVolumeBytes),
-                                "--rw=randwrite",
-                                "--bsrange=4k-64k",
-                                "--direct=1",
-                                "--ioengine=libaio",
-                                "--iodepth=16",
-                                "--fsync=32",
-                                "--verify=crc32c",
-                                "--verify_fatal=1",
-                                "--do_verify=1",
-                                "--verify_state_save=0",  // no state file in the working directory
-                                fmt::format("--randseed={}", seed)};
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
+  return fio_verify_args(file, kVolumeBytes, seed, extra);
 }
 
 // Deterministic contents for test files and patterns.

@@ -238,8 +238,9 @@ Status Cluster::start_downstairs(int i) {
     return fail(ErrorCode::kInvalidArgument, fmt::format("downstairs {} is already running", i));
   const DownstairsPlacement where = placement(i);
   std::vector<std::string> args = where.exec_prefix;
-  args.insert(args.end(), {bin("crucible-downstairs"), "run", "-d", region_dir(i), "-a",
-                           where.address, "-p", std::to_string(ports_[i] ? ports_[i] : where.port)});
+  args.insert(args.end(),
+              {bin("crucible-downstairs"), "run", "-d", region_dir(i), "-a", where.address, "-p",
+               std::to_string(ports_[i] ? ports_[i] : where.port)});
   args.insert(args.end(), options_.downstairs_args.begin(), options_.downstairs_args.end());
   if (options_.tls) {
     auto flags = tls_flags(tls_files(fmt::format("downstairs-{}", i)));

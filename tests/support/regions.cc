@@ -15,6 +15,27 @@ constexpr Millis kToolTimeout{600000};
 
 }  // namespace
 
+std::vector<std::string> fio_verify_args(const std::string& file, uint64_t size_bytes, int seed,
+                                         const std::vector<std::string>& extra) {
+  std::vector<std::string> a = {tool("fio"),
+                                "--name=verify",
+                                "--filename=" + file,
+                                fmt::format("--size={}", size_bytes),
+                                "--rw=randwrite",
+                                "--bsrange=4k-64k",
+                                "--direct=1",
+                                "--ioengine=libaio",
+                                "--iodepth=16",
+                                "--fsync=32",
+                                "--verify=crc32c",
+                                "--verify_fatal=1",
+                                "--do_verify=1",
+                                "--verify_state_save=0",  // no state file in the working directory
+                                fmt::format("--randseed={}", seed)};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
 std::string extent_file(const std::string& region, uint32_t n) {
   return fmt::format("{}/{:02X}/{:03X}/{:03X}", region, (n >> 24) & 0xff, (n >> 12) & 0xfff,
                      n & 0xfff);

@@ -1,7 +1,8 @@
-// Reading regions on disk after a test, every process stopped: one extent file's data, and
-// the end-of-test check that replicas are identical (crucible-downstairs dump and verify,
-// and the data of every extent file compared). The geometry comes from the ClusterOptions
-// the regions were made with. Used from the test thread; gtest expectations report.
+// Checking data end to end: the fio workload that writes a volume and verifies every block,
+// and, after a test with every process stopped, one extent file's data and the check that
+// replicas are identical (crucible-downstairs dump and verify, and the data of every
+// extent file compared). The geometry comes from the ClusterOptions the regions were made
+// with. Used from the test thread; gtest expectations report.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,12 @@
 #include "support/cluster.h"
 
 namespace cru::test {
+
+// fio over `size_bytes` of `file`: random 4-64 KiB writes, O_DIRECT, iodepth 16, fsync
+// every 32, then every block read back and its crc32c checked (the first mismatch fails
+// it). `extra`: e.g. --verify_only (the same seed checks what that run wrote).
+std::vector<std::string> fio_verify_args(const std::string& file, uint64_t size_bytes, int seed,
+                                         const std::vector<std::string>& extra = {});
 
 // Extent n's file in a region directory (docs/extent-format.md: XX/YYY/ZZZ, upper hex).
 std::string extent_file(const std::string& region, uint32_t n);
