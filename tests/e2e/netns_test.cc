@@ -77,7 +77,7 @@ class Netns : public ::testing::Test {
   void SetUp() override {
     auto lab = NetLab::create(kDownstairsCount);
     if (!lab && lab.error().code == ErrorCode::kUnsupported)
-      GTEST_SKIP() << "network namespaces or veth pairs cannot be made here: "
+      GTEST_SKIP() << "network namespaces, a bridge or veth pairs cannot be made here: "
                    << lab.error().message;
     ASSERT_TRUE(lab) << lab.error().to_string();
     lab_ = std::move(*lab);
