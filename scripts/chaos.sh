@@ -83,6 +83,7 @@ size_bytes=$((block_size * extent_blocks * extent_count))
 jobs_limit=400
 bytes_limit=16MiB
 fio_rate=()
+round_bytes=$size_bytes  # what one fio round writes and verifies
 if [[ $mode == replay ]]; then
   # The defaults: an Offline replica is faulted beyond 1000 held jobs or 50 MiB. At 3 MiB/s
   # of writes (about 100 a second) an outage of 2 s plus the reconnect backoff it grows
@@ -93,6 +94,12 @@ if [[ $mode == replay ]]; then
   jobs_limit=1500
   bytes_limit=75MiB
   fio_rate=(--rate=,3m)
+  # Finished jobs are kept for replay until a flush completes on all three; past 64 MiB of
+  # them a barrier retires them instead, and until the next flush does, an outage cannot be
+  # replayed (the upstairs faults it, as designed). Reads count too, and a round's verify
+  # pass reads without flushing: 16 MiB rounds keep the previous round's reads, this one's
+  # and an outage's writes (3 MiB/s) well under 64 MiB.
+  round_bytes=$((16 << 20))
 fi
 # replay mode: this run's own nftables table (deleted on every exit path).
 nft_table=cruchaos$$
@@ -258,10 +265,10 @@ await_line "$work/fuse.log" "disk.img is ready" "$fuse_pid" "crucible-fuse" "the
 echo "chaos: mounted $mnt/disk.img ($((size_bytes >> 20)) MiB) on ${targets[*]}"
 
 # ---- workload -------------------------------------------------------------------------------
-# One round writes the whole file in random order (4-64 KiB, 16 in flight, fsync every 32
-# writes) and then reads every block back checking its crc32c. Rounds differ by seed; the
-# last one's seed is kept for the final verify-only pass.
-fio_job=(--name=chaos "--filename=$mnt/disk.img" "--size=$size_bytes" --rw=randwrite
+# One round writes the whole file (replay mode: its first 16 MiB) in random order (4-64
+# KiB, 16 in flight, fsync every 32 writes) and then reads every block back checking its
+# crc32c. Rounds differ by seed; the last one's seed is kept for the final verify-only pass.
+fio_job=(--name=chaos "--filename=$mnt/disk.img" "--size=$round_bytes" --rw=randwrite
   --bsrange=4k-64k --direct=1 --ioengine=libaio --iodepth=16 --fsync=32
   --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --group_reporting
   "${fio_rate[@]}")
