@@ -111,8 +111,8 @@ ALL_TESTS := $(FAST_TESTS) $(E2E_TEST)
 
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all test asan tsan fast-test deps run bench chaos fuzz format format-check lint check-headers \
-  check-layers clean man install deb
+.PHONY: all test asan tsan fast-test deps run bench chaos netns fuzz format format-check lint \
+  check-headers check-layers clean man install deb
 
 all: $(BINARIES)
 
@@ -190,7 +190,8 @@ UNIT_LINK_upstairs := $(LINK_UPSTAIRS)
 UNIT_LINK_fuse := $(LIB_FUSE) $(LINK_UPSTAIRS)  # config and status need no Volume
 # Named here so make treats test objects as ordinary files, not intermediates to delete
 # (or, when missing, to skip): a rebuild then compiles exactly what changed.
-TEST_OBJS := $(call objs,$(wildcard tests/unit/*/*.cc tests/sim/*.cc tests/e2e/*.cc tests/support/*.cc))
+TEST_OBJS := $(call objs,$(wildcard tests/unit/*/*.cc tests/sim/*.cc tests/e2e/*.cc tests/support/*.cc \
+  tests/tools/*.cc))
 .PHONY: test-objects
 test-objects: $(TEST_OBJS)
 $(BUILD)/tests/unit_%: $$(call objs,$$(wildcard tests/unit/%/*.cc)) $(LIB_TEST_SUPPORT) \
@@ -200,15 +201,20 @@ $(BUILD)/tests/unit_%: $$(call objs,$$(wildcard tests/unit/%/*.cc)) $(LIB_TEST_S
 $(BUILD)/tests/sim: $(call objs,$(wildcard tests/sim/*.cc)) $(LIB_TEST_SUPPORT) $(LIB_UPSTAIRS) \
     $(LINK_DOWNSTAIRS)
 	$(call link,$(TEST_LDLIBS) -lgtest_main)
+# The delaying TCP proxy (tests/support/delay_proxy.h) as a program: the netns test runs
+# it inside the namespaces, make bench puts it in front of the downstairs (1 ms RTT).
+DELAY_PROXY := $(BUILD)/tests/delay_proxy
+$(DELAY_PROXY): $(call objs,tests/tools/delay_proxy.cc) $(LIB_TEST_SUPPORT) $(LIB_COMMON)
+	$(call link)
 # End to end: the binaries, driven through tests/support (which speaks the protocol).
 $(BUILD)/tests/e2e: $(call objs,$(wildcard tests/e2e/*.cc)) $(LIB_TEST_SUPPORT) $(LINK_PROTO) \
-    $(BINARIES)
+    $(BINARIES) $(DELAY_PROXY)
 	$(call link,$(TEST_LDLIBS) -lgtest_main)
 
 # ---- test entry points --------------------------------------------------------------
 # End-to-end tests find the binaries through CRUCIBLE_BIN, and the Debian package (built
 # first, once everything else is: it runs make itself) through CRUCIBLE_DEB.
-test: $(ALL_TESTS) $(BINARIES)
+test: $(ALL_TESTS) $(BINARIES) $(DELAY_PROXY)
 	@$(MAKE) --no-print-directory deb >$(BUILD)/deb.log 2>&1 || \
 	  { tail -40 $(BUILD)/deb.log; echo "make test: make deb failed (log: $(BUILD)/deb.log)"; exit 1; }
 	@CRUCIBLE_BIN=$(abspath $(BUILD)/bin) CRUCIBLE_DEB=$$(ls $(abspath build/deb)/*.deb) \
@@ -228,14 +234,21 @@ run: all
 
 # Side by side with the FUSE ceiling and nbdkit+nbdfuse (bench/bench.py --help):
 # BENCH_SECONDS per shape (default 6), BENCH_TREE_MB for the tree copy (default 600).
-bench: all
+bench: all $(DELAY_PROXY)
 	@bench/bench.py
 
 # The end-to-end fault loop (scripts/chaos.sh --help): CHAOS_SECONDS (default 600) of
-# faults, CHAOS_MODE kill (default) or stop.
+# faults, CHAOS_MODE kill (default), stop or replay (short outages that must be replayed).
 chaos: all
 	@CRUCIBLE_BIN=$(abspath $(BUILD)/bin) scripts/chaos.sh --seconds $(or $(CHAOS_SECONDS),600) \
 	  --mode $(or $(CHAOS_MODE),kill)
+
+# The downstairs on other hosts (tests/e2e/netns_test.cc, docs/network-tests.md): three
+# network namespaces behind veth pairs and a bridge, fio verify under packet loss,
+# partitions, a bandwidth cap and 1 ms RTT. Also part of `make test`.
+netns: $(E2E_TEST) $(BINARIES) $(DELAY_PROXY)
+	@CRUCIBLE_BIN=$(abspath $(BUILD)/bin) GTEST_ARGS='--gtest_filter=Netns.*' \
+	  tests/run.sh 1800 $(E2E_TEST)
 
 # ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
 FUZZ_SECONDS ?= 60

@@ -7,14 +7,20 @@ Runs, in one run on this machine, the same fio shapes and the same ext4 tree cop
             might pick instead of a replicated disk;
   crucible  crucible-fuse over three local crucible-downstairs (three copies);
   crucible-tls  the same with mutual TLS on every connection (certificates from
-            crucible-dsc create --tls): the "TLS / plain" column is the cost of TLS.
+            crucible-dsc create --tls): the "TLS / plain" column is the cost of TLS;
+  crucible-1ms  crucible with each downstairs behind build/tests/delay_proxy adding 500 us
+            (+-100 us) each way: a 1 ms round trip, as to replicas on other hosts. Only the
+            queue-depth shapes (4K qd32, 1M qd8), in a table of their own against crucible;
+  crucible-proxy  the same proxies with the delay off (not run by default): what the
+            proxy hop itself costs, to read the 1 ms rows against.
 Each image is 1 GiB and is filled once (1 MiB writes) before the shapes run, so reads
 read data. Then it measures crucible's peak memory (VmHWM) on a 1 GiB and a 64 GiB
 (sparse) volume. Prints per shape IOPS, MiB/s, p50 and p99 completion latency, the ratios
 to the ceiling and to nbdfuse against the targets of DESIGN.md section 9, and writes the
 summary to build/bench/results.md. Needs root (FUSE mounts, loop devices).
 
-Usage: bench/bench.py [--seconds N] [--shapes a,b] [--systems ceiling,nbdfuse,crucible,crucible-tls]
+Usage: bench/bench.py [--seconds N] [--shapes a,b]
+                      [--systems ceiling,nbdfuse,crucible,crucible-tls,crucible-1ms]
                       [--tree-mb N] [--no-rss] [--no-tree]
 """
 import argparse
@@ -61,6 +67,10 @@ SHAPES = [
     Shape("randread4k-qd1", "randread", "4k", 1, "4K random read, iodepth 1", "iops", p99_vs_nbd=1.5),
     Shape("randwrite4k-qd1", "randwrite", "4k", 1, "4K random write, iodepth 1", "iops", p99_vs_nbd=1.5),
 ]
+# The shapes run at 1 ms RTT: pipelined IO, where the round trip should hide behind depth.
+RTT_SHAPES = ("randwrite4k-qd32", "randread4k-qd32", "seqwrite1m-qd8", "seqread1m-qd8")
+RTT_SYSTEMS = ("crucible-1ms", "crucible-proxy")
+DELAY_PROXY = ROOT / "build" / "tests" / "delay_proxy"
 TREE_TARGET = 1.4  # tree copy wall time at most this times the ceiling's
 TREE_MB_MAX = 850  # what ext4 on a 1 GiB image holds with room for its metadata
 
@@ -170,11 +180,11 @@ def tree_copy_seconds(image, tree, work):
     return time.monotonic() - start
 
 
-def suite(label, image, args, tree, work):
+def suite(label, image, args, tree, work, shapes=None):
     log(f"{label}: filling the image")
     prefill(image)
     results = {}
-    for shape in args.shapes:
+    for shape in args.shapes if shapes is None else shapes:
         r = fio(image, shape, args.seconds)
         results[shape.name] = r
         log(f"{label:9} {shape.name:18} {r['iops']:9.0f} IOPS {r['MiBps']:8.1f} MiB/s "
@@ -220,7 +230,9 @@ def mount_nbdfuse(work, cleanup):
 class Cluster:
     """Three crucible-downstairs on loopback and crucible-fuse over them."""
 
-    def __init__(self, work, size, cleanup, name="crucible", tls=False):
+    def __init__(self, work, size, cleanup, name="crucible", tls=False, delay_us=None):
+        """delay_us: None, straight to the downstairs; else through a delay proxy each,
+        adding that much each way (0: the proxy with its delay off)."""
         self.work, self.cleanup, self.name = work / name, cleanup, name
         self.work.mkdir()
         self.downstairs = []
@@ -252,7 +264,10 @@ class Cluster:
             line = proc.stdout.readline()
             if not line.startswith("listening on "):
                 raise RuntimeError(f"downstairs {i} did not start: {line!r}")
-            targets.append(line.split()[-1])
+            target = line.split()[-1]
+            if delay_us is not None:
+                target = self.proxy(i, target, delay_us)
+            targets.append(target)
             self.downstairs.append(proc)
         config = self.work / "crucible.yaml"
         config.write_text("volume:\n  targets: [" + ", ".join(f'"{t}"' for t in targets) + "]\n"
@@ -269,6 +284,21 @@ class Cluster:
                  120)
         if self.fuse.poll() is not None:
             raise RuntimeError("crucible-fuse did not mount:\n" + (self.work / "fuse.log").read_text())
+
+    def proxy(self, i, target, delay_us):
+        """Starts a delay proxy in front of `target`; returns the address it listens on."""
+        if not DELAY_PROXY.exists():
+            raise RuntimeError(f"{DELAY_PROXY} is missing (make {DELAY_PROXY.relative_to(ROOT)})")
+        args = [str(DELAY_PROXY), "--listen", "127.0.0.1:0", "--target", target, "--seed", str(i + 1)]
+        args += ["--off"] if delay_us == 0 else ["--delay-us", str(delay_us),
+                                                  "--jitter-us", str(min(100, delay_us))]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.work / f"proxy{i}.log", "w"),
+                                text=True)
+        self.cleanup.process(proc, f"delay proxy {i}")
+        for line in proc.stdout:
+            if line.startswith("listening on "):
+                return line.split()[-1]
+        raise RuntimeError(f"delay proxy {i} did not start: see {self.work / f'proxy{i}.log'}")
 
     @property
     def image(self):
@@ -355,6 +385,9 @@ def report(args, results, rss):
         for size, r in rss.items():
             ds = ", ".join(f"{m:.0f}" for m in r["downstairs"])
             lines.append(f"| {size} | {r['crucible-fuse']:.0f} MiB | {ds} MiB |")
+    rtt = rtt_report(args, results)
+    if rtt:
+        lines += [""] + rtt
     text = "\n".join(lines)
     print("\n" + text)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -363,11 +396,32 @@ def report(args, results, rss):
     print(f"\nbench: written to {OUT / 'results.md'} and results.json")
 
 
+def rtt_report(args, results):
+    """The 1 ms RTT rows: crucible over loopback, behind the proxies with the delay off
+    (if run), and at 1 ms."""
+    x, p, d = (results.get(k, {}) for k in ("crucible", "crucible-proxy", "crucible-1ms"))
+    if not d:
+        return []
+    lines = ["| shape | crucible (loopback) | via proxy, no delay | crucible at 1 ms RTT | 1 ms / loopback |"
+             " p50 / p99 us at 1 ms |",
+             "|---|---|---|---|---|---|"]
+    for s in args.shapes:
+        if s.name not in d:
+            continue
+        dr = d[s.name]
+        cols = [s.name] + [fmt_rate(r[s.name], s.metric) if s.name in r else "-" for r in (x, p, d)]
+        base = x.get(s.name, {}).get(s.metric, 0)
+        cols.append(f"{dr[s.metric] / base:.2f}x" if base else "-")
+        cols.append(f"{dr['p50us']:.0f} / {dr['p99us']:.0f}")
+        lines.append("| " + " | ".join(cols) + " |")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 6)))
     p.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
-    p.add_argument("--systems", default="ceiling,nbdfuse,crucible,crucible-tls")
+    p.add_argument("--systems", default="ceiling,nbdfuse,crucible,crucible-tls,crucible-1ms")
     p.add_argument("--tree-mb", type=int, default=int(os.environ.get("BENCH_TREE_MB", 600)))
     p.add_argument("--no-tree", action="store_true")
     p.add_argument("--no-rss", action="store_true")
@@ -400,13 +454,21 @@ def main():
                   "nbdfuse": lambda: mount_nbdfuse(work, cleanup),
                   "crucible": lambda: Cluster(work, "1G", cleanup).image,
                   "crucible-tls": lambda: Cluster(work, "1G", cleanup, name="crucible-tls",
-                                                  tls=True).image}
+                                                  tls=True).image,
+                  "crucible-1ms": lambda: Cluster(work, "1G", cleanup, name="crucible-1ms",
+                                                  delay_us=500).image,
+                  "crucible-proxy": lambda: Cluster(work, "1G", cleanup, name="crucible-proxy",
+                                                    delay_us=0).image}
         for name in systems:
             if name not in mounts:
                 sys.exit(f"bench: unknown system {name}; known: {', '.join(mounts)}")
             mark = len(cleanup.steps)
             image = mounts[name]()
-            results[name] = suite(name, image, args, tree, work)
+            if name in RTT_SYSTEMS:
+                results[name] = suite(name, image, args, None, work,
+                                      [s for s in args.shapes if s.name in RTT_SHAPES])
+            else:
+                results[name] = suite(name, image, args, tree, work)
             while len(cleanup.steps) > mark:  # unmount and stop this system before the next
                 cleanup.steps.pop()()
         if "crucible" in systems and not args.no_rss:

@@ -2,17 +2,23 @@
 # make chaos: the end-to-end fault loop of issue 6. Three small regions under
 # crucible-dsc (free ports), crucible-fuse mounting their volume, and fio writing and
 # verifying disk.img (O_DIRECT, crc32c, periodic fsync) in rounds while one downstairs
-# at a time is killed and restarted (--mode kill) or SIGSTOPped and resumed (--mode stop).
+# at a time is killed and restarted (--mode kill), SIGSTOPped and resumed (--mode stop), or
+# cut off for a moment (--mode replay: the upstairs must replay, never fault).
 # After each fault the next waits until `crucible-fuse status` shows the three replicas
 # active again. At the end: a verify-only fio pass over the last round's data, a clean
 # unmount (exit 0), the supervisor stopped, and the three regions compared (extent
 # metadata with `crucible-downstairs dump`, every block's data, every block's hash).
 #
-#   scripts/chaos.sh [--seconds N] [--mode kill|stop] [--tls] [--dir D] [--keep]
+#   scripts/chaos.sh [--seconds N] [--mode kill|stop|replay] [--tls] [--dir D] [--keep]
 #
 # --seconds   how long faults are injected (default $CHAOS_SECONDS or 600)
 # --mode      kill: `crucible-dsc kill N`, 1-3 s later `crucible-dsc start N` (default);
-#             stop: SIGSTOP the downstairs, SIGCONT 2-7 s later
+#             stop: SIGSTOP the downstairs, SIGCONT 2-7 s later;
+#             replay: its connection is reset (an nftables `reject with tcp reset` rule on
+#             its port, both ways, in a table of this run's own) for 0.5-2 s, with the
+#             workload rate-limited so the jobs held meanwhile stay within the replay
+#             limits: every outage must end in a replay (the downstairs's replay counter
+#             goes up, its fault counter does not), or the run fails
 # --tls       mutual TLS everywhere: crucible-dsc create --tls makes a throw-away CA and
 #             certificates, the downstairs (and their repairs) and the mount use them
 # --dir D     work in D (created if absent; must not hold regions); default: a temp dir
@@ -47,7 +53,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ $seconds =~ ^[0-9]+$ && $seconds -gt 0 ]] || { echo "chaos: --seconds '$seconds' is not a number > 0" >&2; exit 2; }
-[[ $mode == kill || $mode == stop ]] || { echo "chaos: --mode '$mode': expected kill or stop" >&2; exit 2; }
+[[ $mode == kill || $mode == stop || $mode == replay ]] ||
+  { echo "chaos: --mode '$mode': expected kill, stop or replay" >&2; exit 2; }
 [[ $converge_s =~ ^[0-9]+$ ]] || { echo "chaos: CHAOS_CONVERGE_SECONDS '$converge_s' is not a number" >&2; exit 2; }
 bin=$(cd "$bin" 2>/dev/null && pwd) || { echo "chaos: CRUCIBLE_BIN ${CRUCIBLE_BIN:-build/bin}: no such directory (make first)" >&2; exit 2; }
 for p in crucible-dsc crucible-downstairs crucible-fuse; do
@@ -61,6 +68,9 @@ done
 py=python3
 [[ -x /usr/bin/python3 ]] && py=/usr/bin/python3
 [[ -w /dev/fuse ]] || { echo "chaos: needs /dev/fuse (run as root)" >&2; exit 2; }
+if [[ $mode == replay ]]; then
+  command -v nft >/dev/null || { echo "chaos: --mode replay needs nft (make deps)" >&2; exit 2; }
+fi
 
 # ---- geometry and workload ------------------------------------------------------------------
 # 64 extents of 1 MiB: big enough for many extents to differ after a fault, small enough
@@ -72,6 +82,28 @@ size_bytes=$((block_size * extent_blocks * extent_count))
 # Small admission limits so a stopped replica is faulted after seconds of fio, not minutes.
 jobs_limit=400
 bytes_limit=16MiB
+fio_rate=()
+round_bytes=$size_bytes  # what one fio round writes and verifies
+if [[ $mode == replay ]]; then
+  # The defaults: an Offline replica is faulted beyond 1000 held jobs or 50 MiB. At 3 MiB/s
+  # of writes (about 100 a second) an outage of 2 s plus the reconnect backoff it grows
+  # (refused attempts at 0.1, 0.3, 0.7, 1.5 s, the next at 3.1 s) holds some 500 jobs and
+  # 15 MiB: replayable however the outage falls. Reads are not limited: each goes to one
+  # replica, never one that is offline, so none is held for it. (A limit in IO/s would not
+  # do: with --bsrange fio paces it as if every IO were of the largest size.)
+  jobs_limit=1500
+  bytes_limit=75MiB
+  fio_rate=(--rate=,3m)
+  # Finished jobs are kept for replay until a flush completes on all three; past 64 MiB of
+  # them a barrier retires them instead, and until the next flush does, an outage cannot be
+  # replayed (the upstairs faults it, as designed). Reads count too, and a round's verify
+  # pass reads without flushing: 16 MiB rounds keep the previous round's reads, this one's
+  # and an outage's writes (3 MiB/s) well under 64 MiB.
+  round_bytes=$((16 << 20))
+fi
+# replay mode: this run's own nftables table (deleted on every exit path).
+nft_table=cruchaos$$
+nft_made=0
 
 created_dir=0
 if [[ -n $dir ]]; then
@@ -108,6 +140,7 @@ cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   [[ -n $stopped_pid ]] && kill -CONT "$stopped_pid" 2>/dev/null
+  ((nft_made)) && nft delete table inet "$nft_table" 2>/dev/null
   if [[ -n $load_pid ]] && kill -0 "$load_pid" 2>/dev/null; then
     touch "$stop_file"
     kill -TERM -- "-$load_pid" 2>/dev/null
@@ -232,12 +265,13 @@ await_line "$work/fuse.log" "disk.img is ready" "$fuse_pid" "crucible-fuse" "the
 echo "chaos: mounted $mnt/disk.img ($((size_bytes >> 20)) MiB) on ${targets[*]}"
 
 # ---- workload -------------------------------------------------------------------------------
-# One round writes the whole file in random order (4-64 KiB, 16 in flight, fsync every 32
-# writes) and then reads every block back checking its crc32c. Rounds differ by seed; the
-# last one's seed is kept for the final verify-only pass.
-fio_job=(--name=chaos "--filename=$mnt/disk.img" "--size=$size_bytes" --rw=randwrite
+# One round writes the whole file (replay mode: its first 16 MiB) in random order (4-64
+# KiB, 16 in flight, fsync every 32 writes) and then reads every block back checking its
+# crc32c. Rounds differ by seed; the last one's seed is kept for the final verify-only pass.
+fio_job=(--name=chaos "--filename=$mnt/disk.img" "--size=$round_bytes" --rw=randwrite
   --bsrange=4k-64k --direct=1 --ioengine=libaio --iodepth=16 --fsync=32
-  --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --group_reporting)
+  --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0 --group_reporting
+  "${fio_rate[@]}")
 workload() {
   local round=0
   while [[ ! -e $stop_file ]]; do
@@ -257,7 +291,35 @@ workload >"$work/workload.log" 2>&1 &
 load_pid=$!
 
 # ---- faults ---------------------------------------------------------------------------------
+# replay mode: "REPLAYS FAULTS" of downstairs $1 from the status.
+ds_counters() {
+  status_json | "$py" -c '
+import json, sys
+d = json.load(sys.stdin)["downstairs"][int(sys.argv[1])]
+print(d["replays"], d["faults"])' "$1"
+}
+# replay mode: resets every packet to or from port $1 (both ways, so neither end keeps the
+# connection) until cut_off_end. The resets themselves pass: a rule that rejected them
+# would swallow them, and the connection would only stall.
+cut_off() {
+  nft add table inet "$nft_table" && nft_made=1 &&
+    nft add chain inet "$nft_table" out '{ type filter hook output priority 0; }' &&
+    nft add rule inet "$nft_table" out tcp dport "$1" tcp flags '& rst == 0' reject with tcp reset &&
+    nft add rule inet "$nft_table" out tcp sport "$1" tcp flags '& rst == 0' reject with tcp reset
+}
+cut_off_end() { nft delete table inet "$nft_table" && nft_made=0; }
+# replay mode: waits up to 15 s until downstairs $1 is no longer active; prints its state.
+wait_ds_down() {
+  local deadline=$((SECONDS + 15)) state
+  while :; do
+    state=$(status_json | "$py" -c 'import json, sys; print(json.load(sys.stdin)["downstairs"][int(sys.argv[1])]["state"])' "$1")
+    [[ -n $state && $state != active ]] && { echo "$state"; return 0; }
+    [[ $SECONDS -ge $deadline ]] && { echo "${state:-no status}"; return 1; }
+    sleep 0.2
+  done
+}
 faults=0
+replayed=0
 start_s=$SECONDS
 end_s=$((SECONDS + seconds))
 while [[ $SECONDS -lt $end_s ]]; do
@@ -269,6 +331,17 @@ while [[ $SECONDS -lt $end_s ]]; do
     sleep $((1 + RANDOM % 3))
     event "start downstairs $n"
     dsc start "$n" >/dev/null || die "crucible-dsc start $n failed"
+  elif [[ $mode == replay ]]; then
+    read -r replays_before faults_before < <(ds_counters "$n") || die "no status before fault $((faults + 1))"
+    port=${targets[$n]##*:}
+    cut_off "$port" || die "nft: could not cut off port $port"
+    # The reset needs a packet: IO or, at the latest, the next ping (every 5 s).
+    seen=$(wait_ds_down "$n") || die "downstairs $n was still active 15 s after its port was cut off: $seen"
+    event "downstairs $n is $seen"
+    outage=(0.5 1 1.5 2)
+    sleep "${outage[RANDOM % 4]}"
+    event "connection of downstairs $n restored"
+    cut_off_end || die "nft: could not delete table $nft_table"
   else
     pid=$(dsc status | sed -n "s/^downstairs $n: .* running pid \([0-9]*\) .*/\1/p")
     [[ -n $pid ]] || die "downstairs $n is not running"
@@ -283,6 +356,15 @@ while [[ $SECONDS -lt $end_s ]]; do
   event "waiting for all active"
   seen=$(wait_all_active) || die "after fault $faults (downstairs $n) the replicas did not all return to active within $converge_s s: $seen"
   event "all active"
+  if [[ $mode == replay ]]; then
+    read -r replays_after faults_after < <(ds_counters "$n") || die "no status after fault $((faults))"
+    [[ $faults_after -eq $faults_before ]] ||
+      die "outage $faults of downstairs $n (within the replay limits) made the upstairs fault it"
+    [[ $replays_after -gt $replays_before ]] ||
+      die "outage $faults of downstairs $n: no replay (replays $replays_before -> $replays_after)"
+    replayed=$((replayed + 1))
+    event "downstairs $n replayed (replays $replays_before -> $replays_after)"
+  fi
   sleep 1  # a quiet spell between faults
 done
 fault_s=$((SECONDS - start_s))
@@ -337,6 +419,9 @@ for r in 0 1 2; do
 done
 
 # ---- report ---------------------------------------------------------------------------------
+if [[ $mode == replay ]]; then
+  [[ $replayed -gt 0 && $replayed -eq $faults ]] || die "$replayed of $faults outages were replayed"
+fi
 "$py" - "$work/status.json" "$mode" "$fault_s" "$faults" "$rounds" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
@@ -346,6 +431,8 @@ tot = lambda k: sum(d[k] for d in ds)
 c, r = s["counters"], s["live_repair"]
 print(f"chaos: PASS ({mode} mode, {secs} s of faults)")
 print(f"  faults injected: {faults}; fio rounds: {rounds}, every one verified, final verify-only pass ok")
+if mode == "replay":
+    print(f"  outages replayed: {faults} of {faults} (after each: its replay counter up, its fault counter unchanged)")
 print(f"  upstairs saw: {tot('faults')} faults, {tot('replays')} replays, {tot('connects')} connects, "
       f"{tot('self_heals')} self-heals; live repairs: {r['completed']} completed, {r['aborted']} aborted")
 for i, d in enumerate(ds):

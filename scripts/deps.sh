@@ -15,6 +15,8 @@ packages=(
   libgtest-dev libgmock-dev clang libclang-rt-14-dev clang-format clang-tidy
   # runtime tools used by the end-to-end tests, make run and make bench
   fuse3 util-linux uuid-runtime e2fsprogs fio python3 iproute2 procps
+  # the network-namespace test: packet loss and partitions as nftables rules
+  nftables
 )
 
 check_only=false

@@ -1,5 +1,5 @@
 // Issue 6 end to end: the volume survives one failing replica at a time with real
-// binaries, FUSE, loop devices and ext4. The kill and SIGSTOP loops are short runs of
+// binaries, FUSE, loop devices and ext4. The kill, SIGSTOP and replay loops are short runs of
 // scripts/chaos.sh (what `make chaos` runs for ten minutes); the others use the Cluster
 // fixture: replacing a downstairs by a fresh empty region while fio runs, kill -9 of the
 // upstairs under ext4 followed by a remount, and a block corrupted on one replica's disk.
@@ -23,6 +23,7 @@
 #include "common/uuid.h"
 #include "support/cluster.h"
 #include "support/process.h"
+#include "support/regions.h"
 
 namespace cru::test {
 namespace {
@@ -112,6 +113,10 @@ TEST(Chaos, KillLoopKeepsEveryWriteAndTheReplicasConverge) { run_chaos("kill", 4
 
 TEST(Chaos, StopLoopKeepsEveryWriteAndTheReplicasConverge) { run_chaos("stop", 30); }
 
+// Short outages (a connection reset for 0.5-2 s, within the replay limits): every one must
+// end in a replay, none in a fault (the script checks the counters after each).
+TEST(Chaos, ReplayLoopReplaysEveryShortOutageAndTheReplicasConverge) { run_chaos("replay", 30); }
+
 // The same kill -9 loop with mutual TLS on every connection, live repairs included.
 TEST(Chaos, KillLoopOverTlsKeepsEveryWriteAndTheReplicasConverge) {
   run_chaos("kill", 30, {"--tls"});
@@ -120,69 +125,10 @@ TEST(Chaos, KillLoopOverTlsKeepsEveryWriteAndTheReplicasConverge) {
 // ---- helpers for the Cluster tests
 // ----------------------------------------------------------------
 
-// fio over the whole volume: random 4-64 KiB writes, O_DIRECT, fsync every 32, then every
-// block read back and its crc32c checked. `extra`: e.g. --verify_only (same seed: checks
-// what that run wrote).
+// fio over the whole volume (support/regions.h).
 std::vector<std::string> fio_args(const std::string& file, int seed,
                                   std::vector<std::string> extra = {}) {
-  std::vector<std::string> a = {tool("fio"),
-                                "--name=chaos",
-                                "--filename=" + file,
-                                fmt::format("--size={}", kVolumeBytes),
-                                "--rw=randwrite",
-                                "--bsrange=4k-64k",
-                                "--direct=1",
-                                "--ioengine=libaio",
-                                "--iodepth=16",
-                                "--fsync=32",
-                                "--verify=crc32c",
-                                "--verify_fatal=1",
-                                "--do_verify=1",
-                                "--verify_state_save=0",  // no state file in the working directory
-                                fmt::format("--randseed={}", seed)};
-  a.insert(a.end(), extra.begin(), extra.end());
-  return a;
-}
-
-// Extent n's file in a region directory (docs/extent-format.md: XX/YYY/ZZZ, upper hex).
-std::string extent_file(const std::string& region, uint32_t n) {
-  return fmt::format("{}/{:02X}/{:03X}/{:03X}", region, (n >> 24) & 0xff, (n >> 12) & 0xfff,
-                     n & 0xfff);
-}
-
-// The data area (blocks 0..N-1) of one extent file; holes read as zeros.
-std::string extent_data(const std::string& region, uint32_t n) {
-  std::ifstream in(extent_file(region, n), std::ios::binary);
-  std::string data(kBlockSize * kExtentBlocks, '\0');
-  in.read(data.data(), static_cast<std::streamsize>(data.size()));
-  return in ? data : std::string();
-}
-
-// The extents whose data differs between two regions (dump compares metadata only).
-std::vector<uint32_t> differing_data(const std::string& a, const std::string& b) {
-  std::vector<uint32_t> out;
-  for (uint32_t e = 0; e < kExtentCount; ++e) {
-    std::string da = extent_data(a, e), db = extent_data(b, e);
-    if (da.empty() || db.empty() || da != db) out.push_back(e);
-  }
-  return out;
-}
-
-// After every process stopped: the three regions agree in metadata, data and hashes.
-void expect_regions_equal(const std::vector<std::string>& regions) {
-  std::vector<std::string> args = {bin("crucible-downstairs"), "dump", "--only-diffs"};
-  for (const auto& r : regions) args.insert(args.end(), {"-d", r});
-  auto dump = run_command(args, kToolTimeout);
-  EXPECT_EQ(dump.exit_code(), 0) << "the regions differ:\n" << dump.describe();
-  for (size_t i = 1; i < regions.size(); ++i) {
-    auto diff = differing_data(regions[0], regions[i]);
-    EXPECT_TRUE(diff.empty()) << regions[i] << " holds other data than " << regions[0]
-                              << " in extents " << fmt::format("{}", fmt::join(diff, ", "));
-  }
-  for (const auto& r : regions) {
-    auto v = run_command({bin("crucible-downstairs"), "verify", "-d", r}, kToolTimeout);
-    EXPECT_EQ(v.exit_code(), 0) << "verify " << r << ":\n" << v.describe();
-  }
+  return fio_verify_args(file, kVolumeBytes, seed, extra);
 }
 
 // Deterministic contents for test files and patterns.
@@ -343,7 +289,7 @@ TEST(Chaos, ReplacementByAFreshRegionIsLiveRepairedWhileFioRuns) {
   for (int i = 0; i < 2; ++i) ASSERT_TRUE((*c)->stop_downstairs(i));
   fresh.process->kill(SIGTERM);
   ASSERT_FALSE(fresh.process->wait(Millis(60000)).timed_out);
-  expect_regions_equal({(*c)->region_dir(0), (*c)->region_dir(1), fresh.dir});
+  expect_regions_equal({(*c)->region_dir(0), (*c)->region_dir(1), fresh.dir}, small_volume());
 }
 
 // ---- upstairs crash ---------------------------------------------------------------------------
@@ -426,7 +372,8 @@ TEST(Chaos, UpstairsKill9MidWriteThenRemountKeepsEveryFsyncedFileAndFsckIsClean)
   EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n"
                                                  << (*m2)->process().output();
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*c)->stop_downstairs(i));
-  expect_regions_equal({(*c)->region_dir(0), (*c)->region_dir(1), (*c)->region_dir(2)});
+  expect_regions_equal({(*c)->region_dir(0), (*c)->region_dir(1), (*c)->region_dir(2)},
+                       small_volume());
 }
 
 // ---- a corrupt block on one replica's disk ------------------------------------------------------
@@ -515,10 +462,11 @@ TEST(Chaos, CorruptBlockOnOneReplicaIsReadFromAnotherAndTheReplicaIsRepaired) {
   EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe() << "\n"
                                                  << (*m)->process().output();
   for (int i = 0; i < 3; ++i) ASSERT_TRUE((*c)->stop_downstairs(i));
-  EXPECT_EQ(extent_data(region, kExtent).substr(kBlock * kBlockSize, kBlockSize),
+  EXPECT_EQ(extent_data(region, kExtent, small_volume()).substr(kBlock * kBlockSize, kBlockSize),
             data.substr(kBlock * kBlockSize, kBlockSize))
       << "the corrupt block is still on replica " << kVictim << "'s disk";
-  expect_regions_equal({(*c)->region_dir(0), (*c)->region_dir(1), (*c)->region_dir(2)});
+  expect_regions_equal({(*c)->region_dir(0), (*c)->region_dir(1), (*c)->region_dir(2)},
+                       small_volume());
 }
 
 }  // namespace

@@ -183,7 +183,14 @@ uint64_t Cluster::size_bytes() const {
 
 std::string Cluster::region_dir(int i) const { return dir_.file(std::to_string(i)); }
 
-std::string Cluster::target(int i) const { return fmt::format("127.0.0.1:{}", ports_.at(i)); }
+DownstairsPlacement Cluster::placement(int i) const {
+  return options_.placement ? options_.placement(i) : DownstairsPlacement{};
+}
+
+std::string Cluster::target(int i) const {
+  DownstairsPlacement p = placement(i);
+  return p.target.empty() ? fmt::format("{}:{}", p.address, ports_.at(i)) : p.target;
+}
 
 CommandResult Cluster::run(std::vector<std::string> argv) const {
   return run_command(std::move(argv), options_.command_timeout);
@@ -229,9 +236,11 @@ Status Cluster::start_downstairs(int i) {
   auto& slot = downstairs_.at(i);
   if (slot && downstairs_running(i))
     return fail(ErrorCode::kInvalidArgument, fmt::format("downstairs {} is already running", i));
-  std::vector<std::string> args = {
-      bin("crucible-downstairs"), "run", "-d", region_dir(i), "-a", "127.0.0.1", "-p",
-      std::to_string(ports_[i])};
+  const DownstairsPlacement where = placement(i);
+  std::vector<std::string> args = where.exec_prefix;
+  args.insert(args.end(),
+              {bin("crucible-downstairs"), "run", "-d", region_dir(i), "-a", where.address, "-p",
+               std::to_string(ports_[i] ? ports_[i] : where.port)});
   args.insert(args.end(), options_.downstairs_args.begin(), options_.downstairs_args.end());
   if (options_.tls) {
     auto flags = tls_flags(tls_files(fmt::format("downstairs-{}", i)));
@@ -239,8 +248,7 @@ Status Cluster::start_downstairs(int i) {
   }
   auto p = Process::start(args);
   if (!p) return tl::unexpected(p.error());
-  auto line = (*p)->wait_for_line(std::regex("listening on 127\\.0\\.0\\.1:([0-9]+)"),
-                                  options_.start_timeout);
+  auto line = (*p)->wait_for_line("listening on " + where.address + ":", options_.start_timeout);
   if (!line) return fail(ErrorCode::kIo, fmt::format("downstairs {}: {}", i, line.error().message));
   std::smatch m;
   std::regex_search(*line, m, std::regex(":([0-9]+)\\s*$"));

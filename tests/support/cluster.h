@@ -34,6 +34,14 @@ namespace cru::test {
 
 inline constexpr int kDownstairsCount = 3;
 
+// Where downstairs i runs and how the upstairs reaches it (ClusterOptions::placement).
+struct DownstairsPlacement {
+  std::vector<std::string> exec_prefix;  // run under this, e.g. {"ip", "netns", "exec", NS}
+  std::string address = "127.0.0.1";     // it listens here (-a); its repair address too
+  uint16_t port = 0;                     // 0: a free port, kept across restarts
+  std::string target;                    // what the upstairs connects to; empty: address:port
+};
+
 struct ClusterOptions {
   // Region geometry (crucible-downstairs create): 4 KiB blocks x 4096 x 8 extents = 128 MiB.
   uint32_t block_size = 4096;
@@ -43,6 +51,10 @@ struct ClusterOptions {
   // Mutual TLS: a throw-away CA and certificates in dir()/tls (common/pki.h, as crucible-dsc
   // create --tls makes them); every downstairs runs with --tls-*, every mount gets volume.tls.
   bool tls = false;
+  // By default every downstairs runs here on 127.0.0.1 and is reached directly; a test
+  // that puts them elsewhere (network namespaces, behind a proxy) says where. Called with
+  // 0..2, any number of times: it must give the same answer each time.
+  std::function<DownstairsPlacement(int i)> placement;
   // Extra arguments for every `crucible-downstairs run` (e.g. {"--lossy"}).
   std::vector<std::string> downstairs_args;
   // Written into every mount's config.
@@ -111,7 +123,7 @@ class Cluster {
   uint64_t size_bytes() const;                            // the volume's size
   std::string region_dir(int i) const;
   uint16_t port(int i) const { return ports_.at(i); }
-  std::string target(int i) const;  // "127.0.0.1:PORT"
+  std::string target(int i) const;  // "127.0.0.1:PORT", or the placement's target
   // With options().tls: the files of a certificate from the cluster's CA; `name` is
   // "downstairs-0".."downstairs-2" or "upstairs".
   TlsFiles tls_files(const std::string& name) const;
@@ -161,6 +173,7 @@ class Cluster {
  private:
   explicit Cluster(ClusterOptions options);
   Status create_regions();
+  DownstairsPlacement placement(int i) const;
   void teardown();
 
   ClusterOptions options_;
