@@ -14,7 +14,7 @@ packages=(
   # tests, fuzzing, lint
   libgtest-dev libgmock-dev clang libclang-rt-14-dev clang-format clang-tidy
   # runtime tools used by the end-to-end tests, make run and make bench
-  fuse3 util-linux uuid-runtime e2fsprogs fio python3 iproute2 procps
+  fuse3 util-linux uuid-runtime e2fsprogs fio python3 iproute2 procps curl
   # the metrics e2e test: promtool and a real Prometheus server scraping the cluster
   prometheus
 )

@@ -19,7 +19,7 @@ class LatencyHistogram {
   // ones land in the implicit +Inf bucket.
   static constexpr std::array<double, 16> kBoundsSeconds = {
       0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-      0.025,   0.05,   0.1,     0.25,   0.5,   1.0,   2.5,   10.0};
+      0.025,   0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   10.0};
   static constexpr size_t kBuckets = kBoundsSeconds.size() + 1;  // the last is +Inf
 
   void record(std::chrono::nanoseconds d) {

@@ -47,8 +47,8 @@ Result<std::unique_ptr<Endpoint>> Endpoint::start(
     e->exposer_ = std::make_unique<prometheus::Exposer>(listen, kHttpThreads);
   } catch (const std::exception& ex) {
     pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    return fail(ErrorCode::kIo, fmt::format("{}: cannot serve metrics on {}: {}", what, listen,
-                                            ex.what()));
+    return fail(ErrorCode::kIo,
+                fmt::format("{}: cannot serve metrics on {}: {}", what, listen, ex.what()));
   }
   pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   e->collectables_ = std::move(collectables);

@@ -37,17 +37,18 @@ std::vector<prometheus::MetricFamily> UpstairsCollector::families(const upstairs
   auto active = gauge("crucible_upstairs_replica_active", "1 if the replica is active, else 0.");
   auto jobs = gauge("crucible_upstairs_replica_jobs_in_flight",
                     "Jobs sent to (or held for) the replica and not yet answered.");
-  auto bytes = gauge("crucible_upstairs_replica_bytes_in_flight",
-                     "Bytes of the replica's jobs in flight.");
-  auto connects = counter("crucible_upstairs_replica_connects_total",
-                          "Connections made to the replica.");
+  auto bytes =
+      gauge("crucible_upstairs_replica_bytes_in_flight", "Bytes of the replica's jobs in flight.");
+  auto connects =
+      counter("crucible_upstairs_replica_connects_total", "Connections made to the replica.");
   auto faults = counter("crucible_upstairs_replica_faults_total",
                         "Times the replica was faulted (it then needs a live repair).");
   auto replays = counter("crucible_upstairs_replica_replays_total",
                          "Times the replica came back and its jobs were replayed.");
-  auto heals = counter("crucible_upstairs_replica_self_heals_total",
-                       "Reads from the replica that failed verification (served from another replica; "
-                       "the replica is then repaired).");
+  auto heals =
+      counter("crucible_upstairs_replica_self_heals_total",
+              "Reads from the replica that failed verification (served from another replica; "
+              "the replica is then repaired).");
   auto repairs = counter("crucible_upstairs_replica_live_repairs_total",
                          "Live repairs started with the replica as a target.");
   for (ClientId id : kAllClients) {

@@ -1,6 +1,8 @@
 // The collectors' output as Prometheus text (what /metrics serves): the series, their
 // labels and values, from hand-made statistics; and the listen addresses the endpoints
 // accept.
+#include "metrics/metrics.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -9,7 +11,6 @@
 #include "common/address.h"
 #include "common/latency_histogram.h"
 #include "metrics/downstairs_metrics.h"
-#include "metrics/metrics.h"
 #include "metrics/upstairs_metrics.h"
 
 namespace cru::metrics {
@@ -26,10 +27,10 @@ using namespace std::chrono_literals;
 
 TEST(LatencyHistogram, SamplesLandInTheFirstBucketNotBelowThem) {
   LatencyHistogram h;
-  h.record(10us);     // <= 50 us
-  h.record(50us);     // exactly on a bound: that bucket
-  h.record(3ms);      // <= 5 ms
-  h.record(1min);     // past the last bound: +Inf
+  h.record(10us);  // <= 50 us
+  h.record(50us);  // exactly on a bound: that bucket
+  h.record(3ms);   // <= 5 ms
+  h.record(1min);  // past the last bound: +Inf
   EXPECT_EQ(h.bucket(0), 2u);
   EXPECT_EQ(h.bucket(6), 1u);  // 0.005
   EXPECT_EQ(h.bucket(LatencyHistogram::kBuckets - 1), 1u);
