@@ -15,20 +15,23 @@ namespace cru {
 
 class LatencyHistogram {
  public:
-  // Upper bounds in seconds: 50 us (a page-cache write) to 10 s (a stalled disk); slower
-  // ones land in the implicit +Inf bucket.
-  static constexpr std::array<double, 16> kBoundsSeconds = {
-      0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-      0.025,   0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   10.0};
-  static constexpr size_t kBuckets = kBoundsSeconds.size() + 1;  // the last is +Inf
+  // Upper bounds: 50 us (a page-cache write) to 10 s (a stalled disk); slower ones land
+  // in the implicit +Inf bucket. In nanoseconds, so recording compares integers.
+  static constexpr std::array<int64_t, 16> kBoundsNs = {
+      50'000,      100'000,       250'000,       500'000,       1'000'000,   2'500'000,
+      5'000'000,   10'000'000,    25'000'000,    50'000'000,    100'000'000, 250'000'000,
+      500'000'000, 1'000'000'000, 2'500'000'000, 10'000'000'000};
+  static constexpr size_t kBuckets = kBoundsNs.size() + 1;  // the last is +Inf
+
+  // Bucket i's upper bound in seconds (i < kBoundsNs.size()).
+  static double bound_seconds(size_t i) { return static_cast<double>(kBoundsNs[i]) / 1e9; }
 
   void record(std::chrono::nanoseconds d) {
-    const double s = std::chrono::duration<double>(d).count();
+    const int64_t ns = d.count() < 0 ? 0 : d.count();
     size_t i = 0;
-    while (i < kBoundsSeconds.size() && s > kBoundsSeconds[i]) ++i;
+    while (i < kBoundsNs.size() && ns > kBoundsNs[i]) ++i;
     counts_[i].fetch_add(1, std::memory_order_relaxed);
-    sum_ns_.fetch_add(static_cast<uint64_t>(d.count() < 0 ? 0 : d.count()),
-                      std::memory_order_relaxed);
+    sum_ns_.fetch_add(static_cast<uint64_t>(ns), std::memory_order_relaxed);
   }
 
   // Samples in bucket i alone (not cumulative); i == kBuckets - 1 is +Inf.

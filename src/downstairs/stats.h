@@ -34,11 +34,11 @@ inline constexpr size_t kJobKinds = 11;
 
 // The metric label: snake_case, as the protocol names the messages.
 constexpr std::string_view job_kind_name(JobKind k) {
-  constexpr std::array<std::string_view, kJobKinds> names = {
+  constexpr std::array<std::string_view, kJobKinds> kNames = {
       "read",        "write",       "write_unwritten", "discard",
       "flush",       "barrier",     "live_close",      "live_flush_close",
       "live_repair", "live_reopen", "live_noop"};
-  return names[static_cast<size_t>(k)];
+  return kNames[static_cast<size_t>(k)];
 }
 
 struct CoreStats {

@@ -19,8 +19,8 @@ enum class GuestOp : uint8_t { kRead, kWrite, kFlush, kDiscard };
 inline constexpr size_t kGuestOps = 4;
 
 constexpr std::string_view guest_op_name(GuestOp op) {
-  constexpr std::array<std::string_view, kGuestOps> names = {"read", "write", "flush", "discard"};
-  return names[static_cast<size_t>(op)];
+  constexpr std::array<std::string_view, kGuestOps> kNames = {"read", "write", "flush", "discard"};
+  return kNames[static_cast<size_t>(op)];
 }
 
 struct GuestIoStats {

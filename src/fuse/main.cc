@@ -245,6 +245,13 @@ int mount_volume(const Args& a) {
         fmt::format("  metrics:  http://{}:{}/metrics\n", host, metrics_endpoint->port());
     log::info("metrics on http://{}:{}/metrics", host, metrics_endpoint->port());
   }
+  // The control socket answers from here on, so `crucible-fuse status` shows activation
+  // and reconciliation while they run (a replace before activation is refused by the volume).
+  fuse::ControlServer control;
+  if (Status s = control.start(c.control_socket,
+                               [&](const std::string& l) { return control_reply(volume, l); });
+      !s)
+    log::warn("no control socket: {}", s.error().message);
   log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1],
             c.targets[2], c.generation ? std::to_string(c.generation->value) : "auto");
   if (Status s = volume.activate(c.generation, c.activate_timeout); !s) {
@@ -259,11 +266,6 @@ int mount_volume(const Args& a) {
     static_cast<void>(volume.deactivate(kDeactivateTimeout));
     return 1;
   }
-  fuse::ControlServer control;
-  if (Status s = control.start(c.control_socket,
-                               [&](const std::string& l) { return control_reply(volume, l); });
-      !s)
-    log::warn("no control socket: {}", s.error().message);
   auto snap = volume.snapshot();
   std::string ready = fmt::format(
       "crucible-fuse: {}/disk.img is ready: {} in {}-byte blocks, generation {}{}\n"

@@ -87,8 +87,8 @@ void add(prometheus::MetricFamily& f, Labels labels, const LatencyHistogram& h) 
   uint64_t cumulative = 0;
   for (size_t i = 0; i < LatencyHistogram::kBuckets; ++i) {
     cumulative += h.bucket(i);
-    const double bound = i < LatencyHistogram::kBoundsSeconds.size()
-                             ? LatencyHistogram::kBoundsSeconds[i]
+    const double bound = i < LatencyHistogram::kBoundsNs.size()
+                             ? LatencyHistogram::bound_seconds(i)
                              : std::numeric_limits<double>::infinity();
     m.histogram.bucket.push_back({cumulative, bound});
   }

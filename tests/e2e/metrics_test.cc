@@ -4,13 +4,13 @@
 // server (Debian's `prometheus`) scraping all four whose query API must return the
 // expected series and values. Everything runs from the cluster's temp dir and is stopped
 // when the test ends, failed or not.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
-#include <netinet/in.h>
-#include <arpa/inet.h>
 
 #include <chrono>
 #include <cstring>
@@ -92,8 +92,9 @@ Result<std::vector<std::pair<nlohmann::json, double>>> query(uint16_t port,
 
 // Polls `promql` until `ok` accepts its samples, or the deadline; the error carries the
 // last answer.
-Status await_query(uint16_t port, const std::string& promql,
-                   const std::function<bool(const std::vector<std::pair<nlohmann::json, double>>&)>& ok) {
+Status await_query(
+    uint16_t port, const std::string& promql,
+    const std::function<bool(const std::vector<std::pair<nlohmann::json, double>>&)>& ok) {
   const auto deadline = std::chrono::steady_clock::now() + kPrometheusTimeout;
   std::string last = "no answer";
   while (std::chrono::steady_clock::now() < deadline) {
@@ -155,16 +156,20 @@ TEST(Metrics, EveryEndpointPassesPromtoolAndARealPrometheusScrapesTheCluster) {
     const std::string file = (*c)->dir() + "/" + name + ".prom";
     auto got = curl({"-o", file, "http://127.0.0.1:" + std::to_string(port) + "/metrics"});
     ASSERT_EQ(got.exit_code(), 0) << name << ": " << got.describe();
-    auto check = run_command({"/bin/sh", "-c", "promtool check metrics < " + file}, kCommandTimeout);
+    auto check =
+        run_command({"/bin/sh", "-c", "promtool check metrics < " + file}, kCommandTimeout);
     EXPECT_EQ(check.exit_code(), 0) << name << ": " << check.describe();
   }
   // The guest writes were counted by the FUSE layer, and every downstairs wrote them.
   auto upstairs_text = curl({"http://127.0.0.1:" + std::to_string(*up) + "/metrics"});
   ASSERT_EQ(upstairs_text.exit_code(), 0) << upstairs_text.describe();
-  EXPECT_GE(series_value(upstairs_text.out, "crucible_upstairs_guest_op_seconds_count{op=\"write\"}"),
-            kWrites) << upstairs_text.out;
+  EXPECT_GE(
+      series_value(upstairs_text.out, "crucible_upstairs_guest_op_seconds_count{op=\"write\"}"),
+      kWrites)
+      << upstairs_text.out;
   EXPECT_GE(series_value(upstairs_text.out, "crucible_upstairs_guest_bytes_total{op=\"read\"}"),
-            kWrites * 4096) << upstairs_text.out;
+            kWrites * 4096)
+      << upstairs_text.out;
 
   if (!have("prometheus")) {
     std::cout << "[ SKIPPED  ] the Prometheus server part: `prometheus` is not installed "
@@ -178,10 +183,11 @@ TEST(Metrics, EveryEndpointPassesPromtoolAndARealPrometheusScrapesTheCluster) {
   for (const auto& [name, port] : endpoints)
     targets += "      - targets: ['127.0.0.1:" + std::to_string(port) + "']\n" +
                "        labels: { component: '" + name + "' }\n";
-  const std::string config = (*c)->write_file(
-      "prometheus.yml", "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-                        "scrape_configs:\n  - job_name: crucible\n    static_configs:\n" +
-                            targets);
+  const std::string config =
+      (*c)->write_file("prometheus.yml",
+                       "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                       "scrape_configs:\n  - job_name: crucible\n    static_configs:\n" +
+                           targets);
   const std::string data = (*c)->dir() + "/prometheus-data";
   auto prom = Process::start({"/usr/bin/prometheus", "--config.file=" + config,
                               "--storage.tsdb.path=" + data,
@@ -195,23 +201,24 @@ TEST(Metrics, EveryEndpointPassesPromtoolAndARealPrometheusScrapesTheCluster) {
       p.wait(Millis{30000});
     }
   } stop{**prom};
-  auto ready = (*prom)->wait_for_line("Server is ready to receive web requests", kPrometheusTimeout);
+  auto ready =
+      (*prom)->wait_for_line("Server is ready to receive web requests", kPrometheusTimeout);
   ASSERT_TRUE(ready) << ready.error().to_string();
 
   using Samples = std::vector<std::pair<nlohmann::json, double>>;
   // All four targets scraped successfully.
   EXPECT_TRUE(await_query(prom_port, "sum(up{job=\"crucible\"})", [](const Samples& s) {
-    return s.size() == 1 && s[0].second == 4;
-  }).has_value());
+                return s.size() == 1 && s[0].second == 4;
+              }).has_value());
   // Three replicas active, seen through the upstairs.
   auto three_active =
       await_query(prom_port, "sum(crucible_upstairs_replica_active)",
                   [](const Samples& s) { return s.size() == 1 && s[0].second == 3; });
   EXPECT_TRUE(three_active) << three_active.error().message;
   // The guest writes, counted.
-  auto writes = await_query(
-      prom_port, "crucible_upstairs_guest_op_seconds_count{op=\"write\"}",
-      [](const Samples& s) { return s.size() == 1 && s[0].second >= kWrites; });
+  auto writes =
+      await_query(prom_port, "crucible_upstairs_guest_op_seconds_count{op=\"write\"}",
+                  [](const Samples& s) { return s.size() == 1 && s[0].second >= kWrites; });
   EXPECT_TRUE(writes) << writes.error().message;
   // Every downstairs wrote the data and has the upstairs connected.
   auto written = await_query(
@@ -222,11 +229,71 @@ TEST(Metrics, EveryEndpointPassesPromtoolAndARealPrometheusScrapesTheCluster) {
                                [](const Samples& s) { return s.size() == 3; });
   EXPECT_TRUE(connected) << connected.error().message;
   // A histogram query as docs/observability.md shows it answers with a number.
-  auto p99 = await_query(
-      prom_port,
-      "histogram_quantile(0.99, sum by (le) (crucible_upstairs_guest_op_seconds_bucket{op=\"write\"}))",
-      [](const Samples& s) { return s.size() == 1 && s[0].second > 0; });
+  auto p99 = await_query(prom_port,
+                         "histogram_quantile(0.99, sum by (le) "
+                         "(crucible_upstairs_guest_op_seconds_bucket{op=\"write\"}))",
+                         [](const Samples& s) { return s.size() == 1 && s[0].second > 0; });
   EXPECT_TRUE(p99) << p99.error().message;
+}
+
+// The control socket and the metrics endpoint answer from the moment crucible-fuse starts:
+// while activation waits for a downstairs that is down, `status` says "activating" and the
+// metrics say so too; once it is back the volume activates and mounts.
+TEST(Metrics, StatusAndMetricsAnswerWhileActivationWaits) {
+  if (!have("curl")) GTEST_SKIP() << "curl is not installed (make deps installs it)";
+  auto c = Cluster::start();
+  ASSERT_TRUE(c) << c.error().to_string();
+  auto stopped = (*c)->stop_downstairs(0);
+  ASSERT_TRUE(stopped) << stopped.error().to_string();
+
+  const std::string mnt = (*c)->dir() + "/mnt-early";
+  ASSERT_TRUE(std::filesystem::create_directory(mnt));
+  const std::string config =
+      (*c)->write_file("early.yaml", (*c)->config_yaml(mnt, "metrics:\n  listen: 127.0.0.1:0\n"));
+  auto fuse = Process::start({bin("crucible-fuse"), "-c", config, mnt, "-f"});
+  ASSERT_TRUE(fuse) << fuse.error().to_string();
+  // Unmounted and stopped whatever happens below (the cluster's own teardown does not
+  // know this mount).
+  struct Unmount {
+    Process& p;
+    std::string mnt;
+    ~Unmount() {
+      p.kill(SIGTERM);
+      if (p.wait(Millis{60000}).timed_out) p.kill(SIGKILL);
+      run_command({"/bin/umount", "-l", mnt}, kCommandTimeout);
+    }
+  } unmount{**fuse, mnt};
+
+  const std::string socket = mnt + ".sock";
+  const auto deadline = std::chrono::steady_clock::now() + Millis{20000};
+  CommandResult status;
+  std::string state;
+  while (std::chrono::steady_clock::now() < deadline) {
+    status = run_command({bin("crucible-fuse"), "status", "--json", "--socket", socket},
+                         kCommandTimeout);
+    if (status.exit_code() == 0) {
+      auto j = nlohmann::json::parse(status.out, nullptr, false);
+      if (!j.is_discarded()) state = j.value("state", "");
+      if (state == "activating") break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(state, "activating") << status.describe() << (*fuse)->output();
+  auto port = metrics_port(**fuse);
+  ASSERT_TRUE(port) << port.error().to_string();
+  auto text = curl({"http://127.0.0.1:" + std::to_string(*port) + "/metrics"});
+  ASSERT_EQ(text.exit_code(), 0) << text.describe();
+  EXPECT_EQ(series_value(text.out, "crucible_upstairs_volume_state{state=\"activating\"}"), 1)
+      << text.out;
+  EXPECT_FALSE((*fuse)->find_line("is ready", Millis{0})) << "ready with a downstairs down";
+
+  ASSERT_TRUE((*c)->start_downstairs(0));
+  auto ready = (*fuse)->wait_for_line("is ready", Millis{60000});
+  ASSERT_TRUE(ready) << ready.error().to_string();
+  auto active =
+      run_command({bin("crucible-fuse"), "status", "--json", "--socket", socket}, kCommandTimeout);
+  ASSERT_EQ(active.exit_code(), 0) << active.describe();
+  EXPECT_EQ(nlohmann::json::parse(active.out).value("state", ""), "active") << active.out;
 }
 
 }  // namespace
