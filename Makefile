@@ -44,6 +44,8 @@ CXXFLAGS := -std=c++20 $(MODE_FLAGS) $(WARNINGS) $(DEFINES) -Isrc -MMD -MP
 # Evaluated when used (after the deps stamp exists), not when the Makefile is read.
 FUSE_CFLAGS = $(shell pkg-config --cflags fuse3)
 LDLIBS := -lfuse3 -lyaml-cpp -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -lsystemd -pthread
+# prometheus-cpp (src/metrics only): pkg-config --libs prometheus-cpp-pull
+LDLIBS += -lprometheus-cpp-pull -lprometheus-cpp-core
 TEST_LDLIBS := -lgmock -lgtest -pthread
 
 # ---- sources and libraries ----------------------------------------------------------
@@ -66,6 +68,8 @@ PROTO_SRC := $(call module_srcs,src/proto,$(PROTO_NET_SRC))
 DOWNSTAIRS_SRC := $(call module_srcs,src/downstairs,$(DOWNSTAIRS_SERVER_SRC))
 UPSTAIRS_SRC := $(call module_srcs,src/upstairs,$(VOLUME_SRC))
 FUSE_SRC := $(call module_srcs,src/fuse)
+# The Prometheus endpoints of crucible-fuse and crucible-downstairs: a shell above both.
+METRICS_SRC := $(wildcard src/metrics/*.cc)
 
 LIB_COMMON := $(BUILD)/lib/libcru_common.a
 LIB_PROTO := $(BUILD)/lib/libcru_proto.a
@@ -75,6 +79,7 @@ LIB_DOWNSTAIRS_SERVER := $(BUILD)/lib/libcru_downstairs_server.a
 LIB_UPSTAIRS := $(BUILD)/lib/libcru_upstairs.a
 LIB_VOLUME := $(BUILD)/lib/libcru_volume.a
 LIB_FUSE := $(BUILD)/lib/libcru_fuse.a
+LIB_METRICS := $(BUILD)/lib/libcru_metrics.a
 CORE_LIBS := $(LIB_COMMON) $(LIB_PROTO) $(LIB_DOWNSTAIRS) $(LIB_UPSTAIRS)
 
 # What a program links, dependents first (the order a static link needs).
@@ -150,6 +155,7 @@ $(LIB_DOWNSTAIRS_SERVER): $(call objs,$(DOWNSTAIRS_SERVER_SRC))
 $(LIB_UPSTAIRS): $(call objs,$(UPSTAIRS_SRC))
 $(LIB_VOLUME): $(call objs,$(VOLUME_SRC))
 $(LIB_FUSE): $(call objs,$(FUSE_SRC))
+$(LIB_METRICS): $(call objs,$(METRICS_SRC))
 
 # Objects, then the libraries among the prerequisites in the order listed, then $(1).
 define link
@@ -157,9 +163,9 @@ define link
 	$(CXX) $(CXXFLAGS) $(filter %.o,$^) $(filter %.a,$^) $(1) $(LDLIBS) -o $@
 endef
 
-$(BUILD)/bin/crucible-downstairs: $(call objs,src/downstairs/main.cc) $(LINK_SERVER)
+$(BUILD)/bin/crucible-downstairs: $(call objs,src/downstairs/main.cc) $(LIB_METRICS) $(LINK_SERVER)
 	$(call link)
-$(BUILD)/bin/crucible-fuse: $(call objs,src/fuse/main.cc) $(LINK_FUSE)
+$(BUILD)/bin/crucible-fuse: $(call objs,src/fuse/main.cc) $(LIB_METRICS) $(LINK_FUSE)
 	$(call link)
 $(BUILD)/bin/crucible: $(call objs,$(wildcard src/tools/crucible/*.cc)) $(LINK_VOLUME)
 	$(call link)
@@ -188,6 +194,7 @@ UNIT_LINK_proto := $(LINK_PROTO_NET)  # loopback_test drives the asio framing
 UNIT_LINK_downstairs := $(LINK_SERVER)  # server_test drives the TCP server
 UNIT_LINK_upstairs := $(LINK_UPSTAIRS)
 UNIT_LINK_fuse := $(LIB_FUSE) $(LINK_UPSTAIRS)  # config and status need no Volume
+UNIT_LINK_metrics := $(LIB_METRICS) $(LINK_UPSTAIRS)  # the collectors read plain stats
 # Named here so make treats test objects as ordinary files, not intermediates to delete
 # (or, when missing, to skip): a rebuild then compiles exactly what changed.
 TEST_OBJS := $(call objs,$(wildcard tests/unit/*/*.cc tests/sim/*.cc tests/e2e/*.cc tests/support/*.cc \

@@ -11,12 +11,15 @@ packages=(
   # libraries (headers + link)
   libasio-dev libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libexpected-dev libxxhash-dev libsodium-dev libssl-dev libfuse3-dev liburing-dev libsystemd-dev
+  prometheus-cpp-dev
   # tests, fuzzing, lint
   libgtest-dev libgmock-dev clang libclang-rt-14-dev clang-format clang-tidy
   # runtime tools used by the end-to-end tests, make run and make bench
-  fuse3 util-linux uuid-runtime e2fsprogs fio python3 iproute2 procps
+  fuse3 util-linux uuid-runtime e2fsprogs fio python3 iproute2 procps curl
   # the network-namespace test: packet loss and partitions as nftables rules
   nftables
+  # the metrics e2e test: promtool and a real Prometheus server scraping the cluster
+  prometheus
 )
 
 check_only=false

@@ -29,10 +29,14 @@ if [[ -e $var/tls/ca.pem ]]; then
   # downstairs' certificates in $var/tls itself).
   tls="  tls: { cert: $var/tls/upstairs.pem, key: $var/tls/upstairs-key.pem, ca: $var/tls/ca.pem }"
   sed "/^volume:/a\\$tls" "$config" >"$var/crucible.yaml" || exit 1
-  config=$var/crucible.yaml
 else
   echo "make run: $var/ was made without TLS certificates: plain TCP (remove $var/ for TLS)" >&2
+  cp "$config" "$var/crucible.yaml" || exit 1
 fi
+# Prometheus metrics (docs/observability.md; etc/prometheus.yml scrapes these): the volume
+# on :9810, the downstairs on :9811, :9821, :9831.
+printf 'metrics:\n  listen: 127.0.0.1:9810\n' >>"$var/crucible.yaml" || exit 1
+config=$var/crucible.yaml
 mkdir -p "$mnt"
 
 dsc_pid="" fuse_pid="" fuse_rc=0
@@ -60,7 +64,7 @@ trap cleanup EXIT
 trap 'cleanup; exit $fuse_rc' INT TERM
 
 # Own sessions: Ctrl-C reaches this script only, which stops them in the right order.
-setsid "$bin/crucible-dsc" start --dir "$var" --port-base 3810 &
+setsid "$bin/crucible-dsc" start --dir "$var" --port-base 3810 --metrics-port-base 9811 &
 dsc_pid=$!
 setsid "$bin/crucible-fuse" -c "$config" "$mnt" --foreground &
 fuse_pid=$!
@@ -72,6 +76,7 @@ make run: mounting $mnt/disk.img (replicas on 127.0.0.1:3810, :3820, :3830; conf
     mkfs.ext4 \$dev && mkdir -p /tmp/vol && mount \$dev /tmp/vol
     cp -r /usr/share/doc /tmp/vol/ && umount /tmp/vol && losetup -d \$dev
   Watch it:           build/bin/crucible-fuse status -c $config
+  Metrics:            curl -s 127.0.0.1:9810/metrics (a Prometheus: prometheus --config.file=etc/prometheus.yml)
   Kill a replica:     build/bin/crucible-dsc kill-random --dir $var   (start it: crucible-dsc start N --dir $var)
   Ctrl-C here unmounts and stops everything.
 INFO

@@ -61,4 +61,18 @@ Result<HostPort> parse_address(std::string_view text) {
   return HostPort{host, static_cast<uint16_t>(port)};
 }
 
+Result<HostPort> parse_listen_address(std::string_view text) {
+  // Port 0 is valid here only: check the rest as an address with port 1.
+  const bool any_port = text.ends_with(":0");
+  std::string checked(any_port ? text.substr(0, text.size() - 1) : text);
+  if (any_port) checked += '1';
+  CRU_TRY_ASSIGN(auto a, parse_address(checked));
+  if (any_port) a.port = 0;
+  if (!is_ip(a.host))
+    return fail(
+        ErrorCode::kInvalidArgument,
+        fmt::format("'{}' is not IP:PORT: '{}' is a name, give an IP address", text, a.host));
+  return a;
+}
+
 }  // namespace cru

@@ -18,5 +18,8 @@ struct HostPort {
 // Parses "host:port" or "[v6]:port". The host must be an IP address or a plausible DNS
 // name; the port 1..65535. The error names the text and what is wrong with it.
 Result<HostPort> parse_address(std::string_view text);
+// An address to listen on: "IP:PORT" or "[IPv6]:PORT", an IP address (a server binds
+// addresses, it does not resolve names) and PORT 0..65535 (0: any free port).
+Result<HostPort> parse_listen_address(std::string_view text);
 
 }  // namespace cru

@@ -41,6 +41,21 @@ std::optional<Generation> carried_generation(const Message& m) {
   return std::nullopt;
 }
 
+JobKind job_kind(const Message& m) {
+  if (std::holds_alternative<Read>(m)) return JobKind::kRead;
+  if (std::holds_alternative<Write>(m)) return JobKind::kWrite;
+  if (std::holds_alternative<WriteUnwritten>(m)) return JobKind::kWriteUnwritten;
+  if (std::holds_alternative<Discard>(m)) return JobKind::kDiscard;
+  if (std::holds_alternative<Flush>(m)) return JobKind::kFlush;
+  if (std::holds_alternative<Barrier>(m)) return JobKind::kBarrier;
+  if (std::holds_alternative<ExtentLiveClose>(m)) return JobKind::kLiveClose;
+  if (std::holds_alternative<ExtentLiveFlushClose>(m)) return JobKind::kLiveFlushClose;
+  if (std::holds_alternative<ExtentLiveRepair>(m)) return JobKind::kLiveRepair;
+  if (std::holds_alternative<ExtentLiveReopen>(m)) return JobKind::kLiveReopen;
+  CRU_ASSERT(std::holds_alternative<ExtentLiveNoOp>(m));
+  return JobKind::kLiveNoOp;
+}
+
 bool is_reconcile(const Message& m) {
   return std::holds_alternative<ExtentFlush>(m) || std::holds_alternative<ExtentClose>(m) ||
          std::holds_alternative<ExtentRepair>(m) || std::holds_alternative<ExtentReopen>(m);
@@ -60,6 +75,7 @@ Core::Core(Region& region, CoreOptions options)
 ConnectionId Core::new_connection() {
   ConnectionId id{next_conn_++};
   conns_[id];
+  stats_.connections.store(conns_.size(), std::memory_order_relaxed);
   return id;
 }
 
@@ -80,6 +96,7 @@ void Core::drop(Output& out, ConnectionId conn, const std::string& reason) {
     if (f->second.owner == conn) {
       out.closes.push_back({f->first, "the upstairs that asked for this repair is gone"});
       conns_.erase(f->first);
+      stats_.connections.store(conns_.size(), std::memory_order_relaxed);
       f = fetches_.erase(f);
     } else {
       ++f;
@@ -94,6 +111,7 @@ void Core::drop(Output& out, ConnectionId conn, const std::string& reason) {
       log::warn("settling the extents after the upstairs left: {}", s.error().message);
   }
   conns_.erase(it);
+  stats_.connections.store(conns_.size(), std::memory_order_relaxed);
 }
 
 Output Core::on_disconnect(ConnectionId conn, const std::string& reason) {
@@ -445,6 +463,34 @@ bool Core::negotiated(ConnectionId conn) const {
 }
 
 bool Core::execute(Output& out, ConnectionId conn, Job& job) {
+  const JobKind kind = job_kind(job.request);
+  uint64_t write_bytes = 0;
+  if (auto w = as<Write>(job.request)) write_bytes = w->data.size();
+  if (auto wu = as<WriteUnwritten>(job.request)) write_bytes = wu->data.size();
+  const size_t sends_before = out.sends.size();
+  const auto start = options_.clock ? options_.clock() : std::chrono::steady_clock::time_point{};
+  const bool done = execute_job(out, conn, job);
+  if (options_.clock) stats_[kind].disk_seconds.record(options_.clock() - start);
+  CoreStats::add(stats_[kind].jobs, 1);
+  // The job's reply (and, for a read, its data): errors by the code the upstairs sees.
+  for (size_t i = sends_before; i < out.sends.size(); ++i) {
+    std::visit(
+        [&](const auto& reply) {
+          if constexpr (requires { reply.status.code; }) {
+            if (!reply.status.is_ok())
+              CoreStats::add(stats_.errors[static_cast<size_t>(reply.status.code)], 1);
+            else if constexpr (std::is_same_v<std::decay_t<decltype(reply)>, ReadResponse>)
+              CoreStats::add(stats_.read_bytes, reply.data.size());
+            else
+              CoreStats::add(stats_.written_bytes, write_bytes);
+          }
+        },
+        out.sends[i].message);
+  }
+  return done;
+}
+
+bool Core::execute_job(Output& out, ConnectionId conn, Job& job) {
   Message& m = job.request;
   const JobId id = job.id;
   auto injected = [&](const char* what) {
@@ -588,8 +634,10 @@ void Core::handle_repair_peer(Output& out, ConnectionId conn, const Message& m) 
   s.hash.update(chunk.span());
   if (req->have_hash && *req->have_hash == integrity_hash(chunk.span()))
     out.send(conn, ExtentChunk{req->extent, s.next_offset, true, Bytes{}});
-  else
+  else {
+    CoreStats::add(stats_.repair_sent_bytes, chunk.size());
     out.send(conn, ExtentChunk{req->extent, s.next_offset, false, Bytes(std::move(chunk))});
+  }
   s.next_offset += n;
   if (s.next_offset < s.file_bytes) return;
   // The extent was closed throughout only if it was never reopened meanwhile.
@@ -690,6 +738,7 @@ void Core::handle_fetching(Output& out, ConnectionId conn, Message& m) {
     std::span<const std::byte> bytes = chunk->unchanged ? mine->span() : chunk->data.span();
     if (auto s = f.staging->append(chunk->offset, bytes); !s) return finish_fetch(out, conn, s);
     f.network_bytes += chunk->data.size();
+    CoreStats::add(stats_.repair_received_bytes, chunk->data.size());
     return request_chunks(out, conn, f);
   }
   if (auto done = as<ExtentFetchDone>(m)) {
@@ -710,6 +759,7 @@ void Core::finish_fetch(Output& out, ConnectionId fetch_conn, const Status& resu
   Fetch f = std::move(it->second);
   fetches_.erase(it);
   conns_.erase(fetch_conn);
+  stats_.connections.store(conns_.size(), std::memory_order_relaxed);
   out.closes.push_back(
       {fetch_conn, result ? "repair transfer complete" : "repair transfer failed"});
   if (result) {

@@ -6,8 +6,10 @@
 // Owned by one thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -20,6 +22,7 @@
 #include "common/result.h"
 #include "common/units.h"
 #include "downstairs/region.h"
+#include "downstairs/stats.h"
 #include "proto/limits.h"
 #include "proto/messages.h"
 
@@ -62,6 +65,9 @@ struct CoreOptions {
   // host:port of this downstairs, told to upstairs as the repair address.
   std::string repair_addr;
   FaultInjection faults;
+  // Read around each job's disk work for CoreStats' latency histograms; none (tests, the
+  // simulator): no latency is recorded and the core stays free of time.
+  std::function<std::chrono::steady_clock::time_point()> clock;
 };
 
 struct Output {
@@ -116,6 +122,8 @@ class Core {
   std::optional<ConnectionId> active_upstairs() const { return active_; }
   size_t connection_count() const { return conns_.size(); }
   const Region& region() const { return region_; }
+  // Counters and histograms, readable from any thread (stats.h).
+  const CoreStats& stats() const { return stats_; }
 
  private:
   enum class State {
@@ -191,6 +199,8 @@ class Core {
   // Executes one job; false if it completes later (a fetch) or failed (a failed write,
   // discard or flush never counts as completed, so nothing depending on it runs here).
   bool execute(Output& out, ConnectionId conn, Job& job);
+  // execute() without the statistics it keeps.
+  bool execute_job(Output& out, ConnectionId conn, Job& job);
   void complete(Conn& c, JobId id, bool resets);
   static void reset_completed(Conn& c, std::optional<JobId> only);
   // Memory a queued job holds, and for a read the reply it will make.
@@ -211,6 +221,7 @@ class Core {
   std::optional<ConnectionId> active_;                  // the read-write upstairs
   Generation highest_generation_;                       // highest ever promoted or found on disk
   std::vector<std::pair<ConnectionId, Job>> deferred_;  // lossy mode
+  CoreStats stats_;
 };
 
 }  // namespace cru::downstairs

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "common/address.h"
 #include "common/log.h"
 #include "common/memory.h"
 #include "common/service.h"
@@ -16,6 +17,8 @@
 #include "downstairs/core.h"
 #include "downstairs/region.h"
 #include "downstairs/server.h"
+#include "metrics/downstairs_metrics.h"
+#include "metrics/metrics.h"
 #include "proto/tls.h"
 
 namespace {
@@ -156,6 +159,7 @@ struct RunArgs {
   bool read_only = false, lossy = false;
   size_t max_connections = kMaxConnections;
   std::string memory_budget, peer_memory_budget;
+  std::string metrics;  // IP:PORT for Prometheus; empty: off
 };
 
 // --max-connections, --memory-budget and --peer-memory-budget, checked together.
@@ -197,6 +201,12 @@ int cmd_run(const RunArgs& a) {
   }
   core_options.faults.lossy = a.lossy;
   core_options.faults.seed = std::random_device{}();
+  if (!a.metrics.empty()) {
+    if (auto m = parse_listen_address(a.metrics); !m)
+      return fail_with(
+          Error{ErrorCode::kInvalidArgument, fmt::format("--metrics: {}", m.error().message)});
+    core_options.clock = [] { return std::chrono::steady_clock::now(); };
+  }
   asio::error_code ec;
   auto addr = asio::ip::make_address(a.address, ec);
   if (ec)
@@ -241,8 +251,20 @@ int cmd_run(const RunArgs& a) {
     log::warn("fault injection on: read={} write={} flush={} lossy={}",
               core_options.faults.read_error, core_options.faults.write_error,
               core_options.faults.flush_error, a.lossy);
-  // Scripts and tests read this line to learn the port (-p 0 picks a free one).
+  // Bound before the port line, so a failure here is not mistaken for a start. Declared
+  // after the core it reads, so it stops first.
+  std::unique_ptr<metrics::Endpoint> metrics_endpoint;
+  if (!a.metrics.empty()) {
+    auto e = metrics::Endpoint::start(
+        a.metrics, "--metrics", {std::make_shared<metrics::DownstairsCollector>(core.stats())});
+    if (!e) return fail_with(e.error());
+    metrics_endpoint = std::move(*e);
+  }
+  // Scripts and tests read these lines to learn the ports (port 0 picks a free one).
   std::printf("listening on %s:%u\n", a.address.c_str(), server->port());
+  if (metrics_endpoint)
+    std::printf("metrics on http://%s:%u/metrics\n",
+                a.metrics.substr(0, a.metrics.rfind(':')).c_str(), metrics_endpoint->port());
   std::fflush(stdout);
   server->start();
   notify_ready(fmt::format("serving {} on port {}", a.dir, server->port()));
@@ -348,6 +370,8 @@ int main(int argc, char** argv) {
   run->add_option("--tls-key", ra.tls_key, "mutual TLS: the certificate's private key (PEM)");
   run->add_option("--tls-ca", ra.tls_ca,
                   "mutual TLS: the CA that signed every peer's certificate (PEM)");
+  run->add_option("--metrics", ra.metrics,
+                  "serve Prometheus metrics at http://ADDR/metrics (IP:PORT; port 0: any free)");
   run->add_option("--inject-errors", ra.inject,
                   "test only: read=P,write=P,flush=P error probabilities");
 

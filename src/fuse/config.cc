@@ -190,7 +190,7 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
 
 Status parse_top(const Reader& r, const YAML::Node& root, Config& c) {
   if (!root || root.IsNull()) return r.fail("(top level)", "the file is empty");
-  CRU_TRY(r.map(root, "", {"volume", "mount", "log", "control"}));
+  CRU_TRY(r.map(root, "", {"volume", "mount", "log", "control", "metrics"}));
   const YAML::Node v = root["volume"];
   if (!v) return r.fail("volume", "missing (it lists the three targets)");
   CRU_TRY(parse_volume(r, v, c));
@@ -223,6 +223,14 @@ Status parse_top(const Reader& r, const YAML::Node& root, Config& c) {
     CRU_TRY(r.map(ctl, "control", {"socket"}));
     if (const auto s = ctl["socket"]) {
       CRU_TRY_ASSIGN(c.control_socket, r.scalar(s, "control.socket"));
+    }
+  }
+  if (const auto m = root["metrics"]) {
+    CRU_TRY(r.map(m, "metrics", {"listen"}));
+    if (const auto l = m["listen"]) {
+      CRU_TRY_ASSIGN(auto s, r.scalar(l, "metrics.listen"));
+      if (auto a = parse_listen_address(s); !a) return r.fail("metrics.listen", a.error().message);
+      c.metrics_listen = s;
     }
   }
   return {};

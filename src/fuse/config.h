@@ -33,6 +33,8 @@ struct Config {
   std::string log_file;  // empty: stderr in the foreground, <mount path>.log when daemonized
   // control:
   std::string control_socket;  // empty: <mount path>.sock
+  // metrics:
+  std::string metrics_listen;  // IP:PORT serving Prometheus /metrics; empty: off
 };
 
 // Parses YAML text; errors read "FILE: KEY: reason" (FILE is `source`).

@@ -57,6 +57,24 @@ int to_errno(const Error& e) {
   }
 }
 
+// Times one guest operation into the server's GuestIoStats, if it has one: a clock read
+// when the request arrives and one when it is answered.
+class OpTimer {
+ public:
+  OpTimer(GuestIoStats* stats, GuestOp op)
+      : stats_(stats),
+        op_(op),
+        start_(stats ? GuestIoStats::Clock::now() : GuestIoStats::Clock::time_point{}) {}
+  void done(uint64_t bytes, bool ok) const {
+    if (stats_ != nullptr) stats_->record(op_, start_, bytes, ok);
+  }
+
+ private:
+  GuestIoStats* stats_;
+  GuestOp op_;
+  GuestIoStats::Clock::time_point start_;
+};
+
 }  // namespace
 
 struct FuseServer::Impl {
@@ -182,7 +200,10 @@ struct FuseServer::Impl {
 
   static void read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info*) {
     if (off < 0) return static_cast<void>(fuse_reply_err(req, EINVAL));
-    self(req).disk_.read(static_cast<uint64_t>(off), size, [req](Result<Bytes> r) {
+    FuseServer& s = self(req);
+    const OpTimer timer(s.options_.io_stats, GuestOp::kRead);
+    s.disk_.read(static_cast<uint64_t>(off), size, [req, timer](Result<Bytes> r) {
+      timer.done(r ? r->size() : 0, r.has_value());
       if (!r) return static_cast<void>(fuse_reply_err(req, fail_errno("read", r.error())));
       fuse_reply_buf(req, reinterpret_cast<const char*>(r->data()), r->size());
     });
@@ -193,8 +214,11 @@ struct FuseServer::Impl {
     FuseServer& s = self(req);
     if (s.options_.read_only) return static_cast<void>(fuse_reply_err(req, EROFS));
     if (off < 0) return static_cast<void>(fuse_reply_err(req, EINVAL));
+    const OpTimer timer(s.options_.io_stats, GuestOp::kWrite);
     s.disk_.write(
-        static_cast<uint64_t>(off), std::as_bytes(std::span(buf, size)), [req, size](Status st) {
+        static_cast<uint64_t>(off), std::as_bytes(std::span(buf, size)),
+        [req, size, timer](Status st) {
+          timer.done(st ? size : 0, st.has_value());
           if (!st) return static_cast<void>(fuse_reply_err(req, fail_errno("write", st.error())));
           fuse_reply_write(req, size);
         });
@@ -208,11 +232,20 @@ struct FuseServer::Impl {
   static void flush(fuse_req_t req, fuse_ino_t, fuse_file_info*) {
     FuseServer& s = self(req);
     if (!s.disk_.dirty()) return static_cast<void>(fuse_reply_err(req, 0));
-    s.disk_.flush([req](const Status& st) { reply_flush(req, "flush on close", st); });
+    const OpTimer timer(s.options_.io_stats, GuestOp::kFlush);
+    s.disk_.flush([req, timer](const Status& st) {
+      timer.done(0, st.has_value());
+      reply_flush(req, "flush on close", st);
+    });
   }
 
   static void fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
-    self(req).disk_.flush([req](const Status& st) { reply_flush(req, "fsync", st); });
+    FuseServer& s = self(req);
+    const OpTimer timer(s.options_.io_stats, GuestOp::kFlush);
+    s.disk_.flush([req, timer](const Status& st) {
+      timer.done(0, st.has_value());
+      reply_flush(req, "fsync", st);
+    });
   }
 
   static void fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len,
@@ -237,8 +270,12 @@ struct FuseServer::Impl {
     // Past the end there is nothing to zero (as for a regular file's hole punch).
     const uint64_t clipped_end = std::min(end, size);
     if (start >= clipped_end) return static_cast<void>(fuse_reply_err(req, 0));
+    const OpTimer timer(s.options_.io_stats, GuestOp::kDiscard);
     s.disk_.zero_range(start, clipped_end - start,
-                       [req](const Status& st) { reply_flush(req, "fallocate", st); });
+                       [req, timer, n = clipped_end - start](const Status& st) {
+                         timer.done(st ? n : 0, st.has_value());
+                         reply_flush(req, "fallocate", st);
+                       });
   }
 
   static void statfs(fuse_req_t req, fuse_ino_t) {

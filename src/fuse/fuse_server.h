@@ -11,6 +11,7 @@
 
 #include "common/result.h"
 #include "fuse/disk.h"
+#include "fuse/io_stats.h"
 
 struct fuse_session;
 
@@ -20,6 +21,9 @@ struct MountOptions {
   std::string mountpoint;
   bool allow_other = false;
   bool read_only = false;
+  // Guest operations are timed and counted here (the metrics endpoint reads it); none:
+  // nothing is timed. Must outlive the server.
+  GuestIoStats* io_stats = nullptr;
 };
 
 class FuseServer {

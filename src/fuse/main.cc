@@ -25,6 +25,8 @@
 #include "fuse/disk.h"
 #include "fuse/fuse_server.h"
 #include "fuse/status.h"
+#include "metrics/metrics.h"
+#include "metrics/upstairs_metrics.h"
 #include "proto/tls.h"
 #include "upstairs/volume.h"
 
@@ -227,6 +229,32 @@ int mount_volume(const Args& a) {
   vo.limits = c.limits;
   vo.tls = tls;
   upstairs::Volume volume(vo);
+  // Metrics from before activation, so reconciliation can be watched. Declared after the
+  // volume and the stats it reads, so it stops first.
+  fuse::GuestIoStats io_stats;
+  std::unique_ptr<metrics::Endpoint> metrics_endpoint;
+  std::string metrics_line;
+  if (!c.metrics_listen.empty()) {
+    auto e = metrics::Endpoint::start(c.metrics_listen, a.config + ": metrics.listen",
+                                      {std::make_shared<metrics::UpstairsCollector>(
+                                          [&volume] { return volume.snapshot(); }, &io_stats)});
+    if (!e) {
+      starter.failed(e.error().message);
+      return 1;
+    }
+    metrics_endpoint = std::move(*e);
+    const auto host = c.metrics_listen.substr(0, c.metrics_listen.rfind(':'));
+    metrics_line =
+        fmt::format("  metrics:  http://{}:{}/metrics\n", host, metrics_endpoint->port());
+    log::info("metrics on http://{}:{}/metrics", host, metrics_endpoint->port());
+  }
+  // The control socket answers from here on, so `crucible-fuse status` shows activation
+  // and reconciliation while they run (a replace before activation is refused by the volume).
+  fuse::ControlServer control;
+  if (Status s = control.start(c.control_socket,
+                               [&](const std::string& l) { return control_reply(volume, l); });
+      !s)
+    log::warn("no control socket: {}", s.error().message);
   log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1],
             c.targets[2], c.generation ? std::to_string(c.generation->value) : "auto");
   if (Status s = volume.activate(c.generation, c.activate_timeout); !s) {
@@ -234,24 +262,20 @@ int mount_volume(const Args& a) {
     return 1;
   }
   fuse::Disk disk(volume);
-  fuse::FuseServer server(disk, fuse::MountOptions{c.mount_path, c.allow_other, c.read_only});
+  fuse::FuseServer server(disk, fuse::MountOptions{c.mount_path, c.allow_other, c.read_only,
+                                                   metrics_endpoint ? &io_stats : nullptr});
   if (Status s = server.mount(); !s) {
     starter.failed(s.error().message);
     static_cast<void>(volume.deactivate(kDeactivateTimeout));
     return 1;
   }
-  fuse::ControlServer control;
-  if (Status s = control.start(c.control_socket,
-                               [&](const std::string& l) { return control_reply(volume, l); });
-      !s)
-    log::warn("no control socket: {}", s.error().message);
   auto snap = volume.snapshot();
   std::string ready = fmt::format(
       "crucible-fuse: {}/disk.img is ready: {} in {}-byte blocks, generation {}{}\n"
-      "  replicas: {}, {}, {}\n  status:   crucible-fuse status --socket {}\n{}",
+      "  replicas: {}, {}, {}\n  status:   crucible-fuse status --socket {}\n{}{}",
       c.mount_path, format_size(disk.size_bytes()), disk.block_size(), snap.generation.value,
       c.read_only ? ", read-only" : "", c.targets[0], c.targets[1], c.targets[2], c.control_socket,
-      c.log_file.empty() ? "" : fmt::format("  log:      {}\n", c.log_file));
+      metrics_line, c.log_file.empty() ? "" : fmt::format("  log:      {}\n", c.log_file));
   log::info("mounted {}/disk.img", c.mount_path);
   starter.ok(ready);
   notify_ready(

@@ -209,6 +209,7 @@ struct StartArgs {
   std::string dir = kDefaultDir, ds_bin, address = "127.0.0.1";
   std::string tls_cert, tls_key, tls_ca;
   uint32_t port_base = 3810, port_step = 10;
+  uint32_t metrics_port_base = 0;
 };
 
 int cmd_supervise(const StartArgs& a) {
@@ -225,6 +226,13 @@ int cmd_supervise(const StartArgs& a) {
           fmt::format("--port-base {} --port-step {}: downstairs {} would get port {}, above 65535",
                       a.port_base, a.port_step, regions->size() - 1, last));
   }
+  if (a.metrics_port_base != 0) {
+    uint64_t last = a.metrics_port_base + uint64_t{a.port_step} * (regions->size() - 1);
+    if (last > UINT16_MAX)
+      return fail_with(fmt::format(
+          "--metrics-port-base {} --port-step {}: downstairs {} would get port {}, above 65535",
+          a.metrics_port_base, a.port_step, regions->size() - 1, last));
+  }
   auto flags = tls_files_from_flags(a.tls_cert, a.tls_key, a.tls_ca);
   if (!flags) return fail_with(flags.error().message);
   auto tls = downstairs_tls(a.dir, regions->size(), *flags);
@@ -237,6 +245,7 @@ int cmd_supervise(const StartArgs& a) {
   o.address = a.address;
   o.port_base = static_cast<uint16_t>(a.port_base);
   o.port_step = static_cast<uint16_t>(std::min<uint32_t>(a.port_step, UINT16_MAX));
+  o.metrics_port_base = static_cast<uint16_t>(a.metrics_port_base);
   return run_supervisor(o);
 }
 
@@ -296,6 +305,13 @@ int main(int argc, char** argv) {
       start->add_option("--port-step", sa.port_step, "port distance between downstairs")
           ->check(CLI::Range(0, 65535))
           ->capture_default_str();
+  auto* metrics_port_base =
+      start
+          ->add_option("--metrics-port-base", sa.metrics_port_base,
+                       "Prometheus metrics of downstairs 0 on this port (the others at "
+                       "--port-step from it); 0: off")
+          ->check(CLI::Range(0, 65535))
+          ->capture_default_str();
   auto* address = start->add_option("--address", sa.address, "address the downstairs listen on")
                       ->capture_default_str();
   auto* start_ds_bin = start->add_option(
@@ -334,7 +350,8 @@ int main(int argc, char** argv) {
   if (create->parsed()) return cmd_create(ca);
   if (start->parsed()) {
     if (!start_index) return cmd_supervise(sa);
-    for (auto* o : {port_base, port_step, address, start_ds_bin, tls_cert, tls_key, tls_ca})
+    for (auto* o : {port_base, port_step, metrics_port_base, address, start_ds_bin, tls_cert,
+                    tls_key, tls_ca})
       if (o->count() > 0)
         return fail_with(fmt::format("{} applies to starting the supervisor, not to 'start {}'",
                                      o->get_name(), *start_index));

@@ -251,6 +251,11 @@ class Supervisor {
     std::vector<std::string> args = {
         options_.downstairs_bin, "run", "-d", d.region, "-p", std::to_string(d.port), "-a",
         options_.address};
+    if (options_.metrics_port_base != 0)
+      args.insert(args.end(),
+                  {"--metrics", fmt::format("{}:{}", options_.address,
+                                            options_.metrics_port_base +
+                                                d.index * uint32_t{options_.port_step})});
     if (!options_.tls.empty()) {
       auto flags = tls_flags(options_.tls[d.index]);
       args.insert(args.end(), flags.begin(), flags.end());

@@ -36,6 +36,9 @@ struct SupervisorOptions {
   // port on its first start and keeps it for later starts.
   uint16_t port_base = 3810;
   uint16_t port_step = 10;
+  // Prometheus metrics: downstairs i serves them on address:(metrics_port_base + i *
+  // port_step) (crucible-downstairs run --metrics); 0: off.
+  uint16_t metrics_port_base = 0;
   // Mutual TLS: empty, plain TCP; else one set of files per region, passed to its downstairs.
   std::vector<TlsFiles> tls;
 };

@@ -707,6 +707,51 @@ TEST(CoreJobs, InjectedErrorsAreReturnedAsInjected) {
   EXPECT_FALSE(f.region->versions()[0].dirty) << "an injected write error writes nothing";
 }
 
+// ---- statistics (stats.h, read by the metrics endpoint) ----------------------------------
+
+TEST(CoreStats, JobsBytesConnectionsAndDiskTimeAreCounted) {
+  // A clock that advances 2 ms at every read: each job's disk work takes 2 ms.
+  auto t = std::make_shared<std::chrono::steady_clock::time_point>();
+  CoreOptions o;
+  o.clock = [t] { return *t += std::chrono::milliseconds(2); };
+  Fixture f(o);
+  ConnectionId c = f.negotiate(Upstairs{}, 1);
+  EXPECT_EQ(f.core->stats().connections.load(), 1u);
+  ASSERT_TRUE(only<Ack>(f.core->on_message(c, make_write(1000, {}, 0, 2, 1)), c).status.is_ok());
+  ASSERT_TRUE(
+      only<ReadResponse>(f.core->on_message(c, make_read(1001, {}, 0, 1)), c).status.is_ok());
+  ASSERT_TRUE(only<Ack>(f.core->on_message(c, make_flush(1002, {}, 1, 1)), c).status.is_ok());
+  const CoreStats& s = f.core->stats();
+  EXPECT_EQ(s[JobKind::kWrite].jobs.load(), 1u);
+  EXPECT_EQ(s[JobKind::kRead].jobs.load(), 1u);
+  EXPECT_EQ(s[JobKind::kFlush].jobs.load(), 1u);
+  EXPECT_EQ(s[JobKind::kDiscard].jobs.load(), 0u);
+  EXPECT_EQ(s.written_bytes.load(), 2u * f.region->def().block_size);
+  EXPECT_EQ(s.read_bytes.load(), f.region->def().block_size);
+  // 2 ms: in the (1 ms, 2.5 ms] bucket, index 5.
+  EXPECT_EQ(s[JobKind::kWrite].disk_seconds.bucket(5), 1u);
+  EXPECT_NEAR(s[JobKind::kWrite].disk_seconds.sum_seconds(), 0.002, 1e-9);
+  for (const auto& e : s.errors) EXPECT_EQ(e.load(), 0u);
+  f.core->on_disconnect(c, "test");
+  EXPECT_EQ(f.core->stats().connections.load(), 0u);
+}
+
+TEST(CoreStats, ErrorsAreCountedByCodeAndFailedWritesWriteNoBytes) {
+  CoreOptions o;
+  o.faults = FaultInjection{1.0, 1.0, 0.0, false, 7};
+  Fixture f(o);  // no clock: no latency recorded
+  ConnectionId c = f.negotiate(Upstairs{}, 1);
+  f.core->on_message(c, make_write(1000, {}, 0, 1, 1));
+  f.core->on_message(c, make_read(1001, {}, 0, 1));
+  const CoreStats& s = f.core->stats();
+  EXPECT_EQ(s.errors[static_cast<size_t>(ErrorCode::kInjected)].load(), 2u);
+  EXPECT_EQ(s.written_bytes.load(), 0u);
+  EXPECT_EQ(s.read_bytes.load(), 0u);
+  EXPECT_EQ(s[JobKind::kWrite].jobs.load(), 1u);
+  for (size_t b = 0; b < LatencyHistogram::kBuckets; ++b)
+    EXPECT_EQ(s[JobKind::kWrite].disk_seconds.bucket(b), 0u);
+}
+
 TEST(CoreJobs, LossyModeStillCompletesEverythingAfterTicks) {
   CoreOptions o;
   o.faults.lossy = true;

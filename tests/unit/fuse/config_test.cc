@@ -150,6 +150,17 @@ TEST(FuseConfig, MountLogAndControl) {
   EXPECT_EQ(c->control_socket, "/run/cru.sock");
 }
 
+TEST(FuseConfig, MetricsOffByDefaultAndListenAddresses) {
+  auto off = parse(kTargets);
+  ASSERT_TRUE(off) << off.error().to_string();
+  EXPECT_EQ(off->metrics_listen, "");
+  for (const char* listen : {"127.0.0.1:9100", "0.0.0.0:9100", "[::1]:9100", "127.0.0.1:0"}) {
+    auto c = parse(std::string(kTargets) + "metrics:\n  listen: \"" + listen + "\"\n");
+    ASSERT_TRUE(c) << listen << ": " << c.error().to_string();
+    EXPECT_EQ(c->metrics_listen, listen);
+  }
+}
+
 TEST(FuseConfig, EveryLogLevel) {
   for (const char* level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
     auto c = parse(std::string(kTargets) + "log:\n  level: " + level + "\n");
@@ -184,7 +195,7 @@ INSTANTIATE_TEST_SUITE_P(
         Refusal{"EmptyFile", "", "(top level)", "empty"},
         Refusal{"TopLevelNotAMap", "- a\n- b\n", "(top level)", "expected a mapping"},
         Refusal{"UnknownTopKey", kT + "colour: red\n", "colour",
-                "unknown key (expected one of: volume, mount, log, control)"},
+                "unknown key (expected one of: volume, mount, log, control, metrics)"},
         Refusal{"MissingVolume", "mount:\n  path: /x\n", "volume", "missing"},
         Refusal{"VolumeNotAMap", "volume: 3\n", "volume", "expected a mapping"},
         Refusal{"UnknownVolumeKey", kT + "  colour: red\n", "volume.colour", "unknown key"},
@@ -264,6 +275,18 @@ INSTANTIATE_TEST_SUITE_P(
         Refusal{"UnknownControlKey", kT + "control:\n  port: 5\n", "control.port",
                 "unknown key (expected one of: socket)"},
         Refusal{"ControlSocketList", kT + "control:\n  socket: [a]\n", "control.socket",
+                "expected a single value"},
+        Refusal{"MetricsNotAMap", kT + "metrics: 127.0.0.1:9100\n", "metrics",
+                "expected a mapping"},
+        Refusal{"UnknownMetricsKey", kT + "metrics:\n  port: 9100\n", "metrics.port",
+                "unknown key (expected one of: listen)"},
+        Refusal{"MetricsListenWithoutPort", kT + "metrics:\n  listen: 127.0.0.1\n",
+                "metrics.listen", "no ':port'"},
+        Refusal{"MetricsListenName", kT + "metrics:\n  listen: localhost:9100\n", "metrics.listen",
+                "'localhost' is a name, give an IP address"},
+        Refusal{"MetricsListenPortTooHigh", kT + "metrics:\n  listen: 127.0.0.1:65536\n",
+                "metrics.listen", "port 65536 is not in 1..65535"},
+        Refusal{"MetricsListenList", kT + "metrics:\n  listen: [a]\n", "metrics.listen",
                 "expected a single value"}),
     [](const ::testing::TestParamInfo<Refusal>& p) { return p.param.name; });
 
