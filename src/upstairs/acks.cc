@@ -156,9 +156,10 @@ void Upstairs::finish_flush(Job& job, Status status) {
   if (job.guest) guest_done(*job.guest, std::move(status));
 }
 
-// Time passes and downstairs come and go: a pending flush may now have its quorum, or
-// have lost the chance of one.
-void Upstairs::ack_pending_flushes() {
+void Upstairs::revisit_waiting_io() {
+  // A read waiting on a downstairs given up is not retried elsewhere: a new read job would
+  // follow writes the guest issued after it (found by the simulator, Sim.Network: a read
+  // returned a later write's data). It waits until that downstairs is dropped.
   for (JobId f : fences_) ack_check(jobs_.at(f));
 }
 

@@ -379,12 +379,14 @@ void Upstairs::progress_deactivation() {
 Status Upstairs::deactivation_result() const {
   if (deactivation_status_) {
     if (*deactivation_status_) return {};
-    return fail(ErrorCode::kIo, "the final flush failed: " + deactivation_status_->error().message);
+    return fail(ErrorCode::kIo,
+                "the final flush did not reach quorum: " + deactivation_status_->error().message);
   }
   // Nothing in flight and still undecided: waiting on a live repair that stopped here.
   if (deactivation_flush_)
     return fail(ErrorCode::kIo,
-                "the final flush did not reach 2 downstairs holding every write before it");
+                "the final flush did not reach quorum: fewer than 2 downstairs hold every write "
+                "before it");
   return {};
 }
 

@@ -185,8 +185,9 @@ bool Upstairs::admit_deactivate(GuestId g) {
   if (!config_.read_only && (need_flush_ || !jobs_.empty())) {
     // Without a quorum the final flush cannot make the acknowledged writes durable: that
     // is the deactivation's answer, not a skipped step.
-    if (Status s = check_quorum("the final flush"); !s)
-      deactivation_status_ = s;
+    if (io_takers() < 2)
+      deactivation_status_ =
+          fail(ErrorCode::kQuorumLost, fmt::format("only {} downstairs can take IO", io_takers()));
     else
       deactivation_flush_ = submit_flush(std::nullopt);
   }
@@ -294,7 +295,7 @@ bool Upstairs::has_room(JobKind kind, BlockRange range, uint64_t bytes) const {
 std::optional<ClientId> Upstairs::pick_reader(const std::vector<ClientId>& tried) const {
   std::optional<ClientId> best;
   for (ClientId c : kAllClients) {
-    if (!serves_reads(clients_[c].ds)) continue;
+    if (!serves_reads(clients_[c].ds) || given_up(c)) continue;
     if (std::find(tried.begin(), tried.end(), c) != tried.end()) continue;
     if (!best || clients_[c].jobs_in_flight < clients_[*best].jobs_in_flight) best = c;
   }

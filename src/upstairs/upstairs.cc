@@ -54,7 +54,7 @@ void Upstairs::maintain() {
   // step still reads (found by tests/fuzz/fuzz_upstairs.cc: the close job of an extent
   // retired behind a flush, then abort_live_repair() looked it up).
   repair_progress();
-  ack_pending_flushes();
+  revisit_waiting_io();
   retire();
   barrier_if_due();
   admit_waiting();

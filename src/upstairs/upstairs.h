@@ -316,7 +316,9 @@ class Upstairs {
   // Whether c may still come to hold `flush` durably with every write before it.
   bool may_still_hold(ClientId c, const Job& flush) const;
   void finish_flush(Job& job, Status status);
-  void ack_pending_flushes();
+  // After time passed or a downstairs came or went: flushes that now have their quorum,
+  // or lost the chance of one.
+  void revisit_waiting_io();
   // Writes before `flush` that it did not make durable on c (beyond c's extent limit).
   void note_unflushed(ClientId c, const Job& flush);
   bool complete_on_all(const Job& job) const;

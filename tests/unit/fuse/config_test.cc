@@ -117,6 +117,20 @@ TEST(FuseConfig, ActivateAndFlushTimeouts) {
   EXPECT_EQ(c->limits.flush_timeout, std::chrono::milliseconds(86400000));
 }
 
+TEST(FuseConfig, QuorumGraceDefaultsToFiveSecondsAndIsConfigurable) {
+  auto d = parse(kTargets);
+  ASSERT_TRUE(d) << d.error().to_string();
+  EXPECT_EQ(d->limits.quorum_grace, std::chrono::seconds(5));
+  auto c = parse(std::string(kTargets) + "  quorum_grace_ms: 2000\n");
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_EQ(c->limits.quorum_grace, std::chrono::milliseconds(2000));
+  auto low = parse(std::string(kTargets) + "  quorum_grace_ms: 10\n");
+  ASSERT_FALSE(low);
+  EXPECT_NE(low.error().message.find("volume.quorum_grace_ms: 10 is not in 500..30000"),
+            std::string::npos)
+      << low.error().message;
+}
+
 TEST(FuseConfig, LimitsAndTheirFaultThresholds) {
   auto c =
       parse(std::string(kTargets) + "  limits: { jobs_in_flight: 300, bytes_in_flight: 3MiB }\n");
