@@ -88,8 +88,8 @@ struct Snapshot {
   uint64_t live_repairs_completed = 0, live_repairs_aborted = 0;
   RepairStatus repair;
   std::string disabled_reason;
-  // Downstairs that hold every write (active, not offline or under repair); fewer than
-  // three while active is "degraded".
+  // Downstairs that hold every write and answer (active, not offline, under repair or
+  // silent past the quorum grace); fewer than three while active is "degraded".
   uint32_t complete_copies = 0;
   bool degraded = false;
   // Fewer than two downstairs could take IO for longer than the quorum grace: writes and

@@ -214,7 +214,7 @@ Snapshot Upstairs::snapshot() const {
   s.disabled_reason = disabled_reason_;
   s.complete_copies =
       static_cast<uint32_t>(std::count_if(kAllClients.begin(), kAllClients.end(), [&](ClientId c) {
-        return clients_[c].ds == DsState::kActive;
+        return clients_[c].ds == DsState::kActive && !given_up(c);
       }));
   const bool serving = state_ == VolumeState::kActive || state_ == VolumeState::kDeactivating;
   s.degraded = serving && s.complete_copies < kClientCount;

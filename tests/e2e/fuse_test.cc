@@ -637,10 +637,13 @@ TEST(FuseFencing, NewerMountFencesTheOlderWhichFailsWithEioAndWritesNothing) {
 
 // ---- quorum (docs/fault-model.md) ---------------------------------------------------------
 
-// Two of three downstairs gone: the volume waits the quorum grace for one to return, then
-// fails fsync with EIO (not after the 30 s offline timeout); the unmount cannot make the
-// acknowledged writes durable on two replicas, says so and exits non-zero.
-TEST(FuseQuorum, TwoDownstairsKilledFailFsyncWithEioAndTheUnmountReportsIt) {
+// Two of three downstairs gone (killed, or stopped: connected but silent): the volume
+// waits the quorum grace for one to return, then fails fsync with EIO (not after the 30 s
+// offline or 45 s silence timeouts); the unmount cannot make the acknowledged writes
+// durable on two replicas, says so and exits non-zero.
+class FuseQuorum : public ::testing::TestWithParam<bool> {};  // stopped (SIGSTOP), not killed
+
+TEST_P(FuseQuorum, TwoDownstairsGoneFailFsyncWithEioAndTheUnmountReportsIt) {
   START_MOUNTED(c, m);
   const auto before = pattern(256 * kKiB, 51), after = pattern(256 * kKiB, 52);
   Fd fd(m.disk_path(), O_RDWR);
@@ -648,8 +651,12 @@ TEST(FuseQuorum, TwoDownstairsKilledFailFsyncWithEioAndTheUnmountReportsIt) {
   ASSERT_TRUE(pwrite_all(fd.get(), before.data(), before.size(), 0)) << std::strerror(errno);
   ASSERT_EQ(::fsync(fd.get()), 0) << std::strerror(errno);
 
-  c.kill_downstairs(1);
-  c.kill_downstairs(2);
+  for (int i : {1, 2}) {
+    if (GetParam())
+      c.pause_downstairs(i);
+    else
+      c.kill_downstairs(i);
+  }
   // Within the grace the write may be acknowledged (write-back) or already refused; the
   // fsync after it cannot reach two replicas either way.
   const bool written = pwrite_all(fd.get(), after.data(), after.size(), 1 * kMiB);
@@ -676,6 +683,9 @@ TEST(FuseQuorum, TwoDownstairsKilledFailFsyncWithEioAndTheUnmountReportsIt) {
   EXPECT_FALSE(m.process().find_line("volume flushed", Millis(0))) << m.process().output();
   EXPECT_FALSE(m.mounted());
 }
+
+INSTANTIATE_TEST_SUITE_P(Fuse, FuseQuorum, ::testing::Bool(),
+                         [](const auto& p) { return p.param ? "Stopped" : "Killed"; });
 
 // ---- refusals at start -------------------------------------------------------------------
 

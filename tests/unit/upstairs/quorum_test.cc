@@ -140,6 +140,8 @@ TEST_F(Quorum, TwoSilentButConnectedReplicasFailAFlushAfterTheGraceNot45s) {
   EXPECT_TRUE(failed_with_eio(f)) << h.reply(f).status.error().to_string();
   EXPECT_TRUE(failed_with_eio(write(1, 2)));
   EXPECT_TRUE(h.disconnects().empty()) << "silence alone does not drop them before 45 s";
+  EXPECT_EQ(snap().complete_copies, 1u) << "silent copies are not counted";
+  EXPECT_TRUE(snap().quorum_lost);
 }
 
 TEST_F(Quorum, AnIdleSilentReplicaIsNotGivenUpWhileItHasNothingToAnswer) {
