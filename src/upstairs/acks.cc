@@ -161,6 +161,18 @@ void Upstairs::revisit_waiting_io() {
   // follow writes the guest issued after it (found by the simulator, Sim.Network: a read
   // returned a later write's data). It waits until that downstairs is dropped.
   for (JobId f : fences_) ack_check(jobs_.at(f));
+  if (state_ != VolumeState::kActive || config_.read_only) {
+    quorum_lost_ = false;  // logged while serving IO only
+    return;
+  }
+  const bool lost = io_takers() < 2;
+  if (lost == quorum_lost_) return;
+  quorum_lost_ = lost;
+  if (lost)
+    log::error("quorum lost: only {} downstairs can take IO; writes and flushes fail with EIO",
+               io_takers());
+  else
+    log::info("quorum back: {} downstairs can take IO", io_takers());
 }
 
 void Upstairs::note_unflushed(ClientId c, const Job& flush) {

@@ -435,7 +435,8 @@ class Upstairs {
   std::optional<JobId> deactivation_flush_;
   // The deactivation's verdict on the final flush, once decided.
   std::optional<Status> deactivation_status_;
-  JobId retired_through_;  // the newest flush or barrier retire() retired through
+  JobId retired_through_;     // the newest flush or barrier retire() retired through
+  bool quorum_lost_ = false;  // as last logged
 
   std::optional<Reconcile> reconcile_;
   std::optional<LiveRepair> repair_;

@@ -52,6 +52,7 @@ TEST(FuseConfig, ExampleFileParses) {
   EXPECT_FALSE(c->generation.has_value());
   EXPECT_FALSE(c->read_only);
   EXPECT_EQ(c->limits.flush_timeout, std::chrono::milliseconds(500));
+  EXPECT_EQ(c->limits.quorum_grace, std::chrono::milliseconds(5000));
   EXPECT_EQ(c->limits.jobs_in_flight_max, 1500u);
   EXPECT_EQ(c->limits.bytes_in_flight_max, 75u * 1024 * 1024);
   EXPECT_EQ(c->mount_path, "./mnt");
