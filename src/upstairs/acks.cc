@@ -183,9 +183,7 @@ void Upstairs::note_unflushed(ClientId c, const Job& flush) {
   // the repair copies those extents.
   for (auto& [id, job] : jobs_) {
     if (id >= flush.id) break;
-    if (job.kind != JobKind::kWrite && job.kind != JobKind::kWriteUnwritten &&
-        job.kind != JobKind::kDiscard)
-      continue;
+    if (!writes_blocks(job.kind)) continue;
     const ExtentId last = extent_of(job.range.end() - 1);
     if (job.io[c] == Io::kDone && last > *limit) clients_[c].missing.add(limit->next(), last, id);
   }

@@ -42,6 +42,10 @@ bool Upstairs::finished(Io io) {
   CRU_UNREACHABLE("job io state");
 }
 
+bool Upstairs::writes_blocks(JobKind k) {
+  return k == JobKind::kWrite || k == JobKind::kWriteUnwritten || k == JobKind::kDiscard;
+}
+
 // ---- guest operations ----------------------------------------------------------------
 
 void Upstairs::on_guest(GuestSubmit g) {
@@ -410,9 +414,7 @@ void Upstairs::set_io(Job& job, ClientId c, Io next) {
     cl.bytes_finished -= job.bytes;
   }
   job.io[c] = next;
-  const bool writes = job.kind == JobKind::kWrite || job.kind == JobKind::kWriteUnwritten ||
-                      job.kind == JobKind::kDiscard;
-  if (writes && (next == Io::kSkipped || next == Io::kError))
+  if (writes_blocks(job.kind) && (next == Io::kSkipped || next == Io::kError))
     cl.missing.add(extent_of(job.range.start), extent_of(job.range.end() - 1), job.id);
   if (in_flight(next)) {
     cl.jobs_in_flight += 1;

@@ -48,9 +48,7 @@ void Upstairs::note_lost_writes(ClientId c) {
     return cl.missing.add_all(cl.last_flush.next(), region_->extent_count);
   for (auto& [id, job] : jobs_) {
     if (id <= cl.last_flush) continue;
-    const bool writes = job.kind == JobKind::kWrite || job.kind == JobKind::kWriteUnwritten ||
-                        job.kind == JobKind::kDiscard;
-    if (writes && (in_flight(job.io[c]) || job.io[c] == Io::kDone))
+    if (writes_blocks(job.kind) && (in_flight(job.io[c]) || job.io[c] == Io::kDone))
       cl.missing.add(extent_of(job.range.start), extent_of(job.range.end() - 1), id);
   }
 }

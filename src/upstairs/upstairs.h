@@ -163,8 +163,9 @@ class Upstairs {
   };
   // Per-downstairs job state: kHeld = in progress but not sent (Offline downstairs).
   enum class Io : uint8_t { kNone, kHeld, kSent, kDone, kSkipped, kError };
-  static bool in_flight(Io io);  // counted against admission: held or sent
-  static bool finished(Io io);   // done, skipped or failed; not yet retired
+  static bool in_flight(Io io);          // counted against admission: held or sent
+  static bool finished(Io io);           // done, skipped or failed; not yet retired
+  static bool writes_blocks(JobKind k);  // a write, write-unwritten or discard
 
   struct Job {
     JobId id;
