@@ -27,6 +27,11 @@ constexpr uint64_t kMaxJobsInFlight = 1'000'000;
 // Below these the volume cannot work: activation needs round trips to three downstairs,
 // and admission must let a flush, a barrier and some IO be in flight together.
 constexpr uint64_t kMinActivateTimeoutMs = 100;
+// A grace shorter than a reconnect and replay would fail IO on every brief outage (a
+// restarted downstairs reconnects after 100 ms); longer than the 30 s offline timeout it
+// would outlive the replay it waits for.
+constexpr uint64_t kMinQuorumGraceMs = 500;
+constexpr uint64_t kMaxQuorumGraceMs = 30'000;
 constexpr uint64_t kMinJobsInFlight = 16;
 constexpr uint64_t kMinBytesInFlight = 2 * kMiB;  // two 1 MiB jobs
 constexpr uint64_t kMaxBytesInFlight = 16 * kGiB;
@@ -118,7 +123,7 @@ Result<TlsFiles> parse_tls(const Reader& r, const YAML::Node& t) {
 Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
   CRU_TRY(r.map(v, "volume",
                 {"targets", "generation", "read_only", "key", "key_file", "tls",
-                 "activate_timeout_ms", "flush_timeout_ms", "limits"}));
+                 "activate_timeout_ms", "flush_timeout_ms", "quorum_grace_ms", "limits"}));
   const YAML::Node t = v["targets"];
   if (!t) return r.fail("volume.targets", "missing (three host:port addresses)");
   if (!t.IsSequence() || t.size() != kClientCount)
@@ -169,6 +174,11 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
   if (const auto f = v["flush_timeout_ms"]) {
     CRU_TRY_ASSIGN(auto n, r.integer(f, "volume.flush_timeout_ms", 1, kMaxTimeoutMs));
     c.limits.flush_timeout = std::chrono::milliseconds(n);
+  }
+  if (const auto q = v["quorum_grace_ms"]) {
+    CRU_TRY_ASSIGN(auto n,
+                   r.integer(q, "volume.quorum_grace_ms", kMinQuorumGraceMs, kMaxQuorumGraceMs));
+    c.limits.quorum_grace = std::chrono::milliseconds(n);
   }
   if (const auto l = v["limits"]) {
     CRU_TRY(r.map(l, "volume.limits", {"jobs_in_flight", "bytes_in_flight"}));

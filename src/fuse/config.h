@@ -24,7 +24,7 @@ struct Config {
   std::optional<upstairs::Key> key;  // read from volume.key_file
   std::optional<TlsFiles> tls;       // volume.tls: {cert, key, ca}; none: plain TCP
   std::chrono::milliseconds activate_timeout{30'000};
-  upstairs::Limits limits;  // flush_timeout_ms and limits.* land here
+  upstairs::Limits limits;  // flush_timeout_ms, quorum_grace_ms and limits.* land here
   // mount:
   std::string mount_path;
   bool allow_other = false;

@@ -287,8 +287,12 @@ int mount_volume(const Args& a) {
   control.stop();
   Status done = volume.deactivate(kDeactivateTimeout);
   if (!served) log::error("{}", served.error().message);
+  // Never "flushed" unless two downstairs hold every acknowledged write.
   if (!done)
-    log::error("final flush failed: {}", done.error().message);
+    log::error(
+        "unmount failed: {}; writes acknowledged since the last successful fsync may "
+        "exist on fewer than two replicas",
+        done.error().message);
   else
     log::info("volume flushed and deactivated");
   spdlog::shutdown();

@@ -10,6 +10,9 @@ nlohmann::json status_json(const upstairs::Snapshot& s) {
   nlohmann::json j;
   j["state"] = s.state;
   j["generation"] = s.generation.value;
+  j["complete_copies"] = s.complete_copies;
+  j["degraded"] = s.degraded;
+  j["quorum_lost"] = s.quorum_lost;
   if (s.region) {
     j["region"] = {
         {"block_size", s.region->block_size},     {"extent_size", s.region->extent_size},
@@ -65,6 +68,13 @@ std::string format_status(const nlohmann::json& j) {
                        j["region"].value("block_size", 0),
                        j["region"].value("encrypted", false) ? ", encrypted" : "");
   out += "\n";
+  if (j.value("quorum_lost", false))
+    out += fmt::format(
+        "  quorum lost: {} of 3 copies complete and fewer than 2 downstairs can take IO; "
+        "writes and flushes fail with EIO until one returns\n",
+        j.value("complete_copies", 0));
+  else if (j.value("degraded", false))
+    out += fmt::format("  degraded: {} of 3 copies complete\n", j.value("complete_copies", 0));
   if (j.contains("disabled_reason"))
     out += fmt::format("  stopped: {}\n", j["disabled_reason"].get<std::string>());
   int i = 0;

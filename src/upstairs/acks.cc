@@ -52,7 +52,10 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
     fault(c, fmt::format("job {} failed: {}", id, status.error().to_string()));
   } else {
     set_io(job, c, Io::kDone);
-    if (job.kind == JobKind::kFlush) clients_[c].last_flush = std::max(clients_[c].last_flush, id);
+    if (job.kind == JobKind::kFlush) {
+      clients_[c].last_flush = std::max(clients_[c].last_flush, id);
+      note_unflushed(c, job);
+    }
     if (close_ack) job.close_versions[c] = std::get<ExtentLiveCloseAck>(*reply).version;
   }
   ack_check(job);
@@ -114,22 +117,75 @@ void Upstairs::retry_read(Job& failed) {
   start_read(*failed.guest, failed.range, failed.bytes, failed.tried);
 }
 
+// The flush quorum (docs/fault-model.md): acknowledged once two downstairs that hold every
+// write before it have made it durable; failed once that can no longer happen, because
+// too few downstairs can still take IO (for longer than the quorum grace) or hold it.
 void Upstairs::ack_check(Job& job) {
   if (job.acked || job.kind != JobKind::kFlush) return;
-  int done = 0, failed = 0;
+  int holding = 0, possible = 0;
   for (ClientId c : kAllClients) {
-    if (job.io[c] == Io::kDone) ++done;
-    if (job.io[c] == Io::kSkipped || job.io[c] == Io::kError) ++failed;
+    if (job.io[c] == Io::kDone && holds_writes_before(c, job))
+      ++holding;
+    else if (may_still_hold(c, job))
+      ++possible;
   }
-  if (done >= 2) {
-    job.acked = true;
-    guest_done(*job.guest, {});
-  } else if (failed >= 2) {
-    job.acked = true;
-    guest_done(
-        *job.guest,
-        fail(ErrorCode::kIo,
-             fmt::format("flush failed: only {} of 3 downstairs could make it durable", done)));
+  if (holding >= 2) return finish_flush(job, {});
+  if (holding + possible < 2)
+    finish_flush(job, fail(ErrorCode::kIo,
+                           fmt::format("flush failed: only {} of 3 downstairs hold every write "
+                                       "before it durably, and {} can take IO",
+                                       holding, io_takers())));
+}
+
+bool Upstairs::holds_writes_before(ClientId c, const Job& flush) const {
+  std::optional<JobId> missing = clients_[c].missing.oldest();
+  return !missing || *missing > flush.id;
+}
+
+bool Upstairs::may_still_hold(ClientId c, const Job& flush) const {
+  if (given_up(c)) return false;
+  if (in_flight(flush.io[c])) return takes_io(c);  // sent, or held for replay
+  // Done under live repair with writes missing: the repair may yet copy their extents.
+  return flush.io[c] == Io::kDone && clients_[c].ds == DsState::kLiveRepair;
+}
+
+void Upstairs::finish_flush(Job& job, Status status) {
+  job.acked = true;
+  if (!status) log::warn("flush {}: {}", job.id, status.error().message);
+  if (deactivation_flush_ == job.id) deactivation_status_ = status;
+  if (job.guest) guest_done(*job.guest, std::move(status));
+}
+
+void Upstairs::revisit_waiting_io() {
+  // A read waiting on a downstairs given up is not retried elsewhere: a new read job would
+  // follow writes the guest issued after it (found by the simulator, Sim.Network: a read
+  // returned a later write's data). It waits until that downstairs is dropped.
+  for (JobId f : fences_) ack_check(jobs_.at(f));
+  if (state_ != VolumeState::kActive || config_.read_only) {
+    quorum_lost_ = false;  // logged while serving IO only
+    return;
+  }
+  const bool lost = io_takers() < 2;
+  if (lost == quorum_lost_) return;
+  quorum_lost_ = lost;
+  if (lost)
+    log::error("quorum lost: only {} downstairs can take IO; writes and flushes fail with EIO",
+               io_takers());
+  else
+    log::info("quorum back: {} downstairs can take IO", io_takers());
+}
+
+void Upstairs::note_unflushed(ClientId c, const Job& flush) {
+  const std::optional<ExtentId> limit = flush.flush_limit[c];
+  if (!limit) return;
+  // Under live repair it flushed only the extents up to its repair point; a write that
+  // reaches beyond (one that starts at or below the point) stays undurable there until
+  // the repair copies those extents.
+  for (auto& [id, job] : jobs_) {
+    if (id >= flush.id) break;
+    if (!writes_blocks(job.kind)) continue;
+    const ExtentId last = extent_of(job.range.end() - 1);
+    if (job.io[c] == Io::kDone && last > *limit) clients_[c].missing.add(limit->next(), last, id);
   }
 }
 
@@ -169,6 +225,7 @@ void Upstairs::retire() {
     it = jobs_.erase(it);
   }
   deps_.retire_through(*through);
+  retired_through_ = std::max(retired_through_, *through);
   // After a barrier, jobs since some downstairs' last flush may be gone: no replay.
   can_replay_ = through_is_flush;
 }

@@ -32,6 +32,7 @@ void Upstairs::start_activation(GuestId id, std::optional<Generation> generation
     cl.next_connect = now_;
     cl.backoff = kReconnectBackoffMin;
     cl.last_error.clear();
+    cl.missing.clear();  // reconciliation makes the three agree before any IO
   }
 }
 
@@ -53,6 +54,8 @@ void Upstairs::on_connected(ClientId c) {
   if (cl.ds != DsState::kConnecting) return;
   move(c, DsEvent::kConnected, DsState::kWaitYesItsMe);
   cl.last_heard = cl.last_ping = now_;
+  cl.waiting_since.reset();
+  cl.ping_outstanding = false;
   send(c,
        HereIAm{kProtocolVersion, config_.upstairs_id, config_.session_id,
                requested_generation_.value_or(generation_), config_.read_only, config_.encrypted});
@@ -61,6 +64,8 @@ void Upstairs::on_connected(ClientId c) {
 void Upstairs::on_message(ClientId c, Message& m) {
   Client& cl = clients_[c];
   cl.last_heard = now_;
+  cl.waiting_since.reset();
+  cl.ping_outstanding = false;
   if (std::holds_alternative<Imok>(m)) return;
   if (std::holds_alternative<Ruok>(m)) {
     send(c, Imok{});
@@ -323,6 +328,8 @@ void Upstairs::fail_activation(const Error& e) {
 void Upstairs::go_active(ClientId c, DsEvent e) {
   move(c, e, DsState::kActive);
   set_mode(c, ModeEvent::kRejoined, DsMode::kNew);
+  // Replayed, reconciled or live-repaired to the end: it holds every write.
+  clients_[c].missing.clear();
   clients_[c].backoff = kReconnectBackoffMin;
 }
 
@@ -363,18 +370,23 @@ void Upstairs::progress_deactivation() {
   set_state(VolumeEvent::kDeactivated, VolumeState::kInitializing);
   repair_.reset();
   deactivation_flush_.reset();
+  deactivation_status_.reset();
   clear_jobs();
   for (ClientId c : kAllClients) lose_connection(c, "deactivated", true);
   if (deactivation_guest_) guest_done(*std::exchange(deactivation_guest_, std::nullopt), result);
 }
 
 Status Upstairs::deactivation_result() const {
-  if (!deactivation_flush_) return {};
-  auto it = jobs_.find(*deactivation_flush_);
-  if (it == jobs_.end()) return {};
-  int done = 0;
-  for (ClientId c : kAllClients) done += it->second.io[c] == Io::kDone ? 1 : 0;
-  if (done < 2) return fail(ErrorCode::kIo, "the final flush reached fewer than 2 downstairs");
+  if (deactivation_status_) {
+    if (*deactivation_status_) return {};
+    return fail(ErrorCode::kIo,
+                "the final flush did not reach quorum: " + deactivation_status_->error().message);
+  }
+  // Nothing in flight and still undecided: waiting on a live repair that stopped here.
+  if (deactivation_flush_)
+    return fail(ErrorCode::kIo,
+                "the final flush did not reach quorum: fewer than 2 downstairs hold every write "
+                "before it");
   return {};
 }
 

@@ -42,6 +42,10 @@ bool Upstairs::finished(Io io) {
   CRU_UNREACHABLE("job io state");
 }
 
+bool Upstairs::writes_blocks(JobKind k) {
+  return k == JobKind::kWrite || k == JobKind::kWriteUnwritten || k == JobKind::kDiscard;
+}
+
 // ---- guest operations ----------------------------------------------------------------
 
 void Upstairs::on_guest(GuestSubmit g) {
@@ -181,8 +185,16 @@ bool Upstairs::admit_deactivate(GuestId g) {
   log::info("deactivating");
   set_state(VolumeEvent::kDeactivate, VolumeState::kDeactivating);
   deactivation_guest_ = g;
-  if (!config_.read_only && (need_flush_ || !jobs_.empty()) && check_quorum("flushes"))
-    deactivation_flush_ = submit_flush(std::nullopt);
+  deactivation_status_.reset();
+  if (!config_.read_only && (need_flush_ || !jobs_.empty())) {
+    // Without a quorum the final flush cannot make the acknowledged writes durable: that
+    // is the deactivation's answer, not a skipped step.
+    if (io_takers() < 2)
+      deactivation_status_ =
+          fail(ErrorCode::kQuorumLost, fmt::format("only {} downstairs can take IO", io_takers()));
+    else
+      deactivation_flush_ = submit_flush(std::nullopt);
+  }
   return true;
 }
 
@@ -218,6 +230,7 @@ bool Upstairs::admit_replace(GuestId g, const ReplaceOp& op) {
   Client& cl = clients_[*which];
   log::warn("replacing {} with {}", describe(*which), op.new_target);
   set_mode(*which, ModeEvent::kReplace, DsMode::kReplaced);
+  cl.missing.add_all(JobId{}, region_->extent_count);  // a new region holds no write at all
   skip_all(*which);
   lose_connection(*which, "replaced by " + op.new_target, true, /*counted=*/true);
   cl.target = op.new_target;
@@ -286,7 +299,7 @@ bool Upstairs::has_room(JobKind kind, BlockRange range, uint64_t bytes) const {
 std::optional<ClientId> Upstairs::pick_reader(const std::vector<ClientId>& tried) const {
   std::optional<ClientId> best;
   for (ClientId c : kAllClients) {
-    if (!serves_reads(clients_[c].ds)) continue;
+    if (!serves_reads(clients_[c].ds) || given_up(c)) continue;
     if (std::find(tried.begin(), tried.end(), c) != tried.end()) continue;
     if (!best || clients_[c].jobs_in_flight < clients_[*best].jobs_in_flight) best = c;
   }
@@ -401,6 +414,8 @@ void Upstairs::set_io(Job& job, ClientId c, Io next) {
     cl.bytes_finished -= job.bytes;
   }
   job.io[c] = next;
+  if (writes_blocks(job.kind) && (next == Io::kSkipped || next == Io::kError))
+    cl.missing.add(extent_of(job.range.start), extent_of(job.range.end() - 1), job.id);
   if (in_flight(next)) {
     cl.jobs_in_flight += 1;
     cl.bytes_in_flight += job.bytes;
@@ -484,6 +499,7 @@ Message Upstairs::job_message(ClientId c, const Job& job) const {
 
 void Upstairs::send_job(ClientId c, Job& job) {
   set_io(job, c, Io::kSent);
+  if (job.kind == JobKind::kFlush) job.flush_limit[c] = repair_extent_limit(c);
   send(c, job_message(c, job));
 }
 
@@ -495,7 +511,7 @@ JobId Upstairs::submit_flush(std::optional<GuestId> guest) {
   job.flush_number = next_flush_;
   next_flush_ = next_flush_.next();
   job.guest = guest;
-  job.acked = !guest.has_value();
+  job.acked = false;  // decided by ack_check(), with or without a guest waiting
   place(job);
   need_flush_ = false;
   ++flushes_;

@@ -36,7 +36,21 @@ void Upstairs::skip_all(ClientId c) {
 }
 
 void Upstairs::mark_faulted(ClientId c) {
+  note_lost_writes(c);
   if (clients_[c].mode != DsMode::kReplaced) set_mode(c, ModeEvent::kFault, DsMode::kFaulted);
+}
+
+void Upstairs::note_lost_writes(ClientId c) {
+  Client& cl = clients_[c];
+  if (!region_) return;
+  // A barrier retired jobs after its last flush: which extents they wrote is gone.
+  if (retired_through_ > cl.last_flush)
+    return cl.missing.add_all(cl.last_flush.next(), region_->extent_count);
+  for (auto& [id, job] : jobs_) {
+    if (id <= cl.last_flush) continue;
+    if (writes_blocks(job.kind) && (in_flight(job.io[c]) || job.io[c] == Io::kDone))
+      cl.missing.add(extent_of(job.range.start), extent_of(job.range.end() - 1), id);
+  }
 }
 
 // Marks it Faulted (a replaced one stays Replaced) and counts it, once per fault.
@@ -173,10 +187,20 @@ void Upstairs::check_liveness(ClientId c) {
     cl.set_error(why, now_);
     return lose_connection(c, why, true);
   }
-  if (now_ >= cl.last_ping + l.ping_interval) {
-    cl.last_ping = now_;
-    send(c, Ruok{});
-  }
+  if (now_ >= cl.last_ping + l.ping_interval) return ping(c);
+  // Silent for half the quorum grace with work outstanding: a ping tells a downstairs
+  // that is merely waiting (for a dependency, for a repair copy) from one whose process
+  // or disk is stuck; only the latter stays silent until given up.
+  auto silent = silent_since(c);
+  if ((cl.ds == DsState::kActive || cl.ds == DsState::kLiveRepair) && silent &&
+      !cl.ping_outstanding && now_ >= *silent + l.quorum_grace / 2)
+    ping(c);
+}
+
+void Upstairs::ping(ClientId c) {
+  clients_[c].last_ping = now_;
+  clients_[c].ping_outstanding = true;
+  send(c, Ruok{});
 }
 
 // Written data becomes durable soon after IO goes quiet, even if the guest never flushes.
@@ -206,6 +230,11 @@ void Upstairs::check_limits() {
     const Client& cl = clients_[c];
     if (cl.mode == DsMode::kOffline && cl.ds != DsState::kActive && cl.ds != DsState::kIdle)
       check_offline(c);
+    else if (state_ == VolumeState::kDeactivating &&
+             (cl.ds == DsState::kActive || cl.ds == DsState::kLiveRepair) && given_up(c))
+      // Nothing waits for it any more; its jobs are skipped so deactivation can finish.
+      fault(c, fmt::format("silent for {} s at deactivation",
+                           whole_seconds(config_.limits.quorum_grace)));
     else
       check_lagging(c);
   }

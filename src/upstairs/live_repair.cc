@@ -144,6 +144,9 @@ bool Upstairs::repair_closed() {
   repair.extent = close.extent;
   repair.repair_dests = std::move(dests);
   repair.acked = true;
+  r.closed_targets.clear();
+  for (ClientId t : r.targets)
+    if (!r.aborting && close.io[t] == Io::kDone) r.closed_targets.push_back(t);
   if (!r.aborting) {
     if (repair.repair_dests.empty()) {
       ++r.extents_confirmed;
@@ -163,6 +166,10 @@ bool Upstairs::repair_copied() {
   if (!complete_on_all(repair)) return false;
   for (ClientId t : repair.repair_dests)
     if (repair.io[t] == Io::kDone) clients_[t].suspect_extents.erase(r.extent);
+  // Copied from the source, or found equal to it: the extent holds every write before its
+  // close, and every later write to it is sent here (it waits for the reopen).
+  for (ClientId t : r.closed_targets)
+    if (!r.aborting && repair.io[t] == Io::kDone) clients_[t].missing.repaired(r.extent);
   Job& reopen = create_job(JobKind::kLiveReopen, r.reopen_id, {r.repair_id});
   reopen.range = repair.range;
   reopen.extent = repair.extent;

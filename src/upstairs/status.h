@@ -45,6 +45,11 @@ struct Limits {
   // An Offline downstairs not back within this is faulted, so a volume that lost
   // quorum fails flushes instead of waiting forever.
   Duration offline_timeout = std::chrono::seconds(30);
+  // How long the volume waits for a second downstairs able to take IO (one that dropped,
+  // or went silent with work outstanding) before writes and flushes fail with EIO: long
+  // enough for a reconnect and replay after a brief outage, short enough that a guest
+  // is not left hanging (docs/fault-model.md).
+  Duration quorum_grace = std::chrono::seconds(5);
 };
 
 struct ClientStatus {
@@ -83,6 +88,13 @@ struct Snapshot {
   uint64_t live_repairs_completed = 0, live_repairs_aborted = 0;
   RepairStatus repair;
   std::string disabled_reason;
+  // Downstairs that hold every write and answer (active, not offline, under repair or
+  // silent past the quorum grace); fewer than three while active is "degraded".
+  uint32_t complete_copies = 0;
+  bool degraded = false;
+  // Fewer than two downstairs could take IO for longer than the quorum grace: writes and
+  // flushes fail with EIO until one returns.
+  bool quorum_lost = false;
 };
 
 }  // namespace cru::upstairs

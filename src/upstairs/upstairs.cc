@@ -54,6 +54,7 @@ void Upstairs::maintain() {
   // step still reads (found by tests/fuzz/fuzz_upstairs.cc: the close job of an extent
   // retired behind a flush, then abort_live_repair() looked it up).
   repair_progress();
+  revisit_waiting_io();
   retire();
   barrier_if_due();
   admit_waiting();
@@ -77,6 +78,19 @@ TimePoint Upstairs::next_deadline() const {
       d = std::min(d, cl.offline_since + l.offline_timeout);
     if (cl.lagging_since)
       d = std::min(d, std::max(cl.last_reply, *cl.lagging_since) + l.stall_timeout);
+  }
+  // The quorum grace: when a downstairs unable to take IO is given up, and the ping that
+  // tells a silent one (its disk or process stuck) from one that waits for a dependency.
+  if (state_ == VolumeState::kActive || state_ == VolumeState::kDeactivating) {
+    for (ClientId c : kAllClients) {
+      auto since = unavailable_since(c);
+      if (!since) continue;
+      if (*since + l.quorum_grace > now_) d = std::min(d, *since + l.quorum_grace);
+      const Client& cl = clients_[c];
+      const bool serving_io = cl.ds == DsState::kActive || cl.ds == DsState::kLiveRepair;
+      if (serving_io && !cl.ping_outstanding && *since + l.quorum_grace / 2 > now_)
+        d = std::min(d, *since + l.quorum_grace / 2);
+    }
   }
   return d;
 }
@@ -115,7 +129,25 @@ bool Upstairs::takes_io(ClientId c) const {
 
 int Upstairs::io_takers() const {
   return static_cast<int>(std::count_if(kAllClients.begin(), kAllClients.end(),
-                                        [&](ClientId c) { return takes_io(c); }));
+                                        [&](ClientId c) { return takes_io(c) && !given_up(c); }));
+}
+
+std::optional<TimePoint> Upstairs::silent_since(ClientId c) const {
+  const Client& cl = clients_[c];
+  if (cl.jobs_in_flight == 0 && !cl.ping_outstanding) return std::nullopt;
+  return cl.waiting_since.value_or(cl.last_heard);
+}
+
+std::optional<TimePoint> Upstairs::unavailable_since(ClientId c) const {
+  const Client& cl = clients_[c];
+  if (cl.ds == DsState::kActive || cl.ds == DsState::kLiveRepair) return silent_since(c);
+  if (cl.mode == DsMode::kOffline) return cl.offline_since;  // its jobs wait for replay
+  return TimePoint::min();
+}
+
+bool Upstairs::given_up(ClientId c) const {
+  auto since = unavailable_since(c);
+  return since && *since + config_.limits.quorum_grace <= now_;
 }
 
 // ---- status ----------------------------------------------------------------------------
@@ -180,6 +212,13 @@ Snapshot Upstairs::snapshot() const {
   s.live_repairs_completed = repairs_completed_;
   s.live_repairs_aborted = repairs_aborted_;
   s.disabled_reason = disabled_reason_;
+  s.complete_copies =
+      static_cast<uint32_t>(std::count_if(kAllClients.begin(), kAllClients.end(), [&](ClientId c) {
+        return clients_[c].ds == DsState::kActive && !given_up(c);
+      }));
+  const bool serving = state_ == VolumeState::kActive || state_ == VolumeState::kDeactivating;
+  s.degraded = serving && s.complete_copies < kClientCount;
+  s.quorum_lost = serving && !config_.read_only && io_takers() < 2;
   if (repair_ && region_) {
     RepairStatus& r = s.repair;
     r.running = true;

@@ -23,6 +23,7 @@
 #include "proto/messages.h"
 #include "upstairs/block_map.h"
 #include "upstairs/mend.h"
+#include "upstairs/missing_writes.h"
 #include "upstairs/states.h"
 #include "upstairs/status.h"
 
@@ -162,8 +163,9 @@ class Upstairs {
   };
   // Per-downstairs job state: kHeld = in progress but not sent (Offline downstairs).
   enum class Io : uint8_t { kNone, kHeld, kSent, kDone, kSkipped, kError };
-  static bool in_flight(Io io);  // counted against admission: held or sent
-  static bool finished(Io io);   // done, skipped or failed; not yet retired
+  static bool in_flight(Io io);          // counted against admission: held or sent
+  static bool finished(Io io);           // done, skipped or failed; not yet retired
+  static bool writes_blocks(JobKind k);  // a write, write-unwritten or discard
 
   struct Job {
     JobId id;
@@ -179,6 +181,9 @@ class Upstairs {
     Bytes data;
     // Flush and live flush-close
     FlushNumber flush_number;
+    // Flush: the extent limit each downstairs was sent (one under live repair flushes
+    // only the extents up to its repair point).
+    ClientData<std::optional<ExtentId>> flush_limit;
     // Live repair
     ExtentId extent;
     ClientData<proto::ExtentVersion> close_versions;
@@ -203,6 +208,12 @@ class Upstairs {
     JobId last_flush;                                  // highest flush id this downstairs completed
     uint64_t jobs_in_flight = 0, bytes_in_flight = 0;  // kHeld or kSent
     uint64_t jobs_finished = 0, bytes_finished = 0;    // done/skipped/error, not retired
+    // When it was first sent something after the last message heard from it; a ping to
+    // it is unanswered. Together: since when it owes an answer (silent_since()).
+    std::optional<TimePoint> waiting_since;
+    bool ping_outstanding = false;
+    // Writes it may lack: a flush it completed counts toward quorum only without them.
+    MissingWrites missing;
     std::string last_error;
     TimePoint last_error_at{};
     void set_error(std::string why, TimePoint at) {
@@ -230,6 +241,7 @@ class Upstairs {
     ExtentId extent;
     enum class Step { kClosing, kRepairing, kReopening, kFinalFlush } step = Step::kClosing;
     JobId close_id, repair_id, reopen_id, final_flush_id;
+    std::vector<ClientId> closed_targets;  // targets that closed the extent under repair
     bool aborting = false;
     TimePoint started{};
     uint64_t extents_repaired = 0, extents_confirmed = 0, bytes_copied = 0;
@@ -241,10 +253,19 @@ class Upstairs {
   void move(ClientId c, DsEvent e, DsState to);
   void set_mode(ClientId c, ModeEvent e, DsMode to);
   bool takes_io(ClientId c) const;
-  int io_takers() const;  // how many downstairs count toward the write quorum
+  // How many downstairs count toward the write quorum: they take IO and have not been
+  // unable to for longer than the quorum grace.
+  int io_takers() const;
+  // Since when c has been unable to take IO (dropped, or silent while it owes an answer);
+  // nullopt: it can. TimePoint::min(): it takes none (faulted, not yet active).
+  std::optional<TimePoint> unavailable_since(ClientId c) const;
+  std::optional<TimePoint> silent_since(ClientId c) const;
+  // Unable to take IO for the whole quorum grace: no longer waited for.
+  bool given_up(ClientId c) const;
   std::string describe(ClientId c) const;
   // Queues `m` for c's current connection.
   void send(ClientId c, proto::Message m) {
+    if (!clients_[c].waiting_since) clients_[c].waiting_since = now_;
     actions_.emplace_back(SendTo{c, clients_[c].conn, std::move(m)});
   }
 
@@ -291,6 +312,16 @@ class Upstairs {
   void on_read_reply(ClientId c, Job& job, const Status& status, proto::ReadResponse* resp);
   void retry_read(Job& failed);
   void ack_check(Job& job);
+  // Whether c holds every write before `flush` (none is missing there).
+  bool holds_writes_before(ClientId c, const Job& flush) const;
+  // Whether c may still come to hold `flush` durably with every write before it.
+  bool may_still_hold(ClientId c, const Job& flush) const;
+  void finish_flush(Job& job, Status status);
+  // After time passed or a downstairs came or went: flushes that now have their quorum,
+  // or lost the chance of one.
+  void revisit_waiting_io();
+  // Writes before `flush` that it did not make durable on c (beyond c's extent limit).
+  void note_unflushed(ClientId c, const Job& flush);
   bool complete_on_all(const Job& job) const;
   void retire();
   bool flush_or_barrier_pending() const;
@@ -352,6 +383,9 @@ class Upstairs {
   void count_fault(ClientId c, const std::string& reason);
   // Faulted from now on: rejoins through live repair (a replaced one stays replaced).
   void mark_faulted(ClientId c);
+  // c may lose, with a fault, every write it has not made durable yet.
+  void note_lost_writes(ClientId c);
+  void ping(ClientId c);
   void fault(ClientId c, const std::string& reason);
   void skip_all(ClientId c);
   void on_disconnected(ClientId c, const std::string& reason);
@@ -400,6 +434,10 @@ class Upstairs {
   TimePoint last_io_{};
   bool can_replay_ = true;
   std::optional<JobId> deactivation_flush_;
+  // The deactivation's verdict on the final flush, once decided.
+  std::optional<Status> deactivation_status_;
+  JobId retired_through_;     // the newest flush or barrier retire() retired through
+  bool quorum_lost_ = false;  // as last logged
 
   std::optional<Reconcile> reconcile_;
   std::optional<LiveRepair> repair_;

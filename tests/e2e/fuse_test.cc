@@ -635,6 +635,58 @@ TEST(FuseFencing, NewerMountFencesTheOlderWhichFailsWithEioAndWritesNothing) {
   EXPECT_TRUE(read_at((*newer)->disk_path(), 2 * kMiB, b.size()) == b);
 }
 
+// ---- quorum (docs/fault-model.md) ---------------------------------------------------------
+
+// Two of three downstairs gone (killed, or stopped: connected but silent): the volume
+// waits the quorum grace for one to return, then fails fsync with EIO (not after the 30 s
+// offline or 45 s silence timeouts); the unmount cannot make the acknowledged writes
+// durable on two replicas, says so and exits non-zero.
+class FuseQuorum : public ::testing::TestWithParam<bool> {};  // stopped (SIGSTOP), not killed
+
+TEST_P(FuseQuorum, TwoDownstairsGoneFailFsyncWithEioAndTheUnmountReportsIt) {
+  START_MOUNTED(c, m);
+  const auto before = pattern(256 * kKiB, 51), after = pattern(256 * kKiB, 52);
+  Fd fd(m.disk_path(), O_RDWR);
+  ASSERT_TRUE(fd.ok()) << std::strerror(errno);
+  ASSERT_TRUE(pwrite_all(fd.get(), before.data(), before.size(), 0)) << std::strerror(errno);
+  ASSERT_EQ(::fsync(fd.get()), 0) << std::strerror(errno);
+
+  for (int i : {1, 2}) {
+    if (GetParam())
+      c.pause_downstairs(i);
+    else
+      c.kill_downstairs(i);
+  }
+  // Within the grace the write may be acknowledged (write-back) or already refused; the
+  // fsync after it cannot reach two replicas either way.
+  const bool written = pwrite_all(fd.get(), after.data(), after.size(), 1 * kMiB);
+  EXPECT_TRUE(written || errno == EIO) << std::strerror(errno);
+  errno = 0;
+  EXPECT_EQ(::fsync(fd.get()), -1) << "fsync acknowledged with one replica left";
+  EXPECT_EQ(errno, EIO) << std::strerror(errno);
+  auto st = m.wait_status([](const nlohmann::json& j) { return j.value("quorum_lost", false); },
+                          Millis(20000));
+  ASSERT_TRUE(st) << st.error().to_string();
+  EXPECT_EQ((*st)["complete_copies"], 1) << st->dump();
+  EXPECT_EQ((*st)["degraded"], true) << st->dump();
+  // Reads are still served by the good replica.
+  EXPECT_TRUE(read_at(m.disk_path(), 0, before.size()) == before);
+  static_cast<void>(fd.close());  // its flush fails too
+
+  auto exit = m.unmount();
+  ASSERT_TRUE(exit) << exit.error().to_string();
+  EXPECT_TRUE(exit->exited() && exit->code != 0) << exit->describe() << "\n"
+                                                 << m.process().output();
+  EXPECT_TRUE(
+      m.process().find_line("unmount failed: the final flush did not reach quorum", Millis(0)))
+      << m.process().output();
+  EXPECT_FALSE(m.process().find_line("volume flushed", Millis(0))) << m.process().output();
+  EXPECT_FALSE(m.mounted());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fuse, FuseQuorum, ::testing::Bool(),
+                         [](const auto& p) { return p.param ? "Stopped" : "Killed"; });
+
 // ---- refusals at start -------------------------------------------------------------------
 
 struct BadStart {

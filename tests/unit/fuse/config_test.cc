@@ -52,6 +52,7 @@ TEST(FuseConfig, ExampleFileParses) {
   EXPECT_FALSE(c->generation.has_value());
   EXPECT_FALSE(c->read_only);
   EXPECT_EQ(c->limits.flush_timeout, std::chrono::milliseconds(500));
+  EXPECT_EQ(c->limits.quorum_grace, std::chrono::milliseconds(5000));
   EXPECT_EQ(c->limits.jobs_in_flight_max, 1500u);
   EXPECT_EQ(c->limits.bytes_in_flight_max, 75u * 1024 * 1024);
   EXPECT_EQ(c->mount_path, "./mnt");
@@ -115,6 +116,20 @@ TEST(FuseConfig, ActivateAndFlushTimeouts) {
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(c->activate_timeout, std::chrono::milliseconds(100));
   EXPECT_EQ(c->limits.flush_timeout, std::chrono::milliseconds(86400000));
+}
+
+TEST(FuseConfig, QuorumGraceDefaultsToFiveSecondsAndIsConfigurable) {
+  auto d = parse(kTargets);
+  ASSERT_TRUE(d) << d.error().to_string();
+  EXPECT_EQ(d->limits.quorum_grace, std::chrono::seconds(5));
+  auto c = parse(std::string(kTargets) + "  quorum_grace_ms: 2000\n");
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_EQ(c->limits.quorum_grace, std::chrono::milliseconds(2000));
+  auto low = parse(std::string(kTargets) + "  quorum_grace_ms: 10\n");
+  ASSERT_FALSE(low);
+  EXPECT_NE(low.error().message.find("volume.quorum_grace_ms: 10 is not in 500..30000"),
+            std::string::npos)
+      << low.error().message;
 }
 
 TEST(FuseConfig, LimitsAndTheirFaultThresholds) {

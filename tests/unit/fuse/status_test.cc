@@ -34,5 +34,38 @@ TEST(Status, NoErrorShowsNoErrorClause) {
   EXPECT_EQ(text.find("last error"), std::string::npos) << text;
 }
 
+TEST(Status, AFullVolumeIsNotDegraded) {
+  upstairs::Snapshot s = snapshot_with_history();
+  s.complete_copies = 3;
+  auto j = status_json(s);
+  EXPECT_EQ(j["complete_copies"], 3);
+  EXPECT_EQ(j["degraded"], false);
+  EXPECT_EQ(j["quorum_lost"], false);
+  std::string text = format_status(j);
+  EXPECT_EQ(text.find("degraded"), std::string::npos) << text;
+  EXPECT_EQ(text.find("quorum lost"), std::string::npos) << text;
+}
+
+TEST(Status, ADegradedVolumeSaysHowManyCompleteCopiesExist) {
+  upstairs::Snapshot s = snapshot_with_history();
+  s.complete_copies = 2;
+  s.degraded = true;
+  auto j = status_json(s);
+  EXPECT_EQ(j["complete_copies"], 2);
+  EXPECT_EQ(j["degraded"], true);
+  std::string text = format_status(j);
+  EXPECT_NE(text.find("degraded: 2 of 3 copies complete"), std::string::npos) << text;
+}
+
+TEST(Status, QuorumLostSaysIoFails) {
+  upstairs::Snapshot s = snapshot_with_history();
+  s.complete_copies = 1;
+  s.degraded = true;
+  s.quorum_lost = true;
+  std::string text = format_status(status_json(s));
+  EXPECT_NE(text.find("quorum lost: 1 of 3 copies complete"), std::string::npos) << text;
+  EXPECT_NE(text.find("EIO"), std::string::npos) << text;
+}
+
 }  // namespace
 }  // namespace cru::fuse

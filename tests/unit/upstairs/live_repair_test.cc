@@ -249,11 +249,11 @@ class LiveRepair : public ::testing::Test {
     }
   }
 
-  // `c` fails a write (on the last block, which reads in these tests never touch): the
-  // core faults it and drops its connection. A flush then settles the others so no
-  // timer fires an automatic flush later.
-  void fault(ClientId c) {
-    GuestId w = h.submit(write_op(kTotalBlocks - 1, 1, 99));
+  // `c` fails a write (by default on the last block, which reads in these tests never
+  // touch): the core faults it and drops its connection. A flush then settles the others
+  // so no timer fires an automatic flush later.
+  void fault(ClientId c, uint64_t block = kTotalBlocks - 1) {
+    GuestId w = h.submit(write_op(block, 1, 99));
     ASSERT_TRUE(h.done(w));
     for (ClientId o : kAllClients) {
       ASSERT_FALSE(h.inbox(o).empty());
@@ -325,22 +325,33 @@ class LiveRepair : public ::testing::Test {
       progress = false;
       h.drop_pings();
       drop_disconnected();
-      for (ClientId c : kAllClients) {
-        auto& q = h.inbox(c);
-        for (auto it = q.begin(); it != q.end(); ++it) {
-          auto v = job_view(*it);
-          if (!v || hold.contains(v->id)) continue;  // negotiation is not ours to answer
-          if (!std::all_of(v->deps.begin(), v->deps.end(),
-                           [&](JobId d) { return answered[c].contains(d); }))
-            continue;
-          Message m = std::move(*it);
-          q.erase(it);
-          reply(c, m);
-          progress = true;
-          break;
-        }
-      }
+      for (ClientId c : kAllClients) progress |= answer_next(c, hold);
     }
+  }
+  // Answers one job (the first that can run, trying the downstairs in order); false if
+  // none can.
+  bool answer_one(const std::set<JobId>& hold = {}) {
+    h.drop_pings();
+    drop_disconnected();
+    for (ClientId c : kAllClients)
+      if (answer_next(c, hold)) return true;
+    return false;
+  }
+  // `c` answers its oldest job whose dependencies it has answered, if any.
+  bool answer_next(ClientId c, const std::set<JobId>& hold) {
+    auto& q = h.inbox(c);
+    for (auto it = q.begin(); it != q.end(); ++it) {
+      auto v = job_view(*it);
+      if (!v || hold.contains(v->id)) continue;  // negotiation is not ours to answer
+      if (!std::all_of(v->deps.begin(), v->deps.end(),
+                       [&](JobId d) { return answered[c].contains(d); }))
+        continue;
+      Message m = std::move(*it);
+      q.erase(it);
+      reply(c, m);
+      return true;
+    }
+    return false;
   }
   // Jobs some downstairs holds but can never run (a dependency it will never see).
   std::string stuck() {
@@ -868,6 +879,78 @@ TEST_F(LiveRepair, TheOtherHealthyDownstairsDroppingLeavesTheRepairRunning) {
   reconnect({kC1});
   EXPECT_EQ(state(kC1), "live_repair");
   EXPECT_EQ(snap().repair.extent, ExtentId{0});
+}
+
+// ---- the flush quorum with a replica under repair (docs/fault-model.md) -------------------
+
+class RepairQuorum : public LiveRepair {
+ protected:
+  // kC2 faulted by a failed write to extent 0, back under live repair with extent 0
+  // repaired; then kC1 drops (faulted: no replay across a repair). One good replica and
+  // one under repair, at extent 1.
+  void SetUp() override {
+    LiveRepair::SetUp();
+    fault(kC2, 0);
+    reconnect({kC2});
+    close_version[kC2] = ver(1, 0);  // every extent differs: each is copied
+    run_extent(0, {kC2}, {kC2}, kC0);
+    h.disconnect(kC1);
+    drop(kC1);
+    ASSERT_TRUE(faulted(kC1)) << state(kC1);
+    ASSERT_EQ(state(kC2), "live_repair");
+    ASSERT_EQ(snap().repair.extent, ExtentId{1});
+  }
+  // Whether kC2 was sent the reopen of extent `e` (its repair step completed everywhere).
+  bool reopen_sent(uint32_t e) {
+    for (const Message& m : h.jobs_sent(kC2))
+      if (auto* r = std::get_if<ExtentLiveReopen>(&m); r && r->extent == ExtentId{e}) return true;
+    return false;
+  }
+};
+
+TEST_F(RepairQuorum, AFlushOfWritesBelowTheRepairPointIsAcknowledgedByTheGoodOneAndTheTarget) {
+  GuestId w = h.submit(write_op(1, 1, 5));  // extent 0, repaired: the target takes it
+  ASSERT_TRUE(h.sent(kC2, h.newest(kC0)));
+  GuestId f = h.submit(FlushOp{});
+  ASSERT_TRUE(h.done(w) && h.reply(w).status);
+  while (!h.done(f) && answer_one()) {
+  }
+  ASSERT_TRUE(h.done(f)) << stuck();
+  EXPECT_TRUE(h.reply(f).status) << h.reply(f).status.error().to_string();
+  EXPECT_FALSE(reopen_sent(2)) << "it did not wait for the repair to pass further extents";
+}
+
+TEST_F(RepairQuorum, AFlushOfAWriteAboveTheRepairPointWaitsUntilTheRepairPassedItsExtent) {
+  GuestId w = h.submit(write_op(3 * kExtentSize + 1, 1, 6));  // extent 3: the target skips it
+  ASSERT_FALSE(h.sent(kC2, h.newest(kC0)));
+  ASSERT_TRUE(h.done(w) && h.reply(w).status);
+  GuestId f = h.submit(FlushOp{});
+  JobId fid = h.newest(kC0);
+  bool flushed_on_both = false;
+  while (!h.done(f) && answer_one()) {
+    flushed_on_both = answered[kC0].contains(fid) && answered[kC2].contains(fid);
+    if (h.done(f)) break;
+  }
+  EXPECT_TRUE(flushed_on_both);
+  ASSERT_TRUE(h.done(f)) << stuck();
+  EXPECT_TRUE(h.reply(f).status) << h.reply(f).status.error().to_string();
+  EXPECT_TRUE(reopen_sent(3))
+      << "acknowledged while the write existed on one replica only (the repair had not "
+         "copied extent 3 yet)";
+}
+
+TEST_F(RepairQuorum, AFlushWaitingOnTheTargetFailsIfTheTargetIsLost) {
+  h.submit(write_op(3 * kExtentSize + 1, 1, 6));
+  GuestId f = h.submit(FlushOp{});
+  JobId fid = h.newest(kC0);
+  while (!(answered[kC0].contains(fid) && answered[kC2].contains(fid)) && answer_one()) {
+  }
+  ASSERT_FALSE(h.done(f));
+  h.disconnect(kC2);
+  drop(kC2);
+  answer_all();
+  ASSERT_TRUE(h.done(f));
+  EXPECT_FALSE(h.reply(f).status) << "one replica holds the write";
 }
 
 // ---- 3. replacement -------------------------------------------------------------------------
