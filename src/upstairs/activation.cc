@@ -106,6 +106,10 @@ void Upstairs::on_active_message(ClientId c, Message& m) {
     if (e->status.code == ErrorCode::kNoLongerActive ||
         e->status.code == ErrorCode::kGenerationTooLow)
       return fence(fmt::format("{}: {}", describe(c), e->status.message));
+    // Damaged extents (said after a replaying reconnect, which exchanges no versions): the
+    // replay cannot restore them; a live repair copies them from the others.
+    if (e->status.code == ErrorCode::kCorrupt)
+      return fault(c, "reports damaged extents: " + e->status.message);
     log::warn("{} reports: {}", describe(c), Error{e->status.code, e->status.message}.to_string());
     return;
   }

@@ -22,6 +22,8 @@ namespace fs = std::filesystem;
 
 constexpr Millis kToolTimeout{120000};
 constexpr Millis kSettleTimeout{60000};
+// A reconnect (backoff up to 10 s) and a live repair of a 4 MiB volume on a busy machine.
+constexpr Millis kRepairTimeout{120000};
 
 // 4 extents of 1 MiB (256 blocks of 4 KiB): small enough to write and compare whole.
 constexpr uint32_t kBlockSize = 4096;
@@ -120,28 +122,38 @@ void expect_replicas_identical(const Cluster& c) {
   }
 }
 
-// Mounts, reads the whole volume back and compares it with `written`; then unmounts
-// cleanly and stops every downstairs, so that the regions can be compared.
-void expect_guest_reads_back(Cluster& c, const std::string& written) {
-  auto m = c.mount();
-  ASSERT_TRUE(m) << m.error().to_string();
-  auto got = read_disk((*m)->disk_path(), written.size());
+// The whole volume read back through `m` equals `written`, without an error.
+void expect_reads_back(Mount& m, const std::string& written) {
+  auto got = read_disk(m.disk_path(), written.size());
   ASSERT_TRUE(got) << "the guest saw an error: " << got.error().to_string();
   size_t bad = 0;
   for (size_t off = 0; off < written.size(); off += kBlockSize)
     bad += got->compare(off, kBlockSize, written, off, kBlockSize) != 0 ? 1 : 0;
   EXPECT_EQ(bad, 0u) << "blocks that read back other than written";
-  auto st = (*m)->status();
-  ASSERT_TRUE(st) << st.error().to_string();
-  EXPECT_GE((*st)["reconcile"].value("extents_done", uint64_t{0}), uint64_t{1})
-      << "activation repaired nothing: " << st->dump();
-  auto exit = (*m)->unmount();
+}
+
+// Unmounts cleanly and stops every downstairs, so that the regions can be compared.
+void stop_all(Cluster& c, Mount& m) {
+  auto exit = m.unmount();
   ASSERT_TRUE(exit) << exit.error().to_string();
   EXPECT_TRUE(exit->exited() && exit->code == 0) << exit->describe();
   for (int i = 0; i < kDownstairsCount; ++i) {
     auto s = c.stop_downstairs(i);
     ASSERT_TRUE(s) << s.error().to_string();
   }
+}
+
+// Mounts (activation reconciles), reads the whole volume back and compares it with
+// `written`, then stops everything.
+void expect_guest_reads_back(Cluster& c, const std::string& written) {
+  auto m = c.mount();
+  ASSERT_TRUE(m) << m.error().to_string();
+  expect_reads_back(**m, written);
+  auto st = (*m)->status();
+  ASSERT_TRUE(st) << st.error().to_string();
+  EXPECT_GE((*st)["reconcile"].value("extents_done", uint64_t{0}), uint64_t{1})
+      << "activation repaired nothing: " << st->dump();
+  stop_all(c, **m);
 }
 
 // Writes the whole volume through a mount and waits until all three downstairs completed
@@ -219,6 +231,39 @@ TEST(DamagedReplica, AGarbageBlockInADirtyExtentIsRepairedNotSpread) {
   auto logged = ds->find_line("match none of their contexts", kSettleTimeout);
   EXPECT_TRUE(logged) << "the damaged block is not in the log:\n" << ds->output();
   expect_guest_reads_back(**c, written);
+  expect_replicas_identical(**c);
+}
+
+// Restarted under an active volume, a downstairs comes back through a replay, which
+// exchanges no extent versions: it reports its damage, is faulted, and live repair copies
+// the extent from the others.
+TEST(DamagedReplica, ADownstairsRestartedWithATruncatedExtentIsRepairedLive) {
+  auto c = Cluster::start(small_volume());
+  ASSERT_TRUE(c) << c.error().to_string();
+  Mount* m = nullptr;
+  std::string written = fill_volume(**c, m, 17);
+  ASSERT_FALSE(written.empty());
+  (*c)->kill_downstairs(1);
+  const std::string victim = extent_file((*c)->region_dir(1), 3);
+  fs::resize_file(victim, fs::file_size(victim) / 2);
+  ASSERT_TRUE((*c)->start_downstairs(1));
+  auto repaired = m->wait_status(
+      [](const nlohmann::json& j) {
+        if (j.value("state", "") != "active" ||
+            j["live_repair"].value("completed", uint64_t{0}) == 0)
+          return false;
+        for (const auto& d : j["downstairs"])
+          if (d.value("state", "") != "active") return false;
+        return true;
+      },
+      kRepairTimeout);
+  ASSERT_TRUE(repaired) << repaired.error().to_string();
+  EXPECT_TRUE(m->process().find_line("reports damaged extents", kSettleTimeout))
+      << m->process().output();
+  expect_reads_back(*m, written);
+  stop_all(**c, *m);
+  EXPECT_EQ(fs::file_size(victim), fs::file_size(extent_file((*c)->region_dir(0), 3)))
+      << "the repair did not rewrite the file whole";
   expect_replicas_identical(**c);
 }
 

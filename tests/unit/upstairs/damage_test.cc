@@ -67,5 +67,15 @@ TEST(ReconcileDamaged, ActivationRepairsADamagedExtentFromAHealthyCopy) {
   EXPECT_EQ(repairs[0].dests, (std::vector<ClientId>{kC0}));
 }
 
+// A downstairs that comes back through a replay (no extent versions) and reports damaged
+// extents is faulted, so that live repair copies them.
+TEST(ReconcileDamaged, AReplayedDownstairsReportingDamageIsFaultedForRepair) {
+  Harness h;
+  h.activate_fresh();
+  h.deliver(kC1, ErrorReport{JobId{}, WireStatus{ErrorCode::kCorrupt, "1 extents are damaged"}});
+  EXPECT_EQ(h.up().snapshot().clients[kC1].faults, 1u);
+  EXPECT_EQ(h.up().snapshot().clients[kC0].faults, 0u);
+}
+
 }  // namespace
 }  // namespace cru::upstairs
