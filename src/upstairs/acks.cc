@@ -73,9 +73,7 @@ void Upstairs::on_read_reply(ClientId c, Job& job, const Status& status, ReadRes
                        job.id, job.range.count, region_->block_size, resp->contexts.size(),
                        resp->block_size, resp->data.size()));
   }
-  // A downstairs that finds its own copy damaged (kCorrupt) says so instead of sending
-  // bytes that would fail here: the same self-healing as for a failed check.
-  bool corrupt = !s && s.error().code == ErrorCode::kCorrupt;
+  bool corrupt = false;
   if (s && !job.acked) {
     // Every block is checked before it can reach the guest.
     s = verify_blocks(job.range.start, region_->block_size, resp->contexts, resp->data.span(),
