@@ -185,7 +185,11 @@ Result<DumpReport> dump(const std::vector<Region*>& regions, const std::vector<s
     t += fmt::format("{:>6}", e);
     for (size_t i = 0; i < regions.size(); ++i) {
       const auto& v = versions[i][e];
-      t += fmt::format(" | {:>8} {:>8} {:>5}", v.generation, v.flush, v.dirty ? "T" : "F");
+      // DMG: damaged (the file could not be opened, or blocks match none of their contexts).
+      t += fmt::format(" | {:>8} {:>8} {:>5}", v.generation, v.flush,
+                       v.damaged ? "DMG"
+                       : v.dirty ? "T"
+                                 : "F");
     }
     t += diff ? "  <-- differs\n" : "\n";
   }
@@ -205,6 +209,13 @@ Result<VerifyReport> verify(Region& region) {
       std::max<uint64_t>(1, std::min<uint64_t>(def.extent_size, 8 * kMiB / def.block_size));
   Progress progress("verifying " + region.dir(), def.total_bytes());
   for (uint32_t e = 0; e < def.extent_count; ++e) {
+    if (!region.is_open(ExtentId{e})) {
+      // Opened read-only for verify, a closed extent is one whose file could not be opened.
+      ++report.damaged_extents;
+      report.text +=
+          fmt::format("extent {}: damaged: {}\n", e, region.damage(ExtentId{e}).value_or("closed"));
+      continue;
+    }
     for (uint64_t first = 0; first < def.extent_size; first += step) {
       uint64_t n = std::min(step, def.extent_size - first);
       CRU_TRY_ASSIGN(auto blocks, region.inspect(ExtentId{e}, first, n));
@@ -229,11 +240,15 @@ Result<VerifyReport> verify(Region& region) {
     }
   }
   progress.finish();
-  report.text += report.mismatches == 0
-                     ? fmt::format("verified {} blocks ({} written) in {} extents: all match\n",
-                                   report.blocks, report.written, def.extent_count)
-                     : fmt::format("verified {} blocks: {} DO NOT MATCH their contexts\n",
-                                   report.blocks, report.mismatches);
+  if (report.damaged_extents > 0)
+    report.text += fmt::format("{} of {} extents are DAMAGED (their files cannot be opened)\n",
+                               report.damaged_extents, def.extent_count);
+  report.text +=
+      report.mismatches == 0
+          ? fmt::format("verified {} blocks ({} written) in {} extents: all match\n", report.blocks,
+                        report.written, def.extent_count - report.damaged_extents)
+          : fmt::format("verified {} blocks: {} DO NOT MATCH their contexts\n", report.blocks,
+                        report.mismatches);
   return report;
 }
 

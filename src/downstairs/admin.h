@@ -45,9 +45,11 @@ struct VerifyReport {
   uint64_t blocks = 0;
   uint64_t written = 0;
   uint64_t mismatches = 0;
-  std::string text;  // one line per mismatch, then a summary line
+  uint64_t damaged_extents = 0;  // files that could not be opened; their blocks are not counted
+  std::string text;              // one line per mismatch or damaged extent, then a summary line
 };
-// Every block's data against its active context (or zeros for unwritten blocks).
+// Every block's data against its active context (or zeros for unwritten blocks). An extent
+// whose file could not be opened is reported damaged, not an error of verify itself.
 Result<VerifyReport> verify(Region& region);
 
 }  // namespace cru::downstairs

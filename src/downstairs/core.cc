@@ -61,6 +61,19 @@ bool is_reconcile(const Message& m) {
          std::holds_alternative<ExtentRepair>(m) || std::holds_alternative<ExtentReopen>(m);
 }
 
+// "N extents are damaged (first: extent E: why)", or nullopt if none is.
+std::optional<std::string> describe_damage(const Region& region) {
+  uint32_t n = 0;
+  std::optional<std::string> first;
+  for (uint32_t e = 0; e < region.def().extent_count; ++e) {
+    auto why = region.damage(ExtentId{e});
+    if (!why) continue;
+    if (n++ == 0) first = fmt::format("extent {}: {}", e, *why);
+  }
+  if (n == 0) return std::nullopt;
+  return fmt::format("{} extents are damaged (first: {}); they need repair", n, *first);
+}
+
 }  // namespace
 
 Core::Core(Region& region, CoreOptions options)
@@ -192,6 +205,11 @@ Output Core::on_message(ConnectionId conn, Message m) {
         it->second.state = State::kRunning;
         reset_completed(it->second, lf->last_flushed);
         log::info("upstairs {} replays jobs after {}", conn, lf->last_flushed);
+        // A replay restores only the jobs since the last flush; a damaged extent also lost
+        // what it held before. Say so (a replaying upstairs asks for no extent versions),
+        // so that the upstairs repairs this downstairs rather than trusting the replay.
+        if (auto damaged = describe_damage(region_))
+          out.send(conn, ErrorReport{JobId{}, WireStatus{ErrorCode::kCorrupt, *damaged}});
       } else {
         protocol_error(
             out, conn,

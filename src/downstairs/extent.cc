@@ -247,7 +247,9 @@ Status Extent::mark_dirty(uint64_t first_seq) {
 }
 
 Status Extent::settle() {
-  if (dirty_ || !dirty_on_disk_) return {};
+  // A damaged block breaks invariant C: the flag stays set, so every open scans the extent
+  // and finds the block damaged again until a write or a repair replaces it.
+  if (dirty_ || !dirty_on_disk_ || !damaged_blocks_.empty()) return {};
   // Nothing was written since the last flush made everything durable: the clean flag is
   // true. Synced so that a region at rest opens without a scan.
   CRU_TRY(write_meta(generation_, flush_, false, next_slot_seq_));
@@ -280,7 +282,8 @@ Status Extent::recover(bool repair) {
   // of a later write, or bytes no write since explains. Decided from what recovery leaves,
   // so a power cut right after recovery (which may undo its unsynced fixes) decides alike.
   bool changed_since_flush = false;
-  uint64_t rolled_back = 0, rehashed = 0, unrecoverable = 0;
+  uint64_t rolled_back = 0;
+  damaged_blocks_.clear();
   std::vector<std::byte> data(kScanChunkBlocks * bs);
   for (uint64_t first = 0; first < layout_.blocks; first += kScanChunkBlocks) {
     uint64_t n = std::min(kScanChunkBlocks, layout_.blocks - first);
@@ -334,20 +337,14 @@ Status Extent::recover(bool repair) {
           ++rolled_back;
           changed = true;
         }
-      } else if (!encrypted_) {
-        // The data reached the disk but its context did not (contexts and data are not
-        // ordered by an fsync on unencrypted regions). The bytes are an unflushed write,
-        // a legal value after a crash; give them a context, as of a write since the flush.
-        max_seq = std::max(max_seq, since_flush_seq);
-        encode_slot(Slot{since_flush_seq, integrity_hash(d), false, std::nullopt},
-                    slot_bytes(pair, 0, 0));
-        encode_slot(Slot{}, slot_bytes(pair, 0, 1));
-        ++rehashed;
-        changed = true;
       } else {
-        // Encrypted contexts are synced before their data, so this is corruption, not a
-        // crash. Leave it: reads fail authentication upstairs, which heals from a peer.
-        ++unrecoverable;
+        // Bytes that no context describes: rot, a block torn by a power cut (larger than
+        // the disk's atomic unit), or an unencrypted write whose data landed without its
+        // context (not ordered). Which one cannot be told from here, and a new context
+        // would make the bytes look valid to every reader and to repair, so the block is
+        // damaged: it reads as an error, the extent reports itself damaged and the
+        // upstairs repairs it from a healthy copy.
+        damaged_blocks_.insert(first + i);
         changed_since_flush = true;
       }
       for (int slot : {0, 1})
@@ -361,13 +358,14 @@ Status Extent::recover(bool repair) {
   // Version 1 recorded next_slot_seq after the first write's slots, so S proves nothing
   // there: such an extent stays dirty, as version 1 had it.
   dirty_ = changed_since_flush || meta_format_ < 2;
+  if (!damaged_blocks_.empty())
+    log::error(
+        "extent {}: {} blocks match none of their contexts (first: block {}); the extent "
+        "is damaged and is repaired from a peer",
+        id_, damaged_blocks_.size(), *damaged_blocks_.begin());
   if (!repair) return {};
-  if (rolled_back + rehashed + unrecoverable > 0)
-    log::info(
-        "extent {} recovered after a crash: {} blocks rolled back, {} rehashed, {} unrecoverable",
-        id_, rolled_back, rehashed, unrecoverable);
-  if (unrecoverable > 0)
-    log::error("extent {}: {} blocks have no context matching their data", id_, unrecoverable);
+  if (rolled_back > 0)
+    log::info("extent {} recovered after a crash: {} blocks rolled back", id_, rolled_back);
   return {};
 }
 
@@ -380,7 +378,9 @@ Status Extent::sync() {
 void Extent::synced() { std::fill(unsynced_.begin(), unsynced_.end(), false); }
 
 Status Extent::sync_before_overwriting(uint64_t first, uint64_t count) {
-  if (!encrypted_) return {};  // unencrypted contexts are rebuilt from the data (recover())
+  // Unencrypted, the window is accepted: a block left with no matching context is damaged
+  // on this replica and repaired from a peer (recover()).
+  if (!encrypted_) return {};
   if (unsynced_.size() != layout_.blocks) unsynced_.assign(layout_.blocks, false);
   auto b = unsynced_.begin() + static_cast<ptrdiff_t>(first);
   if (std::find(b, b + static_cast<ptrdiff_t>(count), true) == b + static_cast<ptrdiff_t>(count))
@@ -402,24 +402,21 @@ Status Extent::read(uint64_t first, std::span<std::optional<proto::BlockContext>
   CRU_ASSERT(first + contexts.size() <= layout_.blocks && data.size() == contexts.size() * bs);
   CRU_TRY_ASSIGN(auto pairs, read_slot_pairs(first, contexts.size()));
   CRU_TRY(file_->read_at(layout_.data_offset(first), data));
+  if (auto d = damaged_blocks_.lower_bound(first);
+      d != damaged_blocks_.end() && *d < first + contexts.size())
+    return fail(ErrorCode::kCorrupt,
+                fmt::format("extent {} block {}: its data matches none of its contexts (damaged; "
+                            "awaiting repair from a peer)",
+                            id_, *d));
   // A dirty extent opened read-only was not recovered: pick slots by their data.
   const bool check = read_only_ && dirty_on_disk_;
   for (size_t i = 0; i < contexts.size(); ++i) {
     auto pair = std::span<const std::byte>(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
     auto d = data.subspan(i * bs, bs);
+    // The branches mirror recover(), so a read-only open sees what a writable one would
+    // (a block no slot matches is damaged, refused above).
     int idx = select_slot(pair, d, check);
-    // The branches mirror recover(), so a read-only open sees what a writable one would.
-    if (idx >= 0) {
-      contexts[i] = decode_slot(slot_bytes(pair, 0, idx)).context();
-    } else if (check && all_zero(d)) {
-      contexts[i] = std::nullopt;
-    } else if (check && !encrypted_) {
-      contexts[i] = proto::BlockContext{integrity_hash(d), std::nullopt};
-    } else if (int newest = select_slot(pair, d, false); check && newest >= 0) {
-      contexts[i] = decode_slot(slot_bytes(pair, 0, newest)).context();
-    } else {
-      contexts[i] = std::nullopt;
-    }
+    contexts[i] = idx >= 0 ? decode_slot(slot_bytes(pair, 0, idx)).context() : std::nullopt;
   }
   return {};
 }
@@ -451,8 +448,9 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
   CRU_TRY(sync_before_overwriting(first, n));
   CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
   // Encrypted contexts cannot be rebuilt from the data (the nonce and tag would be lost),
-  // so they must be durable before the data they describe. Unencrypted ones can be: a
-  // crash between the two is repaired by rehashing on open (see recover()).
+  // so they must be durable before the data they describe. Unencrypted ones are not
+  // ordered (a sync per write would cost too much): a crash that keeps the data but not its
+  // context leaves the block damaged on this replica, repaired from a peer (recover()).
   if (encrypted_) CRU_TRY(sync());
   for (size_t i = 0; i < n;) {
     if (skip[i]) {
@@ -473,6 +471,9 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
     }
     i = j;
   }
+  // A block written whole again holds bytes its new context describes.
+  for (size_t i = 0; i < n; ++i)
+    if (!skip[i]) damaged_blocks_.erase(first + i);
   return {};
 }
 
@@ -520,6 +521,8 @@ Status Extent::discard(uint64_t first, uint64_t count) {
       }
       i = j;
     }
+    for (uint64_t i = 0; i < n; ++i)
+      if (change[i]) damaged_blocks_.erase(chunk + i);
   }
   return {};
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -87,13 +88,20 @@ class Extent {
   const ExtentLayout& layout() const { return layout_; }
   // (generation, flush, dirty) where dirty means written since the last flush (the flag on
   // disk may still be set after a flush: see settle()).
-  proto::ExtentVersion version() const { return {generation_, flush_, dirty_}; }
+  proto::ExtentVersion version() const {
+    return {generation_, flush_, dirty_, !damaged_blocks_.empty()};
+  }
   bool dirty() const { return dirty_; }
+  // Blocks (within the extent) whose bytes matched none of their contexts when the extent
+  // was recovered: never given a new context (that would make rot or a torn block look
+  // valid), they read as kCorrupt until written again or the extent is repaired.
+  const std::set<uint64_t>& damaged_blocks() const { return damaged_blocks_; }
   // Whether the dirty flag on disk is set (the extent is scanned if it opens after a crash).
   bool dirty_on_disk() const { return dirty_on_disk_; }
 
   // Block offsets are relative to the extent; the caller checks ranges and hashes.
-  // Reads count blocks: one optional context per block (nullopt: unwritten, zeros).
+  // Reads count blocks: one optional context per block (nullopt: unwritten, zeros). A
+  // range holding a damaged block fails with kCorrupt naming the block.
   Status read(uint64_t first, std::span<std::optional<proto::BlockContext>> contexts,
               std::span<std::byte> data);
   // Writes blocks; with only_unwritten, blocks that hold a context are left alone (and
@@ -164,6 +172,7 @@ class Extent {
   uint64_t next_slot_seq_ = 1;
   uint32_t meta_format_ = kExtentFormatVersion;  // of the metadata copy loaded at open
   std::vector<bool> unsynced_;  // encrypted only: blocks whose data was written since the last sync
+  std::set<uint64_t> damaged_blocks_;  // bounded by the blocks per extent
 };
 
 // Slot encoding, exposed for tests and tools.

@@ -180,6 +180,12 @@ Result<ServerOptions> server_options(const RunArgs& a) {
   return o;
 }
 
+uint32_t count_damaged(const Region& region) {
+  uint32_t n = 0;
+  for (uint32_t e = 0; e < region.def().extent_count; ++e) n += region.damage(ExtentId{e}) ? 1 : 0;
+  return n;
+}
+
 int cmd_run(const RunArgs& a) {
   auto options = Region::read_options(posix_fs(), a.dir);
   if (!options) return fail_with(options.error());
@@ -221,6 +227,9 @@ int cmd_run(const RunArgs& a) {
   }
   auto region = Region::open(posix_fs(), a.dir, a.read_only);
   if (!region) return fail_with(region.error());
+  if (uint32_t n = count_damaged(**region); n > 0)
+    log::warn("{} of {} extents are damaged: the upstairs repairs them from the other replicas", n,
+              (*region)->def().extent_count);
 
   asio::io_context io;
   std::unique_ptr<Server> server;
@@ -314,7 +323,7 @@ int cmd_verify(const std::string& dir) {
   auto report = verify(**region);
   if (!report) return fail_with(report.error());
   std::fputs(report->text.c_str(), stdout);
-  return report->mismatches == 0 ? 0 : 1;
+  return report->mismatches == 0 && report->damaged_extents == 0 ? 0 : 1;
 }
 
 }  // namespace

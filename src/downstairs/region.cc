@@ -185,6 +185,7 @@ Status Region::extend(uint32_t extent_count) {
     extents_.push_back(std::move(e));
     closed_versions_.emplace_back();
     epochs_.push_back(0);
+    broken_.emplace_back();
   }
   options_ = grown;
   return {};
@@ -195,13 +196,21 @@ Result<std::unique_ptr<Region>> Region::open(FileSystem& fs, const std::string& 
   CRU_TRY_ASSIGN(const RegionOptions options, read_options(fs, dir));
   std::unique_ptr<Region> r(new Region(fs, dir, options, read_only));
   CRU_TRY_ASSIGN(r->promotion_, read_promotion(fs, dir));
-  for (uint32_t i = 0; i < options.def.extent_count; ++i) {
-    CRU_TRY_ASSIGN(auto e, Extent::open(fs, r->extent_path(ExtentId{i}), r->layout_, ExtentId{i},
-                                        read_only, options.def.encrypted));
-    r->extents_.push_back(std::move(e));
-  }
   r->closed_versions_.resize(options.def.extent_count);
   r->epochs_.assign(options.def.extent_count, 0);
+  r->broken_.resize(options.def.extent_count);
+  for (uint32_t i = 0; i < options.def.extent_count; ++i) {
+    auto e = Extent::open(fs, r->extent_path(ExtentId{i}), r->layout_, ExtentId{i}, read_only,
+                          options.def.encrypted);
+    // One bad extent file must not keep the replica from serving the others: the upstairs
+    // repairs it from a peer.
+    if (e) {
+      r->extents_.push_back(std::move(*e));
+    } else {
+      r->extents_.emplace_back();
+      r->mark_broken(ExtentId{i}, e.error());
+    }
+  }
   return r;
 }
 
@@ -223,12 +232,39 @@ Status Region::check_extent(ExtentId e) const {
   return {};
 }
 
-Result<Extent*> Region::open_extent(ExtentId e) {
+Status Region::check_open(ExtentId e) const {
   CRU_TRY(check_extent(e));
-  Extent* x = extents_[e.value].get();
-  if (x == nullptr)
+  if (!broken_[e.value].empty())
+    return fail(
+        ErrorCode::kCorrupt,
+        fmt::format("extent {} is damaged ({}); awaiting repair from a peer", e, broken_[e.value]));
+  if (extents_[e.value] == nullptr)
     return fail(ErrorCode::kExtentClosed, fmt::format("extent {} is closed for repair", e));
-  return x;
+  return {};
+}
+
+Result<Extent*> Region::open_extent(ExtentId e) {
+  CRU_TRY(check_open(e));
+  return extents_[e.value].get();
+}
+
+void Region::mark_broken(ExtentId e, const Error& why) {
+  log::error("extent {} ({}) is damaged: {}; it is served by the other replicas until repaired", e,
+             extent_path(e), why.to_string());
+  broken_[e.value] = why.message.empty() ? std::string(error_code_name(why.code)) : why.message;
+  extents_[e.value].reset();
+  closed_versions_[e.value] = proto::ExtentVersion{Generation{0}, FlushNumber{0}, false, true};
+}
+
+std::optional<std::string> Region::damage(ExtentId e) const {
+  CRU_ASSERT(e.value < extents_.size());
+  if (!broken_[e.value].empty()) return broken_[e.value];
+  const Extent* x = extents_[e.value].get();
+  if (x != nullptr ? x->damaged_blocks().empty() : !closed_versions_[e.value].damaged)
+    return std::nullopt;
+  if (x == nullptr) return "blocks that match none of their contexts";
+  return fmt::format("{} blocks match none of their contexts (first: block {})",
+                     x->damaged_blocks().size(), *x->damaged_blocks().begin());
 }
 
 // ---- IO ----------------------------------------------------------------------------------
@@ -236,10 +272,7 @@ Result<Extent*> Region::open_extent(ExtentId e) {
 Result<ReadResult> Region::read(BlockIndex start, uint64_t count) {
   CRU_TRY(check_range(start, count));
   auto runs = split(def().extent_size, start, count);
-  for (const auto& run : runs)
-    if (!is_open(run.extent))
-      return fail(ErrorCode::kExtentClosed,
-                  fmt::format("extent {} is closed for repair", run.extent));
+  for (const auto& run : runs) CRU_TRY(check_open(run.extent));
   const uint32_t bs = def().block_size;
   ReadResult out;
   out.contexts.resize(count);
@@ -263,10 +296,7 @@ Status Region::write(BlockIndex start, uint32_t block_size,
   CRU_ASSERT(data.size() == contexts.size() * block_size, "the codec checks data against contexts");
   CRU_TRY(check_range(start, contexts.size()));
   auto runs = split(def().extent_size, start, contexts.size());
-  for (const auto& run : runs)
-    if (!is_open(run.extent))
-      return fail(ErrorCode::kExtentClosed,
-                  fmt::format("extent {} is closed for repair", run.extent));
+  for (const auto& run : runs) CRU_TRY(check_open(run.extent));
   // Every block is checked before any is written, so a bad request writes nothing.
   for (size_t i = 0; i < contexts.size(); ++i) {
     const auto& ctx = contexts[i];
@@ -294,10 +324,7 @@ Status Region::discard(BlockIndex start, uint64_t count) {
   if (read_only_) return fail(ErrorCode::kReadOnly, "discard on a read-only region");
   CRU_TRY(check_range(start, count));
   auto runs = split(def().extent_size, start, count);
-  for (const auto& run : runs)
-    if (!is_open(run.extent))
-      return fail(ErrorCode::kExtentClosed,
-                  fmt::format("extent {} is closed for repair", run.extent));
+  for (const auto& run : runs) CRU_TRY(check_open(run.extent));
   for (const auto& run : runs) {
     CRU_TRY_ASSIGN(Extent * x, open_extent(run.extent));
     CRU_TRY(x->discard(run.first, run.count));
@@ -354,6 +381,8 @@ bool Region::is_open(ExtentId e) const {
 }
 
 Result<proto::ExtentVersion> Region::close_extent(ExtentId e) {
+  CRU_TRY(check_extent(e));
+  if (!broken_[e.value].empty()) return closed_versions_[e.value];  // nothing open to close
   CRU_TRY_ASSIGN(Extent * x, open_extent(e));
   CRU_TRY(x->settle());
   proto::ExtentVersion v = x->version();
@@ -373,15 +402,29 @@ Status Region::reopen_extent(ExtentId e) {
     return fail(ErrorCode::kInvalidArgument, fmt::format("extent {} is already open", e));
   if (repairing_.contains(e))
     return fail(ErrorCode::kBusy, fmt::format("extent {} is still being repaired", e));
-  CRU_TRY_ASSIGN(extents_[e.value],
-                 Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted));
   ++epochs_[e.value];
+  auto x = Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted);
+  if (!x) {
+    // Damaged from now on (versions() says so, IO is refused), so that the upstairs, told
+    // of the failure, repairs it rather than retrying a reopen of the same file.
+    mark_broken(e, x.error());
+    return tl::unexpected(x.error());
+  }
+  if (!broken_[e.value].empty()) log::info("extent {} is whole again", e);
+  broken_[e.value].clear();
+  extents_[e.value] = std::move(*x);
   return {};
 }
 
 Status Region::reopen_all() {
-  for (uint32_t i = 0; i < extents_.size(); ++i)
-    if (!extents_[i]) CRU_TRY(reopen_extent(ExtentId{i}));
+  for (uint32_t i = 0; i < extents_.size(); ++i) {
+    if (extents_[i]) continue;
+    const bool damaged = !broken_[i].empty();
+    Status s = reopen_extent(ExtentId{i});
+    // A damaged extent gets another try (the error may have passed); if it still cannot be
+    // opened it stays damaged, reported to the new session, which repairs it.
+    if (!s && !damaged) return s;
+  }
   return {};
 }
 
@@ -400,6 +443,9 @@ Result<std::unique_ptr<File>> Region::open_for_transfer(ExtentId e) {
   if (is_open(e))
     return fail(ErrorCode::kRepair,
                 fmt::format("extent {} is open; only a closed extent can be copied", e));
+  if (auto why = damage(e))
+    return fail(ErrorCode::kCorrupt,
+                fmt::format("extent {} is damaged ({}); it cannot be a repair source", e, *why));
   return fs_.open(extent_path(e), OpenMode::kReadOnly);
 }
 
@@ -417,6 +463,7 @@ Result<std::unique_ptr<RepairStaging>> Region::begin_repair(ExtentId e) {
   if (repairing_.contains(e))
     return fail(ErrorCode::kBusy, fmt::format("extent {} is already being repaired", e));
   std::string path = Extent::staging_path(extent_path(e));
+  CRU_TRY(fs_.make_dirs(parent_dir(path)));  // a damaged region may have lost the directory
   CRU_TRY(fs_.remove(path));
   CRU_TRY_ASSIGN(auto f, fs_.open(path, OpenMode::kCreateExclusive));
   repairing_.insert(e);

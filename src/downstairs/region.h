@@ -61,7 +61,10 @@ class Region {
   // leaves either no region or a whole one.
   static Result<std::unique_ptr<Region>> create(FileSystem& fs, const std::string& dir,
                                                 const RegionOptions& options);
-  // Opens every extent (recovering dirty ones unless read_only).
+  // Opens every extent (recovering dirty ones unless read_only). An extent whose file is
+  // missing, has the wrong size or no valid metadata does not stop the region: it is
+  // damaged (logged, reported by versions() and damage()), its IO fails with kCorrupt, and
+  // a repair from a peer replaces its file.
   static Result<std::unique_ptr<Region>> open(FileSystem& fs, const std::string& dir,
                                               bool read_only);
   // Reads region.json only.
@@ -96,22 +99,29 @@ class Region {
   Status settle();
 
   // ---- extents -------------------------------------------------------------------------
-  // (generation, flush, dirty) of every extent; a closed extent reports its state at close.
+  // (generation, flush, dirty, damaged) of every extent; a closed extent reports its state
+  // at close; an extent whose file could not be opened reports (0, 0, clean, damaged).
   std::vector<proto::ExtentVersion> versions() const;
+  // Why the extent is damaged (its file could not be opened, or blocks that match none of
+  // their contexts), or nullopt if it is not.
+  std::optional<std::string> damage(ExtentId e) const;
   bool is_open(ExtentId e) const;
   // Closes an extent for repair; one at rest is settled first, so that its file (which a
-  // repair copies) is clean.
+  // repair copies) is clean. A damaged extent whose file could not be opened closes too.
   Result<proto::ExtentVersion> close_extent(ExtentId e);
   // Flushes one extent if dirty (reconciliation's ExtentFlush; the extent stays open).
   Status flush_extent(ExtentId e, FlushNumber flush, Generation generation);
+  // An extent whose file cannot be opened fails and is damaged from then on.
   Status reopen_extent(ExtentId e);
-  // Reopens every closed extent (a new upstairs session starts from a whole region).
+  // Reopens every closed extent (a new upstairs session starts from a whole region). A
+  // damaged extent that still cannot be opened stays damaged and is not an error.
   Status reopen_all();
   // Blocks of one extent for verify and dump.
   Result<std::vector<BlockReport>> inspect(ExtentId e, uint64_t first, uint64_t count);
 
   // ---- repair ------------------------------------------------------------------------
-  // Source side: the closed extent's file, read-only, for streaming to a peer.
+  // Source side: the closed extent's file, read-only, for streaming to a peer. A damaged
+  // extent is refused (kCorrupt): it must not spread.
   Result<std::unique_ptr<File>> open_for_transfer(ExtentId e);
   // Changes whenever the extent is reopened: a transfer that saw it change is void.
   uint64_t extent_epoch(ExtentId e) const;
@@ -125,7 +135,10 @@ class Region {
   Region(FileSystem& fs, std::string dir, RegionOptions options, bool read_only);
   Status check_range(BlockIndex start, uint64_t count) const;
   Status check_extent(ExtentId e) const;
-  Result<Extent*> open_extent(ExtentId e);  // kExtentClosed if closed
+  Result<Extent*> open_extent(ExtentId e);  // kExtentClosed if closed, kCorrupt if damaged
+  Status check_open(ExtentId e) const;
+  // Records that extent e's file cannot be opened (why), and logs it.
+  void mark_broken(ExtentId e, const Error& why);
   // fdatasync of every extent's file at once (FileSystem::sync_all).
   Status sync_all(const std::vector<Extent*>& extents);
   void end_repair(ExtentId e) { repairing_.erase(e); }
@@ -140,6 +153,8 @@ class Region {
   std::vector<std::unique_ptr<Extent>> extents_;
   std::vector<proto::ExtentVersion> closed_versions_;
   std::vector<uint64_t> epochs_;
+  // Non-empty: why the extent's file could not be opened (the extent is then closed).
+  std::vector<std::string> broken_;
   std::set<ExtentId> repairing_;
 };
 

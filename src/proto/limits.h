@@ -32,7 +32,7 @@ inline constexpr uint32_t kMaxStringBytes = 4096;
 // One extent file holds at most 1 GiB of data: bounds the time to repair or recover one
 // extent, and the memory of one transfer's bookkeeping.
 inline constexpr uint64_t kMaxExtentBytes = 1ull << 30;
-// One ExtentVersions entry (17 B) per extent, so the list must fit in kMaxMetaBytes;
+// One ExtentVersions entry (18 B) per extent, so the list must fit in kMaxMetaBytes;
 // 2^18 extents of 64 MiB is a 16 TiB region.
 inline constexpr uint32_t kMaxExtents = 1u << 18;
 // No vector field may hold more elements than the largest semantic limit above; checked

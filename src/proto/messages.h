@@ -25,8 +25,9 @@ namespace cru::proto {
 
 // Bump on any change to a message's tag or fields, to the frame layout, or to the meaning
 // of an ErrorCode: peers compare versions first and refuse a mismatch with both numbers.
-// 2: ExtentFetch.have_hash, ExtentChunk.unchanged; 3: ErrorCode kIoTooLarge.
-inline constexpr uint32_t kProtocolVersion = 3;
+// 2: ExtentFetch.have_hash, ExtentChunk.unchanged; 3: ErrorCode kIoTooLarge;
+// 4: ExtentVersion.damaged.
+inline constexpr uint32_t kProtocolVersion = 4;
 
 #define CRU_FIELDS(...)                           \
   auto fields() { return std::tie(__VA_ARGS__); } \
@@ -123,7 +124,11 @@ struct ExtentVersion {
   Generation generation;
   FlushNumber flush;
   bool dirty = false;
-  CRU_FIELDS(generation, flush, dirty)
+  // The downstairs cannot vouch for this copy: its file is missing, truncated or has no
+  // valid metadata, or a block's bytes match none of its contexts. Never a repair source;
+  // always repaired from a healthy copy.
+  bool damaged = false;
+  CRU_FIELDS(generation, flush, dirty, damaged)
   friend auto operator<=>(const ExtentVersion&, const ExtentVersion&) = default;
 };
 

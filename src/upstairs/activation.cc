@@ -111,6 +111,10 @@ void Upstairs::on_active_message(ClientId c, Message& m) {
     if (e->status.code == ErrorCode::kNoLongerActive ||
         e->status.code == ErrorCode::kGenerationTooLow)
       return fence(fmt::format("{}: {}", describe(c), e->status.message));
+    // Damaged extents (said after a replaying reconnect, which exchanges no versions): the
+    // replay cannot restore them; a live repair copies them from the others.
+    if (e->status.code == ErrorCode::kCorrupt)
+      return fault(c, "reports damaged extents: " + e->status.message);
     log::warn("{} reports: {}", describe(c), Error{e->status.code, e->status.message}.to_string());
     return;
   }
@@ -254,6 +258,11 @@ void Upstairs::on_versions(ClientId c, std::vector<ExtentVersion> versions) {
                   fmt::format("reported {} extents, the region has {}", versions.size(),
                               region_->extent_count));
   clients_[c].versions = std::move(versions);
+  if (auto n = std::count_if(clients_[c].versions.begin(), clients_[c].versions.end(),
+                             [](const ExtentVersion& v) { return v.damaged; });
+      n > 0)
+    log::warn("{} reports {} damaged extents: they are repaired from the other downstairs",
+              describe(c), n);
   if (state_ == VolumeState::kActivating) {
     move(c, DsEvent::kVersions, DsState::kWaitQuorum);
     return collate_if_ready();
@@ -311,6 +320,13 @@ void Upstairs::collate_if_ready() {
   if (config_.read_only) return finish_activation();
   ClientData<std::vector<ExtentVersion>> versions;
   for (ClientId c : kAllClients) versions[c] = clients_[c].versions;
+  for (size_t e = 0; e < region_->extent_count; ++e)
+    if (std::all_of(kAllClients.begin(), kAllClients.end(),
+                    [&](ClientId c) { return versions[c][e].damaged; }))
+      log::error(
+          "extent {} is damaged on every downstairs: no copy to repair it from; its "
+          "damaged blocks read as errors",
+          e);
   auto plan = plan_mend(versions, {kAllClients.begin(), kAllClients.end()});
   if (plan.empty()) return finish_activation();
   start_reconcile(std::move(plan), false);

@@ -1,8 +1,9 @@
-// Reconciliation's choice per extent, from each downstairs' (generation, flush, dirty):
-// an extent needs repair if any copy is dirty or the copies differ; the source is the
-// copy with the highest (generation, flush), a dirty one preferred, ties to the lowest
-// client; the destinations are the copies that differ from it (all others if it is
-// dirty). Pure.
+// Reconciliation's choice per extent, from each downstairs' (generation, flush, dirty,
+// damaged): an extent needs repair if any copy is dirty or damaged or the copies differ;
+// the source is the undamaged copy with the highest (generation, flush), a dirty one
+// preferred, ties to the lowest client; the destinations are the copies that differ from
+// it (all others if it is dirty), so every damaged copy. With every copy damaged there is
+// no source and no mend. Pure.
 #pragma once
 
 #include <optional>
@@ -24,7 +25,8 @@ struct ExtentMend {
 std::vector<ExtentMend> plan_mend(const ClientData<std::vector<proto::ExtentVersion>>& versions,
                                   const std::vector<ClientId>& present);
 
-// The mend for one extent (nullopt if every present copy is clean and equal).
+// The mend for one extent (nullopt if every present copy is clean and equal, or every
+// present copy is damaged).
 std::optional<ExtentMend> mend_extent(ExtentId extent, const ClientData<proto::ExtentVersion>& v,
                                       const std::vector<ClientId>& present);
 

@@ -401,8 +401,8 @@ TEST(Chaos, CorruptBlockOnOneReplicaIsReadFromAnotherAndTheReplicaIsRepaired) {
   auto stopped = (*c)->stop_downstairs(kVictim);
   ASSERT_TRUE(stopped) << stopped.error().to_string();
   const std::string region = (*c)->region_dir(kVictim);
-  // Precondition: the extent is clean on disk. A dirty extent is recovered at open by
-  // rehashing its data, which would make the corruption look legitimate.
+  // Precondition: the extent is clean on disk, so that a read meets the corruption (the
+  // self-heal this test is for); in a dirty extent the open's scan would find it first.
   auto meta = run_command(
       {bin("crucible-downstairs"), "dump", "-d", region, "--extent", std::to_string(kExtent)},
       kToolTimeout);

@@ -845,6 +845,13 @@ class Sim {
 
   // Liveness: the replicas left compare equal, block by block and extent by extent.
   void finish() {
+    // A downstairs faulted during the final flush or reads (a late report of damaged
+    // extents, say) is being repaired, not in step: drain again before comparing.
+    if (!healthy()) {
+      phase_ = Phase::kDraining;
+      poll_at_ = now_;
+      return;
+    }
     phase_ = Phase::kDone;
     std::vector<int> live;
     for (int d = 0; d < kClientCount; ++d)

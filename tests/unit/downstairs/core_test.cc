@@ -306,6 +306,28 @@ TEST(CoreNegotiation, LastFlushInsteadOfExtentVersionsStartsJobsWithoutAReply) {
   EXPECT_TRUE(sent<Ack>(w, c)[0].status.is_ok());
 }
 
+TEST(CoreNegotiation, ADamagedRegionTellsAReplayingUpstairsThatItNeedsRepair) {
+  Fixture f;
+  f.core.reset();
+  const std::string path = f.region->extent_path(ExtentId{1});
+  f.region.reset();
+  ASSERT_TRUE(f.fs.remove(path));
+  auto r = Region::open(f.fs, "r", false);
+  ASSERT_TRUE(r) << r.error().to_string();
+  f.region = std::move(*r);
+  f.core = std::make_unique<Core>(*f.region, options(false, "127.0.0.1:3810"));
+  Upstairs u;
+  ConnectionId c = f.core->new_connection();
+  f.core->on_message(c, u.hello(1));
+  f.core->on_message(c, u.promote(1));
+  f.core->on_message(c, RegionInfoPlease{});
+  auto out = f.core->on_message(c, LastFlush{JobId{1500}});
+  const auto& report = only<ErrorReport>(out, c);
+  EXPECT_EQ(report.status.code, ErrorCode::kCorrupt);
+  EXPECT_NE(report.status.message.find("extent 1"), std::string::npos) << report.status.message;
+  EXPECT_FALSE(closed(out, c)) << "the upstairs decides: it repairs this downstairs";
+}
+
 // ---- takeover -----------------------------------------------------------------------------------
 
 TEST(CoreTakeover, AHigherGenerationTakesOver) {

@@ -680,19 +680,6 @@ TEST(RegionErrors, OpeningADirectoryWithoutARegionIsNotFound) {
   EXPECT_EQ(r.error().code, ErrorCode::kNotFound);
 }
 
-TEST(RegionErrors, AnExtentFileOfTheWrongSizeIsCorrupt) {
-  FaultFs fs;
-  auto r = make_region(fs);
-  std::string path = r->extent_path(ExtentId{2});
-  r.reset();
-  auto f = fs.open(path, OpenMode::kReadWrite);
-  ASSERT_TRUE(f);
-  ASSERT_TRUE((*f)->truncate(100));
-  auto again = Region::open(fs, "r", false);
-  ASSERT_FALSE(again);
-  EXPECT_EQ(again.error().code, ErrorCode::kCorrupt);
-}
-
 TEST(RegionErrors, DiskErrorsAreReturnedNotFatal) {
   FaultFs fs;
   auto r = make_region(fs);
@@ -1074,6 +1061,240 @@ TEST(RepairStaging, APowerCutAtAnyStepOfACommitLeavesOldOrNew) {
     }
   }
   EXPECT_TRUE(saw_old && saw_new);
+}
+
+// ---- damaged extents -------------------------------------------------------------------------
+// A replica with a bad extent file still opens: the extent is damaged (reported, its IO
+// refused with kCorrupt) so that the upstairs serves it from the others and repairs it.
+
+enum class Damage { kTruncated, kMissing, kNoValidMetadata };
+
+// A region whose extent 2 is damaged as `how` after its other extents got data.
+struct DamagedRegion {
+  FaultFs fs;
+  Blocks b = make_blocks(kExtentSize, 7);
+  std::unique_ptr<Region> r;
+
+  explicit DamagedRegion(Damage how) {
+    auto created = make_region(fs);
+    EXPECT_TRUE(write(*created, 0, b));
+    EXPECT_TRUE(created->flush(FlushNumber{1}, Generation{1}, std::nullopt));
+    std::string path = created->extent_path(ExtentId{2});
+    ExtentLayout layout{kBs, kExtentSize};
+    created.reset();
+    if (how == Damage::kMissing) {
+      EXPECT_TRUE(fs.remove(path));
+    } else {
+      auto f = fs.open(path, OpenMode::kReadWrite);
+      EXPECT_TRUE(f);
+      if (how == Damage::kTruncated) {
+        EXPECT_TRUE((*f)->truncate(layout.file_bytes() - 4096));
+      } else {
+        std::vector<std::byte> junk(2 * kMetaCopyBytes, std::byte{0x5a});
+        EXPECT_TRUE((*f)->write_at(layout.meta_offset(0), junk));
+      }
+    }
+    auto again = Region::open(fs, "r", false);
+    EXPECT_TRUE(again) << again.error().to_string();
+    if (again) r = std::move(*again);
+  }
+};
+
+class DamagedExtentFile : public ::testing::TestWithParam<Damage> {};
+
+TEST_P(DamagedExtentFile, TheRegionOpensAndReportsOnlyThatExtentDamaged) {
+  DamagedRegion d(GetParam());
+  ASSERT_TRUE(d.r);
+  auto v = d.r->versions();
+  for (uint32_t e = 0; e < kExtents; ++e) EXPECT_EQ(v[e].damaged, e == 2) << "extent " << e;
+  EXPECT_EQ(v[0], (ExtentVersion{Generation{1}, FlushNumber{1}, false, false}));
+  ASSERT_TRUE(d.r->damage(ExtentId{2}));
+  EXPECT_FALSE(d.r->damage(ExtentId{1}));
+  expect_block(read(*d.r, 0, 1), 0, d.b, 0);
+}
+
+TEST_P(DamagedExtentFile, IoToTheDamagedExtentIsCorruptNamingIt) {
+  DamagedRegion d(GetParam());
+  ASSERT_TRUE(d.r);
+  auto rd = d.r->read(BlockIndex{2 * kExtentSize + 1}, 1);
+  ASSERT_FALSE(rd);
+  EXPECT_EQ(rd.error().code, ErrorCode::kCorrupt);
+  EXPECT_NE(rd.error().message.find("extent 2"), std::string::npos) << rd.error().message;
+  // A read spanning a good and the damaged extent fails whole.
+  EXPECT_EQ(d.r->read(BlockIndex{kExtentSize}, 2 * kExtentSize).error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(write(*d.r, 2 * kExtentSize, make_blocks(1, 3)).error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(d.r->discard(BlockIndex{2 * kExtentSize}, 1).error().code, ErrorCode::kCorrupt);
+  EXPECT_TRUE(d.r->flush(FlushNumber{2}, Generation{1}, std::nullopt))
+      << "a flush covers the healthy extents";
+}
+
+TEST_P(DamagedExtentFile, IsNeverARepairSourceAndClosesAndReopensStillDamaged) {
+  DamagedRegion d(GetParam());
+  ASSERT_TRUE(d.r);
+  auto closed = d.r->close_extent(ExtentId{2});
+  ASSERT_TRUE(closed) << closed.error().to_string();
+  EXPECT_TRUE(closed->damaged);
+  auto src = d.r->open_for_transfer(ExtentId{2});
+  ASSERT_FALSE(src);
+  EXPECT_EQ(src.error().code, ErrorCode::kCorrupt);
+  auto reopened = d.r->reopen_extent(ExtentId{2});
+  ASSERT_FALSE(reopened) << "the file is still damaged";
+  EXPECT_TRUE(d.r->versions()[2].damaged);
+  EXPECT_EQ(d.r->read(BlockIndex{2 * kExtentSize}, 1).error().code, ErrorCode::kCorrupt);
+  EXPECT_TRUE(d.r->reopen_all()) << "a new session starts despite the damaged extent";
+  EXPECT_TRUE(d.r->versions()[2].damaged);
+}
+
+TEST_P(DamagedExtentFile, ARepairRewritesTheFileAndTheExtentIsWholeAgain) {
+  DamagedRegion d(GetParam());
+  ASSERT_TRUE(d.r);
+  auto source = make_region(d.fs, "src");
+  Blocks good = make_blocks(kExtentSize, 90);
+  ASSERT_TRUE(write(*source, 2 * kExtentSize, good));
+  ASSERT_TRUE(source->flush(FlushNumber{4}, Generation{1}, std::nullopt));
+  ASSERT_TRUE(source->close_extent(ExtentId{2}));
+  std::vector<std::byte> file = extent_file(*source, ExtentId{2});
+  ASSERT_TRUE(d.r->close_extent(ExtentId{2}));
+  {
+    auto s = d.r->begin_repair(ExtentId{2});
+    ASSERT_TRUE(s) << s.error().to_string();
+    ASSERT_TRUE((*s)->append(0, file));
+    auto c = (*s)->commit(file.size(), integrity_hash(file));
+    ASSERT_TRUE(c) << c.error().to_string();
+  }
+  ASSERT_TRUE(d.r->reopen_extent(ExtentId{2}));
+  EXPECT_FALSE(d.r->damage(ExtentId{2}));
+  EXPECT_EQ(d.r->versions()[2], ver(1, 4, false));
+  auto got = read(*d.r, 2 * kExtentSize, kExtentSize);
+  for (size_t i = 0; i < kExtentSize; ++i) expect_block(got, i, good, i);
+}
+
+TEST_P(DamagedExtentFile, VerifyReportsTheExtentDamaged) {
+  DamagedRegion d(GetParam());
+  ASSERT_TRUE(d.r);
+  d.r.reset();
+  auto ro = Region::open(d.fs, "r", true);
+  ASSERT_TRUE(ro) << ro.error().to_string();
+  EXPECT_TRUE((*ro)->versions()[2].damaged);
+  auto report = verify(**ro);
+  ASSERT_TRUE(report) << report.error().to_string();
+  EXPECT_EQ(report->damaged_extents, 1u);
+  EXPECT_NE(report->text.find("extent 2: damaged"), std::string::npos) << report->text;
+}
+
+INSTANTIATE_TEST_SUITE_P(Damage, DamagedExtentFile,
+                         ::testing::Values(Damage::kTruncated, Damage::kMissing,
+                                           Damage::kNoValidMetadata),
+                         [](const ::testing::TestParamInfo<Damage>& p) {
+                           switch (p.param) {
+                             case Damage::kTruncated:
+                               return "Truncated";
+                             case Damage::kMissing:
+                               return "Missing";
+                             case Damage::kNoValidMetadata:
+                               return "NoValidMetadata";
+                           }
+                           return "";
+                         });
+
+TEST(ExtentDamage, AFailedReopenIsDamagedUntilALaterReopenSucceeds) {
+  FaultFs fs;
+  auto r = make_region(fs);
+  Blocks b = make_blocks(2, 5);
+  ASSERT_TRUE(write(*r, kExtentSize, b));
+  ASSERT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
+  ASSERT_TRUE(r->close_extent(ExtentId{1}));
+  fs.fail_next(FaultFs::Op::kRead);
+  auto s = r->reopen_extent(ExtentId{1});
+  ASSERT_FALSE(s) << "the failure reaches the upstairs";
+  EXPECT_EQ(s.error().code, ErrorCode::kIo);
+  EXPECT_TRUE(r->versions()[1].damaged);
+  EXPECT_EQ(r->read(BlockIndex{kExtentSize}, 1).error().code, ErrorCode::kCorrupt);
+  ASSERT_TRUE(r->reopen_all());
+  EXPECT_EQ(r->versions()[1], ver(1, 1, false));
+  auto got = read(*r, kExtentSize, 2);
+  expect_block(got, 0, b, 0);
+  expect_block(got, 1, b, 1);
+}
+
+// A dirty extent (written since its last flush, the process killed before settling) in
+// which a block's bytes were overwritten on disk with bytes no context describes.
+struct GarbageBlock {
+  FaultFs fs;
+  Blocks b = make_blocks(kExtentSize, 21);
+  static constexpr uint64_t kBad = 3;
+
+  GarbageBlock() {
+    auto r = make_region(fs);
+    EXPECT_TRUE(write(*r, 0, b));
+    EXPECT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
+    EXPECT_TRUE(write(*r, 6, make_blocks(1, 60)));  // dirty again: the next open scans it
+    std::string path = r->extent_path(ExtentId{0});
+    r.reset();  // killed: nothing settles the flag
+    auto f = fs.open(path, OpenMode::kReadWrite);
+    EXPECT_TRUE(f);
+    std::vector<std::byte> junk(kBs, std::byte{0xa7});
+    EXPECT_TRUE((*f)->write_at(ExtentLayout{kBs, kExtentSize}.data_offset(kBad), junk));
+  }
+  std::unique_ptr<Region> open(bool read_only) {
+    auto r = Region::open(fs, "r", read_only);
+    EXPECT_TRUE(r) << r.error().to_string();
+    return r ? std::move(*r) : nullptr;
+  }
+};
+
+TEST(ExtentDamage, AGarbageBlockInADirtyExtentIsDamagedNotRehashed) {
+  GarbageBlock g;
+  auto r = g.open(false);
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->versions()[0].damaged);
+  EXPECT_TRUE(r->versions()[0].dirty);
+  EXPECT_FALSE(r->versions()[1].damaged);
+  auto rd = r->read(BlockIndex{GarbageBlock::kBad}, 1);
+  ASSERT_FALSE(rd) << "the garbage was given a context";
+  EXPECT_EQ(rd.error().code, ErrorCode::kCorrupt);
+  EXPECT_NE(rd.error().message.find("block 3"), std::string::npos) << rd.error().message;
+  auto good = read(*r, 0, GarbageBlock::kBad);
+  for (size_t i = 0; i < GarbageBlock::kBad; ++i) expect_block(good, i, g.b, i);
+  // Nothing was written for it: a second open (after a crash that kept every write) finds
+  // it damaged again.
+  r.reset();
+  g.fs.crash_keep_all();
+  r = g.open(false);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->read(BlockIndex{GarbageBlock::kBad}, 1).error().code, ErrorCode::kCorrupt);
+}
+
+TEST(ExtentDamage, ADamagedExtentIsNeverARepairSource) {
+  GarbageBlock g;
+  auto r = g.open(false);
+  ASSERT_TRUE(r);
+  auto closed = r->close_extent(ExtentId{0});
+  ASSERT_TRUE(closed);
+  EXPECT_TRUE(closed->damaged);
+  EXPECT_EQ(r->open_for_transfer(ExtentId{0}).error().code, ErrorCode::kCorrupt);
+}
+
+TEST(ExtentDamage, AReadOnlyOpenAndVerifySeeTheDamagedBlock) {
+  GarbageBlock g;
+  auto r = g.open(true);
+  ASSERT_TRUE(r);
+  EXPECT_TRUE(r->versions()[0].damaged);
+  EXPECT_EQ(r->read(BlockIndex{GarbageBlock::kBad}, 1).error().code, ErrorCode::kCorrupt);
+  auto report = verify(*r);
+  ASSERT_TRUE(report);
+  EXPECT_EQ(report->mismatches, 1u) << report->text;
+  EXPECT_NE(report->text.find("block 3 "), std::string::npos) << report->text;
+}
+
+TEST(ExtentDamage, WritingTheBlockAgainMakesItWhole) {
+  GarbageBlock g;
+  auto r = g.open(false);
+  ASSERT_TRUE(r);
+  Blocks fresh = make_blocks(1, 99);
+  ASSERT_TRUE(write(*r, GarbageBlock::kBad, fresh));
+  EXPECT_FALSE(r->versions()[0].damaged);
+  expect_block(read(*r, GarbageBlock::kBad, 1), 0, fresh, 0);
 }
 
 }  // namespace

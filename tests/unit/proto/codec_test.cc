@@ -240,7 +240,7 @@ TEST(Codec, LargestIoFitsTheFrameLimits) {
 TEST(Limits, LargestExtentVersionsFitsInMetadata) {
   Message one = ExtentVersions{{ExtentVersion{}}};
   const uint64_t per_extent = encode(one).head.size() - kFrameHeaderBytes - 4;
-  EXPECT_EQ(per_extent, 17u);
+  EXPECT_EQ(per_extent, 18u);
   EXPECT_LE(4 + per_extent * kMaxExtents, kMaxMetaBytes);
 }
 
@@ -257,7 +257,7 @@ std::vector<std::byte> bytes_of(std::initializer_list<int> v) {
 }
 
 // A reminder that a version change is deliberate: update docs/protocol.md with it.
-TEST(Golden, ProtocolVersionIsThree) { EXPECT_EQ(kProtocolVersion, 3u); }
+TEST(Golden, ProtocolVersionIsFour) { EXPECT_EQ(kProtocolVersion, 4u); }
 
 TEST(Golden, HereIAmEncoding) {
   HereIAm m;
@@ -449,8 +449,8 @@ TEST(Codec, RejectsVectorCountLargerThanBytesLeftWithoutAllocating) {
   EXPECT_TRUE(rejected_with(
       decode_frame(frame(Tag::kWrite, Meta().u64(1).u32(0).u64(0).u32(512).u32(kU32Max).u64(0))),
       "vector of 4294967295 elements"));
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kExtentVersions, Meta().u32(2).fill(17, 0))),
-                            "vector of 2 elements needs at least 34 bytes but only 17 left"));
+  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kExtentVersions, Meta().u32(2).fill(18, 0))),
+                            "vector of 2 elements needs at least 36 bytes but only 18 left"));
 }
 
 // Regression: the vector check bounds the count by the minimum wire size of an element

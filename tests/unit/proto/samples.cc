@@ -102,7 +102,8 @@ std::vector<Message> small_samples() {
   s.push_back(ExtentVersions{});
   s.push_back(ExtentVersions{{ExtentVersion{Generation{0}, FlushNumber{0}, false},
                               ExtentVersion{Generation{kU64Max}, FlushNumber{kU64Max}, true},
-                              ExtentVersion{Generation{3}, FlushNumber{9}, true}}});
+                              ExtentVersion{Generation{3}, FlushNumber{9}, true},
+                              ExtentVersion{Generation{4}, FlushNumber{2}, false, true}}});
   s.push_back(LastFlush{JobId{0}});
   s.push_back(LastFlush{JobId{kU64Max}});
 

@@ -105,5 +105,68 @@ TEST(Mend, FreshRegionsNeedNoPlan) {
   EXPECT_TRUE(plan_mend(versions, kThree).empty());
 }
 
+// ---- damaged copies ----------------------------------------------------------------------
+
+// A copy its downstairs cannot vouch for (file unreadable, or a block matching no context).
+ExtentVersion damaged(uint64_t gen, uint64_t flush, bool dirty = false) {
+  return ExtentVersion{Generation{gen}, FlushNumber{flush}, dirty, true};
+}
+
+TEST(MendDamaged, ADamagedCopyWithTheHighestNumbersIsNotTheSource) {
+  auto m = mend_extent(ExtentId{0}, three(damaged(2, 9, true), v(1, 5), v(1, 5)), kThree);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->source, kC1);
+  EXPECT_EQ(m->dests, (std::vector<ClientId>{kC0}));
+}
+
+TEST(MendDamaged, ADamagedCopyWithEqualCleanNumbersIsStillRepaired) {
+  auto m = mend_extent(ExtentId{1}, three(v(1, 5), damaged(1, 5), v(1, 5)), kThree);
+  ASSERT_TRUE(m) << "equal numbers say nothing about a damaged copy's bytes";
+  EXPECT_EQ(m->source, kC0);
+  EXPECT_EQ(m->dests, (std::vector<ClientId>{kC1}));
+}
+
+TEST(MendDamaged, AnUnreadableFileIsRepairedFromTheHealthyCopies) {
+  // A file that could not be opened reports (0, 0, clean, damaged).
+  auto m = mend_extent(ExtentId{0}, three(v(3, 7), v(3, 7), damaged(0, 0)), kThree);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->source, kC0);
+  EXPECT_EQ(m->dests, (std::vector<ClientId>{kC2}));
+}
+
+TEST(MendDamaged, TheOnlyHealthyCopyIsTheSourceForBothOthers) {
+  auto m = mend_extent(ExtentId{0}, three(damaged(1, 9), damaged(1, 8, true), v(1, 2)), kThree);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->source, kC2);
+  EXPECT_EQ(m->dests, (std::vector<ClientId>{kC0, kC1}));
+}
+
+TEST(MendDamaged, WithEveryCopyDamagedThereIsNoSource) {
+  EXPECT_FALSE(
+      mend_extent(ExtentId{0}, three(damaged(1, 9), damaged(1, 8, true), damaged(0, 0)), kThree));
+}
+
+TEST(MendDamaged, TwoPresentCopiesOneDamaged) {
+  auto m = mend_extent(ExtentId{0}, three(damaged(4, 4), v(0, 0), v(1, 1)), {kC0, kC2});
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->source, kC2);
+  EXPECT_EQ(m->dests, (std::vector<ClientId>{kC0}));
+}
+
+TEST(MendDamaged, PlanRepairsEveryDamagedExtentAndNoOther) {
+  ClientData<std::vector<ExtentVersion>> versions;
+  versions[kC0] = {v(1, 3), damaged(1, 3), v(1, 3)};
+  versions[kC1] = {v(1, 3), v(1, 3), v(1, 3)};
+  versions[kC2] = {v(1, 3), v(1, 3), damaged(0, 0)};
+  auto plan = plan_mend(versions, kThree);
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].extent, ExtentId{1});
+  EXPECT_EQ(plan[0].dests, (std::vector<ClientId>{kC0}));
+  EXPECT_NE(plan[0].source, kC0);
+  EXPECT_EQ(plan[1].extent, ExtentId{2});
+  EXPECT_EQ(plan[1].dests, (std::vector<ClientId>{kC2}));
+  EXPECT_NE(plan[1].source, kC2);
+}
+
 }  // namespace
 }  // namespace cru::upstairs
