@@ -944,6 +944,33 @@ class Sim {
     old_ups_.clear();
   }
 
+  // The guest of a taken-over upstairs goes on writing. Once the new one is active every
+  // downstairs has fenced the old one, so none of these writes may ever land: their
+  // values are not in the model, and a read that returns one fails the run.
+  void fenced_write_due() {
+    if (phase_ != Phase::kRunning || now_ < next_fenced_write_at_ || old_ups_.empty()) return;
+    next_fenced_write_at_ = now_ + pick_ms(1, 300);
+    int u = old_ups_.back();
+    if (!ups_.contains(u)) return;
+    uint64_t count = pick(1, kIoBlocksMax);
+    uint64_t start = pick(0, total_blocks_ - count);
+    uint64_t seq = next_seq_++;
+    ByteBuffer data(count * bs_);
+    for (uint64_t i = 0; i < count; ++i)
+      block_bytes(seq, start + i, data.span().subspan(i * bs_, bs_));
+    upstairs::BlockCrypto::Sealed sealed = crypto_.seal(data.span());
+    upstairs::WriteOp w;
+    w.start = BlockIndex{start};
+    w.contexts = std::move(sealed.contexts);
+    w.data = std::move(sealed.data);
+    GuestId id{next_guest_++};
+    ups_.at(u).calls.emplace(id, GuestCall{OpKind::kWrite, seq, start, count});
+    ++result_.fenced_writes;
+    trace("fenced write op {} at block {} ({} blocks) to the old upstairs {}", seq, start, count,
+          u);
+    apply_up(u, upstairs::GuestSubmit{id, std::move(w)});
+  }
+
   // A downstairs is lost with its disk; an empty one at a new port takes its place.
   void replace(int d) {
     ++result_.replacements;
@@ -989,7 +1016,10 @@ class Sim {
         note_double();
       }
     }
-    if (!old_ups_.empty()) retire_old_upstairs();
+    if (!old_ups_.empty()) {
+      retire_old_upstairs();
+      fenced_write_due();
+    }
     if (poll_at_ && now_ >= *poll_at_) {
       poll_at_.reset();
       poll();
@@ -1342,6 +1372,7 @@ class Sim {
   std::array<Downstairs, kClientCount> ds_;
   std::map<int, UpInstance> ups_;
   int cur_ = 0, next_up_ = 1;
+  TimePoint next_fenced_write_at_{};
   std::vector<int> old_ups_;            // taken over, still connected
   std::map<GuestId, GuestCall> calls_;  // the current upstairs'
   TimePoint took_over_at_{};

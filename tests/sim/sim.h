@@ -64,6 +64,7 @@ struct SimResult {
   uint64_t eio = 0;                 // guest calls failed while two replicas were impaired
   uint64_t durability_checks = 0;   // acknowledged flushes checked on every pair of replicas
   uint64_t faults_during_repair = 0, double_faults = 0, replacements = 0, takeovers = 0;
+  uint64_t fenced_writes = 0;  // writes to a taken-over upstairs (they must never land)
   std::chrono::milliseconds virtual_time{0};
 };
 

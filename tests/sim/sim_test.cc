@@ -73,6 +73,7 @@ uint64_t counter(const SimResult& r, const std::string& name) {
   if (name == "double_faults") return r.double_faults;
   if (name == "replacements") return r.replacements;
   if (name == "takeovers") return r.takeovers;
+  if (name == "fenced_writes") return r.fenced_writes;
   ADD_FAILURE() << "no counter named " << name;
   return 0;
 }
@@ -94,6 +95,7 @@ void add(SimResult& total, const SimResult& r) {
   total.double_faults += r.double_faults;
   total.replacements += r.replacements;
   total.takeovers += r.takeovers;
+  total.fenced_writes += r.fenced_writes;
 }
 
 void run_scenario(const Scenario& sc) {
@@ -135,7 +137,8 @@ void run_scenario(const Scenario& sc) {
   std::printf(
       "[   SIM    ] %s: %zu seeds, %llu ops, %llu reads, %llu faults (%llu during repair, %llu "
       "double), %llu replays, %llu live repairs, %llu extents reconciled, %llu self-heals, %llu "
-      "replacements, %llu takeovers, %llu EIO, %llu durability checks, %llu latent flips, %llu "
+      "replacements, %llu takeovers (%llu fenced writes), %llu EIO, %llu durability checks, %llu "
+      "latent flips, %llu "
       "deliveries, %lld s virtual, %lld ms\n",
       sc.name, seeds.size(), static_cast<unsigned long long>(total.ops),
       static_cast<unsigned long long>(total.reads),
@@ -147,7 +150,9 @@ void run_scenario(const Scenario& sc) {
       static_cast<unsigned long long>(total.reconciles),
       static_cast<unsigned long long>(total.self_heals),
       static_cast<unsigned long long>(total.replacements),
-      static_cast<unsigned long long>(total.takeovers), static_cast<unsigned long long>(total.eio),
+      static_cast<unsigned long long>(total.takeovers),
+      static_cast<unsigned long long>(total.fenced_writes),
+      static_cast<unsigned long long>(total.eio),
       static_cast<unsigned long long>(total.durability_checks),
       static_cast<unsigned long long>(total.latent_corruptions),
       static_cast<unsigned long long>(total.deliveries),
@@ -317,7 +322,7 @@ TEST(Sim, Takeover) {
                 .number = 15,
                 .kinds = {kTakeover, kDisconnect},
                 .fault_count = 3,
-                .expect = {"takeovers", "reconciles"}});
+                .expect = {"takeovers", "reconciles", "fenced_writes"}});
 }
 
 }  // namespace
