@@ -5,6 +5,8 @@
 //   CRU_SIM_SEED=N    run only seed N (in every scenario the filter selects)
 //   CRU_SIM_LOG=debug the cores' logs (to stderr), for a replayed seed
 //   CRU_SIM_TRACE=1   every delivery and fault (to stderr), for a replayed seed
+//   CRU_SIM_MAX_FAILURES=N  stop a scenario after N failed seeds (default 5; a sweep
+//                     raises it to list every failing seed)
 //
 // 100k seeds: run scenarios in parallel, one process per scenario and seed range, e.g.
 //   for f in $(build/tests/sim --gtest_list_tests | grep '^  ' | tr -d ' '); do
@@ -127,7 +129,8 @@ void run_scenario(const Scenario& sc) {
     if (!r.ok) {
       ADD_FAILURE() << "seed " << seed << ": " << r.failure << "\n  replay: CRU_SIM_SEED=" << seed
                     << " build/tests/sim --gtest_filter=Sim." << sc.name;
-      if (++failures >= 5) break;  // enough to go on with
+      if (++failures >= static_cast<int>(env_number("CRU_SIM_MAX_FAILURES").value_or(5)))
+        break;  // enough to go on with
     }
     add(total, r);
   }
@@ -135,12 +138,13 @@ void run_scenario(const Scenario& sc) {
                                                                   started)
                 .count();
   std::printf(
-      "[   SIM    ] %s: %zu seeds, %llu ops, %llu reads, %llu faults (%llu during repair, %llu "
+      "[   SIM    ] %s: %zu seeds (%d failed), %llu ops, %llu reads, %llu faults (%llu during "
+      "repair, %llu "
       "double), %llu replays, %llu live repairs, %llu extents reconciled, %llu self-heals, %llu "
       "replacements, %llu takeovers (%llu fenced writes), %llu EIO, %llu durability checks, %llu "
       "latent flips, %llu "
       "deliveries, %lld s virtual, %lld ms\n",
-      sc.name, seeds.size(), static_cast<unsigned long long>(total.ops),
+      sc.name, seeds.size(), failures, static_cast<unsigned long long>(total.ops),
       static_cast<unsigned long long>(total.reads),
       static_cast<unsigned long long>(total.faults_injected),
       static_cast<unsigned long long>(total.faults_during_repair),
