@@ -68,8 +68,8 @@ using DsConn = downstairs::ConnectionId;
 
 // What a power cut keeps or drops of an unsynced write, piece by piece: a disk sector.
 constexpr size_t kAtomicWriteBytes = 512;
-// At most this many downstairs impaired at once by overlapping faults: the third keeps
-// every acknowledged write (the upstairs holds what the others miss).
+// At most this many downstairs impaired (or out of service in the upstairs' view, e.g.
+// under repair) when an overlapping fault comes: the third keeps every acknowledged write.
 constexpr int kImpairedMax = 2;
 // The data port of the first downstairs at a slot; a replacement listens 10 above.
 constexpr int kFirstPort = 3810;
@@ -748,8 +748,10 @@ class Sim {
       repairing = s.repair.running || s.state == "reconciling";
       if (!repairing || !chance(50)) return;
     }
+    // One replica stays untouched and active, so there is always a source to repair from
+    // (with all three out the volume needs a new activation, which no fault here makes).
     int need = (kind == FaultKind::kPartitionTwo || kind == FaultKind::kCrashTwo) ? 2 : 1;
-    if (impaired_count() + need > kImpairedMax) {
+    if (std::max(impaired_count(), out_of_service()) + need > kImpairedMax) {
       next_fault_at_ = now_ + kPollInterval;
       return;
     }
