@@ -134,7 +134,8 @@ struct Downstairs {
   int port = kFirstPort;  // data port; the repair port is the next one
   int replacements = 0;
   bool up = true;
-  bool gone = false;  // lost for good
+  bool gone = false;         // lost for good
+  uint64_t lost_at_seq = 0;  // the next guest op when it was lost
   TimePoint restart_at{}, stalled_until{}, partitioned_until{};
   std::optional<TimePoint> fault_end;  // a delay or storage errors end then
   double storage_p = 0;                // the failure probability of its disk calls
@@ -867,6 +868,7 @@ class Sim {
         break;
       case FaultKind::kLoseForGood:
         ds.gone = true;
+        ds.lost_at_seq = next_seq_;
         kill_downstairs(d, "lost for good");
         break;
     }
@@ -1213,7 +1215,9 @@ class Sim {
     std::vector<int> live;
     std::vector<std::vector<std::optional<Value>>> views;
     for (int d = 0; d < kClientCount; ++d) {
-      if (ds_[d].gone) continue;
+      // One lost after the flush was submitted may have acknowledged it before it went:
+      // the copy it held then counts (its disk is as it left it).
+      if (ds_[d].gone && ds_[d].lost_at_seq <= flush_seq) continue;
       live.push_back(d);
       views.push_back(replica_view(d, extents));
     }
