@@ -1093,8 +1093,11 @@ class Sim {
     calls_.erase(it);
     if (!g.status) {
       bool io_call = call.kind != OpKind::kActivate && call.kind != OpKind::kReplace;
-      // A latent flip is a copy lost already: one more fault makes two.
-      if (io_call && !double_open_ && flips_ever_ && out_of_service() >= 2) note_double();
+      // A latent flip is a copy lost already, and with overlapping faults one (a break
+      // during a repair, which cannot be replayed) may take out a second replica: two out
+      // in the upstairs' own view is two out.
+      if (io_call && !double_open_ && (flips_ever_ || options_.overlap) && out_of_service() >= 2)
+        note_double();
       if (!io_call || !eio_allowed(call) || phase_ == Phase::kFinalFlush ||
           phase_ == Phase::kFinalRead)
         return fail_run(fmt::format("guest op {} ({}) failed: {}; {}", call.seq,
