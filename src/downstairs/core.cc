@@ -201,7 +201,11 @@ Output Core::on_message(ConnectionId conn, Message m) {
         reset_completed(it->second, std::nullopt);
         out.send(conn, ExtentVersions{region_.versions()});
       } else if (auto lf = as<LastFlush>(m)) {
-        // A reconnecting upstairs replays everything after its last flush.
+        // A reconnecting upstairs replays everything after its last flush, also jobs that
+        // ran here already: each must leave what it left the first time. Data converges by
+        // running in order again; a flush run again stamps extents that later jobs had
+        // dirtied, so every write-type job dirties its extents even when it changes no
+        // block (Extent::write, Extent::discard) and the next flush stamps them again.
         it->second.state = State::kRunning;
         reset_completed(it->second, lf->last_flushed);
         log::info("upstairs {} replays jobs after {}", conn, lf->last_flushed);

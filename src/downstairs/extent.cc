@@ -443,8 +443,11 @@ Status Extent::write(uint64_t first, std::span<const proto::BlockContext> contex
     encode_slot(Slot{next_slot_seq_++, contexts[i].hash, false, contexts[i].encryption},
                 slot_bytes(pair, 0, active == 0 ? 1 : 0));
   }
-  if (writing == 0) return {};
+  // Dirty even when every block was skipped: a replay runs this job again after a flush
+  // replayed before it stamped this extent, and only the dirty flag makes the next flush
+  // stamp it again, as the first run had it (see LastFlush in Core).
   CRU_TRY(mark_dirty(first_seq));
+  if (writing == 0) return {};
   CRU_TRY(sync_before_overwriting(first, n));
   CRU_TRY(file_->write_at(layout_.slots_offset(first), pairs));
   // Encrypted contexts cannot be rebuilt from the data (the nonce and tag would be lost),
@@ -482,13 +485,14 @@ Status Extent::discard(uint64_t first, uint64_t count) {
   CRU_ASSERT(first + count <= layout_.blocks);
   if (read_only_) return fail(ErrorCode::kReadOnly, fmt::format("extent {} is read-only", id_));
   const uint64_t zero_hash = zero_block_hash(bs);
+  // Dirty even when every block is already zeros, for a replay (see write()).
+  CRU_TRY(mark_dirty(next_slot_seq_));
   for (uint64_t chunk = first; chunk < first + count; chunk += kScanChunkBlocks) {
     uint64_t n = std::min(kScanChunkBlocks, first + count - chunk);
     CRU_TRY_ASSIGN(const std::vector<std::byte> old_pairs, read_slot_pairs(chunk, n));
     std::vector<std::byte> pairs = old_pairs;
     std::vector<bool> change(n, false);
     bool any = false;
-    const uint64_t first_seq = next_slot_seq_;
     for (uint64_t i = 0; i < n; ++i) {
       auto pair = std::span(pairs).subspan(i * kSlotPairBytes, kSlotPairBytes);
       int active = select_slot(pair, {}, false);
@@ -499,7 +503,6 @@ Status Extent::discard(uint64_t first, uint64_t count) {
       change[i] = any = true;
     }
     if (!any) continue;
-    CRU_TRY(mark_dirty(first_seq));
     CRU_TRY(sync_before_overwriting(chunk, n));
     CRU_TRY(file_->write_at(layout_.slots_offset(chunk), pairs));
     if (encrypted_) CRU_TRY(sync());  // as in write(): contexts before data

@@ -104,8 +104,8 @@ class Extent {
   // range holding a damaged block fails with kCorrupt naming the block.
   Status read(uint64_t first, std::span<std::optional<proto::BlockContext>> contexts,
               std::span<std::byte> data);
-  // Writes blocks; with only_unwritten, blocks that hold a context are left alone (and
-  // if all are, nothing changes, not even the dirty flag).
+  // Writes blocks; with only_unwritten, blocks that hold a context are left alone (if all
+  // are, only the dirty flag is set: see write() on replays).
   Status write(uint64_t first, std::span<const proto::BlockContext> contexts,
                std::span<const std::byte> data, bool only_unwritten);
   // Makes blocks unwritten (zeros) and releases their space.

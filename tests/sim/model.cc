@@ -103,6 +103,26 @@ void Model::upstairs_crash(uint64_t seq) {
   }
 }
 
+void Model::write_failed(uint64_t seq, uint64_t start, uint64_t count) {
+  for (uint64_t i = start; i < start + count; ++i) {
+    Block& b = blocks_[i];
+    size_t own = at(b, seq + 1);
+    if (own == 0 || b.history[own].seq != seq) continue;
+    std::vector<Value> before = b.history[own - 1].values;
+    // Loose for what came after (a later write hides it again), but never wrong.
+    for (size_t j = own; j < b.history.size(); ++j)
+      for (Value v : before) add(b.history[j].values, v);
+  }
+}
+
+std::vector<Value> Model::legal(uint64_t block, uint64_t seq, uint64_t last_seq) const {
+  const Block& b = blocks_[block];
+  std::vector<Value> out;
+  for (size_t i = at(b, seq), last = at(b, last_seq + 1); i <= last; ++i)
+    for (Value v : b.history[i].values) add(out, v);
+  return out;
+}
+
 std::optional<std::string> Model::check_read(uint64_t block, uint64_t seq, uint64_t last_seq,
                                              std::optional<Value> got, bool strict) {
   Block& b = blocks_[block];

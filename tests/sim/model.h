@@ -41,6 +41,14 @@ class Model {
   std::optional<std::string> check_read(uint64_t block, uint64_t seq, uint64_t last_seq,
                                         std::optional<Value> got, bool strict);
 
+  // A write or discard submitted as `seq` failed: it may have reached some replicas or
+  // none, so from then on each block may also hold what it held before.
+  void write_failed(uint64_t seq, uint64_t start, uint64_t count);
+
+  // Every value a block may hold for a reader that follows operation `seq` and may see
+  // operations up to `last_seq` (what a flush acknowledged at `seq` must keep).
+  std::vector<Value> legal(uint64_t block, uint64_t seq, uint64_t last_seq) const;
+
   // The possible values now (for reports).
   std::string describe(uint64_t block) const;
 

@@ -774,6 +774,61 @@ TEST(CoreStats, ErrorsAreCountedByCodeAndFailedWritesWriteNoBytes) {
     EXPECT_EQ(s[JobKind::kWrite].disk_seconds.bucket(b), 0u);
 }
 
+// A replay resends every job after the upstairs' last flush, also those this downstairs
+// had already run: each must leave what it left the first time. A flush that runs again
+// stamps extents that later jobs had dirtied; those jobs must dirty them again when they
+// run again, even where their blocks already hold what they write (found by the
+// simulator: a write-unwritten and a discard that changed nothing the second time left
+// an extent one flush behind the other replicas).
+TEST(CoreReplay, RunningJobsAgainLeavesWhatRunningThemOnceLeft) {
+  auto prefix = [](Fixture& f, ConnectionId c) {
+    f.core->on_message(c, make_write(1000, {}, 2 * kExtentSize, 2, 1));
+    f.core->on_message(c, make_flush(1001, ids({1000}), 1, 1));
+  };
+  std::vector<Message> after;
+  after.push_back(make_flush(1002, ids({1001}), 2, 1));
+  WriteUnwritten wu;
+  static_cast<WriteFields&>(wu) = make_write(1003, ids({1002}), kExtentSize, 1, 2);
+  after.push_back(wu);  // blocks never written: it writes
+  after.push_back(Discard{JobId{1004}, ids({1002}), BlockIndex{2 * kExtentSize + 1}, 1});
+  const Message last = make_flush(1005, ids({1003, 1004}), 3, 1);
+
+  // Once: the upstairs hears every ack.
+  Fixture once;
+  Upstairs u1;
+  ConnectionId c1 = once.negotiate(u1, 1);
+  prefix(once, c1);
+  for (const auto& m : after)
+    EXPECT_TRUE(sent<Ack>(once.core->on_message(c1, m), c1)[0].status.is_ok());
+  once.core->on_message(c1, last);
+
+  // Twice: the acks after job 1001 are lost with the connection, the upstairs comes back
+  // and replays everything after that flush.
+  Fixture twice;
+  Upstairs u2;
+  ConnectionId c2 = twice.negotiate(u2, 1);
+  prefix(twice, c2);
+  for (const auto& m : after) twice.core->on_message(c2, m);
+  twice.core->on_disconnect(c2, "network failure");
+  ConnectionId c3 = twice.core->new_connection();
+  twice.core->on_message(c3, u2.hello(1));
+  twice.core->on_message(c3, u2.promote(1));
+  twice.core->on_message(c3, RegionInfoPlease{});
+  twice.core->on_message(c3, LastFlush{JobId{1001}});
+  for (const auto& m : after)
+    EXPECT_TRUE(sent<Ack>(twice.core->on_message(c3, m), c3)[0].status.is_ok()) << describe(m);
+  EXPECT_TRUE(only<Ack>(twice.core->on_message(c3, last), c3).status.is_ok());
+
+  EXPECT_EQ(twice.region->versions(), once.region->versions());
+  EXPECT_EQ(once.region->versions()[1].flush, FlushNumber{3});
+  EXPECT_EQ(once.region->versions()[2].flush, FlushNumber{3});
+  auto a = once.region->read(BlockIndex{0}, kExtentSize * kExtents);
+  auto b = twice.region->read(BlockIndex{0}, kExtentSize * kExtents);
+  ASSERT_TRUE(a && b);
+  EXPECT_EQ(a->contexts, b->contexts);
+  EXPECT_TRUE(std::ranges::equal(a->data.span(), b->data.span()));
+}
+
 TEST(CoreJobs, LossyModeStillCompletesEverythingAfterTicks) {
   CoreOptions o;
   o.faults.lossy = true;

@@ -384,7 +384,10 @@ TEST(WriteUnwritten, SkipsBlocksAlreadyWritten) {
   }
 }
 
-TEST(WriteUnwritten, LeavesTheExtentCleanWhenEveryBlockIsSkipped) {
+// Dirty, unlike the Rust downstairs: a replay may run it again after a replayed flush
+// stamped the extent, and the next flush must stamp it again (see LastFlush in Core). No
+// data or context is written, and no sync is needed (a flush leaves the flag on disk).
+TEST(WriteUnwritten, DirtiesTheExtentButWritesNothingWhenEveryBlockIsSkipped) {
   FaultFs fs;
   auto r = make_region(fs);
   Blocks old = make_blocks(3, 1);
@@ -392,7 +395,7 @@ TEST(WriteUnwritten, LeavesTheExtentCleanWhenEveryBlockIsSkipped) {
   ASSERT_TRUE(r->flush(FlushNumber{4}, Generation{1}, std::nullopt));
   uint64_t writes = fs.stats().count(FaultFs::Op::kWrite), syncs = fs.syncs();
   ASSERT_TRUE(write(*r, 2, make_blocks(3, 9), true));
-  EXPECT_EQ(r->versions()[0], ver(1, 4, false));
+  EXPECT_EQ(r->versions()[0], ver(1, 4, true));
   EXPECT_EQ(fs.stats().count(FaultFs::Op::kWrite), writes);
   EXPECT_EQ(fs.syncs(), syncs);
   auto got = read(*r, 2, 3);
@@ -723,11 +726,16 @@ TEST(Discard, DiscardedBlocksReadAsZerosWithoutContext) {
   for (size_t i = 1; i < 5; ++i) expect_unwritten(after, i);
 }
 
-TEST(Discard, OfUnwrittenBlocksChangesNothing) {
+// Dirty for the same reason as a write-unwritten that skips every block.
+TEST(Discard, OfUnwrittenBlocksChangesNoBlockButDirtiesTheExtents) {
   FaultFs fs;
   auto r = make_region(fs);
   ASSERT_TRUE(r->discard(BlockIndex{0}, kTotal));
-  for (const auto& v : r->versions()) EXPECT_FALSE(v.dirty);
+  for (const auto& v : r->versions()) EXPECT_TRUE(v.dirty);
+  auto got = r->read(BlockIndex{0}, kTotal);
+  ASSERT_TRUE(got);
+  for (const auto& c : got->contexts) EXPECT_FALSE(c.has_value());
+  EXPECT_TRUE(std::ranges::all_of(got->data.span(), [](std::byte b) { return b == std::byte{0}; }));
 }
 
 TEST(Discard, ThenWriteWorks) {
