@@ -46,8 +46,7 @@ void Upstairs::start_live_repair_if_ready() {
 
 void Upstairs::reconcile_all_ready() {
   // Nobody is left to copy from: reconcile the three as at activation.
-  ClientData<std::vector<ExtentVersion>> versions;
-  for (ClientId c : kAllClients) versions[c] = clients_[c].versions;
+  auto versions = reconcile_versions();
   auto plan = plan_mend(versions, {kAllClients.begin(), kAllClients.end()});
   if (plan.empty()) {
     for (ClientId c : kAllClients) go_active(c, DsEvent::kInSync);
