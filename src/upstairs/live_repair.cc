@@ -204,6 +204,9 @@ bool Upstairs::repair_flushed() {
     for (ClientId t : r.targets) {
       if (clients_[t].ds == DsState::kLiveRepair && flush.io[t] == Io::kDone) {
         go_active(t, DsEvent::kLiveRepairDone);
+        // Its extents now hold the source's bytes: a damage found before is stale, and
+        // keeping it could later pass over this good copy as a reconciliation source.
+        found_damaged_[t].clear();
         log::info("live repair of {} complete: {} extents copied, {} already equal", describe(t),
                   r.extents_repaired, r.extents_confirmed);
       }
