@@ -527,8 +527,9 @@ Status RepairStaging::commit(uint64_t file_bytes, uint64_t file_hash) {
         return fail(ErrorCode::kRepair, fmt::format("extent {}: checking the received copy: {}",
                                                     extent_, report.error().message));
       for (uint64_t i = 0; i < n; ++i)
+        // kHashMismatch, not kRepair: it tells the upstairs the source's copy is damaged.
         if (!(*report)[i].data_matches)
-          return fail(ErrorCode::kRepair,
+          return fail(ErrorCode::kHashMismatch,
                       fmt::format("extent {}: block {} of the received copy does not match its "
                                   "hash (the source's copy is damaged); not taken",
                                   extent_, first + i));

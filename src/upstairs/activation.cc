@@ -318,8 +318,7 @@ void Upstairs::collate_if_ready() {
     for (const auto& v : cl.versions) max_flush = std::max(max_flush, v.flush.value);
   next_flush_ = FlushNumber{max_flush + 1};
   if (config_.read_only) return finish_activation();
-  ClientData<std::vector<ExtentVersion>> versions;
-  for (ClientId c : kAllClients) versions[c] = clients_[c].versions;
+  auto versions = reconcile_versions();
   for (size_t e = 0; e < region_->extent_count; ++e)
     if (std::all_of(kAllClients.begin(), kAllClients.end(),
                     [&](ClientId c) { return versions[c][e].damaged; }))

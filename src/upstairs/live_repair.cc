@@ -46,8 +46,7 @@ void Upstairs::start_live_repair_if_ready() {
 
 void Upstairs::reconcile_all_ready() {
   // Nobody is left to copy from: reconcile the three as at activation.
-  ClientData<std::vector<ExtentVersion>> versions;
-  for (ClientId c : kAllClients) versions[c] = clients_[c].versions;
+  auto versions = reconcile_versions();
   auto plan = plan_mend(versions, {kAllClients.begin(), kAllClients.end()});
   if (plan.empty()) {
     for (ClientId c : kAllClients) go_active(c, DsEvent::kInSync);
@@ -205,6 +204,9 @@ bool Upstairs::repair_flushed() {
     for (ClientId t : r.targets) {
       if (clients_[t].ds == DsState::kLiveRepair && flush.io[t] == Io::kDone) {
         go_active(t, DsEvent::kLiveRepairDone);
+        // Its extents now hold the source's bytes: a damage found before is stale, and
+        // keeping it could later pass over this good copy as a reconciliation source.
+        found_damaged_[t].clear();
         log::info("live repair of {} complete: {} extents copied, {} already equal", describe(t),
                   r.extents_repaired, r.extents_confirmed);
       }

@@ -64,6 +64,15 @@ void Upstairs::on_repair_ack(ClientId c, const RepairAck& ack) {
   auto it = std::find(w.begin(), w.end(), c);
   if (it == w.end()) return;
   if (!ack.status.is_ok()) {
+    const ExtentMend& m = reconcile_->plan[reconcile_->index];
+    if (reconcile_->step == Reconcile::Step::kRepair &&
+        ack.status.code == ErrorCode::kHashMismatch) {
+      // The source's bytes fail their own hashes: never take that copy again; the
+      // re-plan repairs it from another one (or, with none left, its blocks read EIO).
+      log::error("{}'s copy of extent {} is damaged (found by {} during repair)",
+                 describe(m.source), m.extent, describe(c));
+      found_damaged_[m.source].insert(m.extent);
+    }
     return abort_reconcile(fmt::format("{} failed a reconciliation step on extent {}: {}",
                                        describe(c), reconcile_->plan[reconcile_->index].extent,
                                        Error{ack.status.code, ack.status.message}.to_string()));
@@ -82,12 +91,23 @@ void Upstairs::on_repair_ack(ClientId c, const RepairAck& ack) {
       r.step = Reconcile::Step::kReopen;
       break;
     case Reconcile::Step::kReopen:
+      for (ClientId d : r.plan[r.index].dests) found_damaged_[d].erase(r.plan[r.index].extent);
       r.step = Reconcile::Step::kFlush;
       ++r.index;
       ++reconcile_done_;
       break;
   }
   reconcile_step();
+}
+
+ClientData<std::vector<ExtentVersion>> Upstairs::reconcile_versions() const {
+  ClientData<std::vector<ExtentVersion>> versions;
+  for (ClientId c : kAllClients) {
+    versions[c] = clients_[c].versions;
+    for (ExtentId e : found_damaged_[c])
+      if (e.value < versions[c].size()) versions[c][e.value].damaged = true;
+  }
+  return versions;
 }
 
 void Upstairs::abort_reconcile(const std::string& why) {

@@ -361,6 +361,8 @@ class Upstairs {
   // ---- reconcile.cc
   void start_reconcile(std::vector<ExtentMend> plan, bool while_active);
   void reconcile_step();
+  // Every client's extent versions, with the extents a repair found damaged marked so.
+  ClientData<std::vector<proto::ExtentVersion>> reconcile_versions() const;
   void on_repair_ack(ClientId c, const proto::RepairAck& ack);
   void abort_reconcile(const std::string& why);
 
@@ -440,6 +442,10 @@ class Upstairs {
   bool quorum_lost_ = false;  // as last logged
 
   std::optional<Reconcile> reconcile_;
+  // Extents a repair found damaged on a source (its copy failed the receiver's block
+  // check): the next plan treats them as damaged there, so another copy is the source
+  // and this one is repaired too. Cleared once a repair rewrote the copy.
+  ClientData<std::set<ExtentId>> found_damaged_;
   std::optional<LiveRepair> repair_;
   std::string disabled_reason_;
 

@@ -1131,7 +1131,7 @@ TEST(CoreLiveRepair, ADamagedBlockOnTheSourceIsNotCopied) {
   auto ack = only<Ack>(
       p.to_dst(ExtentLiveRepair{JobId{1001}, ids({1000}), ExtentId{0}, ClientId{0}, "src:1"}),
       p.dst_up);
-  EXPECT_EQ(ack.status.code, ErrorCode::kRepair);
+  EXPECT_EQ(ack.status.code, ErrorCode::kHashMismatch);
   EXPECT_NE(ack.status.message.find("block 3 of the received copy does not match its hash"),
             std::string::npos)
       << ack.status.message;
