@@ -50,8 +50,11 @@ FramedConnection::FramedConnection(tcp::socket socket, bool connected, std::stri
       connected_(connected) {
   CRU_ASSERT(options_.outbox_frames > 0);
   if (options_.tls) stream_.use_tls(*options_.tls);
-  // Written frames free memory another connection may be waiting for.
-  if (options_.budget) outbox_.on_written([this] { charge(); });
+  outbox_.on_written([this] {
+    // Written frames free memory another connection may be waiting for.
+    if (options_.budget) charge();
+    if (armed_ && handlers_.on_sent && outbox_.queued_frames() > 0) handlers_.on_sent();
+  });
 }
 
 FramedConnection::~FramedConnection() = default;

@@ -80,6 +80,10 @@ class FramedConnection {
     // error, a protocol error, a failed TLS handshake (with OpenSSL's reason), the idle,
     // connect or handshake timeout, a full outbox (with the figures and the limit).
     std::function<void(const std::string& reason)> on_closed;
+    // A batch of frames was written to the socket while more wait behind it: the peer is
+    // taking a backlog, as fast as the link allows. (A write into an idle socket says
+    // nothing: the kernel takes a few MiB even from a stopped peer.)
+    std::function<void()> on_sent;
   };
 
   // Serves an accepted socket (sets TCP_NODELAY); reading starts at once.

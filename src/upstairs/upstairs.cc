@@ -39,6 +39,9 @@ std::vector<Action> Upstairs::apply(Event event, TimePoint now) {
                  [&](ClientDisconnected& e) {
                    if (current(e.client, e.conn)) on_disconnected(e.client, e.reason);
                  },
+                 [&](ClientSent& e) {
+                   if (current(e.client, e.conn)) clients_[e.client].last_sent = now_;
+                 },
                  [&](Tick&) { on_tick(); },
              },
              event);
@@ -135,7 +138,9 @@ int Upstairs::io_takers() const {
 std::optional<TimePoint> Upstairs::silent_since(ClientId c) const {
   const Client& cl = clients_[c];
   if (cl.jobs_in_flight == 0 && !cl.ping_outstanding) return std::nullopt;
-  return cl.waiting_since.value_or(cl.last_heard);
+  // A downstairs still taking bytes is slow (a loaded link, a deep queue), not stuck: only
+  // one that neither answers nor reads (a stopped process, a dead host) is given up.
+  return std::max(cl.waiting_since.value_or(cl.last_heard), cl.last_sent);
 }
 
 std::optional<TimePoint> Upstairs::unavailable_since(ClientId c) const {

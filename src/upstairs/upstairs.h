@@ -100,8 +100,15 @@ struct ClientDisconnected {
   ConnId conn;
   std::string reason;
 };
+// A backlog of frames to the downstairs is draining: it is taking what it is sent (reading
+// its socket) even if it has not answered yet. A slow link is not a stopped process.
+struct ClientSent {
+  ClientId client;
+  ConnId conn;
+};
 struct Tick {};
-using Event = std::variant<GuestSubmit, ClientConnected, ClientMessage, ClientDisconnected, Tick>;
+using Event =
+    std::variant<GuestSubmit, ClientConnected, ClientMessage, ClientDisconnected, ClientSent, Tick>;
 
 // ---- actions -----------------------------------------------------------------------------
 
@@ -198,6 +205,8 @@ class Upstairs {
     DsMode mode = DsMode::kNew;
     ConnId conn;  // 0: none
     TimePoint last_heard{}, last_ping{}, next_connect{}, connect_started{}, offline_since{};
+    // When bytes sent to it last left for the network (ClientSent): alive, if slow.
+    TimePoint last_sent{};
     // Lag faults: the last reply to a job, and since when it has been too far behind.
     TimePoint last_reply{};
     std::optional<TimePoint> lagging_since;

@@ -42,6 +42,10 @@ uint64_t outbox_bytes_max(const Limits& l) {
   return 2 * (l.bytes_in_flight_max + l.barrier_bytes) + kOutboxSlackBytes;
 }
 
+// How often, at most, a link tells the core that bytes left for the network: far below
+// the quorum grace (seconds), far above the rate of batches (microseconds).
+constexpr auto kSentReportInterval = std::chrono::milliseconds(200);
+
 }  // namespace
 
 struct Volume::Impl {
@@ -51,6 +55,7 @@ struct Volume::Impl {
   struct Link {
     ConnId id;
     proto::FramedConnection::Ptr conn;
+    Clock::time_point next_sent_report{};  // ClientSent: not before this
   };
 
   explicit Impl(VolumeOptions o)
@@ -187,6 +192,13 @@ struct Volume::Impl {
       if (current(client, id)) run_core(ClientMessage{client, id, std::move(m)});
     };
     h.on_closed = [this, client, id](const std::string& reason) { lost(client, id, reason); };
+    h.on_sent = [this, client, id] {
+      // Liveness only needs coarse time: at most one core event per interval per link.
+      auto now = Clock::now();
+      if (!current(client, id) || now < links[client].next_sent_report) return;
+      links[client].next_sent_report = now + kSentReportInterval;
+      run_core(ClientSent{client, id});
+    };
     return h;
   }
 

@@ -61,11 +61,14 @@ bool verify_failed(const std::string& out) {
   return false;
 }
 
+// Every replica active and answering: after a partition heals, TCP may take seconds to
+// retransmit, and a replica still silent past the quorum grace is "active" but given up
+// (not a complete copy) until it answers again.
 bool all_active(const json& s) {
   if (s.value("state", "") != "active") return false;
   for (const auto& d : s["downstairs"])
     if (d.value("state", "") != "active") return false;
-  return true;
+  return s.value("complete_copies", uint64_t{0}) == 3 && !s.value("quorum_lost", true);
 }
 
 uint64_t ds_counter(const json& s, int i, const char* name) {

@@ -10,7 +10,7 @@
 //
 // 100k seeds: run scenarios in parallel, one process per scenario and seed range, e.g.
 //   for f in $(build/tests/sim --gtest_list_tests | grep '^  ' | tr -d ' '); do
-//     CRU_SIM_ALL=1 CRU_SIM_SEEDS=6000 nice build/tests/sim --gtest_filter="Sim.$f" > sim.$f.log &
+//     CRU_SIM_SEEDS=6000 nice build/tests/sim --gtest_filter="Sim.$f" > sim.$f.log &
 //     done; wait
 // (17 scenarios x 6000 = 102,000 seeds; CRU_SIM_FIRST_SEED=N shifts a process's seed
 // range, to split one scenario further.)
@@ -66,9 +66,6 @@ struct Scenario {
   bool encrypted = false;
   // Counters that must not stay zero (by name, see counter()).
   std::vector<const char*> expect{};
-  // A scenario that finds a bug fixed on another branch of issue 15: skipped (saying so)
-  // unless CRU_SIM_ALL=1, until that branch is merged; then this is set to nullptr.
-  const char* waits_for = nullptr;
 };
 
 uint64_t counter(const SimResult& r, const std::string& name) {
@@ -109,8 +106,6 @@ void add(SimResult& total, const SimResult& r) {
 
 void run_scenario(const Scenario& sc) {
   quiet_logs();
-  if (sc.waits_for && env_number("CRU_SIM_ALL").value_or(0) == 0)
-    GTEST_SKIP() << sc.name << " waits for " << sc.waits_for << " (CRU_SIM_ALL=1 runs it)";
   std::vector<uint64_t> seeds;
   if (auto one = env_number("CRU_SIM_SEED")) {
     seeds.push_back(*one);
@@ -178,13 +173,6 @@ void run_scenario(const Scenario& sc) {
 
 using enum FaultKind;
 
-// Fixes on other branches of issue 15 that some scenarios need (see Scenario::waits_for).
-constexpr const char* kHonestQuorum =
-    "the honest quorum (a flush acknowledged with one copy while one replica is under live "
-    "repair and another faulted)";
-constexpr const char* kNoRehash =
-    "recovery that never rehashes a torn block into validity (reads of data no write stored)";
-
 TEST(Sim, Clean) { run_scenario({.name = "Clean", .number = 1, .ops = 400}); }
 
 TEST(Sim, LostForGood) {
@@ -249,8 +237,7 @@ TEST(Sim, Overlapping) {
                 .kinds = {kDisconnect, kPartition, kDelay, kStall, kCrash, kStorageErrors},
                 .fault_count = 6,
                 .overlap = true,
-                .expect = {"replays", "live_repairs", "faults_during_repair", "double_faults"},
-                .waits_for = kHonestQuorum});
+                .expect = {"replays", "live_repairs", "faults_during_repair", "double_faults"}});
 }
 
 // Two replicas partitioned away or power-cut at once: IO may fail (EIO), never lie.
@@ -260,8 +247,7 @@ TEST(Sim, TwoDown) {
                 .kinds = {kPartitionTwo, kCrashTwo, kPartition, kCrash},
                 .fault_count = 4,
                 .overlap = true,
-                .expect = {"replays", "double_faults"},
-                .waits_for = kHonestQuorum});
+                .expect = {"replays", "double_faults"}});
 }
 
 // Disks that fail while a repair runs (on its source or its target).
@@ -271,8 +257,7 @@ TEST(Sim, StorageErrorsDuringRepair) {
                 .kinds = {kStorageErrors, kStorageErrors, kPartition},
                 .fault_count = 6,
                 .overlap = true,
-                .expect = {"live_repairs", "faults_during_repair"},
-                .waits_for = kHonestQuorum});
+                .expect = {"live_repairs", "faults_during_repair"}});
 }
 
 // 4 KiB blocks on disks that tear unsynced writes at 512 bytes.
@@ -282,8 +267,7 @@ TEST(Sim, TornBlocks) {
                 .kinds = {kCrash, kCrashTwo},
                 .fault_count = 3,
                 .block_size = 4096,
-                .expect = {"replays"},
-                .waits_for = kNoRehash});
+                .expect = {"replays"}});
 }
 
 TEST(Sim, Encrypted) {

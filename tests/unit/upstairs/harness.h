@@ -94,6 +94,8 @@ class Harness {
     if (auto id = answered_job(m)) answered_at_[c].try_emplace(*id, seq_++);
     run(ClientMessage{c, conn_[c], std::move(m)});
   }
+  // Bytes sent to c left for the network (the shell's ClientSent).
+  void sent(ClientId c) { run(ClientSent{c, conn_[c]}); }
   void disconnect(ClientId c, const std::string& why = "test: connection reset") {
     run(ClientDisconnected{c, conn_[c], why});
   }

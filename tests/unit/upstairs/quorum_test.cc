@@ -144,6 +144,35 @@ TEST_F(Quorum, TwoSilentButConnectedReplicasFailAFlushAfterTheGraceNot45s) {
   EXPECT_TRUE(snap().quorum_lost);
 }
 
+TEST_F(Quorum, ReplicasThatStillTakeBytesAreSlowNotGivenUp) {
+  answer({kC0, kC1, kC2});
+  GuestId w = write(0, 1);
+  GuestId f = h.submit(FlushOp{});
+  const TimePoint sent = h.now();
+  EXPECT_TRUE(ok(w));
+  // kC1 and kC2 sit behind a slow link: no answer for twice the grace, but what they are
+  // sent keeps leaving for the network (found by the netns test under a bandwidth cap).
+  for (TimePoint t = sent; t < sent + 2 * kGrace; t += kGrace / 4) {
+    run_to(t, {kC0});
+    h.sent(kC1);
+    h.sent(kC2);
+  }
+  EXPECT_FALSE(h.done(f)) << "a slow replica is waited for";
+  EXPECT_EQ(snap().complete_copies, 3u);
+  EXPECT_FALSE(snap().quorum_lost);
+  GuestId w2 = write(1, 2);
+  answer({kC0, kC1});
+  EXPECT_TRUE(ok(f));
+  EXPECT_TRUE(ok(w2));
+  // Once nothing leaves any more (the process stopped), the grace runs from there.
+  GuestId f2 = h.submit(FlushOp{});
+  const TimePoint last = h.now();
+  run_to(last + kGrace - 1ms, {kC0});
+  EXPECT_FALSE(h.done(f2));
+  run_to(last + kGrace, {kC0});
+  EXPECT_TRUE(failed_with_eio(f2));
+}
+
 TEST_F(Quorum, AnIdleSilentReplicaIsNotGivenUpWhileItHasNothingToAnswer) {
   // Nothing outstanding: pings go out every 5 s and are answered; a write long after the
   // last message heard is still admitted and acknowledged by two.
