@@ -131,17 +131,6 @@ std::vector<std::string> fio_args(const std::string& file, int seed,
   return fio_verify_args(file, kVolumeBytes, seed, extra);
 }
 
-// Deterministic contents for test files and patterns.
-std::string pattern(uint64_t seed, size_t size) {
-  std::mt19937_64 rng(seed);
-  std::string s(size, '\0');
-  for (size_t i = 0; i + 8 <= size; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(s.data() + i, &v, 8);
-  }
-  return s;
-}
-
 // An O_DIRECT-able buffer (block aligned).
 struct AlignedBuffer {
   explicit AlignedBuffer(size_t n) : size(n) {

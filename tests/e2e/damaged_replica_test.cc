@@ -14,6 +14,7 @@
 
 #include "support/cluster.h"
 #include "support/process.h"
+#include "support/regions.h"
 
 namespace cru::test {
 namespace {
@@ -38,16 +39,6 @@ ClusterOptions small_volume() {
   o.extent_size_blocks = kExtentBlocks;
   o.extent_count = kExtentCount;
   return o;
-}
-
-std::string pattern(uint64_t seed, size_t size) {
-  std::mt19937_64 rng(seed);
-  std::string s(size, '\0');
-  for (size_t i = 0; i + 8 <= size; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(s.data() + i, &v, 8);
-  }
-  return s;
 }
 
 // The whole of disk.img written with `data` and fsynced; "" or what failed.

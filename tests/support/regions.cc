@@ -4,7 +4,9 @@
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
+#include <random>
 
 namespace cru::test {
 
@@ -14,6 +16,16 @@ namespace {
 constexpr Millis kToolTimeout{600000};
 
 }  // namespace
+
+std::string pattern(uint64_t seed, size_t size) {
+  std::mt19937_64 rng(seed);
+  std::string s(size, '\0');
+  for (size_t i = 0; i + 8 <= size; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(s.data() + i, &v, 8);
+  }
+  return s;
+}
 
 std::vector<std::string> fio_verify_args(const std::string& file, uint64_t size_bytes, int seed,
                                          const std::vector<std::string>& extra) {

@@ -16,6 +16,10 @@ namespace cru::test {
 // fio over `size_bytes` of `file`: random 4-64 KiB writes, O_DIRECT, iodepth 16, fsync
 // every 32, then every block read back and its crc32c checked (the first mismatch fails
 // it). `extra`: e.g. --verify_only (the same seed checks what that run wrote).
+// Deterministic contents for test files: `size` bytes from a seeded generator (a tail
+// shorter than 8 bytes stays zero).
+std::string pattern(uint64_t seed, size_t size);
+
 std::vector<std::string> fio_verify_args(const std::string& file, uint64_t size_bytes, int seed,
                                          const std::vector<std::string>& extra = {});
 
