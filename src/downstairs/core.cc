@@ -209,11 +209,14 @@ Output Core::on_message(ConnectionId conn, Message m) {
         it->second.state = State::kRunning;
         reset_completed(it->second, lf->last_flushed);
         log::info("upstairs {} replays jobs after {}", conn, lf->last_flushed);
-        // A replay restores only the jobs since the last flush; a damaged extent also lost
-        // what it held before. Say so (a replaying upstairs asks for no extent versions),
-        // so that the upstairs repairs this downstairs rather than trusting the replay.
-        if (auto damaged = describe_damage(region_))
-          out.send(conn, ErrorReport{JobId{}, WireStatus{ErrorCode::kCorrupt, *damaged}});
+        // A replay restores only the jobs since the last flush. A block torn by a crash
+        // was being written by one of them, and the replay writes it whole again; other
+        // damage (a lost extent file, a rotten block) it cannot restore. So the first
+        // flush after the replay (which follows every replayed write) fails if damage is
+        // still left, and the upstairs repairs this downstairs rather than trusting the
+        // replay (a replaying upstairs asks for no extent versions). Reporting at once
+        // faulted replicas whose replay was about to heal them.
+        it->second.damage_check_at_flush = true;
       } else {
         protocol_error(
             out, conn,
@@ -567,6 +570,10 @@ bool Core::execute_job(Output& out, ConnectionId conn, Job& job) {
       st = injected("flush");
     } else if (options_.read_only) {
       st = WireStatus::ok();  // nothing can be dirty
+    } else if (auto damaged = std::exchange(conns_.at(conn).damage_check_at_flush, false)
+                                  ? describe_damage(region_)
+                                  : std::nullopt) {
+      st = WireStatus{ErrorCode::kCorrupt, *damaged};  // see LastFlush
     } else {
       st = WireStatus::from(region_.flush(f->flush_number, f->generation, f->extent_limit));
     }

@@ -181,6 +181,8 @@ class Core {
     uint64_t pending_bytes = 0;  // job_bytes() of every pending job
     std::set<JobId> running;     // started, completing later (live repair fetches)
     std::optional<Stream> stream;
+    // Set by a replaying reconnect: the next flush fails if an extent is still damaged.
+    bool damage_check_at_flush = false;
   };
 
   void protocol_error(Output& out, ConnectionId conn, const std::string& what);

@@ -111,8 +111,8 @@ void Upstairs::on_active_message(ClientId c, Message& m) {
     if (e->status.code == ErrorCode::kNoLongerActive ||
         e->status.code == ErrorCode::kGenerationTooLow)
       return fence(fmt::format("{}: {}", describe(c), e->status.message));
-    // Damaged extents (said after a replaying reconnect, which exchanges no versions): the
-    // replay cannot restore them; a live repair copies them from the others.
+    // Damaged extents said outside a job (a downstairs says it at the first flush after a
+    // replay, as that flush's error): a live repair copies them from the others.
     if (e->status.code == ErrorCode::kCorrupt)
       return fault(c, "reports damaged extents: " + e->status.message);
     log::warn("{} reports: {}", describe(c), Error{e->status.code, e->status.message}.to_string());
@@ -371,6 +371,9 @@ void Upstairs::replay(ClientId c) {
     ++n;
   }
   log::info("{} is back: replayed {} jobs after job {}", describe(c), n, cl.last_flush);
+  // Its first flush after the replay tells whether damage is left that the replay could
+  // not heal (see LastFlush in the downstairs): make sure one comes, even if idle.
+  need_flush_ = true;
 }
 
 // ---- deactivation ----------------------------------------------------------------------

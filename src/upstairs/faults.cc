@@ -75,9 +75,13 @@ void Upstairs::fault(ClientId c, const std::string& reason) {
   count_fault(c, reason);
   bool was_repairing = cl.ds == DsState::kLiveRepair;
   skip_all(c);
+  // Drop the connection before aborting a repair: the abort runs the repair's remaining
+  // steps, and a job placed while this downstairs still looked active would be sent to
+  // it and never answered (found by the simulator: the aborted repair, and with it every
+  // later repair, waited forever on the faulted source).
+  if (cl.conn != ConnId{}) lose_connection(c, reason, true, /*counted=*/true);
   if (repair_ && (was_repairing || c == repair_->source))
     abort_live_repair(describe(c) + " faulted");
-  if (cl.conn != ConnId{}) lose_connection(c, reason, true, /*counted=*/true);
 }
 
 void Upstairs::on_disconnected(ClientId c, const std::string& reason) {

@@ -226,8 +226,8 @@ TEST(DamagedReplica, AGarbageBlockInADirtyExtentIsRepairedNotSpread) {
 }
 
 // Restarted under an active volume, a downstairs comes back through a replay, which
-// exchanges no extent versions: it reports its damage, is faulted, and live repair copies
-// the extent from the others.
+// exchanges no extent versions: it fails the first flush after the replay naming its
+// damage, is faulted, and live repair copies the extent from the others.
 TEST(DamagedReplica, ADownstairsRestartedWithATruncatedExtentIsRepairedLive) {
   auto c = Cluster::start(small_volume());
   ASSERT_TRUE(c) << c.error().to_string();
@@ -249,7 +249,7 @@ TEST(DamagedReplica, ADownstairsRestartedWithATruncatedExtentIsRepairedLive) {
       },
       kRepairTimeout);
   ASSERT_TRUE(repaired) << repaired.error().to_string();
-  EXPECT_TRUE(m->process().find_line("reports damaged extents", kSettleTimeout))
+  EXPECT_TRUE(m->process().find_line("extents are damaged", kSettleTimeout))
       << m->process().output();
   expect_reads_back(*m, written);
   stop_all(**c, *m);

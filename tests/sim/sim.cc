@@ -661,11 +661,20 @@ class Sim {
   }
 
   // ---- faults --------------------------------------------------------------------------------
-  // Impaired by the harness now: down, stalled, partitioned or with a failing disk.
+  // Impaired by the harness now: down, stalled, partitioned, with a failing disk, or with
+  // damaged extents (a block torn by a power cut) that no repair has fixed yet. The last
+  // is a copy partly lost even while the upstairs still sees the replica active (found
+  // by the simulator: the next fault came in the moment between a replay and the
+  // damage report, and two copies were out in a one-fault scenario).
   bool impaired(int d) const {
     const Downstairs& ds = ds_[d];
-    return ds.gone || !ds.up || now_ < ds.stalled_until || now_ < ds.partitioned_until ||
-           ds.fault_end.has_value();
+    if (ds.gone || !ds.up || now_ < ds.stalled_until || now_ < ds.partitioned_until ||
+        ds.fault_end.has_value())
+      return true;
+    if (!ds.region) return true;
+    auto versions = ds.region->versions();
+    return std::any_of(versions.begin(), versions.end(),
+                       [](const proto::ExtentVersion& v) { return v.damaged; });
   }
 
   int impaired_count() const {

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "common/hash.h"
+#include "downstairs/extent.h"
 #include "proto/limits.h"
 #include "support/fault_fs.h"
 
@@ -306,26 +307,61 @@ TEST(CoreNegotiation, LastFlushInsteadOfExtentVersionsStartsJobsWithoutAReply) {
   EXPECT_TRUE(sent<Ack>(w, c)[0].status.is_ok());
 }
 
-TEST(CoreNegotiation, ADamagedRegionTellsAReplayingUpstairsThatItNeedsRepair) {
-  Fixture f;
+// A damaged region reopened under `f` (its core restarted) and replaying from job 1500.
+ConnectionId replay_after_reopen(Fixture& f, const Upstairs& u) {
   f.core.reset();
-  const std::string path = f.region->extent_path(ExtentId{1});
   f.region.reset();
-  ASSERT_TRUE(f.fs.remove(path));
   auto r = Region::open(f.fs, "r", false);
-  ASSERT_TRUE(r) << r.error().to_string();
-  f.region = std::move(*r);
+  EXPECT_TRUE(r) << r.error().to_string();
+  if (r) f.region = std::move(*r);
   f.core = std::make_unique<Core>(*f.region, options(false, "127.0.0.1:3810"));
-  Upstairs u;
   ConnectionId c = f.core->new_connection();
   f.core->on_message(c, u.hello(1));
   f.core->on_message(c, u.promote(1));
   f.core->on_message(c, RegionInfoPlease{});
   auto out = f.core->on_message(c, LastFlush{JobId{1500}});
-  const auto& report = only<ErrorReport>(out, c);
-  EXPECT_EQ(report.status.code, ErrorCode::kCorrupt);
-  EXPECT_NE(report.status.message.find("extent 1"), std::string::npos) << report.status.message;
+  EXPECT_TRUE(to(out, c).empty()) << "damage is told at the first flush, after the replay";
+  return c;
+}
+
+TEST(CoreNegotiation, ADamagedRegionFailsTheFirstFlushOfAReplay) {
+  Fixture f;
+  f.core.reset();
+  const std::string path = f.region->extent_path(ExtentId{1});
+  f.region.reset();
+  ASSERT_TRUE(f.fs.remove(path));
+  Upstairs u;
+  ConnectionId c = replay_after_reopen(f, u);
+  auto out = f.core->on_message(c, make_flush(1501, ids({1500}), 3, 1));
+  const auto& ack = only<Ack>(out, c);
+  EXPECT_EQ(ack.status.code, ErrorCode::kCorrupt);
+  EXPECT_NE(ack.status.message.find("extent 1"), std::string::npos) << ack.status.message;
   EXPECT_FALSE(closed(out, c)) << "the upstairs decides: it repairs this downstairs";
+}
+
+// A block torn by a crash was being written by a job the upstairs replays: written whole
+// again, it is no longer damaged, and the replica is not faulted for it.
+TEST(CoreNegotiation, AReplayThatRewritesATornBlockHealsIt) {
+  Fixture f;
+  Upstairs u;
+  ConnectionId c0 = f.negotiate(u, 1);
+  f.core->on_message(c0, make_write(1000, {}, 2, 1, 5));
+  const std::string path = f.region->extent_path(ExtentId{0});
+  f.core.reset();
+  f.region.reset();  // killed with the extent dirty: the next open scans it
+  {
+    auto file = f.fs.open(path, OpenMode::kReadWrite);
+    ASSERT_TRUE(file);
+    std::vector<std::byte> torn(kBs, std::byte{0xa7});
+    ASSERT_TRUE((*file)->write_at(ExtentLayout{kBs, kExtentSize}.data_offset(2), torn));
+  }
+  ConnectionId c = replay_after_reopen(f, u);
+  ASSERT_TRUE(f.region->versions()[0].damaged);
+  auto w = f.core->on_message(c, make_write(1501, ids({1500}), 2, 1, 5));
+  EXPECT_TRUE(sent<Ack>(w, c)[0].status.is_ok());
+  auto out = f.core->on_message(c, make_flush(1502, ids({1501}), 3, 1));
+  EXPECT_TRUE(only<Ack>(out, c).status.is_ok()) << only<Ack>(out, c).status.message;
+  EXPECT_FALSE(f.region->versions()[0].damaged);
 }
 
 // ---- takeover -----------------------------------------------------------------------------------
