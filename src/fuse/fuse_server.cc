@@ -436,7 +436,15 @@ class StopWait {
 
 }  // namespace
 
-Status FuseServer::run(upstairs::Volume& io) {
+void FuseServer::size_changed() {
+  if (session_ == nullptr || !mounted_) return;
+  // Attributes only (a negative offset): invalidating pages would wait for page locks the
+  // kernel may hold while it waits for this very thread, and direct IO keeps none anyway.
+  if (int e = fuse_lowlevel_notify_inval_inode(session_, kDiskIno, -1, 0); e != 0 && e != -ENOENT)
+    log::warn("could not tell the kernel disk.img's new size: {}", std::strerror(-e));
+}
+
+Status FuseServer::run(upstairs::BlockDevice& io) {
   CRU_ASSERT(mounted_);
   const int fd = fuse_session_fd(session_);
   if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0)

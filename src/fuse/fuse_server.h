@@ -38,7 +38,10 @@ class FuseServer {
   // Serves on `io`'s thread until unmounted or SIGINT/SIGTERM/SIGHUP (which end it);
   // then unmounts. Other threads of the process must block those signals
   // (thread_signals.h). `io` is the volume the Disk is over.
-  Status run(upstairs::Volume& io);
+  Status run(upstairs::BlockDevice& io);
+  // Tells the kernel that disk.img's size changed (the volume grew): its cached attributes
+  // are dropped, so the next stat or lookup asks again. Io thread, while serving.
+  void size_changed();
 
   struct Impl;
 

@@ -53,8 +53,8 @@ SubRange VolumeLayout::locate(uint64_t b) const {
   if (striped()) {
     const uint64_t stripe = b / stripe_blocks_;
     const uint64_t n = sizes_.size();
-    return {static_cast<size_t>(stripe % n), (stripe / n) * stripe_blocks_ + b % stripe_blocks_,
-            0, 0};
+    return {static_cast<size_t>(stripe % n), (stripe / n) * stripe_blocks_ + b % stripe_blocks_, 0,
+            0};
   }
   const auto it = std::upper_bound(firsts_.begin(), firsts_.end(), b);
   const auto i = static_cast<size_t>(it - firsts_.begin()) - 1;

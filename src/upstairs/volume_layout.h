@@ -12,6 +12,10 @@
 
 namespace cru::upstairs {
 
+// Room for a volume spread over many hosts; far above what a config lists, low enough that
+// a fan-out (a flush reaches every sub-volume) stays cheap.
+inline constexpr size_t kMaxSubVolumes = 64;
+
 // One piece of a guest IO: `count` blocks at `start` in sub-volume `sub_volume`, which are
 // the IO's blocks from `offset` on (offset counted in blocks from the IO's first block).
 struct SubRange {
@@ -27,8 +31,7 @@ class VolumeLayout {
   // `sub_volume_blocks`: each sub-volume's size in blocks, in volume order (at least one,
   // none empty). `stripe_blocks` 0: concatenation; otherwise every sub-volume must have
   // the same size, a whole number of stripes. Errors name the sub-volume and the sizes.
-  static Result<VolumeLayout> make(std::vector<uint64_t> sub_volume_blocks,
-                                   uint64_t stripe_blocks);
+  static Result<VolumeLayout> make(std::vector<uint64_t> sub_volume_blocks, uint64_t stripe_blocks);
 
   uint64_t total_blocks() const { return total_blocks_; }
   size_t sub_volume_count() const { return sizes_.size(); }
