@@ -44,7 +44,8 @@ nlohmann::json volume_status_json(const std::vector<upstairs::Snapshot>& subs,
     const auto& e = each[i];
     // The volume is as healthy as its least healthy sub-volume.
     if (j["state"] == "active" && e["state"] != "active") j["state"] = e["state"];
-    j["complete_copies"] = std::min(j["complete_copies"].get<int>(), e["complete_copies"].get<int>());
+    j["complete_copies"] =
+        std::min(j["complete_copies"].get<int>(), e["complete_copies"].get<int>());
     j["degraded"] = j["degraded"].get<bool>() || e["degraded"].get<bool>();
     j["quorum_lost"] = j["quorum_lost"].get<bool>() || e["quorum_lost"].get<bool>();
     for (auto d : e["downstairs"]) {
@@ -61,12 +62,14 @@ nlohmann::json volume_status_json(const std::vector<upstairs::Snapshot>& subs,
       auto r = j["live_repair"];
       const auto& er = e["live_repair"];
       if (!r["running"].get<bool>() && er["running"].get<bool>()) r = er;
-      r["completed"] = j["live_repair"]["completed"].get<uint64_t>() + er["completed"].get<uint64_t>();
+      r["completed"] =
+          j["live_repair"]["completed"].get<uint64_t>() + er["completed"].get<uint64_t>();
       r["aborted"] = j["live_repair"]["aborted"].get<uint64_t>() + er["aborted"].get<uint64_t>();
       j["live_repair"] = r;
     }
     if (i > 0 && e.contains("disabled_reason") && !j.contains("disabled_reason"))
-      j["disabled_reason"] = fmt::format("sub-volume {}: {}", i, e["disabled_reason"].get<std::string>());
+      j["disabled_reason"] =
+          fmt::format("sub-volume {}: {}", i, e["disabled_reason"].get<std::string>());
   }
   if (j.contains("region")) {
     j["region"]["size_bytes"] = size_bytes;
@@ -91,7 +94,8 @@ std::string format_volume_status(const nlohmann::json& j) {
                        format_size(j["region"].value("size_bytes", uint64_t{0})),
                        j["region"].value("block_size", 0));
   out += "\n";
-  for (size_t i = 0; i < subs.size(); ++i) out += fmt::format("sub-volume {}: ", i) + format_status(subs[i]);
+  for (size_t i = 0; i < subs.size(); ++i)
+    out += fmt::format("sub-volume {}: ", i) + format_status(subs[i]);
   return out;
 }
 

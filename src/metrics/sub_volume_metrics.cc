@@ -1,9 +1,9 @@
 #include "metrics/sub_volume_metrics.h"
 
+#include <prometheus/metric_family.h>
+
 #include <string>
 #include <unordered_map>
-
-#include <prometheus/metric_family.h>
 
 #include "metrics/upstairs_metrics.h"
 

@@ -52,7 +52,8 @@ std::vector<Status> for_each_at_once(size_t n, Fn fn) {
 SubVolumes::SubVolumes(SubVolumesOptions options)
     : options_(std::move(options)), io_(std::make_shared<IoThread>()) {
   CRU_ASSERT(!options_.targets.empty() && options_.targets.size() <= kMaxSubVolumes);
-  for (const Targets& t : options_.targets) volumes_.push_back(std::make_shared<Volume>(options_for(t)));
+  for (const Targets& t : options_.targets)
+    volumes_.push_back(std::make_shared<Volume>(options_for(t)));
   targets_ = options_.targets;
   count_ = volumes_.size();
 }
@@ -91,8 +92,9 @@ Status SubVolumes::activate(std::optional<Generation> generation,
                             std::chrono::milliseconds timeout) {
   CRU_ASSERT(!layout_, "activated twice");
   const size_t n = volumes_.size();
-  auto results = for_each_at_once(
-      n, [this, generation, timeout](size_t i) { return volumes_[i]->activate(generation, timeout); });
+  auto results = for_each_at_once(n, [this, generation, timeout](size_t i) {
+    return volumes_[i]->activate(generation, timeout);
+  });
   // One sub-volume: its own words, as a plain volume says them.
   if (n == 1 && !results[0]) return results[0];
   std::string failed;
@@ -183,8 +185,9 @@ void SubVolumes::write(BlockIndex start, std::span<const std::byte> data, DoneFn
   if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
   const uint32_t bs = block_size_;
   if (data.size() % bs != 0)
-    return done(fail(ErrorCode::kDataLenUnaligned,
-                     fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
+    return done(
+        fail(ErrorCode::kDataLenUnaligned,
+             fmt::format("{} bytes is not a multiple of the {}-byte block", data.size(), bs)));
   const uint64_t count = data.size() / bs;
   if (count == 0) return done({});
   if (start.value > layout_->total_blocks() || count > layout_->total_blocks() - start.value)
@@ -242,8 +245,7 @@ Status SubVolumes::replace_sync(const std::string& old_target, const std::string
     for (const auto& c : s.clients)
       if (c.target == old_target) return vols[i]->replace_sync(old_target, new_target);
   }
-  return fail(ErrorCode::kNotFound,
-              fmt::format("no sub-volume has a downstairs {}", old_target));
+  return fail(ErrorCode::kNotFound, fmt::format("no sub-volume has a downstairs {}", old_target));
 }
 
 Result<uint64_t> SubVolumes::grow(const Targets& targets, std::optional<Generation> generation,
@@ -255,16 +257,17 @@ Result<uint64_t> SubVolumes::grow(const Targets& targets, std::optional<Generati
                 "a striped volume (volume.stripe_kib) cannot grow: a new sub-volume would move "
                 "most existing blocks to another sub-volume");
   if (current().size() >= kMaxSubVolumes)
-    return fail(ErrorCode::kInvalidArgument,
-                fmt::format("the volume already has {} sub-volumes, the most it may have",
-                            kMaxSubVolumes));
+    return fail(
+        ErrorCode::kInvalidArgument,
+        fmt::format("the volume already has {} sub-volumes, the most it may have", kMaxSubVolumes));
   std::set<std::string> in_use;
   for (const auto& s : snapshot())
     for (const auto& c : s.clients) in_use.insert(c.target);
   std::set<std::string> seen;
   for (const std::string& t : targets) {
     if (auto a = parse_address(t); !a)
-      return fail(ErrorCode::kInvalidArgument, fmt::format("target '{}': {}", t, a.error().message));
+      return fail(ErrorCode::kInvalidArgument,
+                  fmt::format("target '{}': {}", t, a.error().message));
     if (in_use.contains(t))
       return fail(ErrorCode::kAlreadyExists,
                   fmt::format("{} already serves a sub-volume of this volume", t));
