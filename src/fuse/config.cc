@@ -38,7 +38,7 @@ constexpr uint64_t kMinBytesInFlight = 2 * kMiB;  // two 1 MiB jobs
 constexpr uint64_t kMaxBytesInFlight = 16 * kGiB;
 // A stripe is at least one 4 KiB block; above 1 GiB a stripe no longer spreads anything.
 constexpr uint64_t kMinStripeKiB = 4;
-constexpr uint64_t kMaxStripeKiB = 1024 * 1024;
+constexpr uint64_t kMaxStripeKiB = 1024ull * 1024;
 
 // Walks the document, remembering the file name so every error names file and key.
 class Reader {

@@ -32,6 +32,7 @@ nlohmann::json volume_status_json(const std::vector<upstairs::Snapshot>& subs,
   CRU_ASSERT(!subs.empty());
   if (subs.size() == 1) return status_json(subs.front());
   std::vector<nlohmann::json> each;
+  each.reserve(subs.size());
   for (const auto& s : subs) each.push_back(status_json(s));
   nlohmann::json j = each.front();
   j["downstairs"] = nlohmann::json::array();

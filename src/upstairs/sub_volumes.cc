@@ -41,8 +41,10 @@ struct Join {
 template <typename Fn>
 std::vector<Status> for_each_at_once(size_t n, Fn fn) {
   std::vector<std::future<Status>> running;
+  running.reserve(n);
   for (size_t i = 0; i < n; ++i) running.push_back(std::async(std::launch::async, fn, i));
   std::vector<Status> out;
+  out.reserve(n);
   for (auto& f : running) out.push_back(f.get());
   return out;
 }

@@ -39,9 +39,9 @@ ClusterOptions sub_volume_options() {
 }
 
 // Three clusters' worth of downstairs, each started, or a failed test.
-#define START_CLUSTER(var)                                 \
-  auto var##_r = Cluster::start(sub_volume_options());     \
-  ASSERT_TRUE(var##_r) << var##_r.error().to_string();     \
+#define START_CLUSTER(var)                             \
+  auto var##_r = Cluster::start(sub_volume_options()); \
+  ASSERT_TRUE(var##_r) << var##_r.error().to_string(); \
   Cluster& var = **var##_r
 
 std::string targets_of(const Cluster& c) {
