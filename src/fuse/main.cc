@@ -429,9 +429,8 @@ int main(int argc, char** argv) {
   replace->add_option("--socket", a.socket, "control socket (default: from the config)");
   auto* grow = app.add_subcommand(
       "grow",
-      "grow the mounted volume by one sub-volume on three new downstairs (host:port), appended "
-      "at its end; disk.img's size follows (then `losetup -c` and resize2fs). Not for a striped "
-      "volume. Add the sub-volume to volume.sub_volumes in the config to keep it after a restart");
+      "grow the mounted volume by a sub-volume on three new downstairs (host:port); then "
+      "`losetup -c` and resize2fs; add it to volume.sub_volumes to keep it (docs/volumes.md)");
   grow->add_option("targets", a.grow_targets, "the new sub-volume's three downstairs")
       ->required()
       ->expected(3);
