@@ -6,6 +6,7 @@
 // own cache, and a fenced or failed volume must fail reads too, not serve stale pages.
 #pragma once
 
+#include <atomic>
 #include <ctime>
 #include <string>
 
@@ -51,6 +52,8 @@ class FuseServer {
   fuse_session* session_ = nullptr;
   bool mounted_ = false;
   bool handlers_ = false;
+  // Set by run() while the io thread serves the session (size_changed reads it there).
+  std::atomic<bool> serving_{false};
   timespec mounted_at_{};
 };
 

@@ -145,6 +145,7 @@ Status SubVolumes::deactivate(std::chrono::milliseconds timeout) {
 
 void SubVolumes::read(BlockIndex start, uint64_t count, ReadFn done) {
   if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
+  if (volumes_.size() == 1) return volumes_[0]->read(start, count, std::move(done));
   if (count == 0) return done(Bytes{});
   if (start.value > layout_->total_blocks() || count > layout_->total_blocks() - start.value)
     return done(fail(ErrorCode::kOffsetInvalid, "read past the end of the volume"));
@@ -185,6 +186,7 @@ void SubVolumes::read(BlockIndex start, uint64_t count, ReadFn done) {
 
 void SubVolumes::write(BlockIndex start, std::span<const std::byte> data, DoneFn done) {
   if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
+  if (volumes_.size() == 1) return volumes_[0]->write(start, data, std::move(done));
   const uint32_t bs = block_size_;
   if (data.size() % bs != 0)
     return done(
@@ -207,6 +209,7 @@ void SubVolumes::write(BlockIndex start, std::span<const std::byte> data, DoneFn
 
 void SubVolumes::discard(BlockIndex start, uint64_t count, DoneFn done) {
   if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
+  if (volumes_.size() == 1) return volumes_[0]->discard(start, count, std::move(done));
   if (count == 0) return done({});
   if (start.value > layout_->total_blocks() || count > layout_->total_blocks() - start.value)
     return done(fail(ErrorCode::kOffsetInvalid, "discard past the end of the volume"));
