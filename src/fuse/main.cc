@@ -318,6 +318,11 @@ int mount_volume(const Args& a) {
     return 1;
   }
   auto snaps = volume.snapshot();
+  // Which region is where: a sub-volume list edited other than by appending shows here.
+  for (size_t i = 0; i < snaps.size(); ++i)
+    if (snaps[i].region)
+      log::info("sub-volume {}: region {}, {} bytes", i, snaps[i].region->uuid.to_string(),
+                snaps[i].region->total_bytes());
   std::string replicas;
   for (size_t i = 0; i < c.sub_volumes.size(); ++i) {
     const auto& t = c.sub_volumes[i];
