@@ -262,6 +262,52 @@ TEST(SubVolumes, StripedVolumeReadsBackAndRefusesToGrow) {
   EXPECT_EQ(file_size(disk), 2 * kSubVolumeBytes);
 }
 
+// A grow whose downstairs never answer fails after the activation timeout, naming them;
+// the half-made sub-volume goes away while the others keep serving on the shared thread,
+// and disk.img keeps its size and data.
+TEST(SubVolumes, AGrowThatCannotActivateChangesNothing) {
+  ClusterOptions o = sub_volume_options();
+  o.activate_timeout_ms = 3000;  // also the grow's
+  auto c_r = Cluster::start(o);
+  ASSERT_TRUE(c_r) << c_r.error().to_string();
+  Cluster& c = **c_r;
+  auto m = c.mount();
+  ASSERT_TRUE(m) << m.error().to_string();
+  const std::string disk = (*m)->disk_path();
+  const std::string data = pattern(11, 256 * 1024);
+  {
+    int fd = ::open(disk.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+    ASSERT_EQ(::fsync(fd), 0);
+    ::close(fd);
+  }
+  // Ports nobody listens on (free a moment ago).
+  std::vector<std::string> nowhere;
+  for (int i = 0; i < 3; ++i) nowhere.push_back(fmt::format("127.0.0.1:{}", free_port()));
+  auto g = c.run({bin("crucible-fuse"), "grow", nowhere[0], nowhere[1], nowhere[2], "-c",
+                  (*m)->config_path()});
+  EXPECT_NE(g.exit_code(), 0) << g.describe();
+  EXPECT_NE(g.err.find("did not activate"), std::string::npos) << g.describe();
+  EXPECT_NE(g.err.find(nowhere[0]), std::string::npos) << g.describe();
+  EXPECT_EQ(file_size(disk), kSubVolumeBytes);
+  int fd = ::open(disk.c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::string back(data.size(), '\0');
+  EXPECT_EQ(::pread(fd, back.data(), back.size(), 0), static_cast<ssize_t>(back.size()));
+  EXPECT_TRUE(back == data);
+  EXPECT_EQ(::pwrite(fd, data.data(), data.size(), 4096), static_cast<ssize_t>(data.size()));
+  EXPECT_EQ(::fsync(fd), 0);
+  ::close(fd);
+  auto st = (*m)->status();
+  ASSERT_TRUE(st) << st.error().to_string();
+  EXPECT_FALSE(st->contains("sub_volumes")) << st->dump();
+  EXPECT_EQ((*st)["state"], "active") << st->dump();
+  auto exit = (*m)->unmount();
+  ASSERT_TRUE(exit) << exit.error().to_string();
+  EXPECT_EQ(exit->code, 0);
+}
+
 // Both volume.targets and volume.sub_volumes: refused naming both keys, nothing mounted.
 TEST(SubVolumes, TargetsAndSubVolumesTogetherAreRefused) {
   START_CLUSTER(c);
