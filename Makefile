@@ -61,7 +61,7 @@ objs = $(patsubst %.cc,$(BUILD)/obj/%.o,$(1))
 PROTO_NET_SRC := $(wildcard src/proto/framed_socket.cc src/proto/connection.cc src/proto/stream.cc \
   src/proto/tls.cc)
 DOWNSTAIRS_SERVER_SRC := $(wildcard src/downstairs/server.cc)
-VOLUME_SRC := $(wildcard src/upstairs/volume.cc)
+VOLUME_SRC := $(wildcard src/upstairs/volume.cc src/upstairs/sub_volumes.cc)
 
 COMMON_SRC := $(call module_srcs,src/common)
 PROTO_SRC := $(call module_srcs,src/proto,$(PROTO_NET_SRC))

@@ -13,6 +13,7 @@
 #include "common/address.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "upstairs/volume_layout.h"
 
 namespace cru::fuse {
 
@@ -35,6 +36,9 @@ constexpr uint64_t kMaxQuorumGraceMs = 30'000;
 constexpr uint64_t kMinJobsInFlight = 16;
 constexpr uint64_t kMinBytesInFlight = 2 * kMiB;  // two 1 MiB jobs
 constexpr uint64_t kMaxBytesInFlight = 16 * kGiB;
+// A stripe is at least one 4 KiB block; above 1 GiB a stripe no longer spreads anything.
+constexpr uint64_t kMinStripeKiB = 4;
+constexpr uint64_t kMaxStripeKiB = 1024ull * 1024;
 
 // Walks the document, remembering the file name so every error names file and key.
 class Reader {
@@ -120,23 +124,64 @@ Result<TlsFiles> parse_tls(const Reader& r, const YAML::Node& t) {
   return files;
 }
 
-Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
-  CRU_TRY(r.map(v, "volume",
-                {"targets", "generation", "read_only", "key", "key_file", "tls",
-                 "activate_timeout_ms", "flush_timeout_ms", "quorum_grace_ms", "limits"}));
-  const YAML::Node t = v["targets"];
-  if (!t) return r.fail("volume.targets", "missing (three host:port addresses)");
+// Three distinct host:port addresses at `key`; `seen` holds every target of the volume so
+// far (one downstairs cannot serve two replicas, of one sub-volume or of two).
+Result<std::array<std::string, kClientCount>> parse_targets(const Reader& r, const YAML::Node& t,
+                                                            const std::string& key,
+                                                            std::set<std::string>& seen) {
+  if (!t) return r.fail(key, "missing (three host:port addresses)");
   if (!t.IsSequence() || t.size() != kClientCount)
-    return r.fail("volume.targets", fmt::format("expected exactly {} host:port addresses, got {}",
-                                                kClientCount, t.IsSequence() ? t.size() : 1));
-  std::set<std::string> seen;
+    return r.fail(key, fmt::format("expected exactly {} host:port addresses, got {}", kClientCount,
+                                   t.IsSequence() ? t.size() : 1));
+  std::array<std::string, kClientCount> out;
   for (size_t i = 0; i < kClientCount; ++i) {
-    std::string key = fmt::format("volume.targets[{}]", i);
-    CRU_TRY_ASSIGN(auto s, r.scalar(t[i], key));
-    if (auto a = parse_address(s); !a) return r.fail(key, a.error().message);
-    if (!seen.insert(s).second) return r.fail(key, fmt::format("'{}' is listed twice", s));
-    c.targets[i] = s;
+    std::string at = fmt::format("{}[{}]", key, i);
+    CRU_TRY_ASSIGN(auto s, r.scalar(t[i], at));
+    if (auto a = parse_address(s); !a) return r.fail(at, a.error().message);
+    if (!seen.insert(s).second) return r.fail(at, fmt::format("'{}' is listed twice", s));
+    out[i] = s;
   }
+  return out;
+}
+
+// volume.targets (one sub-volume) or volume.sub_volumes (several), and volume.stripe_kib.
+Status parse_sub_volumes(const Reader& r, const YAML::Node& v, Config& c) {
+  std::set<std::string> seen;
+  const YAML::Node subs = v["sub_volumes"];
+  if (subs && v["targets"])
+    return r.fail("volume.sub_volumes",
+                  "give either volume.targets (one sub-volume) or volume.sub_volumes, not both");
+  if (!subs) {
+    CRU_TRY_ASSIGN(c.targets, parse_targets(r, v["targets"], "volume.targets", seen));
+    c.sub_volumes = {c.targets};
+  } else {
+    if (!subs.IsSequence() || subs.size() == 0 || subs.size() > upstairs::kMaxSubVolumes)
+      return r.fail("volume.sub_volumes",
+                    fmt::format("expected a list of 1..{} entries like {{targets: [A, B, C]}}",
+                                upstairs::kMaxSubVolumes));
+    for (size_t i = 0; i < subs.size(); ++i) {
+      const std::string key = fmt::format("volume.sub_volumes[{}]", i);
+      CRU_TRY(r.map(subs[i], key, {"targets"}));
+      CRU_TRY_ASSIGN(auto t, parse_targets(r, subs[i]["targets"], key + ".targets", seen));
+      c.sub_volumes.push_back(std::move(t));
+    }
+    c.targets = c.sub_volumes.front();
+  }
+  if (const auto st = v["stripe_kib"]) {
+    if (!subs)
+      return r.fail("volume.stripe_kib", "striping needs volume.sub_volumes (several of them)");
+    CRU_TRY_ASSIGN(auto kib, r.integer(st, "volume.stripe_kib", kMinStripeKiB, kMaxStripeKiB));
+    c.stripe_bytes = kib * kKiB;
+  }
+  return {};
+}
+
+Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
+  CRU_TRY(
+      r.map(v, "volume",
+            {"targets", "sub_volumes", "stripe_kib", "generation", "read_only", "key", "key_file",
+             "tls", "activate_timeout_ms", "flush_timeout_ms", "quorum_grace_ms", "limits"}));
+  CRU_TRY(parse_sub_volumes(r, v, c));
   if (const auto g = v["generation"]) {
     CRU_TRY_ASSIGN(auto s, r.scalar(g, "volume.generation"));
     if (s == "auto") {

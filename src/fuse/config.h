@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/ids.h"
 #include "common/result.h"
@@ -18,7 +19,11 @@ namespace cru::fuse {
 
 struct Config {
   // volume:
+  // volume.targets, or volume.sub_volumes[0].targets.
   std::array<std::string, kClientCount> targets;
+  // Every sub-volume's targets in volume order (volume.targets alone: one entry).
+  std::vector<std::array<std::string, kClientCount>> sub_volumes;
+  uint64_t stripe_bytes = 0;             // volume.stripe_kib; 0: sub-volumes concatenated
   std::optional<Generation> generation;  // nullopt: auto
   bool read_only = false;
   std::optional<upstairs::Key> key;  // read from volume.key_file

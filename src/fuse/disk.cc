@@ -5,12 +5,18 @@
 #include <cstring>
 #include <memory>
 
+#include "common/assert.h"
 #include "common/units.h"
 
 namespace cru::fuse {
 
-Disk::Disk(upstairs::Volume& volume)
+Disk::Disk(upstairs::BlockDevice& volume)
     : volume_(volume), block_size_(volume.block_size()), size_bytes_(volume.size_bytes()) {}
+
+void Disk::grown() {
+  CRU_ASSERT(volume_.size_bytes() >= size_bytes_, "a volume never shrinks");
+  size_bytes_ = volume_.size_bytes();
+}
 
 Status Disk::check_range(uint64_t offset, uint64_t len) const {
   if (offset > size_bytes_ || len > size_bytes_ - offset)

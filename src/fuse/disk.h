@@ -2,8 +2,9 @@
 // Unaligned writes and the unaligned edges of a zeroed range are read-modify-write under
 // a range lock. Independent of FUSE so the rules live in one testable place. Nothing here
 // blocks: every call takes a completion. All calls, and all completions, run on the
-// volume's io thread (the FUSE session is served there, see Volume::watch); a completion
-// may also run before the call returns (early errors, or nothing to do).
+// volume's io thread (one thread for all its sub-volumes) (the FUSE session is served there, see
+// Volume::watch); a completion may also run before the call returns (early errors, or nothing to
+// do).
 #pragma once
 
 #include <cstdint>
@@ -13,7 +14,7 @@
 #include "common/bytes.h"
 #include "common/result.h"
 #include "fuse/range_lock.h"
-#include "upstairs/volume.h"
+#include "upstairs/block_device.h"
 
 namespace cru::fuse {
 
@@ -22,7 +23,7 @@ class Disk {
   using DoneFn = std::function<void(Status)>;
   using ReadFn = std::function<void(Result<Bytes>)>;
 
-  explicit Disk(upstairs::Volume& volume);
+  explicit Disk(upstairs::BlockDevice& volume);
 
   uint64_t size_bytes() const { return size_bytes_; }
   uint32_t block_size() const { return block_size_; }
@@ -37,6 +38,8 @@ class Disk {
   void zero_range(uint64_t offset, uint64_t len, DoneFn done);
   // Makes every acknowledged write durable on at least two replicas.
   void flush(DoneFn done);
+  // Takes the volume's new size after it grew (io thread; the volume only grows).
+  void grown();
   // Whether anything was written since the last flush began (close needs no flush if not).
   bool dirty() const { return dirty_; }
 
@@ -50,9 +53,9 @@ class Disk {
   // the blocks. `data` must stay valid until `done`.
   void patch(uint64_t offset, Bytes data, DoneFn done);
 
-  upstairs::Volume& volume_;
+  upstairs::BlockDevice& volume_;
   const uint32_t block_size_;
-  const uint64_t size_bytes_;
+  uint64_t size_bytes_;
   RangeLock locks_;
   bool dirty_ = false;
 };

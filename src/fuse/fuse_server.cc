@@ -436,7 +436,15 @@ class StopWait {
 
 }  // namespace
 
-Status FuseServer::run(upstairs::Volume& io) {
+void FuseServer::size_changed() {
+  if (!serving_) return;  // a grow that ends after unmounting: nobody to tell
+  // Attributes only (a negative offset): invalidating pages would wait for page locks the
+  // kernel may hold while it waits for this very thread, and direct IO keeps none anyway.
+  if (int e = fuse_lowlevel_notify_inval_inode(session_, kDiskIno, -1, 0); e != 0 && e != -ENOENT)
+    log::warn("could not tell the kernel disk.img's new size: {}", std::strerror(-e));
+}
+
+Status FuseServer::run(upstairs::BlockDevice& io) {
   CRU_ASSERT(mounted_);
   const int fd = fuse_session_fd(session_);
   if (::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK) != 0)
@@ -459,9 +467,11 @@ Status FuseServer::run(upstairs::Volume& io) {
     };
     // A signal that came between mount() and here was taken by libfuse's handler.
     if (!fuse_session_exited(session_)) {
+      serving_ = true;
       io.watch(fd, drain);
       stop.wait();
       io.unwatch();
+      serving_ = false;
     }
     std::free(buf.mem);
     // Default handlers again (before the mask is restored): a second signal during the

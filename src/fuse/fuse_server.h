@@ -6,6 +6,7 @@
 // own cache, and a fenced or failed volume must fail reads too, not serve stale pages.
 #pragma once
 
+#include <atomic>
 #include <ctime>
 #include <string>
 
@@ -38,7 +39,10 @@ class FuseServer {
   // Serves on `io`'s thread until unmounted or SIGINT/SIGTERM/SIGHUP (which end it);
   // then unmounts. Other threads of the process must block those signals
   // (thread_signals.h). `io` is the volume the Disk is over.
-  Status run(upstairs::Volume& io);
+  Status run(upstairs::BlockDevice& io);
+  // Tells the kernel that disk.img's size changed (the volume grew): its cached attributes
+  // are dropped, so the next stat or lookup asks again. Io thread, while serving.
+  void size_changed();
 
   struct Impl;
 
@@ -48,6 +52,8 @@ class FuseServer {
   fuse_session* session_ = nullptr;
   bool mounted_ = false;
   bool handlers_ = false;
+  // Set by run() while the io thread serves the session (size_changed reads it there).
+  std::atomic<bool> serving_{false};
   timespec mounted_at_{};
 };
 

@@ -2,9 +2,11 @@
 //   crucible-fuse -c etc/crucible.yaml [MOUNTPOINT] [-f] [--read-only] [--generation N|auto]
 //   crucible-fuse status  [-c CONFIG | --socket PATH] [--json]
 //   crucible-fuse replace OLD NEW [-c CONFIG | --socket PATH]
+//   crucible-fuse grow T1 T2 T3 [-c CONFIG | --socket PATH]
 #include <fcntl.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,10 +27,11 @@
 #include "fuse/disk.h"
 #include "fuse/fuse_server.h"
 #include "fuse/status.h"
+#include "fuse/volume_status.h"
 #include "metrics/metrics.h"
-#include "metrics/upstairs_metrics.h"
+#include "metrics/sub_volume_metrics.h"
 #include "proto/tls.h"
-#include "upstairs/volume.h"
+#include "upstairs/sub_volumes.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -52,6 +55,7 @@ struct Args {
   std::string socket;
   bool json = false;
   std::string old_target, new_target;
+  std::vector<std::string> grow_targets;
 };
 
 // Tells the shell that started us how the start went: directly in the foreground; through
@@ -179,19 +183,52 @@ Result<fuse::Config> configure(const Args& a) {
   return c;
 }
 
-std::string control_reply(upstairs::Volume& v, const std::string& line) {
+// Grows the volume by one sub-volume (control thread) and makes the kernel see the new size
+// of disk.img at once, so that `losetup -c` right after the reply finds it.
+std::string grow_reply(upstairs::SubVolumes& v, const fuse::Config& c, const std::string& config,
+                       const upstairs::Targets& t) {
+  log::info("control: grow by a sub-volume on {}, {}, {}", t[0], t[1], t[2]);
+  auto grown = v.grow(t, c.generation, c.activate_timeout);
+  if (!grown) {
+    log::warn("grow refused: {}", grown.error().message);
+    return "error: " + grown.error().message;
+  }
+  // The attributes were invalidated (FuseServer::size_changed); a stat fetches them again
+  // (served on the io thread, which this thread is not).
+  const std::string disk = c.mount_path + "/disk.img";
+  struct stat st {};
+  if (::stat(disk.c_str(), &st) != 0)
+    log::warn("stat {} after growing: {}", disk, std::strerror(errno));
+  const uint64_t bytes = *grown * v.block_size();
+  log::info("grew to {} bytes in {} sub-volumes", bytes, v.sub_volume_count());
+  const std::string keep = fmt::format(
+      "add `- targets: [\"{}\", \"{}\", \"{}\"]` at the end of volume.sub_volumes in {} "
+      "to keep it after a restart",
+      t[0], t[1], t[2], config);
+  log::warn("the new sub-volume is not in the config: {}", keep);
+  return fmt::format(
+      "ok: disk.img is now {} ({} bytes) in {} sub-volumes; `losetup -c` a loop device on it, "
+      "then grow its filesystem (resize2fs); {}",
+      format_size(bytes), bytes, v.sub_volume_count(), keep);
+}
+
+std::string control_reply(upstairs::SubVolumes& v, const fuse::Config& c, const std::string& config,
+                          const std::string& line) {
   std::istringstream in(line);
-  std::string cmd, a, b, extra;
-  in >> cmd >> a >> b >> extra;
-  if (cmd == "status" && a.empty()) return fuse::status_json(v.snapshot()).dump();
-  if (cmd == "replace" && !b.empty() && extra.empty()) {
-    log::info("control: replace {} with {}", a, b);
-    Status s = v.replace_sync(a, b);
-    return s ? "ok: replacing " + a + " with " + b +
+  std::vector<std::string> w;
+  for (std::string word; in >> word && w.size() < 5;) w.push_back(word);
+  if (w.size() == 1 && w[0] == "status")
+    return fuse::volume_status_json(v.snapshot(), v.stripe_bytes()).dump();
+  if (w.size() == 3 && w[0] == "replace") {
+    log::info("control: replace {} with {}", w[1], w[2]);
+    Status s = v.replace_sync(w[1], w[2]);
+    return s ? "ok: replacing " + w[1] + " with " + w[2] +
                    "; live repair follows (watch `crucible-fuse status`)"
              : "error: " + s.error().message;
   }
-  return "error: unknown request '" + line.substr(0, 80) + "' (expected: status | replace OLD NEW)";
+  if (w.size() == 4 && w[0] == "grow") return grow_reply(v, c, config, {w[1], w[2], w[3]});
+  return "error: unknown request '" + line.substr(0, 80) +
+         "' (expected: status | replace OLD NEW | grow T1 T2 T3)";
 }
 
 int mount_volume(const Args& a) {
@@ -222,13 +259,14 @@ int mount_volume(const Args& a) {
         "PR_SET_IO_FLUSHER failed ({}): under memory pressure a loop device on disk.img may stall",
         std::strerror(errno));
 
-  upstairs::VolumeOptions vo;
-  vo.targets = c.targets;
-  vo.read_only = c.read_only;
-  vo.key = c.key;
-  vo.limits = c.limits;
-  vo.tls = tls;
-  upstairs::Volume volume(vo);
+  upstairs::SubVolumesOptions so;
+  so.targets = c.sub_volumes;
+  so.stripe_bytes = c.stripe_bytes;
+  so.common.read_only = c.read_only;
+  so.common.key = c.key;
+  so.common.limits = c.limits;
+  so.common.tls = tls;
+  upstairs::SubVolumes volume(so);
   // Metrics from before activation, so reconciliation can be watched. Declared after the
   // volume and the stats it reads, so it stops first.
   fuse::GuestIoStats io_stats;
@@ -236,7 +274,7 @@ int mount_volume(const Args& a) {
   std::string metrics_line;
   if (!c.metrics_listen.empty()) {
     auto e = metrics::Endpoint::start(c.metrics_listen, a.config + ": metrics.listen",
-                                      {std::make_shared<metrics::UpstairsCollector>(
+                                      {std::make_shared<metrics::SubVolumeCollector>(
                                           [&volume] { return volume.snapshot(); }, &io_stats)});
     if (!e) {
       starter.failed(e.error().message);
@@ -251,12 +289,17 @@ int mount_volume(const Args& a) {
   // The control socket answers from here on, so `crucible-fuse status` shows activation
   // and reconciliation while they run (a replace before activation is refused by the volume).
   fuse::ControlServer control;
-  if (Status s = control.start(c.control_socket,
-                               [&](const std::string& l) { return control_reply(volume, l); });
+  if (Status s = control.start(
+          c.control_socket,
+          [&](const std::string& l) { return control_reply(volume, c, a.config, l); });
       !s)
     log::warn("no control socket: {}", s.error().message);
-  log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1],
-            c.targets[2], c.generation ? std::to_string(c.generation->value) : "auto");
+  for (size_t i = 0; i < c.sub_volumes.size(); ++i) {
+    const auto& t = c.sub_volumes[i];
+    log::info("activating {}the volume on {}, {}, {} (generation {})",
+              c.sub_volumes.size() > 1 ? fmt::format("sub-volume {} of ", i) : "", t[0], t[1], t[2],
+              c.generation ? std::to_string(c.generation->value) : "auto");
+  }
   if (Status s = volume.activate(c.generation, c.activate_timeout); !s) {
     starter.failed("activation failed: " + s.error().message);
     return 1;
@@ -264,22 +307,44 @@ int mount_volume(const Args& a) {
   fuse::Disk disk(volume);
   fuse::FuseServer server(disk, fuse::MountOptions{c.mount_path, c.allow_other, c.read_only,
                                                    metrics_endpoint ? &io_stats : nullptr});
+  // On the io thread, before any IO can reach the new blocks.
+  volume.on_grown([&disk, &server] {
+    disk.grown();
+    server.size_changed();
+  });
   if (Status s = server.mount(); !s) {
     starter.failed(s.error().message);
     static_cast<void>(volume.deactivate(kDeactivateTimeout));
     return 1;
   }
-  auto snap = volume.snapshot();
+  auto snaps = volume.snapshot();
+  // Which region is where: a sub-volume list edited other than by appending shows here.
+  for (size_t i = 0; i < snaps.size(); ++i)
+    if (snaps[i].region)
+      log::info("sub-volume {}: region {}, {} bytes", i, snaps[i].region->uuid.to_string(),
+                snaps[i].region->total_bytes());
+  std::string replicas;
+  for (size_t i = 0; i < c.sub_volumes.size(); ++i) {
+    const auto& t = c.sub_volumes[i];
+    replicas += fmt::format("  replicas: {}, {}, {}{}\n", t[0], t[1], t[2],
+                            c.sub_volumes.size() > 1 ? fmt::format(" (sub-volume {})", i) : "");
+  }
+  const uint64_t generation = snaps.front().generation.value;
   std::string ready = fmt::format(
-      "crucible-fuse: {}/disk.img is ready: {} in {}-byte blocks, generation {}{}\n"
-      "  replicas: {}, {}, {}\n  status:   crucible-fuse status --socket {}\n{}{}",
-      c.mount_path, format_size(disk.size_bytes()), disk.block_size(), snap.generation.value,
-      c.read_only ? ", read-only" : "", c.targets[0], c.targets[1], c.targets[2], c.control_socket,
-      metrics_line, c.log_file.empty() ? "" : fmt::format("  log:      {}\n", c.log_file));
+      "crucible-fuse: {}/disk.img is ready: {} in {}-byte blocks, generation {}{}{}\n"
+      "{}  status:   crucible-fuse status --socket {}\n{}{}",
+      c.mount_path, format_size(disk.size_bytes()), disk.block_size(), generation,
+      c.read_only ? ", read-only" : "",
+      c.sub_volumes.size() > 1
+          ? fmt::format(
+                ", {} sub-volumes{}", c.sub_volumes.size(),
+                c.stripe_bytes ? fmt::format(" striped by {}", format_size(c.stripe_bytes)) : "")
+          : "",
+      replicas, c.control_socket, metrics_line,
+      c.log_file.empty() ? "" : fmt::format("  log:      {}\n", c.log_file));
   log::info("mounted {}/disk.img", c.mount_path);
   starter.ok(ready);
-  notify_ready(
-      fmt::format("{}/disk.img mounted, generation {}", c.mount_path, snap.generation.value));
+  notify_ready(fmt::format("{}/disk.img mounted, generation {}", c.mount_path, generation));
 
   Status served = server.run(volume);
   log::info("unmounted {}; final flush", c.mount_path);
@@ -330,7 +395,7 @@ int control_command(const Args& a, const std::string& request, bool status) {
       std::cerr << "crucible-fuse: the status reply is not JSON\n";
       return 1;
     }
-    std::cout << fuse::format_status(j);
+    std::cout << fuse::format_volume_status(j);
   } else {
     std::cout << *reply;
   }
@@ -367,6 +432,16 @@ int main(int argc, char** argv) {
   replace->add_option("-c,--config", a.config,
                       "the mount's YAML configuration (finds its control socket)");
   replace->add_option("--socket", a.socket, "control socket (default: from the config)");
+  auto* grow = app.add_subcommand(
+      "grow",
+      "grow the mounted volume by a sub-volume on three new downstairs (host:port); then "
+      "`losetup -c` and resize2fs; add it to volume.sub_volumes to keep it (docs/volumes.md)");
+  grow->add_option("targets", a.grow_targets, "the new sub-volume's three downstairs")
+      ->required()
+      ->expected(3);
+  grow->add_option("-c,--config", a.config,
+                   "the mount's YAML configuration (finds its control socket)");
+  grow->add_option("--socket", a.socket, "control socket (default: from the config)");
   app.require_subcommand(0, 1);
   // `status` and `replace` find the socket from -c, so -c stays required for them too
   // unless --socket is given.
@@ -378,6 +453,10 @@ int main(int argc, char** argv) {
   }
   if (*status) return control_command(a, "status", true);
   if (*replace) return control_command(a, "replace " + a.old_target + " " + a.new_target, false);
+  if (*grow)
+    return control_command(
+        a, fmt::format("grow {} {} {}", a.grow_targets[0], a.grow_targets[1], a.grow_targets[2]),
+        false);
   if (a.config.empty()) {
     std::cerr << "crucible-fuse: --config is required to mount\n";
     return 2;

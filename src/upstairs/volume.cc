@@ -48,6 +48,35 @@ constexpr auto kSentReportInterval = std::chrono::milliseconds(200);
 
 }  // namespace
 
+struct IoThread::Impl {
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work{asio::make_work_guard(io)};
+  // Written by the io thread as it starts, read by any caller: atomic so TSan-clean.
+  std::atomic<std::thread::id> id{};
+  std::thread thread;
+
+  Impl() {
+    thread = std::thread([this] {
+      block_async_signals_in_this_thread();
+      id = std::this_thread::get_id();
+      io.run();
+    });
+  }
+  ~Impl() { stop(); }
+
+  // Lets the thread end once nothing is left to run, and waits for that. Not from it.
+  void stop() {
+    if (!thread.joinable()) return;
+    asio::post(io, [this] { work.reset(); });
+    thread.join();
+  }
+};
+
+IoThread::IoThread() : impl_(std::make_unique<Impl>()) {}
+IoThread::~IoThread() = default;
+void IoThread::post(std::function<void()> fn) { asio::post(impl_->io, std::move(fn)); }
+bool IoThread::on_this_thread() const { return std::this_thread::get_id() == impl_->id; }
+
 struct Volume::Impl {
   using Completion = std::function<void(GuestDone&)>;
   // The connection the core knows as (client, id); a replaced or dropped one is closed
@@ -59,21 +88,19 @@ struct Volume::Impl {
   };
 
   explicit Impl(VolumeOptions o)
-      : options(std::move(o)),
+      : owned(o.io_thread == nullptr),
+        owner(owned ? std::make_shared<IoThread>() : o.io_thread),
+        io(owner->impl().io),
+        options(std::move(o)),
         core(Config{options.targets, options.read_only, options.key.has_value(), Uuid::random(),
                     Uuid::random(), options.limits}),
         timer(io),
-        work(asio::make_work_guard(io)),
-        outstanding(kMaxOutstandingCalls) {
-    thread = std::thread([this] {
-      block_async_signals_in_this_thread();
-      io_thread_id = std::this_thread::get_id();
-      io.run();
-    });
-  }
+        outstanding(kMaxOutstandingCalls) {}
 
   ~Impl() {
-    asio::post(io, [this] {
+    CRU_ASSERT(!on_io_thread(), "a volume cannot be destroyed from its own io thread");
+    std::promise<void> closed;
+    asio::post(io, [this, &closed] {
       // Disarmed, the connections end on their own without calling back into this.
       for (auto& l : links) {
         if (!l.conn) continue;
@@ -83,10 +110,16 @@ struct Volume::Impl {
       }
       timer.cancel();
       end_watch();
-      work.reset();
       stopping = true;
+      // Handlers that completed before the cancellations are queued ahead of this one:
+      // once it runs, none of them can still reach this on a shared thread.
+      asio::post(io, [&closed] { closed.set_value(); });
     });
-    thread.join();
+    closed.get_future().wait();
+    // Its own thread ends here, so what is left to run (the cancelled timer, the closing
+    // connections) runs while this is still whole; a shared one runs on, and those
+    // handlers then only see their cancellation.
+    if (owned) owner->impl().stop();
   }
 
   // ---- a watched descriptor (io thread only) --------------------------------------------
@@ -109,7 +142,7 @@ struct Volume::Impl {
     on_readable = nullptr;
   }
 
-  bool on_io_thread() const { return std::this_thread::get_id() == io_thread_id; }
+  bool on_io_thread() const { return owner->on_this_thread(); }
 
   // ---- core driving (io thread only) --------------------------------------------------
 
@@ -294,14 +327,13 @@ struct Volume::Impl {
     return {};
   }
 
+  const bool owned;  // the io thread is this volume's own
+  // Declared first: the io_context outlives everything below that uses it.
+  std::shared_ptr<IoThread> owner;
+  asio::io_context& io;
   VolumeOptions options;
-  asio::io_context io;
   Upstairs core;
   asio::steady_timer timer;
-  asio::executor_work_guard<asio::io_context::executor_type> work;
-  std::thread thread;
-  // Written by the io thread as it starts, read by any caller: atomic so TSan-clean.
-  std::atomic<std::thread::id> io_thread_id{};
   std::counting_semaphore<kMaxOutstandingCalls> outstanding;
   TimePoint armed = TimePoint::max();
   bool stopping = false;

@@ -1,6 +1,7 @@
 // The guest API: one replicated volume over three downstairs. Runs the upstairs core on
-// its own io thread with real TCP connections (asio, hidden behind a pimpl so users do
-// not compile asio). Every call may come from any thread. Asynchronous calls complete
+// an io thread with real TCP connections (asio, hidden behind a pimpl so users do not
+// compile asio): its own, or one shared with other volumes (IoThread, for the
+// sub-volumes of one volume). Every call may come from any thread. Asynchronous calls complete
 // through a callback that runs on the io thread and must not block; the *_sync forms
 // wait. Offsets and lengths are in blocks; data lengths must be whole blocks. Large IOs
 // are split into jobs of at most kMaxJobBytes; encryption and hashing run on the
@@ -20,6 +21,7 @@
 #include "common/result.h"
 #include "proto/limits.h"
 #include "upstairs/block_crypto.h"
+#include "upstairs/block_device.h"
 #include "upstairs/status.h"
 
 namespace cru::proto {
@@ -38,6 +40,27 @@ static_assert(kMaxJobBytes >= proto::kMaxBlockSize && kMaxJobBytes <= proto::kMa
 // callers that do not wait for completions themselves).
 inline constexpr int kMaxOutstandingCalls = 4096;
 
+// An io thread (an asio io_context run on one thread) that several volumes may share, so
+// that all their calls and completions run on one thread. It ends when the last volume on
+// it, and the last other holder, let it go.
+class IoThread {
+ public:
+  IoThread();
+  ~IoThread();
+  IoThread(const IoThread&) = delete;
+  IoThread& operator=(const IoThread&) = delete;
+
+  // Runs `fn` on the io thread, after what was posted before it.
+  void post(std::function<void()> fn);
+  bool on_this_thread() const;
+
+  struct Impl;
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 struct VolumeOptions {
   std::array<std::string, kClientCount> targets;
   bool read_only = false;
@@ -46,16 +69,16 @@ struct VolumeOptions {
   // Mutual TLS to every downstairs (proto/tls.h; each target's certificate must also name
   // its host); none: plain TCP.
   std::shared_ptr<proto::TlsContext> tls;
+  // The io thread to run on; none: the volume starts (and ends) its own.
+  std::shared_ptr<IoThread> io_thread;
 };
 
-class Volume {
+class Volume : public BlockDevice {
  public:
-  using DoneFn = std::function<void(Status)>;
-  using ReadFn = std::function<void(Result<Bytes>)>;
-
   explicit Volume(VolumeOptions options);
-  // Stops the io thread and closes every connection (deactivate first to flush).
-  ~Volume();
+  // Closes every connection (deactivate first to flush) and stops its own io thread. Not
+  // from the io thread.
+  ~Volume() override;
   Volume(const Volume&) = delete;
   Volume& operator=(const Volume&) = delete;
 
@@ -66,15 +89,14 @@ class Volume {
   Status deactivate(std::chrono::milliseconds timeout);
 
   // Geometry, known once active.
-  uint32_t block_size() const;
-  uint64_t total_blocks() const;
-  uint64_t size_bytes() const { return total_blocks() * block_size(); }
+  uint32_t block_size() const override;
+  uint64_t total_blocks() const override;
 
-  void read(BlockIndex start, uint64_t count, ReadFn done);
-  void write(BlockIndex start, std::span<const std::byte> data, DoneFn done);
+  void read(BlockIndex start, uint64_t count, ReadFn done) override;
+  void write(BlockIndex start, std::span<const std::byte> data, DoneFn done) override;
   void write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done);
-  void discard(BlockIndex start, uint64_t count, DoneFn done);
-  void flush(DoneFn done);
+  void discard(BlockIndex start, uint64_t count, DoneFn done) override;
+  void flush(DoneFn done) override;
   void replace(std::string old_target, std::string new_target, DoneFn done);
 
   Result<Bytes> read_sync(BlockIndex start, uint64_t count);
@@ -91,10 +113,10 @@ class Volume {
   // the io thread whenever `fd` is readable, and must read until it would block (fd must
   // be non-blocking). The volume's calls made from it complete on the same thread. One
   // watch at a time; the fd stays the caller's (never closed here) and must outlive it.
-  void watch(int fd, std::function<void()> on_readable);
+  void watch(int fd, std::function<void()> on_readable) override;
   // Ends the watch; once it returns, on_readable is not running and will not run again.
   // Not from the io thread.
-  void unwatch();
+  void unwatch() override;
 
  private:
   struct Impl;

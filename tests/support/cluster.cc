@@ -299,8 +299,8 @@ bool Cluster::downstairs_running(int i) const {
   return p && p->wait(Millis(0)).timed_out;
 }
 
-std::string Cluster::config_yaml(const std::string& mountpoint,
-                                 const std::string& extra_yaml) const {
+std::string Cluster::config_yaml(const std::string& mountpoint, const std::string& extra_yaml,
+                                 const std::string& volume_targets_yaml) const {
   std::string key;
   if (!key_.empty()) {
     // What volume.key_file demands: a file only its owner can read.
@@ -315,7 +315,7 @@ std::string Cluster::config_yaml(const std::string& mountpoint,
   }
   return fmt::format(
       "volume:\n"
-      "  targets: [\"{}\", \"{}\", \"{}\"]\n"
+      "{}"
       "  generation: auto\n"
       "  flush_timeout_ms: {}\n"
       "  activate_timeout_ms: {}\n"
@@ -325,8 +325,11 @@ std::string Cluster::config_yaml(const std::string& mountpoint,
       "log:\n"
       "  level: {}\n"
       "{}",
-      target(0), target(1), target(2), options_.flush_timeout_ms, options_.activate_timeout_ms, key,
-      mountpoint, options_.log_level, extra_yaml);
+      volume_targets_yaml.empty()
+          ? fmt::format("  targets: [\"{}\", \"{}\", \"{}\"]\n", target(0), target(1), target(2))
+          : volume_targets_yaml,
+      options_.flush_timeout_ms, options_.activate_timeout_ms, key, mountpoint, options_.log_level,
+      extra_yaml);
 }
 
 std::string Cluster::write_file(const std::string& name, const std::string& text) const {
@@ -340,7 +343,8 @@ Result<Mount*> Cluster::mount(MountArgs args) {
   const std::string mountpoint = dir_.file(fmt::format("mnt{}", n));
   fs::create_directory(mountpoint);
   const std::string config =
-      write_file(fmt::format("mnt{}.yaml", n), config_yaml(mountpoint, args.extra_yaml));
+      write_file(fmt::format("mnt{}.yaml", n),
+                 config_yaml(mountpoint, args.extra_yaml, args.volume_targets_yaml));
   std::unique_ptr<Mount> m(new Mount(*this, mountpoint, config));
   std::vector<std::string> argv = {bin("crucible-fuse"), "-c", config, mountpoint, "-f"};
   argv.insert(argv.end(), args.extra_args.begin(), args.extra_args.end());

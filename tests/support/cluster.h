@@ -70,6 +70,9 @@ struct ClusterOptions {
 struct MountArgs {
   std::vector<std::string> extra_args;  // e.g. {"--read-only"} or {"--generation", "7"}
   std::string extra_yaml;               // appended to the generated config (top-level keys)
+  // Replaces the `  targets: [...]` line under volume: (e.g. a `  sub_volumes:` list over
+  // several clusters' targets); empty: this cluster's three targets.
+  std::string volume_targets_yaml;
 };
 
 class Cluster;
@@ -147,7 +150,8 @@ class Cluster {
   // ---- mounts ----
   // The YAML config for a mount at `mountpoint` (the three targets, the options' values,
   // then `extra_yaml`).
-  std::string config_yaml(const std::string& mountpoint, const std::string& extra_yaml = "") const;
+  std::string config_yaml(const std::string& mountpoint, const std::string& extra_yaml = "",
+                          const std::string& volume_targets_yaml = "") const;
   // Writes a file in the cluster's dir; returns its path.
   std::string write_file(const std::string& name, const std::string& text) const;
   // A new mount point (dir()/mntN), its config, and `crucible-fuse -c CFG MNT -f`; waits

@@ -1,0 +1,21 @@
+// The status of a volume of sub-volumes (upstairs/sub_volumes.h) as JSON and text. One
+// sub-volume: exactly status_json / format_status (the shape tools already read). Several:
+// the same top-level keys, summed or combined over them (state "active" only when every
+// sub-volume is; downstairs lists every replica with its "sub_volume"), plus
+// "sub_volumes": each one's own status_json, and "stripe_bytes".
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "upstairs/status.h"
+
+namespace cru::fuse {
+
+nlohmann::json volume_status_json(const std::vector<upstairs::Snapshot>& sub_volumes,
+                                  uint64_t stripe_bytes);
+// format_status, then each sub-volume's own lines when there are several.
+std::string format_volume_status(const nlohmann::json& j);
+
+}  // namespace cru::fuse
