@@ -70,6 +70,9 @@ struct ClusterOptions {
 struct MountArgs {
   std::vector<std::string> extra_args;  // e.g. {"--read-only"} or {"--generation", "7"}
   std::string extra_yaml;               // appended to the generated config (top-level keys)
+  // false: mount() returns once crucible-fuse is started, before it is ready (its control
+  // socket may not exist yet); wait on process() for "is ready".
+  bool wait_ready = true;
 };
 
 class Cluster;
