@@ -20,6 +20,8 @@ packages=(
   nftables
   # the metrics e2e test: promtool and a real Prometheus server scraping the cluster
   prometheus
+  # the status --watch e2e test reads the live view off a tmux screen
+  tmux
 )
 
 check_only=false

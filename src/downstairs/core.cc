@@ -9,6 +9,7 @@
 #include "downstairs/request_check.h"
 #include "proto/codec.h"
 #include "proto/limits.h"
+#include "proto/repair_report.h"
 
 namespace cru::downstairs {
 
@@ -799,7 +800,8 @@ void Core::finish_fetch(Output& out, ConnectionId fetch_conn, const Status& resu
   }
   f.staging.reset();  // removes the staging file unless committed
   if (!conns_.contains(f.owner)) return;
-  WireStatus st = WireStatus::from(result);
+  // A success tells the upstairs what crossed the network, for its repair progress.
+  WireStatus st = result ? proto::repair_done_status(f.network_bytes) : WireStatus::from(result);
   if (f.job) {
     out.send(f.owner, Ack{*f.job, st});
     complete(conns_.at(f.owner), *f.job, false);

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -24,6 +25,9 @@ namespace {
 constexpr int kRequestTimeoutMs = 5000;
 // Replies (a status snapshot) are small; this bounds what a client reads.
 constexpr size_t kMaxReplyBytes = 1 << 20;
+// A client gives up on a server that does not answer within this (a hung crucible-fuse
+// must not hang `status --watch` past Ctrl-C).
+constexpr timeval kReplyTimeout{10, 0};
 
 Result<sockaddr_un> unix_address(const std::string& path) {
   sockaddr_un a{};
@@ -96,12 +100,14 @@ Status ControlServer::start(const std::string& path, Handler handler) {
 
 void ControlServer::stop() {
   if (listen_fd_ < 0) return;
+  // Unlinked first: a client that cannot connect then finds the socket gone, which
+  // `status --watch` takes as the volume stopping (not as crucible-fuse dying).
+  ::unlink(path_.c_str());
   uint64_t one = 1;
   CRU_ASSERT(::write(stop_fd_, &one, sizeof one) == sizeof one);
   thread_.join();
   ::close(listen_fd_);
   ::close(stop_fd_);
-  ::unlink(path_.c_str());
   listen_fd_ = stop_fd_ = -1;
 }
 
@@ -146,6 +152,8 @@ void ControlServer::handle(int fd) {
 
 Result<std::string> control_request(const std::string& path, const std::string& request) {
   CRU_TRY_ASSIGN(const int fd, connect_to(path));
+  for (int opt : {SO_RCVTIMEO, SO_SNDTIMEO})
+    CRU_ASSERT(::setsockopt(fd, SOL_SOCKET, opt, &kReplyTimeout, sizeof kReplyTimeout) == 0);
   std::string reply;
   bool sent = write_all(fd, request + "\n");
   char buf[4096];

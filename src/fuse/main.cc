@@ -1,6 +1,6 @@
 // crucible-fuse: mounts the replicated volume as MOUNTPOINT/disk.img.
 //   crucible-fuse -c etc/crucible.yaml [MOUNTPOINT] [-f] [--read-only] [--generation N|auto]
-//   crucible-fuse status  [-c CONFIG | --socket PATH] [--json]
+//   crucible-fuse status  [-c CONFIG | --socket PATH] [--json | --watch [--interval-ms N]]
 //   crucible-fuse replace OLD NEW [-c CONFIG | --socket PATH]
 //   crucible-fuse grow T1 T2 T3 [-c CONFIG | --socket PATH]
 #include <fcntl.h>
@@ -28,6 +28,7 @@
 #include "fuse/fuse_server.h"
 #include "fuse/status.h"
 #include "fuse/volume_status.h"
+#include "fuse/watch.h"
 #include "metrics/metrics.h"
 #include "metrics/sub_volume_metrics.h"
 #include "proto/tls.h"
@@ -54,6 +55,8 @@ struct Args {
   std::string log_level;
   std::string socket;
   bool json = false;
+  bool watch = false;
+  uint64_t interval_ms = 1000;
   std::string old_target, new_target;
   std::vector<std::string> grow_targets;
 };
@@ -402,6 +405,15 @@ int control_command(const Args& a, const std::string& request, bool status) {
   return 0;
 }
 
+int watch_status(const Args& a) {
+  try {
+    return fuse::run_watch(socket_path(a), std::chrono::milliseconds(a.interval_ms));
+  } catch (const std::exception& e) {
+    std::cerr << "crucible-fuse: " << e.what() << "\n";
+    return 2;
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -424,7 +436,19 @@ int main(int argc, char** argv) {
   status->add_option("-c,--config", a.config,
                      "the mount's YAML configuration (finds its control socket)");
   status->add_option("--socket", a.socket, "control socket (default: from the config)");
-  status->add_flag("--json", a.json, "print the raw JSON");
+  auto* json_flag = status->add_flag("--json", a.json, "print the raw JSON");
+  auto* watch = status->add_flag(
+      "-w,--watch", a.watch,
+      "redraw a live view every interval until Ctrl-C: replica states, jobs and bytes "
+      "in flight, IOPS and MiB/s, live repair or reconciliation progress with rate "
+      "and ETA; exits 0 when the volume unmounts, 1 if it stops answering");
+  watch->excludes(json_flag);
+  status
+      ->add_option("--interval-ms", a.interval_ms,
+                   "with --watch: milliseconds between frames (default 1000)")
+      ->needs(watch)
+      ->check(
+          CLI::Range(static_cast<uint64_t>(fuse::kMinWatchInterval.count()), uint64_t{3'600'000}));
   auto* replace = app.add_subcommand(
       "replace", "replace downstairs OLD by NEW (host:port); NEW is live-repaired");
   replace->add_option("old", a.old_target, "the target to replace")->required();
@@ -451,6 +475,7 @@ int main(int argc, char** argv) {
     std::cerr << "crucible-fuse: --config is required (see --help)\n";
     return 2;
   }
+  if (*status && a.watch) return watch_status(a);
   if (*status) return control_command(a, "status", true);
   if (*replace) return control_command(a, "replace " + a.old_target + " " + a.new_target, false);
   if (*grow)

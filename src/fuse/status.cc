@@ -42,15 +42,21 @@ nlohmann::json status_json(const upstairs::Snapshot& s) {
                    {"barriers", s.barriers},
                    {"read_bytes", s.read_bytes},
                    {"write_bytes", s.write_bytes}};
-  j["reconcile"] = {{"extents_total", s.reconcile_extents_total},
-                    {"extents_done", s.reconcile_extents_done}};
+  j["reconcile"] = {{"running", s.reconciling},
+                    {"extents_total", s.reconcile_extents_total},
+                    {"extents_done", s.reconcile_extents_done},
+                    {"bytes_transferred", s.reconcile_bytes_transferred}};
   const auto& r = s.repair;
+  nlohmann::json targets = nlohmann::json::array();
+  for (ClientId t : r.targets) targets.push_back(t.value);
   j["live_repair"] = {{"running", r.running},
+                      {"targets", targets},
+                      {"source", r.source.value},
                       {"extent", r.extent.value},
                       {"extent_count", r.extent_count},
                       {"extents_repaired", r.extents_repaired},
                       {"extents_confirmed", r.extents_confirmed},
-                      {"bytes_copied", r.bytes_copied},
+                      {"bytes_transferred", r.bytes_transferred},
                       {"rate_bytes_per_s", r.rate_bytes_per_s},
                       {"eta_s", r.eta_s},
                       {"completed", s.live_repairs_completed},
@@ -90,11 +96,16 @@ std::string format_status(const nlohmann::json& j) {
                          d.value("last_error", ""));
     out += "\n";
   }
+  const auto& rc = j["reconcile"];
+  if (rc.value("running", false))
+    out += fmt::format("  reconciliation: {} of {} extents reconciled, {} transferred\n",
+                       rc.value("extents_done", 0), rc.value("extents_total", 0),
+                       format_size(rc.value("bytes_transferred", uint64_t{0})));
   const auto& r = j["live_repair"];
   if (r.value("running", false))
-    out += fmt::format("  live repair: extent {}/{}, {} copied at {}/s, about {:.0f} s left\n",
+    out += fmt::format("  live repair: extent {}/{}, {} transferred at {}/s, about {:.0f} s left\n",
                        r.value("extent", 0), r.value("extent_count", 0),
-                       format_size(r.value("bytes_copied", uint64_t{0})),
+                       format_size(r.value("bytes_transferred", uint64_t{0})),
                        format_size(static_cast<uint64_t>(r.value("rate_bytes_per_s", 0.0))),
                        r.value("eta_s", 0.0));
   const auto& c = j["counters"];

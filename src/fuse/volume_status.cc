@@ -54,7 +54,10 @@ nlohmann::json volume_status_json(const std::vector<upstairs::Snapshot>& subs,
       j["downstairs"].push_back(std::move(d));
     }
     add_numbers(j["counters"], e["counters"]);
+    const bool reconciling =
+        j["reconcile"].value("running", false) || e["reconcile"].value("running", false);
     add_numbers(j["reconcile"], e["reconcile"]);
+    j["reconcile"]["running"] = reconciling;  // any sub-volume's (add_numbers keeps the first)
     j["jobs"] = j["jobs"].get<uint64_t>() + e["jobs"].get<uint64_t>();
     j["guest_waiting"] = j["guest_waiting"].get<uint64_t>() + e["guest_waiting"].get<uint64_t>();
     if (e.contains("region")) size_bytes += e["region"]["size_bytes"].get<uint64_t>();

@@ -97,8 +97,16 @@ std::vector<prometheus::MetricFamily> UpstairsCollector::families(const upstairs
   auto reconcile_done =
       gauge("crucible_upstairs_reconcile_extents_done", "Extents reconciled so far.");
   add(reconcile_done, {}, as_value(s.reconcile_extents_done));
-  out.push_back(std::move(reconcile_total));
-  out.push_back(std::move(reconcile_done));
+  auto reconcile_running =
+      gauge("crucible_upstairs_reconcile_running", "1 while a reconciliation runs.");
+  add(reconcile_running, {}, s.reconciling ? 1 : 0);
+  auto reconcile_bytes =
+      gauge("crucible_upstairs_reconcile_bytes",
+            "Bytes the current (or last) reconciliation transferred between "
+            "replicas: the chunks that differed, as the receivers counted them.");
+  add(reconcile_bytes, {}, as_value(s.reconcile_bytes_transferred));
+  for (auto* f : {&reconcile_total, &reconcile_done, &reconcile_running, &reconcile_bytes})
+    out.push_back(std::move(*f));
 
   const auto& r = s.repair;
   auto running = gauge("crucible_upstairs_live_repair_running", "1 while a live repair runs.");
@@ -111,8 +119,9 @@ std::vector<prometheus::MetricFamily> UpstairsCollector::families(const upstairs
   add(done, {{"how", "copied"}}, as_value(r.extents_repaired));
   add(done, {{"how", "equal"}}, as_value(r.extents_confirmed));
   auto copied = gauge("crucible_upstairs_live_repair_bytes",
-                      "Bytes the running (or last) live repair copied.");
-  add(copied, {}, as_value(r.bytes_copied));
+                      "Bytes the running live repair transferred to its targets: the chunks "
+                      "that differed, as the targets counted them (not whole extents).");
+  add(copied, {}, as_value(r.bytes_transferred));
   auto eta = gauge("crucible_upstairs_live_repair_eta_seconds",
                    "The live repair's estimate of the time left (0 when not running).");
   add(eta, {}, r.running ? r.eta_s : 0);

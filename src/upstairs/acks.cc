@@ -7,6 +7,7 @@
 
 #include "common/log.h"
 #include "proto/integrity.h"
+#include "proto/repair_report.h"
 #include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
@@ -57,6 +58,11 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
       note_unflushed(c, job);
     }
     if (close_ack) job.close_versions[c] = std::get<ExtentLiveCloseAck>(*reply).version;
+    // What this target received for the repair (a number for people, trusted no further).
+    if (job.kind == JobKind::kLiveRepair && repair_ && repair_->repair_id == id && reply &&
+        std::holds_alternative<Ack>(*reply))
+      repair_->bytes_transferred +=
+          repair_transferred_bytes(std::get<Ack>(*reply).status).value_or(0);
   }
   ack_check(job);
   repair_progress();

@@ -120,7 +120,7 @@ void Upstairs::repair_progress() {
 
 // Copy only where the target differs from the source (or is dirty). A replacement is
 // another region whose equal numbers prove nothing: every extent is copied (only its
-// chunks that differ cross the network).
+// chunks that differ cross the network, and only those count as transferred).
 std::vector<ClientId> Upstairs::repair_dests(const Job& close) const {
   const LiveRepair& r = *repair_;
   std::vector<ClientId> dests;
@@ -153,8 +153,7 @@ bool Upstairs::repair_closed() {
     if (repair.repair_dests.empty()) {
       ++r.extents_confirmed;
     } else {
-      ++r.extents_repaired;
-      r.bytes_copied += region_->extent_bytes();
+      ++r.extents_repaired;  // its bytes count as the targets report them (acks.cc)
     }
   }
   place(repair);

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "common/log.h"
+#include "proto/repair_report.h"
 #include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
@@ -17,6 +18,7 @@ void Upstairs::start_reconcile(std::vector<ExtentMend> plan, bool while_active) 
             region_->extent_count);
   reconcile_total_ = plan.size();
   reconcile_done_ = 0;
+  reconcile_bytes_ = 0;
   reconcile_ =
       Reconcile{std::move(plan), 0, Reconcile::Step::kFlush, RepairId{0}, {}, while_active};
   for (ClientId c : kAllClients) move(c, DsEvent::kReconcile, DsState::kReconcile);
@@ -77,6 +79,8 @@ void Upstairs::on_repair_ack(ClientId c, const RepairAck& ack) {
                                        describe(c), reconcile_->plan[reconcile_->index].extent,
                                        Error{ack.status.code, ack.status.message}.to_string()));
   }
+  if (reconcile_->step == Reconcile::Step::kRepair)
+    reconcile_bytes_ += repair_transferred_bytes(ack.status).value_or(0);
   w.erase(it);
   if (!w.empty()) return;
   Reconcile& r = *reconcile_;

@@ -70,8 +70,10 @@ struct RepairStatus {
   uint32_t extent_count = 0;
   uint64_t extents_repaired = 0;   // copied
   uint64_t extents_confirmed = 0;  // already equal, not copied
-  uint64_t bytes_copied = 0;
-  double rate_bytes_per_s = 0;
+  // What the targets received over the network (the chunks that differed), as they
+  // reported it (proto/repair_report.h); not whole extents.
+  uint64_t bytes_transferred = 0;
+  double rate_bytes_per_s = 0;  // bytes_transferred over the time since the repair began
   double eta_s = 0;
 };
 
@@ -85,6 +87,8 @@ struct Snapshot {
   uint64_t reads = 0, writes = 0, discards = 0, flushes = 0, barriers = 0;
   uint64_t read_bytes = 0, write_bytes = 0;
   uint64_t reconcile_extents_total = 0, reconcile_extents_done = 0;
+  uint64_t reconcile_bytes_transferred = 0;  // as the destinations reported it
+  bool reconciling = false;  // at activation, or of all three after the volume was active
   uint64_t live_repairs_completed = 0, live_repairs_aborted = 0;
   RepairStatus repair;
   std::string disabled_reason;

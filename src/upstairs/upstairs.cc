@@ -214,6 +214,8 @@ Snapshot Upstairs::snapshot() const {
   s.write_bytes = write_bytes_;
   s.reconcile_extents_total = reconcile_total_;
   s.reconcile_extents_done = reconcile_done_;
+  s.reconcile_bytes_transferred = reconcile_bytes_;
+  s.reconciling = reconcile_.has_value();
   s.live_repairs_completed = repairs_completed_;
   s.live_repairs_aborted = repairs_aborted_;
   s.disabled_reason = disabled_reason_;
@@ -233,10 +235,10 @@ Snapshot Upstairs::snapshot() const {
     r.extent_count = region_->extent_count;
     r.extents_repaired = repair_->extents_repaired;
     r.extents_confirmed = repair_->extents_confirmed;
-    r.bytes_copied = repair_->bytes_copied;
+    r.bytes_transferred = repair_->bytes_transferred;
     double secs = std::chrono::duration<double>(now_ - repair_->started).count();
     if (secs > 0 && repair_->extent.value > 0) {
-      r.rate_bytes_per_s = static_cast<double>(r.bytes_copied) / secs;
+      r.rate_bytes_per_s = static_cast<double>(r.bytes_transferred) / secs;
       double per_extent = secs / repair_->extent.value;
       r.eta_s = per_extent * (region_->extent_count - repair_->extent.value);
     }

@@ -253,7 +253,7 @@ class Upstairs {
     std::vector<ClientId> closed_targets;  // targets that closed the extent under repair
     bool aborting = false;
     TimePoint started{};
-    uint64_t extents_repaired = 0, extents_confirmed = 0, bytes_copied = 0;
+    uint64_t extents_repaired = 0, extents_confirmed = 0, bytes_transferred = 0;
   };
 
   // ---- state moves (upstairs.cc): every change of state, ds or mode goes through these,
@@ -461,6 +461,7 @@ class Upstairs {
   uint64_t reads_ = 0, writes_ = 0, discards_ = 0, flushes_ = 0, barriers_ = 0, read_bytes_ = 0,
            write_bytes_ = 0;
   uint64_t reconcile_total_ = 0, reconcile_done_ = 0, repairs_completed_ = 0, repairs_aborted_ = 0;
+  uint64_t reconcile_bytes_ = 0;  // transferred by the current (or last) reconciliation
 };
 
 }  // namespace cru::upstairs

@@ -353,6 +353,7 @@ Result<Mount*> Cluster::mount(MountArgs args) {
   m->process_ = std::move(*p);
   Mount* raw = m.get();
   mounts_.push_back(std::move(m));  // from here on teardown owns it, ready or not
+  if (!args.wait_ready) return raw;
   // Activation has its own timeout; give it that plus the mount.
   auto ready = raw->process_->wait_for_line(
       "disk.img is ready", options_.start_timeout + Millis(options_.activate_timeout_ms));

@@ -73,6 +73,9 @@ struct MountArgs {
   // Replaces the `  targets: [...]` line under volume: (e.g. a `  sub_volumes:` list over
   // several clusters' targets); empty: this cluster's three targets.
   std::string volume_targets_yaml;
+  // false: mount() returns once crucible-fuse is started, before it is ready (its control
+  // socket may not exist yet); wait on process() for "is ready".
+  bool wait_ready = true;
 };
 
 class Cluster;

@@ -12,6 +12,7 @@
 #include "common/hash.h"
 #include "downstairs/extent.h"
 #include "proto/limits.h"
+#include "proto/repair_report.h"
 #include "support/fault_fs.h"
 
 namespace cru::downstairs {
@@ -1151,6 +1152,10 @@ TEST(CoreLiveRepair, OnlyChunksThatDifferCrossTheNetwork) {
   EXPECT_EQ(p.chunks_seen, static_cast<int>(chunks));
   EXPECT_EQ(chunks, 6u);
   EXPECT_EQ(p.data_chunks_seen, 3) << "only the chunks that differ carry data";
+  // The answer tells the upstairs those bytes: chunks 0 and 4 whole, and the last one.
+  const uint64_t file_bytes = p.dst_region->extent_file_bytes();
+  EXPECT_EQ(repair_transferred_bytes(ack.status),
+            2 * kRepairChunkBytes + (file_bytes - 5 * kRepairChunkBytes));
   EXPECT_TRUE(only<Ack>(p.to_dst(ExtentLiveReopen{JobId{1002}, ids({1001}), ExtentId{0}}), p.dst_up)
                   .status.is_ok());
   EXPECT_TRUE(only<Ack>(p.to_src(ExtentLiveReopen{JobId{1001}, ids({1000}), ExtentId{0}}), p.src_up)

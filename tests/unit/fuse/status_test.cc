@@ -67,5 +67,23 @@ TEST(Status, QuorumLostSaysIoFails) {
   EXPECT_NE(text.find("EIO"), std::string::npos) << text;
 }
 
+TEST(Status, ARunningReconciliationSaysExtentsReconciledOfNAndBytesTransferred) {
+  upstairs::Snapshot s = snapshot_with_history();
+  s.state = "reconciling";
+  s.reconciling = true;
+  s.reconcile_extents_total = 64;
+  s.reconcile_extents_done = 10;
+  s.reconcile_bytes_transferred = 3 * kMiB;
+  auto j = status_json(s);
+  EXPECT_EQ(j["reconcile"]["running"], true);
+  EXPECT_EQ(j["reconcile"]["bytes_transferred"], 3 * kMiB);
+  std::string text = format_status(j);
+  EXPECT_NE(text.find("reconciliation: 10 of 64 extents reconciled, 3 MiB transferred"),
+            std::string::npos)
+      << text;
+  s.reconciling = false;
+  EXPECT_EQ(format_status(status_json(s)).find("reconciliation:"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace cru::fuse

@@ -97,11 +97,12 @@ upstairs::Snapshot sample_snapshot() {
   s.write_bytes = 9 * 4096;
   s.reconcile_extents_total = 8;
   s.reconcile_extents_done = 8;
+  s.reconcile_bytes_transferred = 5 << 20;
   s.repair.running = true;
   s.repair.extent_count = 16;
   s.repair.extents_repaired = 3;
   s.repair.extents_confirmed = 4;
-  s.repair.bytes_copied = 3 << 20;
+  s.repair.bytes_transferred = 3 << 20;
   s.repair.eta_s = 12.5;
   s.live_repairs_completed = 1;
   return s;
@@ -134,6 +135,8 @@ TEST(UpstairsCollector, ExportsReplicaStatesInFlightRepairAndVolumeCounts) {
   EXPECT_TRUE(has_line(text, "crucible_upstairs_volume_bytes_total{op=\"write\"} 36864"));
   EXPECT_TRUE(has_line(text, "crucible_upstairs_reconcile_extents 8"));
   EXPECT_TRUE(has_line(text, "crucible_upstairs_reconcile_extents_done 8"));
+  EXPECT_TRUE(has_line(text, "crucible_upstairs_reconcile_running 0"));
+  EXPECT_TRUE(has_line(text, "crucible_upstairs_reconcile_bytes 5242880"));
   EXPECT_TRUE(has_line(text, "crucible_upstairs_live_repair_running 1"));
   EXPECT_TRUE(has_line(text, "crucible_upstairs_live_repair_extents 16"));
   EXPECT_TRUE(has_line(text, "crucible_upstairs_live_repair_extents_done{how=\"copied\"} 3"));

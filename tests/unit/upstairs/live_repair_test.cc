@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "proto/repair_report.h"
 #include "unit/upstairs/harness.h"
 #include "upstairs/mend.h"
 
@@ -218,7 +219,9 @@ TEST(MendTable, AgreesWithTheRulesOnEveryCombination) {
 // it back, after which the core live-repairs it.
 class LiveRepair : public ::testing::Test {
  protected:
-  static constexpr uint64_t kExtentBytes = kExtentSize * kBs;
+  // What a target reports it received for one copied extent: less than the extent, as
+  // only its differing chunks cross the network.
+  static constexpr uint64_t kReportedBytes = kExtentSize * kBs / 3;
 
   void SetUp() override {
     GuestId g = h.activate(std::nullopt, ds);
@@ -438,11 +441,12 @@ class LiveRepair : public ::testing::Test {
         EXPECT_EQ(lr->extent, ExtentId{e});
         EXPECT_EQ(lr->source, source);
         EXPECT_EQ(lr->source_addr, snap().clients[source].target);
+        reply(c, *m, repair_done_status(kReportedBytes));
       } else {
         EXPECT_TRUE(std::holds_alternative<ExtentLiveNoOp>(*m))
             << "downstairs " << int(c.value) << " needs no copy but was sent " << describe(*m);
+        reply(c, *m);
       }
-      reply(c, *m);
     }
     JobId reopen = rep.next();
     for (ClientId c : live) {
@@ -486,7 +490,8 @@ TEST_F(LiveRepair, FaultedDownstairsIsRepairedExtentByExtentThenAFinalFlushMakes
   EXPECT_EQ(s.repair.source, kC0);
   EXPECT_EQ(s.repair.extent, ExtentId{0});
   EXPECT_EQ(s.repair.extent_count, kExtents);
-  EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_copied, 0u);
+  EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_transferred,
+            0u);
 
   // Extents 0 and 2 differ on the target (0: older flush, 2: dirty); 1 and 3 match.
   const ExtentVersion healthy = ver(1, 3);
@@ -503,8 +508,8 @@ TEST_F(LiveRepair, FaultedDownstairsIsRepairedExtentByExtentThenAFinalFlushMakes
     ASSERT_TRUE(s.repair.running);
     EXPECT_EQ(s.repair.extents_repaired, copied);
     EXPECT_EQ(s.repair.extents_confirmed, confirmed);
-    EXPECT_EQ(s.repair.bytes_copied, copied * kExtentBytes)
-        << "only copied extents count as bytes copied";
+    EXPECT_EQ(s.repair.bytes_transferred, copied * kReportedBytes)
+        << "what the targets report they received counts, not whole extents";
     EXPECT_EQ(s.clients[kC2].state, "live_repair") << "not active before the final flush";
     if (e + 1 < kExtents) {
       EXPECT_EQ(s.repair.extent, ExtentId{static_cast<uint32_t>(e + 1)});
@@ -809,7 +814,8 @@ TEST_P(LiveRepairAbort, LeavesNoGuestIoStrandedAndRestartsFromTheFirstExtent) {
   s = snap();
   ASSERT_TRUE(s.repair.running);
   EXPECT_EQ(s.repair.extent, ExtentId{0}) << "repair restarts from the beginning";
-  EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_copied, 0u);
+  EXPECT_EQ(s.repair.extents_repaired + s.repair.extents_confirmed + s.repair.bytes_transferred,
+            0u);
   EXPECT_EQ(s.repair.source, kC1)
       << "after an abort the next healthy downstairs is the source (or the only one)";
   bool saw_close0 = false;
