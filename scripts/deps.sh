@@ -20,6 +20,8 @@ packages=(
   nftables
   # the metrics e2e test: promtool and a real Prometheus server scraping the cluster
   prometheus
+  # the snapshot e2e test: regions on an XFS with reflink (mkfs.xfs -m reflink=1)
+  xfsprogs
 )
 
 check_only=false

@@ -2,6 +2,7 @@
 //   crucible-fuse -c etc/crucible.yaml [MOUNTPOINT] [-f] [--read-only] [--generation N|auto]
 //   crucible-fuse status  [-c CONFIG | --socket PATH] [--json]
 //   crucible-fuse replace OLD NEW [-c CONFIG | --socket PATH]
+//   crucible-fuse snapshot NAME [-c CONFIG | --socket PATH]
 #include <fcntl.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <sys/prctl.h>
@@ -10,8 +11,10 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -27,6 +30,7 @@
 #include "fuse/status.h"
 #include "metrics/metrics.h"
 #include "metrics/upstairs_metrics.h"
+#include "proto/snapshot_name.h"
 #include "proto/tls.h"
 #include "upstairs/volume.h"
 
@@ -52,6 +56,7 @@ struct Args {
   std::string socket;
   bool json = false;
   std::string old_target, new_target;
+  std::string snapshot_name;
 };
 
 // Tells the shell that started us how the start went: directly in the foreground; through
@@ -179,11 +184,52 @@ Result<fuse::Config> configure(const Args& a) {
   return c;
 }
 
-std::string control_reply(upstairs::Volume& v, const std::string& line) {
+// Snapshots taken through the control socket, newest last, for the status JSON. Only the
+// control thread touches it (it serves one request at a time).
+struct SnapshotRecord {
+  std::string name;
+  std::string error;  // empty: taken
+  int64_t pause_ms = 0;
+};
+// Status shows the latest ones; older ones are in the log and `crucible-downstairs snapshot
+// list`.
+constexpr size_t kSnapshotsShownMax = 32;
+
+std::string take_snapshot(upstairs::Volume& v, const std::string& name,
+                          std::deque<SnapshotRecord>& taken) {
+  log::info("control: snapshot {}", name);
+  const auto start = std::chrono::steady_clock::now();
+  Status s = v.snapshot_flush_sync(name);
+  // What the guest waits: its IO queues behind this flush until it is acknowledged.
+  const auto pause_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - start)
+                            .count();
+  taken.push_back({name, s ? std::string() : s.error().message, pause_ms});
+  if (taken.size() > kSnapshotsShownMax) taken.pop_front();
+  if (!s) return "error: " + s.error().message;
+  log::info("snapshot {} taken; the flush took {} ms", name, pause_ms);
+  return fmt::format(
+      "ok: snapshot {} taken ({} ms flush); serve it with `crucible-downstairs run "
+      "-d DIR --snapshot {} -p PORT` on each downstairs",
+      name, pause_ms, name);
+}
+
+std::string control_reply(upstairs::Volume& v, const std::string& line,
+                          std::deque<SnapshotRecord>& taken) {
   std::istringstream in(line);
   std::string cmd, a, b, extra;
   in >> cmd >> a >> b >> extra;
-  if (cmd == "status" && a.empty()) return fuse::status_json(v.snapshot()).dump();
+  if (cmd == "status" && a.empty()) {
+    auto j = fuse::status_json(v.snapshot());
+    j["snapshots"] = nlohmann::json::array();
+    for (const auto& t : taken)
+      j["snapshots"].push_back({{"name", t.name},
+                                {"taken", t.error.empty()},
+                                {"error", t.error},
+                                {"pause_ms", t.pause_ms}});
+    return j.dump();
+  }
+  if (cmd == "snapshot" && !a.empty() && b.empty()) return take_snapshot(v, a, taken);
   if (cmd == "replace" && !b.empty() && extra.empty()) {
     log::info("control: replace {} with {}", a, b);
     Status s = v.replace_sync(a, b);
@@ -191,7 +237,8 @@ std::string control_reply(upstairs::Volume& v, const std::string& line) {
                    "; live repair follows (watch `crucible-fuse status`)"
              : "error: " + s.error().message;
   }
-  return "error: unknown request '" + line.substr(0, 80) + "' (expected: status | replace OLD NEW)";
+  return "error: unknown request '" + line.substr(0, 80) +
+         "' (expected: status | replace OLD NEW | snapshot NAME)";
 }
 
 int mount_volume(const Args& a) {
@@ -251,8 +298,10 @@ int mount_volume(const Args& a) {
   // The control socket answers from here on, so `crucible-fuse status` shows activation
   // and reconciliation while they run (a replace before activation is refused by the volume).
   fuse::ControlServer control;
-  if (Status s = control.start(c.control_socket,
-                               [&](const std::string& l) { return control_reply(volume, l); });
+  std::deque<SnapshotRecord> snapshots_taken;
+  if (Status s = control.start(
+          c.control_socket,
+          [&](const std::string& l) { return control_reply(volume, l, snapshots_taken); });
       !s)
     log::warn("no control socket: {}", s.error().message);
   log::info("activating the volume on {}, {}, {} (generation {})", c.targets[0], c.targets[1],
@@ -367,6 +416,17 @@ int main(int argc, char** argv) {
   replace->add_option("-c,--config", a.config,
                       "the mount's YAML configuration (finds its control socket)");
   replace->add_option("--socket", a.socket, "control socket (default: from the config)");
+  auto* snapshot = app.add_subcommand(
+      "snapshot",
+      "flush and take snapshot NAME on every downstairs (DIR/snapshots/NAME; see "
+      "docs/volumes.md)");
+  snapshot
+      ->add_option("name", a.snapshot_name,
+                   "snapshot name: printable ASCII, no '/', no leading '.', at most 128 bytes")
+      ->required();
+  snapshot->add_option("-c,--config", a.config,
+                       "the mount's YAML configuration (finds its control socket)");
+  snapshot->add_option("--socket", a.socket, "control socket (default: from the config)");
   app.require_subcommand(0, 1);
   // `status` and `replace` find the socket from -c, so -c stays required for them too
   // unless --socket is given.
@@ -378,6 +438,14 @@ int main(int argc, char** argv) {
   }
   if (*status) return control_command(a, "status", true);
   if (*replace) return control_command(a, "replace " + a.old_target + " " + a.new_target, false);
+  if (*snapshot) {
+    // Checked here too, so a bad name is refused before it reaches the volume.
+    if (auto s = cru::proto::validate_snapshot_name(a.snapshot_name); !s) {
+      std::cerr << "crucible-fuse: " << s.error().message << "\n";
+      return 2;
+    }
+    return control_command(a, "snapshot " + a.snapshot_name, false);
+  }
   if (a.config.empty()) {
     std::cerr << "crucible-fuse: --config is required to mount\n";
     return 2;
