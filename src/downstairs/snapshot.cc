@@ -180,6 +180,7 @@ Result<SnapshotInfo> make_snapshot(Region& region, std::string_view name, FlushN
   std::vector<std::unique_ptr<File>> unsynced;
   auto sync_batch = [&]() -> Status {
     std::vector<File*> files;
+    files.reserve(unsynced.size());
     for (auto& f : unsynced) files.push_back(f.get());
     CRU_TRY(fs.sync_all(files));
     unsynced.clear();
