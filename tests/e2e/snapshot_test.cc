@@ -3,7 +3,8 @@
 // real FUSE mount; data written, `crucible-fuse snapshot`, more data written; then the
 // snapshot served read-only by three `crucible-downstairs run --snapshot` and mounted
 // read-only, showing the old data while the live volume shows the new. The downstairs log
-// says reflink on XFS and copy on ext4. The snapshot flush's duration (what the guest
+// says reflink on XFS and copy on ext4. Then a clone: the snapshot copied into new region
+// directories and served read-write as a new volume. The snapshot flush's duration (what the guest
 // waits) is printed and recorded as a test property, never asserted.
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -227,6 +228,34 @@ void snapshot_story(const std::string& regions_dir, Geometry g, const std::strin
 
   ASSERT_TRUE((*sm)->unmount());
   snap->reset();
+
+  // A clone (docs/volumes.md, "A new volume from a snapshot"): each replica's snapshot
+  // directory copied into a new region directory, served read-write by a new cluster. It
+  // starts with the old data, takes its own writes, and the original keeps its own.
+  const std::string clone_dir = regions_dir + "/clone";
+  ASSERT_EQ(::mkdir(clone_dir.c_str(), 0755), 0) << std::strerror(errno);
+  for (int i = 0; i < kDownstairsCount; ++i) {
+    auto cp = run({tool("cp"), "-a", "--reflink=auto", c.region_dir(i) + "/snapshots/before",
+                   clone_dir + "/" + std::to_string(i)});
+    ASSERT_EQ(cp.exit_code(), 0) << cp.describe();
+  }
+  ClusterOptions co = options_for(clone_dir, g);
+  co.existing_regions = true;
+  auto clone = Cluster::start(co);
+  ASSERT_TRUE(clone) << clone.error().to_string();
+  auto cm = (*clone)->mount();
+  ASSERT_TRUE(cm) << cm.error().to_string();
+  const std::string cdisk = (*cm)->disk_path();
+  EXPECT_TRUE(read_at(cdisk, chunk_bytes, 0) == pattern(chunk_bytes, 100));
+  const auto clone_own = pattern(chunk_bytes, 902);
+  ASSERT_TRUE(write_at(cdisk, clone_own, extent_bytes));
+  EXPECT_TRUE(read_at(cdisk, chunk_bytes, extent_bytes) == clone_own);
+  EXPECT_TRUE(read_at(disk, chunk_bytes, extent_bytes) == pattern(chunk_bytes, 101))
+      << "a clone's write reached the original";
+  auto cexit = (*cm)->unmount();
+  ASSERT_TRUE(cexit);
+  EXPECT_EQ(cexit->code, 0) << cexit->describe();
+  clone->reset();
   auto del =
       run({bin("crucible-downstairs"), "snapshot", "delete", "-d", c.region_dir(1), "before"});
   EXPECT_EQ(del.exit_code(), 0) << del.describe();
