@@ -22,6 +22,8 @@ packages=(
   prometheus
   # the status --watch e2e test reads the live view off a tmux screen
   tmux
+  # the snapshot e2e test: regions on an XFS with reflink (mkfs.xfs -m reflink=1)
+  xfsprogs
 )
 
 check_only=false

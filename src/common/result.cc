@@ -37,7 +37,8 @@ std::string_view error_code_name(ErrorCode code) {
       "not found",
       "busy",
       "shutting down",
-      "io too large"};
+      "io too large",
+      "snapshot failed"};
   auto i = static_cast<size_t>(code);
   return i < kNames.size() ? kNames[i] : "unknown error";
 }

@@ -46,8 +46,11 @@ enum class ErrorCode : uint16_t {
   kBusy = 29,  // refused now, may succeed later (e.g. repair while degraded)
   kShutdown = 30,
   kIoTooLarge = 31,  // one IO whose reply (or request) could not fit in one frame
+  // A flush carrying a snapshot name was made durable, but its snapshot was not taken
+  // (bad or duplicate name, extents under repair, no space): the replica is still whole.
+  kSnapshotFailed = 32,
 };
-inline constexpr uint16_t kErrorCodeMax = 31;
+inline constexpr uint16_t kErrorCodeMax = 32;
 
 std::string_view error_code_name(ErrorCode code);
 

@@ -6,7 +6,9 @@
 
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/units.h"
 #include "downstairs/request_check.h"
+#include "downstairs/snapshot.h"
 #include "proto/codec.h"
 #include "proto/limits.h"
 #include "proto/repair_report.h"
@@ -578,11 +580,12 @@ bool Core::execute_job(Output& out, ConnectionId conn, Job& job) {
     } else {
       st = WireStatus::from(region_.flush(f->flush_number, f->generation, f->extent_limit));
     }
-    if (f->snapshot)
-      log::info("flush {} asks for snapshot '{}': snapshots are not supported here", id,
-                *f->snapshot);
+    // The snapshot is complete before the ack, so the guest sees it taken at this flush.
+    // Its failure leaves the flush durable: answered kSnapshotFailed, and the job counts as
+    // completed (what depends on it may run; the upstairs does not fault this replica).
+    if (st.is_ok() && f->snapshot) st = take_snapshot(*f);
     out.send(conn, Ack{id, st});
-    return st.is_ok();
+    return st.is_ok() || st.code == ErrorCode::kSnapshotFailed;
   }
   if (std::holds_alternative<Barrier>(m)) {
     out.send(conn, Ack{id, WireStatus::ok()});
@@ -615,6 +618,47 @@ bool Core::execute_job(Output& out, ConnectionId conn, Job& job) {
     return true;
   }
   CRU_UNREACHABLE("job_header accepted a message execute() does not know");
+}
+
+WireStatus Core::take_snapshot(const Flush& f) {
+  const std::string& name = *f.snapshot;
+  auto failed = [&](const std::string& why) {
+    log::error("snapshot '{}' at flush {} failed: {} (the flush itself is durable)", name,
+               f.flush_number, why);
+    return WireStatus{ErrorCode::kSnapshotFailed,
+                      fmt::format("snapshot '{}' on {}: {}", name, region_.dir(), why)};
+  };
+  if (options_.read_only) return failed("this downstairs is read-only");
+  // A live-repair flush covers only extents up to the repair point: the rest are not this
+  // flush's data here.
+  if (f.extent_limit) return failed("this replica is under live repair");
+  const auto start = options_.clock ? options_.clock() : std::chrono::steady_clock::time_point{};
+  uint32_t logged_tenth = 0;
+  auto progress = [&](const SnapshotProgress& p) {
+    if (p.method != SnapshotMethod::kCopy) return;
+    const uint32_t tenth = p.extents_done * 10 / p.extents_total;
+    if (tenth == logged_tenth) return;
+    logged_tenth = tenth;
+    log::info("snapshot '{}': full copy, {} of {} extents, {} written", name, p.extents_done,
+              p.extents_total, format_size(p.bytes_copied));
+  };
+  auto made = make_snapshot(region_, name, f.flush_number, f.generation, progress);
+  if (!made) return failed(made.error().to_string());
+  const std::string took =
+      options_.clock
+          ? fmt::format(" in {} ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         options_.clock() - start)
+                                         .count())
+          : std::string();
+  if (made->method == SnapshotMethod::kReflink)
+    log::info("snapshot '{}' at flush {} taken by reflink of {} extents{}", name, f.flush_number,
+              region_.def().extent_count, took);
+  else
+    log::info(
+        "snapshot '{}' at flush {} taken by full copy ({} written; this filesystem cannot "
+        "reflink){}",
+        name, f.flush_number, format_size(made->bytes_copied), took);
+  return WireStatus::ok();
 }
 
 // ---- reconciliation (one step at a time, no dependencies) --------------------------------------

@@ -203,6 +203,8 @@ class Core {
   bool execute(Output& out, ConnectionId conn, Job& job);
   // execute() without the statistics it keeps.
   bool execute_job(Output& out, ConnectionId conn, Job& job);
+  // Makes the snapshot a flush asks for (the flush succeeded): ok, or kSnapshotFailed.
+  proto::WireStatus take_snapshot(const proto::Flush& f);
   void complete(Conn& c, JobId id, bool resets);
   static void reset_completed(Conn& c, std::optional<JobId> only);
   // Memory a queued job holds, and for a read the reply it will make.

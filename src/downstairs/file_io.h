@@ -50,6 +50,17 @@ class FileSystem {
   virtual Status sync_dir(const std::string& path) = 0;
   // Names (not paths) of the entries of a directory.
   virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
+  // Removes an empty directory (no error if it is missing).
+  virtual Status remove_dir(const std::string& path) = 0;
+  // Creates `to` (which must not exist) sharing `from`'s blocks (a reflink, FICLONE): an
+  // instant copy that later writes to either file do not show in the other. Durable once
+  // `to` is synced and its directory is. false, with nothing created, when the filesystem
+  // cannot share blocks (ext4, tmpfs, another filesystem): copy instead.
+  virtual Result<bool> clone_file(const std::string& from, const std::string& to) {
+    (void)from;
+    (void)to;
+    return false;
+  }
   // File::sync() of each of `files` (opened by this filesystem); an implementation may
   // run them concurrently. Fails if any failed; then any of them may or may not be done.
   virtual Status sync_all(std::span<File* const> files) {

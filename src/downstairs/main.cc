@@ -17,6 +17,7 @@
 #include "downstairs/core.h"
 #include "downstairs/region.h"
 #include "downstairs/server.h"
+#include "downstairs/snapshot.h"
 #include "metrics/downstairs_metrics.h"
 #include "metrics/metrics.h"
 #include "proto/tls.h"
@@ -154,6 +155,7 @@ int cmd_create(const CreateArgs& a) {
 
 struct RunArgs {
   std::string dir, address = "0.0.0.0", inject;
+  std::string snapshot;  // serve DIR/snapshots/NAME read-only
   std::string tls_cert, tls_key, tls_ca;
   int port = -1;
   bool read_only = false, lossy = false;
@@ -186,7 +188,27 @@ uint32_t count_damaged(const Region& region) {
   return n;
 }
 
-int cmd_run(const RunArgs& a) {
+int cmd_run(RunArgs a) {
+  if (!a.snapshot.empty()) {
+    if (auto s = validate_snapshot_name(a.snapshot); !s)
+      return fail_with(Error{ErrorCode::kInvalidArgument, "--snapshot: " + s.error().message});
+    // The region's default port belongs to the live region beside it.
+    if (a.port < 0)
+      return fail_with(Error{ErrorCode::kInvalidArgument,
+                             "--snapshot needs -p PORT (the region's default port is the live "
+                             "region's)"});
+    const std::string dir = snapshot_dir(a.dir, a.snapshot);
+    auto there = posix_fs().exists(dir);
+    if (!there) return fail_with(there.error());
+    if (!*there)
+      return fail_with(
+          Error{ErrorCode::kNotFound, fmt::format("--snapshot: no snapshot named '{}' in {} (see "
+                                                  "'crucible-downstairs snapshot list -d {}')",
+                                                  a.snapshot, a.dir, a.dir)});
+    if (!a.read_only) log::info("--snapshot {}: serving it read-only", a.snapshot);
+    a.read_only = true;  // a snapshot is immutable
+    a.dir = dir;
+  }
   auto options = Region::read_options(posix_fs(), a.dir);
   if (!options) return fail_with(options.error());
   int port = a.port >= 0 ? a.port : options->default_port;
@@ -317,6 +339,35 @@ int cmd_dump(const std::vector<std::string>& dirs, const DumpOptions& o) {
   return report->differ ? 1 : 0;
 }
 
+int cmd_snapshot_list(const std::string& dir) {
+  auto region = Region::read_options(posix_fs(), dir);  // a region directory, or say so
+  if (!region) return fail_with(region.error());
+  auto list = list_snapshots(posix_fs(), dir);
+  if (!list) return fail_with(list.error());
+  if (list->empty()) std::printf("no snapshots in %s\n", dir.c_str());
+  for (const auto& s : *list) {
+    if (!s.problem.empty()) {
+      std::printf("%s\tunreadable: %s\n", s.name.c_str(), s.problem.c_str());
+      continue;
+    }
+    std::printf("%s\tflush %llu\tgeneration %llu\t%s\n", s.name.c_str(),
+                static_cast<unsigned long long>(s.flush.value),
+                static_cast<unsigned long long>(s.generation.value),
+                s.method == SnapshotMethod::kReflink
+                    ? "reflink"
+                    : fmt::format("copy ({})", format_size(s.bytes_copied)).c_str());
+  }
+  return 0;
+}
+
+int cmd_snapshot_delete(const std::string& dir, const std::string& name) {
+  auto region = Region::read_options(posix_fs(), dir);
+  if (!region) return fail_with(region.error());
+  if (auto s = delete_snapshot(posix_fs(), dir, name); !s) return fail_with(s.error());
+  std::printf("deleted snapshot %s of %s\n", name.c_str(), dir.c_str());
+  return 0;
+}
+
 int cmd_verify(const std::string& dir) {
   auto region = Region::open(posix_fs(), dir, true);
   if (!region) return fail_with(region.error());
@@ -361,6 +412,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 65535));
   run->add_option("-a,--address", ra.address, "address to listen on")->capture_default_str();
   run->add_flag("--read-only", ra.read_only, "open the region read-only and refuse writes");
+  run->add_option("--snapshot", ra.snapshot,
+                  "serve snapshot NAME of the region (DIR/snapshots/NAME) read-only; needs -p");
   run->add_option("--max-connections", ra.max_connections,
                   "connections at once; at the limit a new one replaces the oldest that has not "
                   "negotiated, or is closed")
@@ -407,6 +460,18 @@ int main(int argc, char** argv) {
   auto* ver = app.add_subcommand("verify", "check every block against its stored context");
   ver->add_option("-d,--data,--dir", verify_dir, "region directory")->required();
 
+  std::string snap_dir, snap_name;
+  auto* snap = app.add_subcommand(
+      "snapshot",
+      "list or delete snapshots of a region (taken by `crucible-fuse snapshot NAME`; served "
+      "with `run --snapshot NAME`)");
+  snap->require_subcommand(1);
+  auto* snap_list = snap->add_subcommand("list", "list the region's snapshots");
+  snap_list->add_option("-d,--data,--dir", snap_dir, "region directory")->required();
+  auto* snap_delete = snap->add_subcommand("delete", "delete one snapshot");
+  snap_delete->add_option("-d,--data,--dir", snap_dir, "region directory")->required();
+  snap_delete->add_option("name", snap_name, "snapshot name")->required();
+
   CLI11_PARSE(app, argc, argv);
   cru::log::set_level(log_level);
   if (create->parsed()) return cmd_create(ca);
@@ -414,5 +479,7 @@ int main(int argc, char** argv) {
   if (exp->parsed()) return cmd_export(ex_dir, ex_out, ex_skip, ex_count);
   if (dmp->parsed()) return cmd_dump(dump_dirs, dump_options);
   if (ver->parsed()) return cmd_verify(verify_dir);
+  if (snap_list->parsed()) return cmd_snapshot_list(snap_dir);
+  if (snap_delete->parsed()) return cmd_snapshot_delete(snap_dir, snap_name);
   return 2;
 }

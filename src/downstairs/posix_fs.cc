@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <liburing.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -156,6 +158,35 @@ class PosixFileSystem final : public FileSystem {
   Status remove(const std::string& path) override {
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) return errno_error("remove", path, errno);
     return {};
+  }
+
+  Status remove_dir(const std::string& path) override {
+    if (::rmdir(path.c_str()) != 0 && errno != ENOENT)
+      return errno_error("remove directory", path, errno);
+    return {};
+  }
+
+  Result<bool> clone_file(const std::string& from, const std::string& to) override {
+    int src = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+    if (src < 0) return errno_error("open", from, errno);
+    int dst = ::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (dst < 0) {
+      const int err = errno;
+      ::close(src);
+      if (err == EEXIST)
+        return fail(ErrorCode::kAlreadyExists, fmt::format("{} already exists", to));
+      return errno_error("create", to, err);
+    }
+    const int rc = ::ioctl(dst, FICLONE, src);
+    const int err = errno;
+    ::close(src);
+    ::close(dst);
+    if (rc == 0) return true;
+    ::unlink(to.c_str());
+    // No shared blocks on this filesystem (or across two): the caller copies.
+    if (err == EOPNOTSUPP || err == ENOTTY || err == EXDEV || err == EINVAL || err == ENOSYS)
+      return false;
+    return errno_error(fmt::format("clone {} to", from), to, err);
   }
 
   // Each directory it creates is made durable in its parent, so a file created inside

@@ -74,6 +74,8 @@ class Region {
   uint16_t default_port() const { return options_.default_port; }
   bool read_only() const { return read_only_; }
   const std::string& dir() const { return dir_; }
+  // The filesystem its files live on (snapshots are made beside them).
+  FileSystem& fs() const { return fs_; }
 
   const std::optional<Promotion>& last_promotion() const { return promotion_; }
   // Durable (written atomically and synced) when it returns.

@@ -3,6 +3,7 @@
 //   crucible-fuse status  [-c CONFIG | --socket PATH] [--json | --watch [--interval-ms N]]
 //   crucible-fuse replace OLD NEW [-c CONFIG | --socket PATH]
 //   crucible-fuse grow T1 T2 T3 [-c CONFIG | --socket PATH]
+//   crucible-fuse snapshot NAME [-c CONFIG | --socket PATH]
 #include <fcntl.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <sys/prctl.h>
@@ -12,8 +13,10 @@
 
 #include <CLI/CLI.hpp>
 #include <charconv>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -31,6 +34,7 @@
 #include "fuse/watch.h"
 #include "metrics/metrics.h"
 #include "metrics/sub_volume_metrics.h"
+#include "proto/snapshot_name.h"
 #include "proto/tls.h"
 #include "upstairs/sub_volumes.h"
 
@@ -59,6 +63,7 @@ struct Args {
   uint64_t interval_ms = 1000;
   std::string old_target, new_target;
   std::vector<std::string> grow_targets;
+  std::string snapshot_name;
 };
 
 // Tells the shell that started us how the start went: directly in the foreground; through
@@ -215,13 +220,52 @@ std::string grow_reply(upstairs::SubVolumes& v, const fuse::Config& c, const std
       format_size(bytes), bytes, v.sub_volume_count(), keep);
 }
 
+// Snapshots taken through the control socket, newest last, for the status JSON. Only the
+// control thread touches it (it serves one request at a time).
+struct SnapshotRecord {
+  std::string name;
+  std::string error;  // empty: taken
+  int64_t pause_ms = 0;
+};
+// Status shows the latest ones; older ones are in the log and `crucible-downstairs snapshot
+// list`.
+constexpr size_t kSnapshotsShownMax = 32;
+
+std::string take_snapshot(upstairs::SubVolumes& v, const std::string& name,
+                          std::deque<SnapshotRecord>& taken) {
+  log::info("control: snapshot {}", name);
+  const auto start = std::chrono::steady_clock::now();
+  Status s = v.snapshot_flush_sync(name);
+  // What the guest waits: its IO queues behind this flush until it is acknowledged.
+  const auto pause_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - start)
+                            .count();
+  taken.push_back({name, s ? std::string() : s.error().message, pause_ms});
+  if (taken.size() > kSnapshotsShownMax) taken.pop_front();
+  if (!s) return "error: " + s.error().message;
+  log::info("snapshot {} taken; the flush took {} ms", name, pause_ms);
+  return fmt::format(
+      "ok: snapshot {} taken ({} ms flush); serve it with `crucible-downstairs run "
+      "-d DIR --snapshot {} -p PORT` on each downstairs",
+      name, pause_ms, name);
+}
+
 std::string control_reply(upstairs::SubVolumes& v, const fuse::Config& c, const std::string& config,
-                          const std::string& line) {
+                          const std::string& line, std::deque<SnapshotRecord>& taken) {
   std::istringstream in(line);
   std::vector<std::string> w;
   for (std::string word; in >> word && w.size() < 5;) w.push_back(word);
-  if (w.size() == 1 && w[0] == "status")
-    return fuse::volume_status_json(v.snapshot(), v.stripe_bytes()).dump();
+  if (w.size() == 1 && w[0] == "status") {
+    auto j = fuse::volume_status_json(v.snapshot(), v.stripe_bytes());
+    j["snapshots"] = nlohmann::json::array();
+    for (const auto& t : taken)
+      j["snapshots"].push_back({{"name", t.name},
+                                {"taken", t.error.empty()},
+                                {"error", t.error},
+                                {"pause_ms", t.pause_ms}});
+    return j.dump();
+  }
+  if (w.size() == 2 && w[0] == "snapshot") return take_snapshot(v, w[1], taken);
   if (w.size() == 3 && w[0] == "replace") {
     log::info("control: replace {} with {}", w[1], w[2]);
     Status s = v.replace_sync(w[1], w[2]);
@@ -231,7 +275,7 @@ std::string control_reply(upstairs::SubVolumes& v, const fuse::Config& c, const 
   }
   if (w.size() == 4 && w[0] == "grow") return grow_reply(v, c, config, {w[1], w[2], w[3]});
   return "error: unknown request '" + line.substr(0, 80) +
-         "' (expected: status | replace OLD NEW | grow T1 T2 T3)";
+         "' (expected: status | replace OLD NEW | grow T1 T2 T3 | snapshot NAME)";
 }
 
 int mount_volume(const Args& a) {
@@ -292,9 +336,11 @@ int mount_volume(const Args& a) {
   // The control socket answers from here on, so `crucible-fuse status` shows activation
   // and reconciliation while they run (a replace before activation is refused by the volume).
   fuse::ControlServer control;
-  if (Status s = control.start(
-          c.control_socket,
-          [&](const std::string& l) { return control_reply(volume, c, a.config, l); });
+  std::deque<SnapshotRecord> snapshots_taken;
+  if (Status s = control.start(c.control_socket,
+                               [&](const std::string& l) {
+                                 return control_reply(volume, c, a.config, l, snapshots_taken);
+                               });
       !s)
     log::warn("no control socket: {}", s.error().message);
   for (size_t i = 0; i < c.sub_volumes.size(); ++i) {
@@ -466,6 +512,17 @@ int main(int argc, char** argv) {
   grow->add_option("-c,--config", a.config,
                    "the mount's YAML configuration (finds its control socket)");
   grow->add_option("--socket", a.socket, "control socket (default: from the config)");
+  auto* snapshot = app.add_subcommand(
+      "snapshot",
+      "flush and take snapshot NAME on every downstairs (DIR/snapshots/NAME; see "
+      "docs/volumes.md)");
+  snapshot
+      ->add_option("name", a.snapshot_name,
+                   "snapshot name: printable ASCII, no '/', no leading '.', at most 128 bytes")
+      ->required();
+  snapshot->add_option("-c,--config", a.config,
+                       "the mount's YAML configuration (finds its control socket)");
+  snapshot->add_option("--socket", a.socket, "control socket (default: from the config)");
   app.require_subcommand(0, 1);
   // `status` and `replace` find the socket from -c, so -c stays required for them too
   // unless --socket is given.
@@ -482,6 +539,14 @@ int main(int argc, char** argv) {
     return control_command(
         a, fmt::format("grow {} {} {}", a.grow_targets[0], a.grow_targets[1], a.grow_targets[2]),
         false);
+  if (*snapshot) {
+    // Checked here too, so a bad name is refused before it reaches the volume.
+    if (auto s = cru::proto::validate_snapshot_name(a.snapshot_name); !s) {
+      std::cerr << "crucible-fuse: " << s.error().message << "\n";
+      return 2;
+    }
+    return control_command(a, "snapshot " + a.snapshot_name, false);
+  }
   if (a.config.empty()) {
     std::cerr << "crucible-fuse: --config is required to mount\n";
     return 2;

@@ -26,8 +26,8 @@ namespace cru::proto {
 // Bump on any change to a message's tag or fields, to the frame layout, or to the meaning
 // of an ErrorCode: peers compare versions first and refuse a mismatch with both numbers.
 // 2: ExtentFetch.have_hash, ExtentChunk.unchanged; 3: ErrorCode kIoTooLarge;
-// 4: ExtentVersion.damaged.
-inline constexpr uint32_t kProtocolVersion = 4;
+// 4: ExtentVersion.damaged; 5: ErrorCode kSnapshotFailed (Flush.snapshot is served).
+inline constexpr uint32_t kProtocolVersion = 5;
 
 #define CRU_FIELDS(...)                           \
   auto fields() { return std::tie(__VA_ARGS__); } \

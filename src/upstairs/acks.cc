@@ -42,6 +42,15 @@ void Upstairs::on_job_reply(ClientId c, JobId id, Status status, Message* reply)
   if (close_ack != (job.kind == JobKind::kLiveClose))
     return protocol_violation(
         c, fmt::format("wrong reply type {} for job {}", proto::describe(*reply), id));
+  if (!status && job.kind == JobKind::kFlush && job.snapshot &&
+      status.error().code == ErrorCode::kSnapshotFailed) {
+    // The flush is durable there; only the snapshot is missing. Not a fault: the replica is
+    // whole, and a full disk or a taken name must not cost it a live repair.
+    log::warn("{}: flush {} is durable but its snapshot failed: {}", describe(c), id,
+              status.error().message);
+    job.snapshot_error[c] = status.error().message;
+    status = Status{};
+  }
   if (!status) {
     set_io(job, c, Io::kError);
     log::warn("{}: job {} failed: {}", describe(c), id, status.error().to_string());
@@ -135,12 +144,32 @@ void Upstairs::ack_check(Job& job) {
     else if (may_still_hold(c, job))
       ++possible;
   }
+  if (holding >= 2 && job.snapshot) return snapshot_ack_check(job, possible);
   if (holding >= 2) return finish_flush(job, {});
   if (holding + possible < 2)
     finish_flush(job, fail(ErrorCode::kIo,
                            fmt::format("flush failed: only {} of 3 downstairs hold every write "
                                        "before it durably, and {} can take IO",
                                        holding, io_takers())));
+}
+
+void Upstairs::snapshot_ack_check(Job& job, int possible) {
+  // A snapshot is acknowledged like the flush, by two replicas that hold it: a read-only
+  // volume on the snapshot needs every replica's copy, but two can be copied to a third.
+  int taken = 0;
+  std::string failures;
+  for (ClientId c : kAllClients) {
+    if (job.io[c] == Io::kDone && holds_writes_before(c, job) && job.snapshot_error[c].empty())
+      ++taken;
+    else if (!job.snapshot_error[c].empty())
+      failures += fmt::format("; {}: {}", describe(c), job.snapshot_error[c]);
+  }
+  if (taken >= 2) return finish_flush(job, {});
+  if (taken + possible >= 2) return;  // another replica may yet take it
+  finish_flush(job, fail(ErrorCode::kSnapshotFailed,
+                         fmt::format("snapshot '{}' was taken on only {} of 3 downstairs (the "
+                                     "flush itself is durable){}",
+                                     *job.snapshot, taken, failures)));
 }
 
 bool Upstairs::holds_writes_before(ClientId c, const Job& flush) const {

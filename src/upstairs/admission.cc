@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "common/overloaded.h"
 #include "proto/limits.h"
+#include "proto/snapshot_name.h"
 #include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
@@ -65,7 +66,7 @@ bool Upstairs::admit(const GuestSubmit& g) {
                         [&](const ReadOp& op) { return admit_read(g.id, op); },
                         [&](const WriteOp& op) { return admit_write(g.id, op); },
                         [&](const DiscardOp& op) { return admit_discard(g.id, op); },
-                        [&](const FlushOp&) { return admit_flush(g.id); },
+                        [&](const FlushOp& op) { return admit_flush(g.id, op); },
                         [&](const ActivateOp& op) { return admit_activate(g.id, op); },
                         [&](const DeactivateOp&) { return admit_deactivate(g.id); },
                         [&](const ReplaceOp& op) { return admit_replace(g.id, op); },
@@ -144,8 +145,17 @@ bool Upstairs::admit_discard(GuestId g, const DiscardOp& op) {
   return true;
 }
 
-bool Upstairs::admit_flush(GuestId g) {
+bool Upstairs::admit_flush(GuestId g, const FlushOp& op) {
   if (refuse_unless_active(g)) return true;
+  if (op.snapshot) {
+    Status s = proto::validate_snapshot_name(*op.snapshot);
+    if (s && config_.read_only)
+      s = fail(ErrorCode::kReadOnly, "a read-only volume cannot take snapshots");
+    if (!s) {
+      guest_done(g, s);
+      return true;
+    }
+  }
   if (config_.read_only) {
     guest_done(g, {});  // nothing to make durable
     return true;
@@ -155,7 +165,7 @@ bool Upstairs::admit_flush(GuestId g) {
     return true;
   }
   if (!has_room(JobKind::kFlush, BlockRange{}, 0)) return false;
-  submit_flush(g);
+  submit_flush(g, op.snapshot);
   return true;
 }
 
@@ -477,7 +487,7 @@ Message Upstairs::job_message(ClientId c, const Job& job) const {
       return Discard{job.id, std::move(deps), start, count};
     case JobKind::kFlush:
       return Flush{job.id,      std::move(deps), job.flush_number,
-                   generation_, std::nullopt,    repair_extent_limit(c)};
+                   generation_, job.snapshot,    repair_extent_limit(c)};
     case JobKind::kBarrier:
       return Barrier{job.id, std::move(deps)};
     case JobKind::kLiveClose:
@@ -503,11 +513,13 @@ void Upstairs::send_job(ClientId c, Job& job) {
   send(c, job_message(c, job));
 }
 
-JobId Upstairs::submit_flush(std::optional<GuestId> guest) {
+JobId Upstairs::submit_flush(std::optional<GuestId> guest, std::optional<std::string> snapshot) {
   JobId id = new_job_id();
   const BlockRange all{0, region_->total_blocks()};
   Job& job = create_job(JobKind::kFlush, id, deps_.add_blocking(id, all));
   job.range = all;
+  if (snapshot) log::info("flush {} takes snapshot '{}'", id, *snapshot);
+  job.snapshot = std::move(snapshot);
   job.flush_number = next_flush_;
   next_flush_ = next_flush_.next();
   job.guest = guest;

@@ -253,6 +253,16 @@ Status SubVolumes::replace_sync(const std::string& old_target, const std::string
   return fail(ErrorCode::kNotFound, fmt::format("no sub-volume has a downstairs {}", old_target));
 }
 
+Status SubVolumes::snapshot_flush_sync(const std::string& name) {
+  CRU_ASSERT(!io_->on_this_thread(), "a snapshot waits for the io thread");
+  auto vols = current();
+  auto result = std::make_shared<std::promise<Status>>();
+  auto done = result->get_future();
+  auto j = Join::make(vols.size(), [result](const Status& s) { result->set_value(s); });
+  for (auto& v : vols) v->snapshot_flush(name, Join::part(j));
+  return done.get();
+}
+
 Result<uint64_t> SubVolumes::grow(const Targets& targets, std::optional<Generation> generation,
                                   std::chrono::milliseconds timeout) {
   CRU_ASSERT(!io_->on_this_thread(), "grow waits for the io thread");

@@ -67,6 +67,9 @@ class SubVolumes : public BlockDevice {
   std::vector<Targets> targets() const;
   // Replaces `old_target` in whichever sub-volume has it (live repair follows there).
   Status replace_sync(const std::string& old_target, const std::string& new_target);
+  // Takes snapshot `name` in every sub-volume at once (Volume::snapshot_flush); fails if
+  // any sub-volume's does. Not from the io thread.
+  Status snapshot_flush_sync(const std::string& name);
 
   // Runs on the io thread right after a grow took effect (the new size is total_blocks()),
   // before any IO can reach the new blocks. Set before serving.

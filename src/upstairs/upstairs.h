@@ -63,7 +63,10 @@ struct DiscardOp {
   BlockIndex start;
   uint32_t count = 0;
 };
-struct FlushOp {};
+struct FlushOp {
+  // Also take a snapshot of that name on every downstairs (proto/snapshot_name.h rules).
+  std::optional<std::string> snapshot;
+};
 struct ActivateOp {
   std::optional<Generation> generation;  // nullopt: 1 + the highest any downstairs saw
 };
@@ -191,6 +194,10 @@ class Upstairs {
     // Flush: the extent limit each downstairs was sent (one under live repair flushes
     // only the extents up to its repair point).
     ClientData<std::optional<ExtentId>> flush_limit;
+    // A snapshot flush: the name, and why a downstairs did not take it (kSnapshotFailed; its
+    // flush is durable all the same).
+    std::optional<std::string> snapshot;
+    ClientData<std::string> snapshot_error;
     // Live repair
     ExtentId extent;
     ClientData<proto::ExtentVersion> close_versions;
@@ -285,7 +292,7 @@ class Upstairs {
   bool admit_read(GuestId g, const ReadOp& op);
   bool admit_write(GuestId g, const WriteOp& op);
   bool admit_discard(GuestId g, const DiscardOp& op);
-  bool admit_flush(GuestId g);
+  bool admit_flush(GuestId g, const FlushOp& op);
   bool admit_activate(GuestId g, const ActivateOp& op);
   bool admit_deactivate(GuestId g);
   bool admit_replace(GuestId g, const ReplaceOp& op);
@@ -312,7 +319,7 @@ class Upstairs {
   std::vector<JobId> deps_for(ClientId c, const Job& job) const;
   void set_io(Job& job, ClientId c, Io next);
   void start_read(GuestId g, BlockRange range, uint64_t bytes, std::vector<ClientId> tried);
-  JobId submit_flush(std::optional<GuestId> guest);
+  JobId submit_flush(std::optional<GuestId> guest, std::optional<std::string> snapshot = {});
   void submit_barrier();
   void note_io();  // a guest IO was admitted: the automatic flush timer restarts
 
@@ -321,6 +328,8 @@ class Upstairs {
   void on_read_reply(ClientId c, Job& job, const Status& status, proto::ReadResponse* resp);
   void retry_read(Job& failed);
   void ack_check(Job& job);
+  // ack_check() of a snapshot flush once two hold the flush: two must hold the snapshot.
+  void snapshot_ack_check(Job& job, int possible);
   // Whether c holds every write before `flush` (none is missing there).
   bool holds_writes_before(ClientId c, const Job& flush) const;
   // Whether c may still come to hold `flush` durably with every write before it.

@@ -506,10 +506,16 @@ void Volume::discard(BlockIndex start, uint64_t count, DoneFn done) {
   im.submit(std::move(ops));
 }
 
-void Volume::flush(DoneFn done) {
+void Volume::flush(DoneFn done) { submit_flush(std::nullopt, std::move(done)); }
+
+void Volume::snapshot_flush(std::string name, DoneFn done) {
+  submit_flush(std::move(name), std::move(done));
+}
+
+void Volume::submit_flush(std::optional<std::string> snapshot, DoneFn done) {
   bool acquired = impl_->acquire();
   auto release = impl_->releaser(acquired);
-  impl_->submit({{FlushOp{}, [done = std::move(done), release](GuestDone& g) {
+  impl_->submit({{FlushOp{std::move(snapshot)}, [done = std::move(done), release](GuestDone& g) {
                     done(g.status);
                     release();
                   }}});
@@ -541,6 +547,9 @@ Status Volume::discard_sync(BlockIndex start, uint64_t count) {
 }
 Status Volume::flush_sync() {
   return call_sync<Status>([&](auto cb) { flush(cb); });
+}
+Status Volume::snapshot_flush_sync(std::string name) {
+  return call_sync<Status>([&](auto cb) { snapshot_flush(std::move(name), cb); });
 }
 Status Volume::replace_sync(std::string old_target, std::string new_target) {
   return call_sync<Status>(

@@ -97,12 +97,16 @@ class Volume : public BlockDevice {
   void write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done);
   void discard(BlockIndex start, uint64_t count, DoneFn done) override;
   void flush(DoneFn done) override;
+  // A flush that also takes snapshot `name` on every downstairs (docs/volumes.md): done once
+  // two hold both; kSnapshotFailed if they cannot (the flush is then durable all the same).
+  void snapshot_flush(std::string name, DoneFn done);
   void replace(std::string old_target, std::string new_target, DoneFn done);
 
   Result<Bytes> read_sync(BlockIndex start, uint64_t count);
   Status write_sync(BlockIndex start, std::span<const std::byte> data);
   Status discard_sync(BlockIndex start, uint64_t count);
   Status flush_sync();
+  Status snapshot_flush_sync(std::string name);
   Status replace_sync(std::string old_target, std::string new_target);
 
   // A consistent copy of the core's state, taken on the io thread.
@@ -120,6 +124,8 @@ class Volume : public BlockDevice {
 
  private:
   struct Impl;
+  // flush() and snapshot_flush(): nullopt, or the snapshot's name.
+  void submit_flush(std::optional<std::string> snapshot, DoneFn done);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -170,7 +170,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
 Result<std::unique_ptr<Cluster>> Cluster::start(ClusterOptions options) {
   CRU_ASSERT(sodium_init() >= 0);
   std::unique_ptr<Cluster> c(new Cluster(std::move(options)));
-  CRU_TRY(c->create_regions());
+  if (!c->options_.existing_regions) CRU_TRY(c->create_regions());
   for (int i = 0; i < kDownstairsCount; ++i) CRU_TRY(c->start_downstairs(i));
   return c;
 }
@@ -181,7 +181,10 @@ uint64_t Cluster::size_bytes() const {
   return uint64_t{options_.block_size} * options_.extent_size_blocks * options_.extent_count;
 }
 
-std::string Cluster::region_dir(int i) const { return dir_.file(std::to_string(i)); }
+std::string Cluster::region_dir(int i) const {
+  if (options_.regions_dir.empty()) return dir_.file(std::to_string(i));
+  return options_.regions_dir + "/" + std::to_string(i);
+}
 
 DownstairsPlacement Cluster::placement(int i) const {
   return options_.placement ? options_.placement(i) : DownstairsPlacement{};

@@ -55,6 +55,13 @@ struct ClusterOptions {
   // that puts them elsewhere (network namespaces, behind a proxy) says where. Called with
   // 0..2, any number of times: it must give the same answer each time.
   std::function<DownstairsPlacement(int i)> placement;
+  // Where the three regions live (DIR/0, DIR/1, DIR/2): empty for the cluster's temp dir.
+  // A test puts them on a filesystem of its own (e.g. XFS with reflink); the cluster never
+  // removes them.
+  std::string regions_dir;
+  // Serve regions that exist already in regions_dir (e.g. another cluster's, with
+  // downstairs_args {"--snapshot", NAME}) instead of creating them.
+  bool existing_regions = false;
   // Extra arguments for every `crucible-downstairs run` (e.g. {"--lossy"}).
   std::vector<std::string> downstairs_args;
   // Written into every mount's config.

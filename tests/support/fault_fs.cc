@@ -264,6 +264,7 @@ Result<bool> FaultFs::exists(const std::string& raw_path) {
 Status FaultFs::rename(const std::string& raw_from, const std::string& raw_to) {
   std::string from = normalize(raw_from), to = normalize(raw_to);
   CRU_TRY(check(Op::kRename, from));
+  if (dirs_.contains(from)) return rename_dir(from, to);
   auto it = names_.find(from);
   if (it == names_.end())
     return fail(ErrorCode::kIo, fmt::format("rename {}: does not exist", from));
@@ -278,6 +279,61 @@ Status FaultFs::rename(const std::string& raw_from, const std::string& raw_to) {
   names_[to] = inode;
   log_ns(NsOp{0, from, to, std::move(inode)});
   return {};
+}
+
+Status FaultFs::rename_dir(const std::string& from, const std::string& to) {
+  if (names_.contains(to) || dirs_.contains(to))
+    return fail(ErrorCode::kIo, fmt::format("rename {} to {}: the target exists", from, to));
+  if (!dir_exists(parent_dir(to)))
+    return fail(ErrorCode::kIo,
+                fmt::format("rename to {}: directory {} does not exist", to, parent_dir(to)));
+  const std::string prefix = from + "/";
+  auto under = [&](const std::string& p) { return p == from || p.starts_with(prefix); };
+  auto moved = [&](const std::string& p) { return to + p.substr(from.size()); };
+  for (const auto& [dir, ops] : ns_log_)
+    if (under(dir) && !ops.empty())
+      return fail(ErrorCode::kIo,
+                  fmt::format("rename {}: FaultFs models directory renames only once every "
+                              "entry under it is synced ({} is not)",
+                              from, dir));
+  for (auto* names : {&names_, &durable_}) {
+    std::map<std::string, InodePtr> out;
+    for (auto& [p, inode] : *names) out[under(p) ? moved(p) : p] = inode;
+    *names = std::move(out);
+  }
+  std::set<std::string> dirs;
+  for (const auto& d : dirs_) dirs.insert(under(d) ? moved(d) : d);
+  dirs_ = std::move(dirs);
+  return {};
+}
+
+Status FaultFs::remove_dir(const std::string& raw_path) {
+  std::string path = normalize(raw_path);
+  CRU_TRY(check(Op::kRemove, path));
+  if (!dirs_.contains(path)) return {};
+  for (const auto& [name, inode] : names_)
+    if (parent_dir(name) == path)
+      return fail(ErrorCode::kIo, fmt::format("remove directory {}: not empty", path));
+  for (const auto& d : dirs_)
+    if (d != path && parent_dir(d) == path)
+      return fail(ErrorCode::kIo, fmt::format("remove directory {}: not empty", path));
+  // Unsynced removals of its entries must not resurrect them in a crash.
+  for (const auto& [dir, ops] : ns_log_)
+    if (dir == path && !ops.empty())
+      return fail(ErrorCode::kIo,
+                  fmt::format("remove directory {}: FaultFs needs its removals synced", path));
+  dirs_.erase(path);
+  return {};
+}
+
+Result<bool> FaultFs::clone_file(const std::string& raw_from, const std::string& raw_to) {
+  if (!reflink_) return false;
+  std::string from = normalize(raw_from), to = normalize(raw_to);
+  CRU_TRY_ASSIGN(auto src, open(from, OpenMode::kReadOnly));
+  CRU_TRY_ASSIGN(auto dst, open(to, OpenMode::kCreateExclusive));
+  const auto bytes = names_.at(from)->current;
+  CRU_TRY(dst->write_at(0, bytes));
+  return true;
 }
 
 Status FaultFs::remove(const std::string& raw_path) {

@@ -57,7 +57,10 @@ class FaultFs final : public downstairs::FileSystem {
   // "/" always exist. Creations, renames and removals show at once and become durable
   // when sync_dir() is called on the parent directory of the name they bind (for a
   // rename: the destination's directory). remove() of a missing file succeeds, as
-  // posix_fs's does.
+  // posix_fs's does. Renaming a directory (its entries all synced: anything else fails)
+  // and removing an empty one are durable at once, like creating one.
+  // clone_file() shares nothing (it copies what reads see now, unsynced until synced) and
+  // is supported only after set_reflink(true); otherwise it answers false.
   Result<std::unique_ptr<downstairs::File>> open(const std::string& path,
                                                  downstairs::OpenMode mode) override;
   Result<bool> exists(const std::string& path) override;
@@ -66,6 +69,9 @@ class FaultFs final : public downstairs::FileSystem {
   Status make_dirs(const std::string& path) override;
   Status sync_dir(const std::string& path) override;
   Result<std::vector<std::string>> list_dir(const std::string& path) override;
+  Status remove_dir(const std::string& path) override;
+  Result<bool> clone_file(const std::string& from, const std::string& to) override;
+  void set_reflink(bool supported) { reflink_ = supported; }
 
   // ---- power cuts ------------------------------------------------------------------
   // Simulates a power cut and reboot. Each file's new contents are its durable contents
@@ -131,6 +137,7 @@ class FaultFs final : public downstairs::FileSystem {
   enum class CrashMode { kRandom, kDropAll, kKeepAll };
 
   Status check(Op op, const std::string& path);
+  Status rename_dir(const std::string& from, const std::string& to);
   bool dir_exists(const std::string& dir) const;
   void log_ns(NsOp op);
   static void apply_ns(std::map<std::string, InodePtr>& names, const NsOp& op);
@@ -154,6 +161,7 @@ class FaultFs final : public downstairs::FileSystem {
   std::array<Fault, kOpCount> faults_{};
   std::optional<uint64_t> power_cut_after_;
   bool power_cut_ = false;
+  bool reflink_ = false;
   Stats stats_;
 };
 

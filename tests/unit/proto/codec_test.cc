@@ -257,7 +257,7 @@ std::vector<std::byte> bytes_of(std::initializer_list<int> v) {
 }
 
 // A reminder that a version change is deliberate: update docs/protocol.md with it.
-TEST(Golden, ProtocolVersionIsFour) { EXPECT_EQ(kProtocolVersion, 4u); }
+TEST(Golden, ProtocolVersionIsFive) { EXPECT_EQ(kProtocolVersion, 5u); }
 
 TEST(Golden, HereIAmEncoding) {
   HereIAm m;

@@ -317,6 +317,47 @@ TEST_F(Active, FlushFailsWhenTwoDownstairsFailIt) {
       << h.reply(f).status.error().message;
 }
 
+// ---- snapshot flushes ----------------------------------------------------------------------
+
+TEST_F(Active, SnapshotFlushCarriesTheNameAndIsDoneWhenTwoTookIt) {
+  write(0, 2, 1);
+  GuestId f = h.submit(FlushOp{"s1"});
+  for (ClientId c : kAllClients) h.ack_next(c);  // the write
+  Flush f0 = h.take<Flush>(kC0);
+  EXPECT_EQ(f0.snapshot, std::optional<std::string>("s1"));
+  h.ack(kC0, f0.job_id, WireStatus{ErrorCode::kSnapshotFailed, "test: no space for it"});
+  h.ack_next(kC1);
+  EXPECT_FALSE(h.done(f)) << "two hold the flush but only one the snapshot";
+  h.ack_next(kC2);
+  ASSERT_TRUE(h.done(f));
+  EXPECT_TRUE(h.reply(f).status) << h.reply(f).status.error().message;
+  // The replica that could not take it holds the flush: not faulted.
+  EXPECT_EQ(h.up().snapshot().clients[kC0].faults, 0u);
+  EXPECT_EQ(h.up().snapshot().clients[kC0].state, "active");
+}
+
+TEST_F(Active, SnapshotFlushFailsWhenTwoCannotTakeItButFaultsNobody) {
+  GuestId f = h.submit(FlushOp{"s1"});
+  Flush f0 = h.take<Flush>(kC0);
+  Flush f1 = h.take<Flush>(kC1);
+  h.ack(kC0, f0.job_id, WireStatus{ErrorCode::kSnapshotFailed, "a snapshot named 's1' exists"});
+  h.ack(kC1, f1.job_id, WireStatus{ErrorCode::kSnapshotFailed, "a snapshot named 's1' exists"});
+  ASSERT_TRUE(h.done(f));
+  ASSERT_FALSE(h.reply(f).status);
+  EXPECT_EQ(h.reply(f).status.error().code, ErrorCode::kSnapshotFailed);
+  const std::string& why = h.reply(f).status.error().message;
+  EXPECT_NE(why.find("taken on only 0 of 3"), std::string::npos) << why;
+  EXPECT_NE(why.find("'s1' exists"), std::string::npos) << why;
+  for (ClientId c : kAllClients) EXPECT_EQ(h.up().snapshot().clients[c].faults, 0u);
+}
+
+TEST_F(Active, SnapshotWithABadNameIsRefusedBeforeAnythingIsSent) {
+  GuestId f = h.submit(FlushOp{"a/b"});
+  ASSERT_TRUE(h.done(f));
+  EXPECT_EQ(h.reply(f).status.error().code, ErrorCode::kInvalidArgument);
+  for (ClientId c : kAllClients) EXPECT_TRUE(h.jobs_sent(c).empty());
+}
+
 // ---- reads ---------------------------------------------------------------------------------
 
 TEST_F(Active, ReadGoesToOneReplicaAndReturnsItsVerifiedData) {
