@@ -26,8 +26,10 @@
 #include "fuse/fuse_server.h"
 #include "fuse/status.h"
 #include "metrics/metrics.h"
+#include "metrics/trace_metrics.h"
 #include "metrics/upstairs_metrics.h"
 #include "proto/tls.h"
+#include "trace/export.h"
 #include "upstairs/volume.h"
 
 #ifndef PR_SET_IO_FLUSHER
@@ -52,6 +54,7 @@ struct Args {
   std::string socket;
   bool json = false;
   std::string old_target, new_target;
+  std::string trace_endpoint, trace_sample_ratio;  // empty: as the config says
 };
 
 // Tells the shell that started us how the start went: directly in the foreground; through
@@ -162,6 +165,14 @@ Result<fuse::Config> configure(const Args& a) {
                   fmt::format("--log-level: '{}' is not a log level", a.log_level));
     c->log_level = a.log_level;
   }
+  if (!a.trace_endpoint.empty()) {
+    CRU_TRY(trace::parse_endpoint(a.trace_endpoint, "--trace-endpoint"));
+    c->trace_endpoint = a.trace_endpoint;
+  }
+  if (!a.trace_sample_ratio.empty()) {
+    CRU_TRY_ASSIGN(c->trace_sample_ratio,
+                   trace::parse_sample_ratio(a.trace_sample_ratio, "--trace-sample-ratio"));
+  }
   if (c->mount_path.empty())
     return fail(ErrorCode::kInvalidArgument,
                 fmt::format("no mount point: give MOUNTPOINT or set mount.path in {}", a.config));
@@ -222,7 +233,20 @@ int mount_volume(const Args& a) {
         "PR_SET_IO_FLUSHER failed ({}): under memory pressure a loop device on disk.img may stall",
         std::strerror(errno));
 
+  // After the fork (the sender is a thread): spans of guest IO, if configured.
+  std::shared_ptr<trace::Tracer> tracer;
+  if (!c.trace_endpoint.empty()) {
+    auto t = trace::make_tracer("crucible-upstairs", c.trace_endpoint, c.trace_sample_ratio,
+                                "trace.endpoint");
+    if (!t) {
+      starter.failed(t.error().message);
+      return 1;
+    }
+    tracer = std::move(*t);
+    log::info("tracing to {} (sample ratio {})", c.trace_endpoint, c.trace_sample_ratio);
+  }
   upstairs::VolumeOptions vo;
+  vo.tracer = tracer;
   vo.targets = c.targets;
   vo.read_only = c.read_only;
   vo.key = c.key;
@@ -235,9 +259,12 @@ int mount_volume(const Args& a) {
   std::unique_ptr<metrics::Endpoint> metrics_endpoint;
   std::string metrics_line;
   if (!c.metrics_listen.empty()) {
+    std::vector<std::shared_ptr<prometheus::Collectable>> collectors = {
+        std::make_shared<metrics::UpstairsCollector>([&volume] { return volume.snapshot(); },
+                                                     &io_stats)};
+    if (tracer) collectors.push_back(std::make_shared<metrics::TraceCollector>(tracer));
     auto e = metrics::Endpoint::start(c.metrics_listen, a.config + ": metrics.listen",
-                                      {std::make_shared<metrics::UpstairsCollector>(
-                                          [&volume] { return volume.snapshot(); }, &io_stats)});
+                                      std::move(collectors));
     if (!e) {
       starter.failed(e.error().message);
       return 1;
@@ -354,6 +381,12 @@ int main(int argc, char** argv) {
   app.add_option("--generation", a.generation, "auto or a number (overrides volume.generation)");
   app.add_option("--log-level", a.log_level,
                  "trace, debug, info, warn, error (overrides log.level)");
+  app.add_option("--trace-endpoint", a.trace_endpoint,
+                 "send spans to a Jaeger agent (HOST:PORT, UDP) or an OTLP/HTTP receiver "
+                 "(http://HOST:PORT) (overrides trace.endpoint)");
+  app.add_option("--trace-sample-ratio", a.trace_sample_ratio,
+                 "share of guest operations traced, 0 to 1 (default 0.01; errors always) "
+                 "(overrides trace.sample_ratio)");
   auto* status =
       app.add_subcommand("status", "show the running volume's state, replicas and repair progress");
   status->add_option("-c,--config", a.config,

@@ -25,6 +25,9 @@
 namespace cru::proto {
 class TlsContext;
 }  // namespace cru::proto
+namespace cru::trace {
+class Tracer;
+}  // namespace cru::trace
 
 namespace cru::upstairs {
 
@@ -46,6 +49,8 @@ struct VolumeOptions {
   // Mutual TLS to every downstairs (proto/tls.h; each target's certificate must also name
   // its host); none: plain TCP.
   std::shared_ptr<proto::TlsContext> tls;
+  // Spans of guest operations and their jobs (upstairs/tracing.h); none: not traced.
+  std::shared_ptr<trace::Tracer> tracer;
 };
 
 class Volume {
