@@ -159,7 +159,9 @@ void expect_one_write_traced_across_four_processes(const std::string& script) {
 
   // The guest operation: a root span with what it did.
   EXPECT_EQ(t.root["parent"], kNoParent);
-  if (!r.otlp) EXPECT_EQ(t.root["flags"], 1);  // sampled
+  if (!r.otlp) {
+    EXPECT_EQ(t.root["flags"], 1);  // sampled
+  }
   EXPECT_EQ(t.root["tags"]["result"], "ok");
   EXPECT_GT(t.root["tags"]["size"].get<int64_t>(), 0);
   EXPECT_EQ(t.root["tags"]["size"].get<int64_t>() % 4096, 0);
