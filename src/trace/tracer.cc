@@ -7,6 +7,7 @@
 #include <random>
 
 #include "common/assert.h"
+#include "common/thread_signals.h"
 
 namespace cru::trace {
 
@@ -68,7 +69,13 @@ Tracer::Tracer(TracerOptions options, std::unique_ptr<Exporter> exporter)
       unix_anchor_us_(unix_now_us()) {
   CRU_ASSERT(check_sample_ratio(options_.sample_ratio, "sample ratio").has_value());
   CRU_ASSERT(options_.queue_spans_max > 0 && options_.batch_spans_max > 0);
-  if (exporter_) sender_ = std::thread([this] { run(); });
+  if (exporter_)
+    sender_ = std::thread([this] {
+      // A SIGTERM taken here would run crucible-fuse's handler on a thread that wakes
+      // nothing, and the unmount would never start.
+      block_async_signals_in_this_thread();
+      run();
+    });
 }
 
 Tracer::~Tracer() {
