@@ -46,10 +46,15 @@ FUSE_CFLAGS = $(shell pkg-config --cflags fuse3)
 LDLIBS := -lfuse3 -lyaml-cpp -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -lsystemd -pthread
 # prometheus-cpp (src/metrics only): pkg-config --libs prometheus-cpp-pull
 LDLIBS += -lprometheus-cpp-pull -lprometheus-cpp-core
+# cpp-httplib (src/trace/export.cc only, the OTLP client): Debian builds it as a library
+# with these features, and its header must be compiled with the same ones.
+HTTPLIB_CFLAGS := -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
+LDLIBS += -lcpp-httplib
 TEST_LDLIBS := -lgmock -lgtest -pthread
 
 # ---- sources and libraries ----------------------------------------------------------
-# Layering (STYLE.md): common <- proto <- {downstairs, upstairs} <- fuse/tools. Each module
+# Layering (STYLE.md): common <- proto <- {downstairs, upstairs} <- fuse/tools, and
+# common <- trace <- {downstairs, upstairs} (spans, sampling, the exporters' thread). Each module
 # is a static library, and each binary links only the libraries it uses, so a call against
 # the layering fails to link. The asio shells, named file by file, are libraries of their
 # own; a module's core is every other .cc in its directory (main.cc excepted) and links no
@@ -70,6 +75,9 @@ UPSTAIRS_SRC := $(call module_srcs,src/upstairs,$(VOLUME_SRC))
 FUSE_SRC := $(call module_srcs,src/fuse)
 # The Prometheus endpoints of crucible-fuse and crucible-downstairs: a shell above both.
 METRICS_SRC := $(wildcard src/metrics/*.cc)
+# Tracing: the Tracer (sampling, ids, the bounded queue and its sender thread) and the
+# Jaeger and OTLP exporters (no asio; the cores call only the Tracer).
+TRACE_SRC := $(wildcard src/trace/*.cc)
 
 LIB_COMMON := $(BUILD)/lib/libcru_common.a
 LIB_PROTO := $(BUILD)/lib/libcru_proto.a
@@ -80,15 +88,16 @@ LIB_UPSTAIRS := $(BUILD)/lib/libcru_upstairs.a
 LIB_VOLUME := $(BUILD)/lib/libcru_volume.a
 LIB_FUSE := $(BUILD)/lib/libcru_fuse.a
 LIB_METRICS := $(BUILD)/lib/libcru_metrics.a
-CORE_LIBS := $(LIB_COMMON) $(LIB_PROTO) $(LIB_DOWNSTAIRS) $(LIB_UPSTAIRS)
+LIB_TRACE := $(BUILD)/lib/libcru_trace.a
+CORE_LIBS := $(LIB_COMMON) $(LIB_PROTO) $(LIB_TRACE) $(LIB_DOWNSTAIRS) $(LIB_UPSTAIRS)
 
 # What a program links, dependents first (the order a static link needs).
 LINK_PROTO := $(LIB_PROTO) $(LIB_COMMON)
 LINK_PROTO_NET := $(LIB_PROTO_NET) $(LINK_PROTO)
-LINK_DOWNSTAIRS := $(LIB_DOWNSTAIRS) $(LINK_PROTO)
-LINK_SERVER := $(LIB_DOWNSTAIRS_SERVER) $(LIB_DOWNSTAIRS) $(LINK_PROTO_NET)
-LINK_UPSTAIRS := $(LIB_UPSTAIRS) $(LINK_PROTO)
-LINK_VOLUME := $(LIB_VOLUME) $(LIB_UPSTAIRS) $(LINK_PROTO_NET)
+LINK_DOWNSTAIRS := $(LIB_DOWNSTAIRS) $(LIB_TRACE) $(LINK_PROTO)
+LINK_SERVER := $(LIB_DOWNSTAIRS_SERVER) $(LIB_DOWNSTAIRS) $(LIB_TRACE) $(LINK_PROTO_NET)
+LINK_UPSTAIRS := $(LIB_UPSTAIRS) $(LIB_TRACE) $(LINK_PROTO)
+LINK_VOLUME := $(LIB_VOLUME) $(LIB_UPSTAIRS) $(LIB_TRACE) $(LINK_PROTO_NET)
 LINK_FUSE := $(LIB_FUSE) $(LINK_VOLUME)
 
 BINARIES :=
@@ -156,6 +165,8 @@ $(LIB_UPSTAIRS): $(call objs,$(UPSTAIRS_SRC))
 $(LIB_VOLUME): $(call objs,$(VOLUME_SRC))
 $(LIB_FUSE): $(call objs,$(FUSE_SRC))
 $(LIB_METRICS): $(call objs,$(METRICS_SRC))
+$(LIB_TRACE): $(call objs,$(TRACE_SRC))
+$(BUILD)/obj/src/trace/export.o $(BUILD)/lint/src/trace/export.ok: CXXFLAGS += $(HTTPLIB_CFLAGS)
 
 # Objects, then the libraries among the prerequisites in the order listed, then $(1).
 define link
@@ -195,6 +206,7 @@ UNIT_LINK_downstairs := $(LINK_SERVER)  # server_test drives the TCP server
 UNIT_LINK_upstairs := $(LINK_UPSTAIRS)
 UNIT_LINK_fuse := $(LIB_FUSE) $(LINK_UPSTAIRS)  # config and status need no Volume
 UNIT_LINK_metrics := $(LIB_METRICS) $(LINK_UPSTAIRS)  # the collectors read plain stats
+UNIT_LINK_trace := $(LINK_UPSTAIRS)  # the upstairs' guest tracing with the Tracer
 # Named here so make treats test objects as ordinary files, not intermediates to delete
 # (or, when missing, to skip): a rebuild then compiles exactly what changed.
 TEST_OBJS := $(call objs,$(wildcard tests/unit/*/*.cc tests/sim/*.cc tests/e2e/*.cc tests/support/*.cc \
@@ -276,14 +288,16 @@ $(FUZZ_DIR)/make_corpus: tests/fuzz/make_corpus.cc $(LIB_PROTO) $(LIB_COMMON)
 # The stateful fuzzers drive a whole core (with the in-memory FaultFs for the downstairs).
 FUZZ_STATEFUL_FLAGS := $(FUZZ_FLAGS) -Itests
 FUZZ_HEADERS := $(wildcard src/*/*.h tests/fuzz/*.h tests/support/*.h)
+# The cores call the Tracer (tracing off in the fuzzers); the exporters are not needed.
+FUZZ_TRACE_SRC := $(wildcard src/trace/tracer.cc)
 $(FUZZ_DIR)/fuzz_downstairs: tests/fuzz/fuzz_downstairs.cc $(FUZZ_SRC) $(DOWNSTAIRS_SRC) tests/support/fault_fs.cc $(FUZZ_HEADERS) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	clang++ $(FUZZ_STATEFUL_FLAGS) tests/fuzz/fuzz_downstairs.cc $(FUZZ_SRC) $(DOWNSTAIRS_SRC) \
-	  tests/support/fault_fs.cc $(FUZZ_LIBS) -o $@
+	  $(FUZZ_TRACE_SRC) tests/support/fault_fs.cc $(FUZZ_LIBS) -o $@
 $(FUZZ_DIR)/fuzz_upstairs: tests/fuzz/fuzz_upstairs.cc $(FUZZ_SRC) $(UPSTAIRS_SRC) $(FUZZ_HEADERS) | $(DEPS_STAMP)
 	@mkdir -p $(@D)
 	clang++ $(FUZZ_STATEFUL_FLAGS) tests/fuzz/fuzz_upstairs.cc $(FUZZ_SRC) $(UPSTAIRS_SRC) \
-	  $(FUZZ_LIBS) -o $@
+	  $(FUZZ_TRACE_SRC) $(FUZZ_LIBS) -o $@
 
 # Every fuzzer runs FUZZ_SECONDS, each with its own corpus directory; the decoder's starts
 # from seeds of every message, a stateful one from tests/fuzz/regressions/NAME (inputs that

@@ -11,7 +11,7 @@ packages=(
   # libraries (headers + link)
   libasio-dev libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev
   libexpected-dev libxxhash-dev libsodium-dev libssl-dev libfuse3-dev liburing-dev libsystemd-dev
-  prometheus-cpp-dev
+  prometheus-cpp-dev libcpp-httplib-dev
   # tests, fuzzing, lint
   libgtest-dev libgmock-dev clang libclang-rt-14-dev clang-format clang-tidy
   # runtime tools used by the end-to-end tests, make run and make bench
@@ -24,6 +24,9 @@ packages=(
   tmux
   # the snapshot e2e test: regions on an XFS with reflink (mkfs.xfs -m reflink=1)
   xfsprogs
+  # the tracing e2e test: Jaeger's IDL compiled by thrift and decoded by the Python Thrift
+  # library; OTLP's .proto files compiled by protoc and parsed by Python's protobuf
+  thrift-compiler python3-thrift protobuf-compiler python3-protobuf
 )
 
 check_only=false

@@ -380,7 +380,20 @@ void Core::handle_running(Output& out, ConnectionId conn, Message& m) {
   Conn& c = conns_.at(conn);
   if (c.pending.size() >= kMaxQueuedJobs)
     return protocol_error(out, conn, fmt::format("more than {} jobs queued", kMaxQueuedJobs));
-  enqueue_job(out, conn, Job{header->first, std::move(*header->second), std::move(m)});
+  Job job{header->first, std::move(*header->second), std::move(m)};
+  if (tracing()) {
+    std::visit(
+        [&](const auto& v) {
+          if constexpr (requires { v.trace; }) {
+            if (v.trace)
+              job.trace = JobTrace{
+                  {{v.trace->trace_id_high, v.trace->trace_id_low}, v.trace->parent_span_id, true},
+                  options_.clock()};
+          }
+        },
+        job.request);
+  }
+  enqueue_job(out, conn, std::move(job));
 }
 
 bool Core::ready(const Conn& c, const Job& job) const {
@@ -498,13 +511,16 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
   const size_t sends_before = out.sends.size();
   const auto start = options_.clock ? options_.clock() : std::chrono::steady_clock::time_point{};
   const bool done = execute_job(out, conn, job);
-  if (options_.clock) stats_[kind].disk_seconds.record(options_.clock() - start);
+  const auto end = options_.clock ? options_.clock() : std::chrono::steady_clock::time_point{};
+  if (options_.clock) stats_[kind].disk_seconds.record(end - start);
   CoreStats::add(stats_[kind].jobs, 1);
+  bool ok = true;
   // The job's reply (and, for a read, its data): errors by the code the upstairs sees.
   for (size_t i = sends_before; i < out.sends.size(); ++i) {
     std::visit(
         [&](const auto& reply) {
           if constexpr (requires { reply.status.code; }) {
+            if (!reply.status.is_ok()) ok = false;
             if (!reply.status.is_ok())
               CoreStats::add(stats_.errors[static_cast<size_t>(reply.status.code)], 1);
             else if constexpr (std::is_same_v<std::decay_t<decltype(reply)>, ReadResponse>)
@@ -515,7 +531,62 @@ bool Core::execute(Output& out, ConnectionId conn, Job& job) {
         },
         out.sends[i].message);
   }
+  if (tracing()) trace_job(job, ok, start, end);
   return done;
+}
+
+void Core::trace_job(const Job& job, bool ok, SteadyTime start, SteadyTime end) {
+  if (!job.trace && ok) return;  // neither sampled nor failed
+  trace::Tracer& t = *options_.tracer;
+  auto us = [&](SteadyTime at) { return t.unix_us(at); };
+  auto micros = [](auto d) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+  };
+  trace::Span s;
+  s.name = fmt::format("{} job", job_kind_name(job_kind(job.request)));
+  s.span_id = t.new_span_id();
+  const SteadyTime received = job.trace ? job.trace->received : start;
+  if (job.trace) {
+    s.trace = job.trace->parent.trace;
+    s.parent_id = job.trace->parent.span_id;
+  } else {
+    s.trace = t.new_trace_id();  // a failure nobody sampled: a trace of its own
+    s.attributes.push_back({"sampled_for", std::string("error")});
+  }
+  s.start_unix_us = us(received);
+  s.duration_us = micros(end - received);
+  s.attributes.push_back({"job.id", static_cast<int64_t>(job.id.value)});
+  s.attributes.push_back({"result", std::string(ok ? "ok" : "error")});
+  s.events = {
+      {us(received), "decoded"}, {us(start), "dependencies met"}, {us(end), "reply queued"}};
+  s.error = !ok;
+  // The two phases as children: waiting for the jobs it depends on, then the disk.
+  trace::Span wait{s.trace,      t.new_span_id(),          s.span_id, "wait for dependencies",
+                   us(received), micros(start - received), {},        {},
+                   false};
+  trace::Span disk{
+      s.trace, t.new_span_id(), s.span_id, "disk", us(start), micros(end - start), {}, {}, !ok};
+  t.record(std::move(s));
+  t.record(std::move(wait));
+  t.record(std::move(disk));
+}
+
+void Core::trace_repair(const Fetch& f, const Status& result) {
+  trace::Tracer& t = *options_.tracer;
+  const SteadyTime end = options_.clock();
+  trace::SpanContext root = t.new_root();  // repairs are always traced, each a trace
+  trace::Span s;
+  s.trace = root.trace;
+  s.span_id = root.span_id;
+  s.name = "repair extent";
+  s.start_unix_us = t.unix_us(f.started);
+  s.duration_us = std::chrono::duration_cast<std::chrono::microseconds>(end - f.started).count();
+  s.attributes = {{"extent", static_cast<int64_t>(f.extent.value)},
+                  {"kind", std::string(f.job ? "live repair" : "reconciliation")},
+                  {"bytes_transferred", static_cast<int64_t>(f.network_bytes)},
+                  {"result", result ? std::string("ok") : result.error().to_string()}};
+  s.error = !result;
+  t.record(std::move(s));
 }
 
 bool Core::execute_job(Output& out, ConnectionId conn, Job& job) {
@@ -756,6 +827,7 @@ void Core::start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job
                        local ? std::move(*local) : nullptr,
                        {},
                        0};
+  if (tracing()) fetches_[fc].started = options_.clock();
   out.connects.push_back({fc, source_addr});
   log::info("repairing extent {} from {}", extent, source_addr);
 }
@@ -842,6 +914,7 @@ void Core::finish_fetch(Output& out, ConnectionId fetch_conn, const Status& resu
   } else {
     log::warn("repair of extent {} failed: {}", f.extent, result.error().to_string());
   }
+  if (tracing()) trace_repair(f, result);
   f.staging.reset();  // removes the staging file unless committed
   if (!conns_.contains(f.owner)) return;
   // A success tells the upstairs what crossed the network, for its repair progress.

@@ -25,6 +25,7 @@
 #include "downstairs/stats.h"
 #include "proto/limits.h"
 #include "proto/messages.h"
+#include "trace/tracer.h"
 
 namespace cru::downstairs {
 
@@ -68,6 +69,9 @@ struct CoreOptions {
   // Read around each job's disk work for CoreStats' latency histograms; none (tests, the
   // simulator): no latency is recorded and the core stays free of time.
   std::function<std::chrono::steady_clock::time_point()> clock;
+  // Spans of jobs that carry a sampled trace context, of failed jobs and of every extent
+  // repair (--trace-endpoint); needs `clock`. None: nothing traced, nothing timed for it.
+  std::shared_ptr<trace::Tracer> tracer;
 };
 
 struct Output {
@@ -136,10 +140,18 @@ class Core {
     kFetching,        // our outgoing connection to a repair source
   };
 
+  using SteadyTime = std::chrono::steady_clock::time_point;
+  // A job of a sampled trace: its upstairs span (the parent) and when it arrived.
+  struct JobTrace {
+    trace::SpanContext parent;
+    SteadyTime received{};
+  };
+
   struct Job {
     JobId id;
     std::vector<JobId> deps;
     proto::Message request;
+    std::optional<JobTrace> trace{};
   };
 
   // The source side of one transfer to a repairing peer.
@@ -167,6 +179,7 @@ class Core {
     // Per chunk asked for and not yet answered, in order: our bytes if offered.
     std::deque<std::optional<ByteBuffer>> offered;
     uint64_t network_bytes = 0;  // chunk data that actually crossed the network
+    SteadyTime started{};        // traced: when the repair of this extent began
   };
 
   struct Conn {
@@ -210,6 +223,10 @@ class Core {
   // Memory a queued job holds, and for a read the reply it will make.
   uint64_t job_bytes(const Job& job) const;
   bool inject(double probability);
+  bool tracing() const { return options_.tracer && options_.clock; }
+  // The job's spans (when traced, or failed) once execute() ran it from start to end.
+  void trace_job(const Job& job, bool ok, SteadyTime start, SteadyTime end);
+  void trace_repair(const Fetch& f, const Status& result);
 
   void start_fetch(Output& out, ConnectionId owner, std::optional<JobId> job,
                    std::optional<RepairId> repair, ExtentId extent, const std::string& source_addr);

@@ -20,7 +20,9 @@
 #include "downstairs/snapshot.h"
 #include "metrics/downstairs_metrics.h"
 #include "metrics/metrics.h"
+#include "metrics/trace_metrics.h"
 #include "proto/tls.h"
+#include "trace/export.h"
 
 namespace {
 
@@ -161,7 +163,8 @@ struct RunArgs {
   bool read_only = false, lossy = false;
   size_t max_connections = kMaxConnections;
   std::string memory_budget, peer_memory_budget;
-  std::string metrics;  // IP:PORT for Prometheus; empty: off
+  std::string metrics;         // IP:PORT for Prometheus; empty: off
+  std::string trace_endpoint;  // HOST:PORT or http://HOST:PORT; empty: off
 };
 
 // --max-connections, --memory-budget and --peer-memory-budget, checked together.
@@ -189,6 +192,10 @@ uint32_t count_damaged(const Region& region) {
 }
 
 int cmd_run(RunArgs a) {
+  // Flags first: a typo is reported as such, whatever the state of the region.
+  if (!a.trace_endpoint.empty())
+    if (auto e = trace::parse_endpoint(a.trace_endpoint, "--trace-endpoint"); !e)
+      return fail_with(e.error());
   if (!a.snapshot.empty()) {
     if (auto s = validate_snapshot_name(a.snapshot); !s)
       return fail_with(Error{ErrorCode::kInvalidArgument, "--snapshot: " + s.error().message});
@@ -233,6 +240,14 @@ int cmd_run(RunArgs a) {
     if (auto m = parse_listen_address(a.metrics); !m)
       return fail_with(
           Error{ErrorCode::kInvalidArgument, fmt::format("--metrics: {}", m.error().message)});
+    core_options.clock = [] { return std::chrono::steady_clock::now(); };
+  }
+  if (!a.trace_endpoint.empty()) {
+    // No ratio of its own: the downstairs traces the jobs the upstairs sampled (they carry
+    // a trace context), and every failed job and repair.
+    auto t = trace::make_tracer("crucible-downstairs", a.trace_endpoint, 0, "--trace-endpoint");
+    if (!t) return fail_with(t.error());
+    core_options.tracer = std::move(*t);
     core_options.clock = [] { return std::chrono::steady_clock::now(); };
   }
   asio::error_code ec;
@@ -286,8 +301,11 @@ int cmd_run(RunArgs a) {
   // after the core it reads, so it stops first.
   std::unique_ptr<metrics::Endpoint> metrics_endpoint;
   if (!a.metrics.empty()) {
-    auto e = metrics::Endpoint::start(
-        a.metrics, "--metrics", {std::make_shared<metrics::DownstairsCollector>(core.stats())});
+    std::vector<std::shared_ptr<prometheus::Collectable>> collectors = {
+        std::make_shared<metrics::DownstairsCollector>(core.stats())};
+    if (core_options.tracer)
+      collectors.push_back(std::make_shared<metrics::TraceCollector>(core_options.tracer));
+    auto e = metrics::Endpoint::start(a.metrics, "--metrics", std::move(collectors));
     if (!e) return fail_with(e.error());
     metrics_endpoint = std::move(*e);
   }
@@ -434,6 +452,9 @@ int main(int argc, char** argv) {
                   "mutual TLS: the CA that signed every peer's certificate (PEM)");
   run->add_option("--metrics", ra.metrics,
                   "serve Prometheus metrics at http://ADDR/metrics (IP:PORT; port 0: any free)");
+  run->add_option("--trace-endpoint", ra.trace_endpoint,
+                  "send spans of traced jobs, failed jobs and repairs to a Jaeger agent "
+                  "(HOST:PORT, UDP) or an OTLP/HTTP receiver (http://HOST:PORT)");
   run->add_option("--inject-errors", ra.inject,
                   "test only: read=P,write=P,flush=P error probabilities");
 

@@ -13,6 +13,7 @@
 #include "common/address.h"
 #include "common/log.h"
 #include "common/units.h"
+#include "trace/export.h"
 #include "upstairs/volume_layout.h"
 
 namespace cru::fuse {
@@ -245,7 +246,7 @@ Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
 
 Status parse_top(const Reader& r, const YAML::Node& root, Config& c) {
   if (!root || root.IsNull()) return r.fail("(top level)", "the file is empty");
-  CRU_TRY(r.map(root, "", {"volume", "mount", "log", "control", "metrics"}));
+  CRU_TRY(r.map(root, "", {"volume", "mount", "log", "control", "metrics", "trace"}));
   const YAML::Node v = root["volume"];
   if (!v) return r.fail("volume", "missing (it lists the three targets)");
   CRU_TRY(parse_volume(r, v, c));
@@ -286,6 +287,21 @@ Status parse_top(const Reader& r, const YAML::Node& root, Config& c) {
       CRU_TRY_ASSIGN(auto s, r.scalar(l, "metrics.listen"));
       if (auto a = parse_listen_address(s); !a) return r.fail("metrics.listen", a.error().message);
       c.metrics_listen = s;
+    }
+  }
+  if (const auto t = root["trace"]) {
+    CRU_TRY(r.map(t, "trace", {"endpoint", "sample_ratio"}));
+    if (const auto e = t["endpoint"]) {
+      CRU_TRY_ASSIGN(auto s, r.scalar(e, "trace.endpoint"));
+      if (auto p = trace::parse_endpoint(s, "trace.endpoint"); !p)
+        return r.fail("trace.endpoint", p.error().message);
+      c.trace_endpoint = s;
+    }
+    if (const auto sr = t["sample_ratio"]) {
+      CRU_TRY_ASSIGN(auto s, r.scalar(sr, "trace.sample_ratio"));
+      auto ratio = trace::parse_sample_ratio(s, "trace.sample_ratio");
+      if (!ratio) return r.fail("trace.sample_ratio", ratio.error().message);
+      c.trace_sample_ratio = *ratio;
     }
   }
   return {};

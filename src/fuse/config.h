@@ -12,6 +12,7 @@
 #include "common/ids.h"
 #include "common/result.h"
 #include "common/tls_files.h"
+#include "trace/tracer.h"
 #include "upstairs/block_crypto.h"
 #include "upstairs/status.h"
 
@@ -40,6 +41,9 @@ struct Config {
   std::string control_socket;  // empty: <mount path>.sock
   // metrics:
   std::string metrics_listen;  // IP:PORT serving Prometheus /metrics; empty: off
+  // trace:
+  std::string trace_endpoint;  // HOST:PORT (Jaeger agent) or http://HOST:PORT (OTLP); empty: off
+  double trace_sample_ratio = trace::kDefaultSampleRatio;
 };
 
 // Parses YAML text; errors read "FILE: KEY: reason" (FILE is `source`).

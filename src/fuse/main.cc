@@ -34,8 +34,10 @@
 #include "fuse/watch.h"
 #include "metrics/metrics.h"
 #include "metrics/sub_volume_metrics.h"
+#include "metrics/trace_metrics.h"
 #include "proto/snapshot_name.h"
 #include "proto/tls.h"
+#include "trace/export.h"
 #include "upstairs/sub_volumes.h"
 
 #ifndef PR_SET_IO_FLUSHER
@@ -64,6 +66,7 @@ struct Args {
   std::string old_target, new_target;
   std::vector<std::string> grow_targets;
   std::string snapshot_name;
+  std::string trace_endpoint, trace_sample_ratio;  // empty: as the config says
 };
 
 // Tells the shell that started us how the start went: directly in the foreground; through
@@ -173,6 +176,14 @@ Result<fuse::Config> configure(const Args& a) {
       return fail(ErrorCode::kInvalidArgument,
                   fmt::format("--log-level: '{}' is not a log level", a.log_level));
     c->log_level = a.log_level;
+  }
+  if (!a.trace_endpoint.empty()) {
+    CRU_TRY(trace::parse_endpoint(a.trace_endpoint, "--trace-endpoint"));
+    c->trace_endpoint = a.trace_endpoint;
+  }
+  if (!a.trace_sample_ratio.empty()) {
+    CRU_TRY_ASSIGN(c->trace_sample_ratio,
+                   trace::parse_sample_ratio(a.trace_sample_ratio, "--trace-sample-ratio"));
   }
   if (c->mount_path.empty())
     return fail(ErrorCode::kInvalidArgument,
@@ -306,6 +317,18 @@ int mount_volume(const Args& a) {
         "PR_SET_IO_FLUSHER failed ({}): under memory pressure a loop device on disk.img may stall",
         std::strerror(errno));
 
+  // After the fork (the sender is a thread): spans of guest IO, if configured.
+  std::shared_ptr<trace::Tracer> tracer;
+  if (!c.trace_endpoint.empty()) {
+    auto t = trace::make_tracer("crucible-upstairs", c.trace_endpoint, c.trace_sample_ratio,
+                                "trace.endpoint");
+    if (!t) {
+      starter.failed(t.error().message);
+      return 1;
+    }
+    tracer = std::move(*t);
+    log::info("tracing to {} (sample ratio {})", c.trace_endpoint, c.trace_sample_ratio);
+  }
   upstairs::SubVolumesOptions so;
   so.targets = c.sub_volumes;
   so.stripe_bytes = c.stripe_bytes;
@@ -313,6 +336,7 @@ int mount_volume(const Args& a) {
   so.common.key = c.key;
   so.common.limits = c.limits;
   so.common.tls = tls;
+  so.common.tracer = tracer;
   upstairs::SubVolumes volume(so);
   // Metrics from before activation, so reconciliation can be watched. Declared after the
   // volume and the stats it reads, so it stops first.
@@ -320,9 +344,12 @@ int mount_volume(const Args& a) {
   std::unique_ptr<metrics::Endpoint> metrics_endpoint;
   std::string metrics_line;
   if (!c.metrics_listen.empty()) {
+    std::vector<std::shared_ptr<prometheus::Collectable>> collectors = {
+        std::make_shared<metrics::SubVolumeCollector>([&volume] { return volume.snapshot(); },
+                                                      &io_stats)};
+    if (tracer) collectors.push_back(std::make_shared<metrics::TraceCollector>(tracer));
     auto e = metrics::Endpoint::start(c.metrics_listen, a.config + ": metrics.listen",
-                                      {std::make_shared<metrics::SubVolumeCollector>(
-                                          [&volume] { return volume.snapshot(); }, &io_stats)});
+                                      std::move(collectors));
     if (!e) {
       starter.failed(e.error().message);
       return 1;
@@ -477,6 +504,12 @@ int main(int argc, char** argv) {
   app.add_option("--generation", a.generation, "auto or a number (overrides volume.generation)");
   app.add_option("--log-level", a.log_level,
                  "trace, debug, info, warn, error (overrides log.level)");
+  app.add_option("--trace-endpoint", a.trace_endpoint,
+                 "send spans to a Jaeger agent (HOST:PORT, UDP) or an OTLP/HTTP receiver "
+                 "(http://HOST:PORT) (overrides trace.endpoint)");
+  app.add_option("--trace-sample-ratio", a.trace_sample_ratio,
+                 "share of guest operations traced, 0 to 1 (default 0.01; errors always) "
+                 "(overrides trace.sample_ratio)");
   auto* status =
       app.add_subcommand("status", "show the running volume's state, replicas and repair progress");
   status->add_option("-c,--config", a.config,

@@ -253,6 +253,21 @@ Status check_deps(const char* name, const T& m) {
   return {};
 }
 
+// A trace context names a real trace and span, with only the flags this version knows.
+template <typename T>
+Status check_trace(const char* name, const T& m) {
+  if constexpr (requires { m.trace; }) {
+    if (!m.trace) return {};
+    const TraceContext& t = *m.trace;
+    if (t.trace_id_high == 0 && t.trace_id_low == 0) return bad(name, "trace id is zero");
+    if (t.parent_span_id == 0) return bad(name, "trace parent span id is zero");
+    if (t.flags != TraceContext::kSampled)
+      return bad(name, fmt::format("trace flags {:#x} are not {:#x} (sampled)", t.flags,
+                                   TraceContext::kSampled));
+  }
+  return {};
+}
+
 Status check_blocks(const char* name, uint64_t count, uint64_t max) {
   if (count == 0) return bad(name, "zero blocks");
   if (count > max) return bad(name, fmt::format("{} blocks exceed the limit {}", count, max));
@@ -378,6 +393,7 @@ Status validate_impl(const Message& m) {
         using T = std::decay_t<decltype(v)>;
         const char* name = tag_name(T::kTag).data();
         CRU_TRY(check_deps(name, v));
+        CRU_TRY(check_trace(name, v));
         CRU_TRY(validate_one(v, name));
         return check_fields(name, v);
       },

@@ -26,7 +26,8 @@ namespace cru::proto {
 // Bump on any change to a message's tag or fields, to the frame layout, or to the meaning
 // of an ErrorCode: peers compare versions first and refuse a mismatch with both numbers.
 // 2: ExtentFetch.have_hash, ExtentChunk.unchanged; 3: ErrorCode kIoTooLarge;
-// 4: ExtentVersion.damaged; 5: ErrorCode kSnapshotFailed (Flush.snapshot is served).
+// 4: ExtentVersion.damaged; 5: IO jobs carry an optional TraceContext, and ErrorCode
+// kSnapshotFailed (Flush.snapshot is served).
 inline constexpr uint32_t kProtocolVersion = 5;
 
 #define CRU_FIELDS(...)                           \
@@ -130,6 +131,19 @@ struct ExtentVersion {
   bool damaged = false;
   CRU_FIELDS(generation, flush, dirty, damaged)
   friend auto operator<=>(const ExtentVersion&, const ExtentVersion&) = default;
+};
+
+// A sampled trace a job belongs to (W3C trace context's fields): the downstairs' spans for
+// the job are children of parent_span_id, the upstairs' span for this job on this
+// downstairs. Present only when sampled; an unsampled job carries none (one byte).
+struct TraceContext {
+  static constexpr uint8_t kSampled = 1;  // the only flag; other bits must be zero
+  uint64_t trace_id_high = 0;             // the 128-bit trace id, never zero
+  uint64_t trace_id_low = 0;
+  uint64_t parent_span_id = 0;  // never zero
+  uint8_t flags = kSampled;
+  CRU_FIELDS(trace_id_high, trace_id_low, parent_span_id, flags)
+  friend bool operator==(const TraceContext&, const TraceContext&) = default;
 };
 
 // A result on the wire: code kOk with an empty message, or an error.
@@ -277,7 +291,8 @@ struct WriteFields {
   uint32_t block_size = 0;
   std::vector<BlockContext> contexts;  // one per block
   Bytes data;                          // contexts.size() * block_size bytes
-  CRU_FIELDS(job_id, deps, start, block_size, contexts)
+  std::optional<TraceContext> trace{};
+  CRU_FIELDS(job_id, deps, start, block_size, contexts, trace)
   friend bool operator==(const WriteFields&, const WriteFields&) = default;
 };
 
@@ -297,7 +312,8 @@ struct Read {
   std::vector<JobId> deps;
   BlockIndex start;
   uint32_t block_count = 0;
-  CRU_FIELDS(job_id, deps, start, block_count)
+  std::optional<TraceContext> trace{};
+  CRU_FIELDS(job_id, deps, start, block_count, trace)
   friend bool operator==(const Read&, const Read&) = default;
 };
 
@@ -322,7 +338,8 @@ struct Discard {
   std::vector<JobId> deps;
   BlockIndex start;
   uint32_t block_count = 0;
-  CRU_FIELDS(job_id, deps, start, block_count)
+  std::optional<TraceContext> trace{};
+  CRU_FIELDS(job_id, deps, start, block_count, trace)
   friend bool operator==(const Discard&, const Discard&) = default;
 };
 
@@ -335,7 +352,8 @@ struct Flush {
   std::optional<std::string> snapshot;
   // During live repair, the repairing downstairs flushes only extents <= this.
   std::optional<ExtentId> extent_limit;
-  CRU_FIELDS(job_id, deps, flush_number, generation, snapshot, extent_limit)
+  std::optional<TraceContext> trace{};
+  CRU_FIELDS(job_id, deps, flush_number, generation, snapshot, extent_limit, trace)
   friend bool operator==(const Flush&, const Flush&) = default;
 };
 
@@ -344,7 +362,8 @@ struct Barrier {
   static constexpr Tag kTag = Tag::kBarrier;
   JobId job_id;
   std::vector<JobId> deps;
-  CRU_FIELDS(job_id, deps)
+  std::optional<TraceContext> trace{};
+  CRU_FIELDS(job_id, deps, trace)
   friend bool operator==(const Barrier&, const Barrier&) = default;
 };
 

@@ -129,7 +129,7 @@ void Upstairs::retry_read(Job& failed) {
   }
   // A new job (not a resend): it follows any write queued since, which is a legal answer
   // for a read that was concurrent with that write.
-  start_read(*failed.guest, failed.range, failed.bytes, failed.tried);
+  start_read(*failed.guest, failed.range, failed.bytes, failed.tried, failed.trace);
 }
 
 // The flush quorum (docs/fault-model.md): acknowledged once two downstairs that hold every

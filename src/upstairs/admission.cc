@@ -88,7 +88,7 @@ bool Upstairs::admit_read(GuestId g, const ReadOp& op) {
   }
   uint64_t bytes = static_cast<uint64_t>(op.count) * region_->block_size;
   if (!has_room_on(*best, bytes)) return false;
-  start_read(g, BlockRange{op.start.value, op.count}, bytes, {});
+  start_read(g, BlockRange{op.start.value, op.count}, bytes, {}, op.trace);
   ++reads_;
   read_bytes_ += bytes;
   note_io();
@@ -115,6 +115,7 @@ bool Upstairs::admit_write(GuestId g, const WriteOp& op) {
   job.contexts = op.contexts;
   job.data = op.data;
   job.acked = true;
+  job.trace = op.trace;
   place(job);
   // Write-back: acknowledged once queued; durable at the next flush.
   guest_done(g, {});
@@ -138,6 +139,7 @@ bool Upstairs::admit_discard(GuestId g, const DiscardOp& op) {
   Job& job = create_job(JobKind::kDiscard, id, deps_.add_blocking(id, range));
   job.range = range;
   job.acked = true;
+  job.trace = op.trace;
   place(job);
   guest_done(g, {});
   ++discards_;
@@ -165,7 +167,7 @@ bool Upstairs::admit_flush(GuestId g, const FlushOp& op) {
     return true;
   }
   if (!has_room(JobKind::kFlush, BlockRange{}, 0)) return false;
-  submit_flush(g, op.snapshot);
+  submit_flush(g, op.snapshot, op.trace);
   return true;
 }
 
@@ -345,8 +347,8 @@ Upstairs::Job& Upstairs::create_job(JobKind kind, JobId id, std::vector<JobId> d
 }
 
 // A read goes to one downstairs (not in `tried`), is skipped on the others.
-void Upstairs::start_read(GuestId g, BlockRange range, uint64_t bytes,
-                          std::vector<ClientId> tried) {
+void Upstairs::start_read(GuestId g, BlockRange range, uint64_t bytes, std::vector<ClientId> tried,
+                          trace::SpanContext trace) {
   std::optional<ClientId> reader = pick_reader(tried);
   CRU_ASSERT(reader.has_value(), "a read started with no downstairs to read from");
   JobId id = new_job_id();
@@ -356,6 +358,7 @@ void Upstairs::start_read(GuestId g, BlockRange range, uint64_t bytes,
   job.guest = g;
   job.tried = std::move(tried);
   job.tried.push_back(*reader);
+  job.trace = trace;
   for (ClientId c : kAllClients)
     if (c != *reader) set_io(job, c, Io::kSkipped);
   send_job(*reader, job);
@@ -477,17 +480,18 @@ Message Upstairs::job_message(ClientId c, const Job& job) const {
   const auto count = static_cast<uint32_t>(job.range.count);
   switch (job.kind) {
     case JobKind::kRead:
-      return Read{job.id, std::move(deps), start, count};
+      return Read{job.id, std::move(deps), start, count, wire_trace(c, job)};
     case JobKind::kWrite:
-      return Write{{job.id, std::move(deps), start, region_->block_size, job.contexts, job.data}};
+      return Write{{job.id, std::move(deps), start, region_->block_size, job.contexts, job.data,
+                    wire_trace(c, job)}};
     case JobKind::kWriteUnwritten:
-      return WriteUnwritten{
-          {job.id, std::move(deps), start, region_->block_size, job.contexts, job.data}};
+      return WriteUnwritten{{job.id, std::move(deps), start, region_->block_size, job.contexts,
+                             job.data, wire_trace(c, job)}};
     case JobKind::kDiscard:
-      return Discard{job.id, std::move(deps), start, count};
+      return Discard{job.id, std::move(deps), start, count, wire_trace(c, job)};
     case JobKind::kFlush:
-      return Flush{job.id,      std::move(deps), job.flush_number,
-                   generation_, job.snapshot,    repair_extent_limit(c)};
+      return Flush{job.id,       std::move(deps),        job.flush_number,  generation_,
+                   job.snapshot, repair_extent_limit(c), wire_trace(c, job)};
     case JobKind::kBarrier:
       return Barrier{job.id, std::move(deps)};
     case JobKind::kLiveClose:
@@ -507,13 +511,22 @@ Message Upstairs::job_message(ClientId c, const Job& job) const {
   CRU_UNREACHABLE("job kind");
 }
 
+std::optional<proto::TraceContext> Upstairs::wire_trace(ClientId c, const Job& job) {
+  if (!job.trace.sampled) return std::nullopt;
+  const uint64_t salt = job.id.value * kClientCount + c.value;
+  return proto::TraceContext{job.trace.trace.high, job.trace.trace.low,
+                             trace::derive_span_id(job.trace.span_id, salt),
+                             proto::TraceContext::kSampled};
+}
+
 void Upstairs::send_job(ClientId c, Job& job) {
   set_io(job, c, Io::kSent);
   if (job.kind == JobKind::kFlush) job.flush_limit[c] = repair_extent_limit(c);
   send(c, job_message(c, job));
 }
 
-JobId Upstairs::submit_flush(std::optional<GuestId> guest, std::optional<std::string> snapshot) {
+JobId Upstairs::submit_flush(std::optional<GuestId> guest, std::optional<std::string> snapshot,
+                             trace::SpanContext trace) {
   JobId id = new_job_id();
   const BlockRange all{0, region_->total_blocks()};
   Job& job = create_job(JobKind::kFlush, id, deps_.add_blocking(id, all));
@@ -523,6 +536,7 @@ JobId Upstairs::submit_flush(std::optional<GuestId> guest, std::optional<std::st
   job.flush_number = next_flush_;
   next_flush_ = next_flush_.next();
   job.guest = guest;
+  job.trace = trace;
   job.acked = false;  // decided by ack_check(), with or without a guest waiting
   place(job);
   need_flush_ = false;

@@ -21,6 +21,7 @@
 #include "common/units.h"
 #include "common/uuid.h"
 #include "proto/messages.h"
+#include "trace/span.h"
 #include "upstairs/block_map.h"
 #include "upstairs/mend.h"
 #include "upstairs/missing_writes.h"
@@ -48,24 +49,30 @@ struct Config {
 };
 
 // ---- guest operations (block units; the volume shell splits and encrypts) -------------
+// `trace`: the guest operation's span when it is sampled (the shell decides); its jobs
+// carry it to the downstairs. Default: not traced.
 
 struct ReadOp {
   BlockIndex start;
   uint32_t count = 0;
+  trace::SpanContext trace{};
 };
 struct WriteOp {
   BlockIndex start;
   std::vector<proto::BlockContext> contexts;  // one per block, already hashed/encrypted
   Bytes data;
   bool only_unwritten = false;
+  trace::SpanContext trace{};
 };
 struct DiscardOp {
   BlockIndex start;
   uint32_t count = 0;
+  trace::SpanContext trace{};
 };
 struct FlushOp {
   // Also take a snapshot of that name on every downstairs (proto/snapshot_name.h rules).
   std::optional<std::string> snapshot;
+  trace::SpanContext trace{};
 };
 struct ActivateOp {
   std::optional<Generation> generation;  // nullopt: 1 + the highest any downstairs saw
@@ -204,6 +211,8 @@ class Upstairs {
     std::vector<ClientId> repair_dests;  // live repair job: who copies
     // Reads: which downstairs were tried for this guest read
     std::vector<ClientId> tried;
+    // The guest operation's span, if sampled: each downstairs' copy of the job is a child.
+    trace::SpanContext trace;
   };
 
   struct Client {
@@ -316,10 +325,15 @@ class Upstairs {
   Io dispatch(ClientId c, const Job& job) const;
   void send_job(ClientId c, Job& job);
   proto::Message job_message(ClientId c, const Job& job) const;
+  // The trace context sent with c's copy of the job (none unless sampled): its parent is
+  // the span of that copy, named by the job id and client (trace/span.h derive_span_id).
+  static std::optional<proto::TraceContext> wire_trace(ClientId c, const Job& job);
   std::vector<JobId> deps_for(ClientId c, const Job& job) const;
   void set_io(Job& job, ClientId c, Io next);
-  void start_read(GuestId g, BlockRange range, uint64_t bytes, std::vector<ClientId> tried);
-  JobId submit_flush(std::optional<GuestId> guest, std::optional<std::string> snapshot = {});
+  void start_read(GuestId g, BlockRange range, uint64_t bytes, std::vector<ClientId> tried,
+                  trace::SpanContext trace);
+  JobId submit_flush(std::optional<GuestId> guest, std::optional<std::string> snapshot = {},
+                     trace::SpanContext trace = {});
   void submit_barrier();
   void note_io();  // a guest IO was admitted: the automatic flush timer restarts
 

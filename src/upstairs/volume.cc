@@ -17,6 +17,7 @@
 #include "common/thread_signals.h"
 #include "proto/connection.h"
 #include "proto/limits.h"
+#include "upstairs/tracing.h"
 #include "upstairs/upstairs.h"
 
 namespace cru::upstairs {
@@ -178,7 +179,10 @@ struct Volume::Impl {
     if (auto* s = std::get_if<SendTo>(&a)) {
       Link& l = links[s->client];
       // False when closing (a full outbox closes it): its on_closed tells the core.
-      if (l.conn && l.id == s->conn) (void)l.conn->send(s->message);
+      if (l.conn && l.id == s->conn) {
+        if (tracing) tracing->on_send(s->client, s->message, Clock::now());
+        (void)l.conn->send(s->message);
+      }
     } else if (auto* ct = std::get_if<ConnectTo>(&a)) {
       Link& l = links[ct->client];
       if (l.conn) l.conn->close("replaced by a new connection");
@@ -197,6 +201,7 @@ struct Volume::Impl {
       CRU_ASSERT(it != pending.end(), "a guest reply for an unknown request");
       Completion done = std::move(it->second);
       pending.erase(it);
+      if (tracing) tracing->on_done(*g, Clock::now());
       done(*g);
     }
   }
@@ -222,7 +227,9 @@ struct Volume::Impl {
       if (current(client, id)) run_core(ClientConnected{client, id});
     };
     h.on_message = [this, client, id](proto::Message m) {
-      if (current(client, id)) run_core(ClientMessage{client, id, std::move(m)});
+      if (!current(client, id)) return;
+      if (tracing) tracing->on_reply(client, m, Clock::now());
+      run_core(ClientMessage{client, id, std::move(m)});
     };
     h.on_closed = [this, client, id](const std::string& reason) { lost(client, id, reason); };
     h.on_sent = [this, client, id] {
@@ -251,6 +258,7 @@ struct Volume::Impl {
       for (auto& [op, done] : ops) {
         GuestId id{next_guest++};
         pending.emplace(id, std::move(done));
+        if (tracing) tracing->on_submit(id, op, block_size_, Clock::now());
         run_core(GuestSubmit{id, std::move(op)});
       }
     });
@@ -345,6 +353,9 @@ struct Volume::Impl {
   std::optional<BlockCrypto> crypto;  // set on the io thread before block_size_ is published
   std::optional<asio::posix::stream_descriptor> watched;
   std::function<void()> on_readable;
+  // Spans of guest IO, when the options name a tracer (io thread only).
+  std::unique_ptr<GuestTracing> tracing =
+      options.tracer ? std::make_unique<GuestTracing>(options.tracer) : nullptr;
 };
 
 Volume::Volume(VolumeOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}

@@ -27,6 +27,9 @@
 namespace cru::proto {
 class TlsContext;
 }  // namespace cru::proto
+namespace cru::trace {
+class Tracer;
+}  // namespace cru::trace
 
 namespace cru::upstairs {
 
@@ -71,6 +74,8 @@ struct VolumeOptions {
   std::shared_ptr<proto::TlsContext> tls;
   // The io thread to run on; none: the volume starts (and ends) its own.
   std::shared_ptr<IoThread> io_thread;
+  // Spans of guest operations and their jobs (upstairs/tracing.h); none: not traced.
+  std::shared_ptr<trace::Tracer> tracer;
 };
 
 class Volume : public BlockDevice {

@@ -17,6 +17,7 @@
 #include "common/units.h"
 #include "proto/tls.h"
 #include "tools/crucible/write_log.h"
+#include "trace/export.h"
 #include "upstairs/volume.h"
 
 namespace {
@@ -32,6 +33,8 @@ struct Args {
   std::string key;  // refused: see main()
   std::string key_file;
   std::string tls_cert, tls_key, tls_ca;
+  std::string trace_endpoint;  // empty: no tracing
+  std::string trace_sample_ratio = "0.01";
   bool quiet = false;
   int activate_timeout_s = 30;
   uint64_t count = 0;
@@ -355,6 +358,12 @@ int main(int argc, char** argv) {
   app.add_option("--activate-timeout", a.activate_timeout_s, "seconds to wait for activation")
       ->capture_default_str();
   app.add_option("--seed", a.seed, "random seed (default: random, printed)");
+  app.add_option("--trace-endpoint", a.trace_endpoint,
+                 "send spans to a Jaeger agent (HOST:PORT, UDP) or an OTLP/HTTP receiver "
+                 "(http://HOST:PORT)");
+  app.add_option("--trace-sample-ratio", a.trace_sample_ratio,
+                 "share of guest operations traced, 0 to 1 (errors always)")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   app.require_subcommand(0, 1);
@@ -413,6 +422,13 @@ int main(int argc, char** argv) {
     auto tls = proto::TlsContext::load(**tls_files);
     if (!tls) die(tls.error().message);
     options.tls = std::move(*tls);
+  }
+  if (!a.trace_endpoint.empty()) {
+    auto ratio = trace::parse_sample_ratio(a.trace_sample_ratio, "--trace-sample-ratio");
+    if (!ratio) die(ratio.error().message);
+    auto t = trace::make_tracer("crucible-upstairs", a.trace_endpoint, *ratio, "--trace-endpoint");
+    if (!t) die(t.error().message);
+    options.tracer = std::move(*t);
   }
   uint64_t seed = a.seed ? a.seed : std::random_device{}();
   std::mt19937_64 rng(seed);

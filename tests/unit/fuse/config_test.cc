@@ -176,6 +176,20 @@ TEST(FuseConfig, MetricsOffByDefaultAndListenAddresses) {
   }
 }
 
+TEST(FuseConfig, TraceOffByDefaultAndBothEndpointForms) {
+  auto off = parse(kTargets);
+  ASSERT_TRUE(off) << off.error().to_string();
+  EXPECT_EQ(off->trace_endpoint, "");
+  EXPECT_EQ(off->trace_sample_ratio, 0.01);
+  for (const char* endpoint : {"localhost:6831", "http://127.0.0.1:4318"}) {
+    auto c = parse(std::string(kTargets) + "trace:\n  endpoint: \"" + endpoint +
+                   "\"\n  sample_ratio: 0.5\n");
+    ASSERT_TRUE(c) << endpoint << ": " << c.error().to_string();
+    EXPECT_EQ(c->trace_endpoint, endpoint);
+    EXPECT_EQ(c->trace_sample_ratio, 0.5);
+  }
+}
+
 TEST(FuseConfig, EveryLogLevel) {
   for (const char* level : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
     auto c = parse(std::string(kTargets) + "log:\n  level: " + level + "\n");
@@ -210,7 +224,7 @@ INSTANTIATE_TEST_SUITE_P(
         Refusal{"EmptyFile", "", "(top level)", "empty"},
         Refusal{"TopLevelNotAMap", "- a\n- b\n", "(top level)", "expected a mapping"},
         Refusal{"UnknownTopKey", kT + "colour: red\n", "colour",
-                "unknown key (expected one of: volume, mount, log, control, metrics)"},
+                "unknown key (expected one of: volume, mount, log, control, metrics, trace)"},
         Refusal{"MissingVolume", "mount:\n  path: /x\n", "volume", "missing"},
         Refusal{"VolumeNotAMap", "volume: 3\n", "volume", "expected a mapping"},
         Refusal{"UnknownVolumeKey", kT + "  colour: red\n", "volume.colour", "unknown key"},
@@ -302,7 +316,17 @@ INSTANTIATE_TEST_SUITE_P(
         Refusal{"MetricsListenPortTooHigh", kT + "metrics:\n  listen: 127.0.0.1:65536\n",
                 "metrics.listen", "port 65536 is not in 1..65535"},
         Refusal{"MetricsListenList", kT + "metrics:\n  listen: [a]\n", "metrics.listen",
-                "expected a single value"}),
+                "expected a single value"},
+        Refusal{"UnknownTraceKey", kT + "trace:\n  agent: x:1\n", "trace.agent",
+                "unknown key (expected one of: endpoint, sample_ratio)"},
+        Refusal{"TraceEndpointHttps", kT + "trace:\n  endpoint: https://h:4318\n", "trace.endpoint",
+                "only http:// is supported"},
+        Refusal{"TraceEndpointWithoutPort", kT + "trace:\n  endpoint: jaeger\n", "trace.endpoint",
+                "expected HOST:PORT for a Jaeger agent"},
+        Refusal{"TraceSampleRatioAboveOne", kT + "trace:\n  sample_ratio: 2\n",
+                "trace.sample_ratio", "not a ratio from 0 to 1"},
+        Refusal{"TraceSampleRatioWord", kT + "trace:\n  sample_ratio: all\n", "trace.sample_ratio",
+                "not a number from 0 to 1"}),
     [](const ::testing::TestParamInfo<Refusal>& p) { return p.param.name; });
 
 // ---- syntax errors and files ----

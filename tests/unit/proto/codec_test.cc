@@ -122,11 +122,13 @@ std::vector<std::byte> frame(Tag tag, const Meta& meta, size_t data_bytes = 0) {
   return f;
 }
 
-// Write/WriteUnwritten metadata: job, no deps, start, block size, `contexts` plain contexts.
+// Write/WriteUnwritten metadata: job, no deps, start, block size, `contexts` plain contexts,
+// no trace context.
 Meta write_meta(uint32_t block_size, uint32_t contexts) {
   Meta m;
   m.u64(1000).u32(0).u64(0).u32(block_size).u32(contexts);
   for (uint32_t i = 0; i < contexts; ++i) m.u64(i).u8(0);
+  m.u8(0);  // no trace context
   return m;
 }
 
@@ -331,9 +333,9 @@ TEST(Golden, WriteEncoding) {
   std::memset(data.data(), 0xab, data.size());
   m.data = Bytes(std::move(data));
   auto expected = bytes_of({
-      0x39, 0x02, 0x00, 0x00,                          // frame length 569 (12 + 45 + 512)
+      0x3a, 0x02, 0x00, 0x00,                          // frame length 570 (12 + 46 + 512)
       0x14, 0x00, 0x00, 0x00,                          // tag 20
-      0x2d, 0x00, 0x00, 0x00,                          // metadata length 45
+      0x2e, 0x00, 0x00, 0x00,                          // metadata length 46
       0xe8, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // job_id 1000
       0x01, 0x00, 0x00, 0x00,                          // 1 dependency
       0xe7, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // 999
@@ -342,8 +344,30 @@ TEST(Golden, WriteEncoding) {
       0x01, 0x00, 0x00, 0x00,                          // 1 context
       0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,  // hash
       0x00,                                            // no encryption context
+      0x00,                                            // no trace context
   });
   expected.insert(expected.end(), 512, std::byte{0xab});
+  EXPECT_EQ(encode_flat(m), expected);
+}
+
+// Where a job's trace context goes (protocol 5): after the job's own fields.
+TEST(Golden, TraceContextEncoding) {
+  Barrier m{JobId{7},
+            {},
+            TraceContext{0x0102030405060708, 0x1112131415161718, 0x2122232425262728,
+                         TraceContext::kSampled}};
+  auto expected = bytes_of({
+      0x32, 0x00, 0x00, 0x00,                          // frame length 50 (12 + 38)
+      0x1a, 0x00, 0x00, 0x00,                          // tag 26
+      0x26, 0x00, 0x00, 0x00,                          // metadata length 38
+      0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,  // job_id 7
+      0x00, 0x00, 0x00, 0x00,                          // no dependencies
+      0x01,                                            // a trace context:
+      0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,  //   trace id, high 64 bits
+      0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11,  //   trace id, low 64 bits
+      0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21,  //   parent span id
+      0x01,                                            //   flags: sampled
+  });
   EXPECT_EQ(encode_flat(m), expected);
 }
 
@@ -427,7 +451,7 @@ TEST(Codec, RejectsTrailingDataOnMessageWithoutData) {
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kRuok, Meta(), 1)),
                             "Ruok: 1 trailing bytes after the message"));
   EXPECT_TRUE(
-      rejected_with(decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(1), 512)),
+      rejected_with(decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(1).u8(0), 512)),
                     "Read: 512 trailing bytes after the message"));
 }
 
@@ -500,25 +524,28 @@ TEST(Codec, RejectsInvalidBlockSize) {
 }
 
 TEST(Codec, RejectsZeroBlockIo) {
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(0))),
-                            "Read: zero blocks"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(0).u8(0))),
+                    "Read: zero blocks"));
   EXPECT_TRUE(
       rejected_with(decode_frame(frame(Tag::kWrite, write_meta(512, 0))), "Write: zero blocks"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kWriteUnwritten, write_meta(512, 0))),
                             "WriteUnwritten: zero blocks"));
-  EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kDiscard, Meta().u64(1).u32(0).u64(0).u32(0))),
-                            "Discard: zero blocks"));
+  EXPECT_TRUE(
+      rejected_with(decode_frame(frame(Tag::kDiscard, Meta().u64(1).u32(0).u64(0).u32(0).u8(0))),
+                    "Discard: zero blocks"));
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kReadResponse, read_response_meta(512, 0))),
                             "ReadResponse: zero blocks"));
 }
 
 TEST(Codec, RejectsBlockCountAboveLimit) {
   EXPECT_TRUE(rejected_with(
-      decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(kMaxIoBlocks + 1))),
+      decode_frame(frame(Tag::kRead, Meta().u64(1).u32(0).u64(0).u32(kMaxIoBlocks + 1).u8(0))),
       std::to_string(kMaxIoBlocks + 1) + " blocks exceed the limit " +
           std::to_string(kMaxIoBlocks)));
   EXPECT_TRUE(rejected_with(
-      decode_frame(frame(Tag::kDiscard, Meta().u64(1).u32(0).u64(0).u32(kMaxDiscardBlocks + 1))),
+      decode_frame(
+          frame(Tag::kDiscard, Meta().u64(1).u32(0).u64(0).u32(kMaxDiscardBlocks + 1).u8(0))),
       "blocks exceed the limit " + std::to_string(kMaxDiscardBlocks)));
 }
 
@@ -584,7 +611,7 @@ TEST(Codec, AcceptsStringOfExactlyTheLimit) {
 
 TEST(Codec, RejectsTooManyDependencies) {
   Meta m;
-  m.u64(1).u32(kMaxDependencies + 1).fill(8 * (kMaxDependencies + 1), 0);
+  m.u64(1).u32(kMaxDependencies + 1).fill(8 * (kMaxDependencies + 1), 0).u8(0);
   EXPECT_TRUE(rejected_with(decode_frame(frame(Tag::kBarrier, m)),
                             "Barrier: 65537 dependencies exceed the limit 65536"));
 }
@@ -669,6 +696,28 @@ TEST(Validate, RejectsWhatTheDecoderRejects) {
   EXPECT_TRUE(rejected_with(validate(Message(v)), "extents exceed the limit"));
   EXPECT_TRUE(
       rejected_with(validate(Message(Read{JobId{1}, {}, BlockIndex{0}, 0})), "zero blocks"));
+}
+
+TEST(Validate, RejectsATraceContextWithoutTraceOrParentOrWithUnknownFlags) {
+  Barrier b{JobId{1}, {}, TraceContext{0, 0, 7, TraceContext::kSampled}};
+  EXPECT_TRUE(rejected_with(validate(Message(b)), "trace id is zero"));
+  b.trace = TraceContext{1, 2, 0, TraceContext::kSampled};
+  EXPECT_TRUE(rejected_with(validate(Message(b)), "parent span id is zero"));
+  b.trace = TraceContext{1, 2, 3, 0};  // an unsampled context is never sent
+  EXPECT_TRUE(rejected_with(validate(Message(b)), "trace flags"));
+  b.trace = TraceContext{1, 2, 3, 3};
+  EXPECT_TRUE(rejected_with(validate(Message(b)), "trace flags"));
+  b.trace = TraceContext{1, 2, 3, TraceContext::kSampled};
+  EXPECT_TRUE(validate(Message(b)));
+}
+
+TEST(Codec, DecoderRefusesUnknownTraceFlags) {
+  std::vector<std::byte> frame = encode_flat(
+      Message(Read{JobId{1}, {}, BlockIndex{0}, 1, TraceContext{1, 2, 3, TraceContext::kSampled}}));
+  ASSERT_TRUE(decode_frame(frame));
+  // The flags byte ends the metadata (a read carries no data).
+  frame.back() = std::byte{0x81};
+  EXPECT_TRUE(rejected_with(decode_frame(frame), "trace flags 0x81"));
 }
 
 }  // namespace

@@ -150,6 +150,25 @@ std::vector<Message> small_samples() {
   s.push_back(Flush{JobId{1008}, {}, FlushNumber{2}, Generation{1}, std::string(), ExtentId{0}});
   s.push_back(Barrier{JobId{1009}, {}});
   s.push_back(Barrier{JobId{kU64Max}, {JobId{1007}, JobId{1008}}});
+  // IO jobs of a sampled trace (protocol 5)
+  {
+    const TraceContext trace{0x0123456789abcdefULL, 0xfedcba9876543210ULL, 0x1122334455667788ULL,
+                             TraceContext::kSampled};
+    const TraceContext extremes{kU64Max, kU64Max, kU64Max, TraceContext::kSampled};
+    auto w =
+        write_like<Write>(JobId{1010}, {JobId{1009}}, BlockIndex{2}, 512, {plain_context(9)}, 7);
+    w.trace = trace;
+    s.push_back(std::move(w));
+    auto wu =
+        write_like<WriteUnwritten>(JobId{1011}, {}, BlockIndex{3}, 512, {plain_context(10)}, 8);
+    wu.trace = TraceContext{0, 1, 1, TraceContext::kSampled};  // a 64-bit trace id
+    s.push_back(std::move(wu));
+    s.push_back(Read{JobId{1012}, {}, BlockIndex{4}, 2, trace});
+    s.push_back(Discard{JobId{1013}, {}, BlockIndex{5}, 3, extremes});
+    s.push_back(
+        Flush{JobId{1014}, {}, FlushNumber{3}, Generation{1}, std::nullopt, std::nullopt, trace});
+    s.push_back(Barrier{JobId{1015}, {}, TraceContext{1, 0, 1, TraceContext::kSampled}});
+  }
   s.push_back(Ack{JobId{1000}, WireStatus::ok()});
   s.push_back(Ack{JobId{kU64Max}, error_status(ErrorCode::kReadOnly, "region is read-only")});
 
