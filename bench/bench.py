@@ -12,7 +12,11 @@ Runs, in one run on this machine, the same fio shapes and the same ext4 tree cop
             (+-100 us) each way: a 1 ms round trip, as to replicas on other hosts. Only the
             queue-depth shapes (4K qd32, 1M qd8), in a table of their own against crucible;
   crucible-proxy  the same proxies with the delay off (not run by default): what the
-            proxy hop itself costs, to read the 1 ms rows against.
+            proxy hop itself costs, to read the 1 ms rows against;
+  crucible-observed  crucible with every observability feature on: Prometheus metrics on
+            crucible-fuse and each downstairs, scraped every second (Prometheus' default is
+            15 s), and tracing to a local Jaeger-agent UDP sink at the default sampling.
+            Its own table gives the cost against plain crucible (target: under 5%).
 Each image is 1 GiB and is filled once (1 MiB writes) before the shapes run, so reads
 read data. Then it measures crucible's peak memory (VmHWM) on a 1 GiB and a 64 GiB
 (sparse) volume. Prints per shape IOPS, MiB/s, p50 and p99 completion latency, the ratios
@@ -20,7 +24,8 @@ to the ceiling and to nbdfuse against the targets of DESIGN.md section 9, and wr
 summary to build/bench/results.md. Needs root (FUSE mounts, loop devices).
 
 Usage: bench/bench.py [--seconds N] [--shapes a,b]
-                      [--systems ceiling,nbdfuse,crucible,crucible-tls,crucible-1ms]
+                      [--systems ceiling,nbdfuse,crucible,crucible-tls,crucible-1ms,
+                                 crucible-observed]
                       [--tree-mb N] [--no-rss] [--no-tree]
 """
 import argparse
@@ -29,10 +34,13 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +80,8 @@ RTT_SHAPES = ("randwrite4k-qd32", "randread4k-qd32", "seqwrite1m-qd8", "seqread1
 RTT_SYSTEMS = ("crucible-1ms", "crucible-proxy")
 DELAY_PROXY = ROOT / "build" / "tests" / "delay_proxy"
 TREE_TARGET = 1.4  # tree copy wall time at most this times the ceiling's
+OBSERVED_TARGET = 0.95  # metrics and tracing on: at least this much of plain crucible
+SCRAPE_INTERVAL_S = 1.0  # how often crucible-observed's metrics are scraped
 TREE_MB_MAX = 850  # what ext4 on a 1 GiB image holds with room for its metadata
 
 
@@ -227,16 +237,89 @@ def mount_nbdfuse(work, cleanup):
     return mnt / "disk.img"
 
 
+def free_port():
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+class UdpSink:
+    """A Jaeger agent stand-in: receives span packets on loopback and counts them."""
+
+    def __init__(self, cleanup):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.packets = 0
+        self.stop = threading.Event()
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+        cleanup.push(self.close)
+
+    def loop(self):
+        while not self.stop.is_set():
+            try:
+                self.sock.recv(65536)
+                self.packets += 1
+            except socket.timeout:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+        log(f"trace sink received {self.packets} packets")
+
+
+class Scraper:
+    """Fetches every metrics endpoint every SCRAPE_INTERVAL_S while the shapes run."""
+
+    def __init__(self, cleanup, urls):
+        self.urls, self.scrapes, self.errors = urls, 0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+        cleanup.push(self.close)
+
+    def loop(self):
+        while not self.stop.wait(SCRAPE_INTERVAL_S):
+            for url in self.urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        r.read()
+                    self.scrapes += 1
+                except OSError:
+                    self.errors += 1
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        log(f"metrics: {self.scrapes} scrapes, {self.errors} failed")
+        if self.errors:
+            raise RuntimeError(f"{self.errors} metrics scrapes failed")
+
+
 class Cluster:
     """Three crucible-downstairs on loopback and crucible-fuse over them."""
 
-    def __init__(self, work, size, cleanup, name="crucible", tls=False, delay_us=None):
+    def __init__(self, work, size, cleanup, name="crucible", tls=False, delay_us=None,
+                 observe=False):
         """delay_us: None, straight to the downstairs; else through a delay proxy each,
-        adding that much each way (0: the proxy with its delay off)."""
+        adding that much each way (0: the proxy with its delay off). observe: metrics on
+        every process, scraped every SCRAPE_INTERVAL_S, and tracing to a UDP sink."""
         self.work, self.cleanup, self.name = work / name, cleanup, name
         self.work.mkdir()
         self.downstairs = []
         targets = []
+        observe_args, observe_yaml, metrics_ports = [], "", []
+        if observe:
+            sink = UdpSink(cleanup)
+            metrics_ports = [free_port() for _ in range(4)]
+            observe_yaml = (f'metrics:\n  listen: "127.0.0.1:{metrics_ports[3]}"\n'
+                            f'trace:\n  endpoint: "127.0.0.1:{sink.port}"\n')
+            observe_args = [["--metrics", f"127.0.0.1:{metrics_ports[i]}", "--trace-endpoint",
+                             f"127.0.0.1:{sink.port}"] for i in range(3)]
         tls_args, tls_yaml = [[], [], []], ""
         if tls:
             # crucible-dsc makes the regions and a throw-away CA with a certificate each.
@@ -257,7 +340,8 @@ class Cluster:
                      "--size", size], stdout=subprocess.DEVNULL)
             logf = open(self.work / f"downstairs{i}.log", "w")
             proc = subprocess.Popen([str(BIN / "crucible-downstairs"), "--log-level", "warn", "run", "-d",
-                                     str(d), "-p", "0", "-a", "127.0.0.1"] + tls_args[i],
+                                     str(d), "-p", "0", "-a", "127.0.0.1"] + tls_args[i]
+                                    + (observe_args[i] if observe else []),
                                     stdout=subprocess.PIPE,
                                     stderr=logf, text=True)
             cleanup.process(proc, f"downstairs {i}")
@@ -271,7 +355,7 @@ class Cluster:
             self.downstairs.append(proc)
         config = self.work / "crucible.yaml"
         config.write_text("volume:\n  targets: [" + ", ".join(f'"{t}"' for t in targets) + "]\n"
-                          + tls_yaml + "log:\n  level: warn\n")
+                          + tls_yaml + observe_yaml + "log:\n  level: warn\n")
         self.mnt = self.work / "mnt"
         self.mnt.mkdir()
         out = open(self.work / "fuse.out", "w")
@@ -284,6 +368,8 @@ class Cluster:
                  120)
         if self.fuse.poll() is not None:
             raise RuntimeError("crucible-fuse did not mount:\n" + (self.work / "fuse.log").read_text())
+        if metrics_ports:
+            Scraper(cleanup, [f"http://127.0.0.1:{p}/metrics" for p in metrics_ports])
 
     def proxy(self, i, target, delay_us):
         """Starts a delay proxy in front of `target`; returns the address it listens on."""
@@ -388,6 +474,9 @@ def report(args, results, rss):
     rtt = rtt_report(args, results)
     if rtt:
         lines += [""] + rtt
+    observed = observed_report(args, results)
+    if observed:
+        lines += [""] + observed
     text = "\n".join(lines)
     print("\n" + text)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -417,11 +506,35 @@ def rtt_report(args, results):
     return lines
 
 
+def observed_report(args, results):
+    """What metrics (scraped every second) and tracing cost: crucible-observed against
+    plain crucible, per shape."""
+    x, o = results.get("crucible", {}), results.get("crucible-observed", {})
+    if not x or not o:
+        return []
+    lines = ["| shape | crucible | with metrics + tracing | observed / plain | p99 us plain / observed |",
+             "|---|---|---|---|---|"]
+    for s in args.shapes:
+        if s.name not in x or s.name not in o or not x[s.name][s.metric]:
+            continue
+        ratio = o[s.name][s.metric] / x[s.name][s.metric]
+        lines.append(f"| {s.name} | {fmt_rate(x[s.name], s.metric)} | {fmt_rate(o[s.name], s.metric)} | "
+                     f"{ratio:.2f}x (>= {OBSERVED_TARGET}x {verdict(ratio >= OBSERVED_TARGET)}) | "
+                     f"{x[s.name]['p99us']:.0f} / {o[s.name]['p99us']:.0f} |")
+    if "tree" in x and "tree" in o:
+        xt, ot = x["tree"]["seconds"], o["tree"]["seconds"]
+        lines.append(f"| tree copy {args.tree_mb} MB + sync | {xt:.1f} s | {ot:.1f} s | "
+                     f"{ot / xt:.2f}x time (<= {1 / OBSERVED_TARGET:.2f}x "
+                     f"{verdict(ot / xt <= 1 / OBSERVED_TARGET)}) | |")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=int(os.environ.get("BENCH_SECONDS", 6)))
     p.add_argument("--shapes", default="", help="comma-separated shape names (default: all)")
-    p.add_argument("--systems", default="ceiling,nbdfuse,crucible,crucible-tls,crucible-1ms")
+    p.add_argument("--systems",
+                   default="ceiling,nbdfuse,crucible,crucible-tls,crucible-1ms,crucible-observed")
     p.add_argument("--tree-mb", type=int, default=int(os.environ.get("BENCH_TREE_MB", 600)))
     p.add_argument("--no-tree", action="store_true")
     p.add_argument("--no-rss", action="store_true")
@@ -458,7 +571,9 @@ def main():
                   "crucible-1ms": lambda: Cluster(work, "1G", cleanup, name="crucible-1ms",
                                                   delay_us=500).image,
                   "crucible-proxy": lambda: Cluster(work, "1G", cleanup, name="crucible-proxy",
-                                                    delay_us=0).image}
+                                                    delay_us=0).image,
+                  "crucible-observed": lambda: Cluster(work, "1G", cleanup, name="crucible-observed",
+                                                       observe=True).image}
         for name in systems:
             if name not in mounts:
                 sys.exit(f"bench: unknown system {name}; known: {', '.join(mounts)}")
