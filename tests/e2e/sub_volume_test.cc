@@ -85,6 +85,18 @@ void expect_same_tree(const Cluster& c, const std::string& want, const std::stri
   EXPECT_EQ(r.exit_code(), 0) << "the trees differ:\n" << r.describe();
 }
 
+// Unmounts the filesystem, checks it with e2fsck, mounts it again and compares the two
+// copied trees ("before" and "after" under `src`) with what it holds.
+void expect_fsck_clean_and_trees_kept(Cluster& c, const std::string& dev, const std::string& dir,
+                                      const std::string& src) {
+  ASSERT_TRUE(c.umount_fs(dir));
+  auto f = c.run({tool("e2fsck"), "-fn", dev});
+  EXPECT_EQ(f.exit_code(), 0) << "e2fsck found problems:\n" << f.describe();
+  ASSERT_TRUE(c.mount_fs_at(dev, dir));
+  expect_same_tree(c, src + "/before", dir + "/before");
+  expect_same_tree(c, src + "/after", dir + "/after");
+}
+
 uint64_t file_size(const std::string& path) {
   struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
@@ -155,12 +167,7 @@ TEST(SubVolumes, TwoSubVolumesCarryExt4AndSurviveAReplicaOfEachKilledAtOnce) {
   auto healed = (*m)->wait_status(all_active, kRepairTimeout);
   ASSERT_TRUE(healed) << healed.error().to_string();
 
-  ASSERT_TRUE(c.umount_fs(*dir));
-  auto f = c.run({tool("e2fsck"), "-fn", *dev});
-  EXPECT_EQ(f.exit_code(), 0) << "e2fsck found problems:\n" << f.describe();
-  ASSERT_TRUE(c.mount_fs_at(*dev, *dir));
-  expect_same_tree(c, src + "/before", *dir + "/before");
-  expect_same_tree(c, src + "/after", *dir + "/after");
+  expect_fsck_clean_and_trees_kept(c, *dev, *dir, src);
 }
 
 TEST(SubVolumes, GrowsOnlineByAThirdSubVolumeAndResize2fsUsesIt) {
@@ -219,12 +226,7 @@ TEST(SubVolumes, GrowsOnlineByAThirdSubVolumeAndResize2fsUsesIt) {
   // resize2fs put the new block groups' metadata there, ext4 maybe some files.
   EXPECT_GT((*st)["sub_volumes"][2]["counters"]["writes"].get<uint64_t>(), 0u) << st->dump();
 
-  ASSERT_TRUE(c.umount_fs(*dir));
-  auto f = c.run({tool("e2fsck"), "-fn", *dev});
-  EXPECT_EQ(f.exit_code(), 0) << "e2fsck found problems:\n" << f.describe();
-  ASSERT_TRUE(c.mount_fs_at(*dev, *dir));
-  expect_same_tree(c, src + "/before", *dir + "/before");
-  expect_same_tree(c, src + "/after", *dir + "/after");
+  expect_fsck_clean_and_trees_kept(c, *dev, *dir, src);
 }
 
 // Written through disk.img at offsets crossing every stripe and both sub-volumes, read
