@@ -3,7 +3,7 @@
 #   make test       build and run every test (unit, simulation, end to end)
 #   make run        three local downstairs + disk.img mounted at ./mnt
 #   make deps       install the Debian packages (as root; quiet when present)
-#   make asan|tsan  unit and simulation tests under sanitizers
+#   make asan|tsan  unit and simulation tests under ASan+UBSan; unit tests under TSan
 #   make fuzz       libFuzzer: the decoder, the downstairs and upstairs cores (FUZZ_SECONDS each)
 #   make install    PREFIX (/usr/local) and DESTDIR; make deb: a Debian package in build/deb
 #   make format|format-check|lint|check-headers|check-layers|bench|clean
@@ -18,7 +18,8 @@ ifeq ($(MODE),release)
   MODE_FLAGS := -O2 -g
 else ifeq ($(MODE),asan)
   BUILD := build-asan
-  MODE_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+  # -g1 (line tables): what a sanitizer report needs, at two thirds of -g's compile time.
+  MODE_FLAGS := -O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
   # GCC 12 reports false maybe-uninitialized warnings inside libstdc++ (std::regex,
   # std::function) when sanitizers instrument it; with -Werror in CI they would fail the build.
   MODE_FLAGS += -Wno-maybe-uninitialized
@@ -27,7 +28,7 @@ else ifeq ($(MODE),tsan)
   # GCC 12 warns (-Wtsan) that TSan does not model std::atomic_thread_fence, which asio's
   # handler completion uses; a race hidden there would only be missed, and with -Werror in
   # CI the warning would fail the build.
-  MODE_FLAGS := -O1 -g -fsanitize=thread -Wno-maybe-uninitialized -Wno-tsan
+  MODE_FLAGS := -O1 -g1 -fsanitize=thread -Wno-maybe-uninitialized -Wno-tsan
 else
   $(error MODE must be release, asan or tsan, not '$(MODE)')
 endif
@@ -125,7 +126,7 @@ ALL_TESTS := $(FAST_TESTS) $(E2E_TEST)
 
 DEPS_STAMP := $(BUILD)/.deps-ok
 
-.PHONY: all test asan tsan fast-test deps run bench chaos netns fuzz format format-check lint \
+.PHONY: all test asan tsan fast-test unit-test deps run bench chaos netns format format-check lint \
   check-headers check-layers clean man install deb
 
 all: $(BINARIES)
@@ -245,8 +246,13 @@ fast-test: $(FAST_TESTS)
 asan:
 	@$(MAKE) --no-print-directory MODE=asan fast-test
 
+# The simulator runs the cores on one thread, where TSan has nothing to find: the unit tests
+# (the servers, the io thread, the exporters) only.
 tsan:
-	@$(MAKE) --no-print-directory MODE=tsan fast-test
+	@$(MAKE) --no-print-directory MODE=tsan unit-test
+
+unit-test: $(UNIT_TESTS)
+	@tests/run.sh 900 $(UNIT_TESTS)
 
 run: all
 	@scripts/run.sh
@@ -272,49 +278,48 @@ netns: $(E2E_TEST) $(BINARIES) $(DELAY_PROXY)
 # ---- fuzzing (clang + libFuzzer) ----------------------------------------------------
 FUZZ_SECONDS ?= 60
 FUZZ_DIR := build-fuzz
-# The decoder only (the pure proto core): the asio framing is not under test.
-FUZZ_SRC := $(COMMON_SRC) $(PROTO_SRC)
-FUZZ_FLAGS := -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-  $(DEFINES) -Isrc
+# The decoder's fuzzer drives the pure proto core: the asio framing is not under test.
+# Every source is compiled once, in parallel, into objects of its own (instrumented for
+# coverage with -fsanitize=fuzzer-no-link) shared by the three fuzzers; only the link adds
+# libFuzzer's main. The stateful fuzzers drive a whole core (with the in-memory FaultFs for
+# the downstairs); the cores call the Tracer (tracing off in the fuzzers), not the exporters.
+FUZZ_CXXFLAGS := -std=c++20 -O1 -g1 -fsanitize=address,undefined -fno-sanitize-recover=all \
+  $(DEFINES) -Isrc -Itests -MMD -MP
+fuzz_objs = $(patsubst %.cc,$(FUZZ_DIR)/obj/%.o,$(1))
+FUZZ_CORE_OBJS := $(call fuzz_objs,$(COMMON_SRC) $(PROTO_SRC) $(wildcard src/trace/tracer.cc))
 # libcrypto: src/common holds the local PKI (certificate generation for crucible-dsc).
 FUZZ_LIBS := -lspdlog -lfmt -lsodium -lxxhash -lssl -lcrypto -luring -lsystemd -pthread
-$(FUZZ_DIR)/fuzz_decode: tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) $(wildcard src/common/*.h src/proto/*.h) | $(DEPS_STAMP)
+$(FUZZ_DIR)/obj/%.o: %.cc | $(DEPS_STAMP)
 	@mkdir -p $(@D)
-	clang++ $(FUZZ_FLAGS) tests/fuzz/fuzz_decode.cc $(FUZZ_SRC) $(FUZZ_LIBS) -o $@
+	clang++ $(FUZZ_CXXFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_DIR)/fuzz_decode: $(call fuzz_objs,tests/fuzz/fuzz_decode.cc) $(FUZZ_CORE_OBJS)
+$(FUZZ_DIR)/fuzz_downstairs: $(call fuzz_objs,tests/fuzz/fuzz_downstairs.cc $(DOWNSTAIRS_SRC) \
+  tests/support/fault_fs.cc) $(FUZZ_CORE_OBJS)
+$(FUZZ_DIR)/fuzz_upstairs: $(call fuzz_objs,tests/fuzz/fuzz_upstairs.cc $(UPSTAIRS_SRC)) \
+  $(FUZZ_CORE_OBJS)
+$(addprefix $(FUZZ_DIR)/,fuzz_decode fuzz_downstairs fuzz_upstairs):
+	clang++ $(FUZZ_CXXFLAGS) -fsanitize=fuzzer $^ $(FUZZ_LIBS) -o $@
 $(FUZZ_DIR)/make_corpus: tests/fuzz/make_corpus.cc $(LIB_PROTO) $(LIB_COMMON)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $< $(LIB_PROTO) $(LIB_COMMON) $(LDLIBS) -o $@
 
-# The stateful fuzzers drive a whole core (with the in-memory FaultFs for the downstairs).
-FUZZ_STATEFUL_FLAGS := $(FUZZ_FLAGS) -Itests
-FUZZ_HEADERS := $(wildcard src/*/*.h tests/fuzz/*.h tests/support/*.h)
-# The cores call the Tracer (tracing off in the fuzzers); the exporters are not needed.
-FUZZ_TRACE_SRC := $(wildcard src/trace/tracer.cc)
-$(FUZZ_DIR)/fuzz_downstairs: tests/fuzz/fuzz_downstairs.cc $(FUZZ_SRC) $(DOWNSTAIRS_SRC) tests/support/fault_fs.cc $(FUZZ_HEADERS) | $(DEPS_STAMP)
-	@mkdir -p $(@D)
-	clang++ $(FUZZ_STATEFUL_FLAGS) tests/fuzz/fuzz_downstairs.cc $(FUZZ_SRC) $(DOWNSTAIRS_SRC) \
-	  $(FUZZ_TRACE_SRC) tests/support/fault_fs.cc $(FUZZ_LIBS) -o $@
-$(FUZZ_DIR)/fuzz_upstairs: tests/fuzz/fuzz_upstairs.cc $(FUZZ_SRC) $(UPSTAIRS_SRC) $(FUZZ_HEADERS) | $(DEPS_STAMP)
-	@mkdir -p $(@D)
-	clang++ $(FUZZ_STATEFUL_FLAGS) tests/fuzz/fuzz_upstairs.cc $(FUZZ_SRC) $(UPSTAIRS_SRC) \
-	  $(FUZZ_TRACE_SRC) $(FUZZ_LIBS) -o $@
-
-# Every fuzzer runs FUZZ_SECONDS, each with its own corpus directory; the decoder's starts
-# from seeds of every message, a stateful one from tests/fuzz/regressions/NAME (inputs that
-# once crashed it, run first). A crash stops the target with the reproducer in artifacts/.
+# Every fuzzer runs FUZZ_SECONDS, each with its own corpus directory (make -j runs them side
+# by side); the decoder's starts from seeds of every message, a stateful one from
+# tests/fuzz/regressions/NAME (inputs that once crashed it, run first). A crash stops the
+# target with the reproducer in artifacts/.
 FUZZERS := fuzz_decode fuzz_downstairs fuzz_upstairs
-fuzz: $(addprefix $(FUZZ_DIR)/,$(FUZZERS)) $(FUZZ_DIR)/make_corpus
+FUZZ_SEEDS_fuzz_decode := $(FUZZ_DIR)/seeds
+FUZZ_SEEDS_fuzz_downstairs := $(wildcard tests/fuzz/regressions/fuzz_downstairs)
+FUZZ_SEEDS_fuzz_upstairs := $(wildcard tests/fuzz/regressions/fuzz_upstairs)
+.PHONY: fuzz fuzz-seeds $(addprefix fuzz-run-,$(FUZZERS))
+fuzz: $(addprefix fuzz-run-,$(FUZZERS))
+fuzz-seeds: $(FUZZ_DIR)/make_corpus
 	@rm -rf $(FUZZ_DIR)/seeds && mkdir -p $(FUZZ_DIR)/seeds $(FUZZ_DIR)/artifacts \
 	  $(addprefix $(FUZZ_DIR)/corpus/,$(FUZZERS))
 	@$(FUZZ_DIR)/make_corpus $(FUZZ_DIR)/seeds
-	$(FUZZ_DIR)/fuzz_decode -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_decode- $(FUZZ_DIR)/corpus/fuzz_decode $(FUZZ_DIR)/seeds
-	$(FUZZ_DIR)/fuzz_downstairs -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_downstairs- $(FUZZ_DIR)/corpus/fuzz_downstairs \
-	  $(wildcard tests/fuzz/regressions/fuzz_downstairs)
-	$(FUZZ_DIR)/fuzz_upstairs -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	  -artifact_prefix=$(FUZZ_DIR)/artifacts/fuzz_upstairs- $(FUZZ_DIR)/corpus/fuzz_upstairs \
-	  $(wildcard tests/fuzz/regressions/fuzz_upstairs)
+$(addprefix fuzz-run-,$(FUZZERS)): fuzz-run-%: $(FUZZ_DIR)/% fuzz-seeds
+	$< -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/artifacts/$*- \
+	  $(FUZZ_DIR)/corpus/$* $(FUZZ_SEEDS_$*)
 
 # ---- style --------------------------------------------------------------------------
 CXX_FILES = $(shell git ls-files '*.cc' '*.h')
@@ -402,4 +407,4 @@ deb: | $(DEPS_STAMP)
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
--include $(shell find $(BUILD)/obj $(BUILD)/lint -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/lint $(FUZZ_DIR)/obj -name '*.d' 2>/dev/null)
