@@ -26,7 +26,10 @@ summary to build/bench/results.md. Needs root (FUSE mounts, loop devices).
 Usage: bench/bench.py [--seconds N] [--shapes a,b]
                       [--systems ceiling,nbdfuse,crucible,crucible-tls,crucible-1ms,
                                  crucible-observed]
-                      [--tree-mb N] [--no-rss] [--no-tree]
+                      [--tree-mb N] [--no-rss] [--no-tree] [--rounds N]
+For crucible's systems it also records the CPU time its four processes spent per IO, which,
+unlike IOPS, barely depends on what else this machine runs. --rounds N (BENCH_ROUNDS) runs
+the systems N times in turn and reports each figure's median.
 """
 import argparse
 import json
@@ -144,8 +147,17 @@ def fio(image, shape, seconds):
     op = "write" if job["write"]["io_bytes"] > 0 else "read"
     d = job[op]
     pct = d.get("clat_ns", {}).get("percentile", {})
-    return {"iops": d["iops"], "MiBps": d["bw_bytes"] / 2**20,
+    return {"iops": d["iops"], "MiBps": d["bw_bytes"] / 2**20, "ios": d["total_ios"],
             "p50us": pct.get("50.000000", 0) / 1000, "p99us": pct.get("99.000000", 0) / 1000}
+
+
+def cpu_seconds(pids):
+    """User + system CPU time so far of these processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def prefill(image):
@@ -190,20 +202,36 @@ def tree_copy_seconds(image, tree, work):
     return time.monotonic() - start
 
 
-def suite(label, image, args, tree, work, shapes=None):
+def suite(label, image, args, tree, work, shapes=None, pids=()):
+    """pids: the system's own processes, whose CPU time per IO is recorded (cpu_us_per_io): unlike
+    IOPS it does not depend on what else the machine runs."""
     log(f"{label}: filling the image")
     prefill(image)
     results = {}
     for shape in args.shapes if shapes is None else shapes:
+        cpu_before = cpu_seconds(pids)
         r = fio(image, shape, args.seconds)
+        if pids and r["ios"]:
+            r["cpu_us_per_io"] = (cpu_seconds(pids) - cpu_before) * 1e6 / r["ios"]
         results[shape.name] = r
+        cpu = f"  CPU {r['cpu_us_per_io']:.1f} us/IO" if "cpu_us_per_io" in r else ""
         log(f"{label:9} {shape.name:18} {r['iops']:9.0f} IOPS {r['MiBps']:8.1f} MiB/s "
-            f"p50 {r['p50us']:7.0f} us  p99 {r['p99us']:7.0f} us")
+            f"p50 {r['p50us']:7.0f} us  p99 {r['p99us']:7.0f} us{cpu}")
     if tree:
         secs = tree_copy_seconds(image, tree, work)
         results["tree"] = {"seconds": secs}
         log(f"{label:9} tree copy + sync   {secs:.1f} s")
     return results
+
+
+def median_results(runs):
+    """Per shape and figure, the median over rounds (the middle one's, or the lower of the
+    two middle ones: a figure that was measured)."""
+    out = {}
+    for shape in runs[0]:
+        out[shape] = {k: sorted(r[shape][k] for r in runs)[(len(runs) - 1) // 2]
+                      for k in runs[0][shape]}
+    return out
 
 
 def mount_ceiling(work, cleanup):
@@ -390,6 +418,10 @@ class Cluster:
     def image(self):
         return self.mnt / "disk.img"
 
+    @property
+    def pids(self):
+        return [self.fuse.pid] + [p.pid for p in self.downstairs]
+
     def peak_rss_mib(self):
         """VmHWM of crucible-fuse and of each downstairs, in MiB."""
         def hwm(pid):
@@ -512,15 +544,18 @@ def observed_report(args, results):
     x, o = results.get("crucible", {}), results.get("crucible-observed", {})
     if not x or not o:
         return []
-    lines = ["| shape | crucible | with metrics + tracing | observed / plain | p99 us plain / observed |",
-             "|---|---|---|---|---|"]
+    lines = ["| shape | crucible | with metrics + tracing | observed / plain | p99 us plain / observed |"
+             " CPU us per IO plain / observed (all four processes) |",
+             "|---|---|---|---|---|---|"]
     for s in args.shapes:
         if s.name not in x or s.name not in o or not x[s.name][s.metric]:
             continue
         ratio = o[s.name][s.metric] / x[s.name][s.metric]
+        xc, oc = x[s.name].get("cpu_us_per_io"), o[s.name].get("cpu_us_per_io")
+        cpu = f"{xc:.1f} / {oc:.1f} ({oc / xc:.2f}x)" if xc and oc else "-"
         lines.append(f"| {s.name} | {fmt_rate(x[s.name], s.metric)} | {fmt_rate(o[s.name], s.metric)} | "
                      f"{ratio:.2f}x (>= {OBSERVED_TARGET}x {verdict(ratio >= OBSERVED_TARGET)}) | "
-                     f"{x[s.name]['p99us']:.0f} / {o[s.name]['p99us']:.0f} |")
+                     f"{x[s.name]['p99us']:.0f} / {o[s.name]['p99us']:.0f} | {cpu} |")
     if "tree" in x and "tree" in o:
         xt, ot = x["tree"]["seconds"], o["tree"]["seconds"]
         lines.append(f"| tree copy {args.tree_mb} MB + sync | {xt:.1f} s | {ot:.1f} s | "
@@ -538,6 +573,8 @@ def main():
     p.add_argument("--tree-mb", type=int, default=int(os.environ.get("BENCH_TREE_MB", 600)))
     p.add_argument("--no-tree", action="store_true")
     p.add_argument("--no-rss", action="store_true")
+    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 1)),
+                   help="run the systems this many times in turn; each figure is the median")
     args = p.parse_args()
     names = [s for s in args.shapes.split(",") if s]
     unknown = set(names) - {s.name for s in SHAPES}
@@ -549,6 +586,8 @@ def main():
         sys.exit(f"bench: --tree-mb {args.tree_mb}: the tree must fit the 1 GiB image's ext4 "
                  f"(1 to {TREE_MB_MAX} MB)")
     systems = args.systems.split(",")
+    if args.rounds < 1:
+        sys.exit(f"bench: --rounds {args.rounds}: at least 1")
     if os.geteuid() != 0:
         sys.exit("bench: needs root (FUSE mounts and loop devices)")
     run([str(ROOT / "scripts" / "deps.sh"), "bench"])
@@ -563,29 +602,35 @@ def main():
             log(f"making a {args.tree_mb} MB tree of mixed file sizes")
             tree = work / "tree"
             make_tree(tree, args.tree_mb)
-        mounts = {"ceiling": lambda: mount_ceiling(work, cleanup),
-                  "nbdfuse": lambda: mount_nbdfuse(work, cleanup),
-                  "crucible": lambda: Cluster(work, "1G", cleanup).image,
-                  "crucible-tls": lambda: Cluster(work, "1G", cleanup, name="crucible-tls",
-                                                  tls=True).image,
-                  "crucible-1ms": lambda: Cluster(work, "1G", cleanup, name="crucible-1ms",
-                                                  delay_us=500).image,
-                  "crucible-proxy": lambda: Cluster(work, "1G", cleanup, name="crucible-proxy",
-                                                    delay_us=0).image,
-                  "crucible-observed": lambda: Cluster(work, "1G", cleanup, name="crucible-observed",
-                                                       observe=True).image}
-        for name in systems:
-            if name not in mounts:
-                sys.exit(f"bench: unknown system {name}; known: {', '.join(mounts)}")
-            mark = len(cleanup.steps)
-            image = mounts[name]()
-            if name in RTT_SYSTEMS:
-                results[name] = suite(name, image, args, None, work,
-                                      [s for s in args.shapes if s.name in RTT_SHAPES])
-            else:
-                results[name] = suite(name, image, args, tree, work)
-            while len(cleanup.steps) > mark:  # unmount and stop this system before the next
-                cleanup.steps.pop()()
+        # Each gives the image and the processes serving it (crucible's, for CPU per IO), in
+        # a directory of its own per round.
+        mounts = {"ceiling": lambda w: (mount_ceiling(w, cleanup), []),
+                  "nbdfuse": lambda w: (mount_nbdfuse(w, cleanup), []),
+                  "crucible": lambda w: Cluster(w, "1G", cleanup),
+                  "crucible-tls": lambda w: Cluster(w, "1G", cleanup, name="crucible-tls", tls=True),
+                  "crucible-1ms": lambda w: Cluster(w, "1G", cleanup, name="crucible-1ms",
+                                                    delay_us=500),
+                  "crucible-proxy": lambda w: Cluster(w, "1G", cleanup, name="crucible-proxy",
+                                                      delay_us=0),
+                  "crucible-observed": lambda w: Cluster(w, "1G", cleanup, name="crucible-observed",
+                                                         observe=True)}
+        unknown = [name for name in systems if name not in mounts]
+        if unknown:
+            sys.exit(f"bench: unknown system {unknown[0]}; known: {', '.join(mounts)}")
+        rounds = {name: [] for name in systems}
+        for r in range(args.rounds):
+            round_work = work / f"round{r}"
+            round_work.mkdir()
+            for name in systems:
+                mark = len(cleanup.steps)
+                mounted = mounts[name](round_work)
+                image, pids = (mounted.image, mounted.pids) if isinstance(mounted, Cluster) else mounted
+                shapes = [s for s in args.shapes if s.name in RTT_SHAPES] if name in RTT_SYSTEMS else None
+                rounds[name].append(suite(name, image, args, None if name in RTT_SYSTEMS else tree,
+                                          round_work, shapes, pids))
+                while len(cleanup.steps) > mark:  # unmount and stop this system before the next
+                    cleanup.steps.pop()()
+        results = {name: median_results(runs) for name, runs in rounds.items()}
         if "crucible" in systems and not args.no_rss:
             for size in ("1G", "64G"):
                 mark = len(cleanup.steps)
