@@ -351,6 +351,24 @@ struct ParentSetup {
   std::optional<upstairs::ScrubStatus> completed;
 };
 
+// Every replica's region UUID, per sub-volume: what a scrub record is checked against.
+fuse::VolumeIdentity volume_identity(const upstairs::SubVolumes& volume) {
+  fuse::VolumeIdentity out;
+  for (const auto& s : volume.snapshot()) {
+    std::vector<std::string> ids;
+    for (const auto& c : s.clients)
+      if (c.region_uuid) ids.push_back(c.region_uuid->to_string());
+    out.push_back(std::move(ids));
+  }
+  return out;
+}
+
+std::string describe_identity(const fuse::VolumeIdentity& v) {
+  std::vector<std::string> subs;
+  for (const auto& ids : v) subs.push_back(fmt::format("{}", fmt::join(ids, " ")));
+  return fmt::format("{}", fmt::join(subs, "; "));
+}
+
 upstairs::ScrubStatus completed_status(const fuse::ScrubState& s, const std::string& path) {
   upstairs::ScrubStatus st;
   st.parent = s.parent;
@@ -370,11 +388,9 @@ Result<ParentSetup> attach_parent(upstairs::SubVolumes& volume, const fuse::Conf
                                   const std::shared_ptr<proto::TlsContext>& tls,
                                   const std::shared_ptr<trace::Tracer>& tracer) {
   const std::string& path = c.scrub_state_file;
-  std::vector<std::string> uuids;
-  for (const auto& s : volume.snapshot())
-    uuids.push_back(s.region ? s.region->uuid.to_string() : std::string());
+  const fuse::VolumeIdentity uuids = volume_identity(volume);
   CRU_TRY_ASSIGN(auto state, fuse::load_scrub_state(path));
-  const bool ours = state && state->volume == uuids;
+  const bool ours = state && fuse::same_volume(state->volume, uuids);
   ParentSetup out;
   if (!c.read_only_parent) {
     if (state && !ours) log::info("{} records the scrub of another volume; ignored", path);
@@ -398,7 +414,7 @@ Result<ParentSetup> attach_parent(upstairs::SubVolumes& volume, const fuse::Conf
                 fmt::format("{}: this scrub record belongs to another volume (regions {}), not to "
                             "this one ({}); set volume.scrub_state_file to a path of this "
                             "volume's own",
-                            path, fmt::join(state->volume, ", "), fmt::join(uuids, ", ")));
+                            path, describe_identity(state->volume), describe_identity(uuids)));
   if (state && state->complete) {
     log::info(
         "{}: the scrub of the read-only parent ({}) completed: the parent is no longer needed "
@@ -453,7 +469,9 @@ Result<ParentSetup> attach_parent(upstairs::SubVolumes& volume, const fuse::Conf
                                         upstairs::kMaxJobBytes / bs * bs);
   so.resume_at = record.next_block;
   so.state_file = path;
-  so.record = [path, record](uint64_t next_block, bool complete) mutable {
+  so.record = [path, record, &volume](uint64_t next_block, bool complete) mutable {
+    // The regions as they are now: a replaced downstairs serves a new one.
+    record.volume = volume_identity(volume);
     record.next_block = next_block;
     record.complete = complete;
     return fuse::save_scrub_state(path, record);
@@ -632,6 +650,9 @@ int mount_volume(const Args& a) {
         done.error().message);
   else
     log::info("volume flushed and deactivated");
+  // The parent closes its connections (and logs) now, while there is a logger.
+  scrub_view.clear();
+  parented.reset();
   spdlog::shutdown();
   return served && done ? 0 : 1;
 }

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -11,11 +12,13 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/units.h"
+
 namespace cru::fuse {
 
 namespace {
 // The record is a few hundred bytes; anything much larger is not one.
-constexpr uint64_t kMaxStateBytes = 64 * 1024;
+constexpr uint64_t kMaxStateBytes = 64 * kKiB;
 constexpr int kStateVersion = 1;
 
 Status write_all(int fd, const std::string& text, const std::string& path) {
@@ -41,6 +44,17 @@ Status fsync_path(const std::string& path, int flags) {
 }
 }  // namespace
 
+bool same_volume(const VolumeIdentity& recorded, const VolumeIdentity& now) {
+  if (recorded.empty() || recorded.size() > now.size()) return false;
+  for (size_t i = 0; i < recorded.size(); ++i) {
+    bool shared = false;
+    for (const auto& u : recorded[i])
+      shared = shared || std::find(now[i].begin(), now[i].end(), u) != now[i].end();
+    if (!shared) return false;
+  }
+  return true;
+}
+
 std::string scrub_state_json(const ScrubState& s) {
   nlohmann::json j = {{"version", kStateVersion},   {"volume", s.volume},
                       {"parent", s.parent},         {"parent_bytes", s.parent_bytes},
@@ -60,7 +74,7 @@ Result<ScrubState> parse_scrub_state(std::string_view text, std::string_view sou
     return bad(fmt::format("version is not {}", kStateVersion));
   ScrubState s;
   try {
-    s.volume = j.at("volume").get<std::vector<std::string>>();
+    s.volume = j.at("volume").get<VolumeIdentity>();
     s.parent = j.at("parent").get<std::string>();
     s.parent_bytes = j.at("parent_bytes").get<uint64_t>();
     s.block_size = j.at("block_size").get<uint32_t>();

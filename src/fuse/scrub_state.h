@@ -15,15 +15,25 @@
 
 namespace cru::fuse {
 
+// Per sub-volume, in volume order, the region UUIDs of its replicas (each replica's region
+// has its own).
+using VolumeIdentity = std::vector<std::vector<std::string>>;
+
 struct ScrubState {
-  std::vector<std::string> volume;  // each sub-volume's region UUID, in volume order
-  std::string parent;               // ParentSource::describe() of the parent
+  VolumeIdentity volume;
+  std::string parent;  // ParentSource::describe() of the parent
   uint64_t parent_bytes = 0;
   uint32_t block_size = 0;
   uint64_t next_block = 0;  // every parent block below this is in the volume, durably
   bool complete = false;
   friend bool operator==(const ScrubState&, const ScrubState&) = default;
 };
+
+// Whether a record made for `recorded` is this volume's (`now`): every recorded sub-volume
+// is still there (a grow appends more) and shares at least one replica's region with it (a
+// replaced downstairs brings a new region; the record is rewritten with the new one at
+// the next checkpoint).
+bool same_volume(const VolumeIdentity& recorded, const VolumeIdentity& now);
 
 // The record as JSON text, and back; errors name `source` and the field.
 std::string scrub_state_json(const ScrubState& s);

@@ -6,6 +6,7 @@
 
 #include "common/assert.h"
 #include "common/log.h"
+#include "common/thread_signals.h"
 #include "common/units.h"
 #include "upstairs/parent.h"
 
@@ -87,18 +88,19 @@ void ParentedVolume::read(BlockIndex start, uint64_t count, ReadFn done) {
   // The parent first, then the volume: a block the volume holds wins (Crucible's order).
   const uint64_t from_parent = std::min(count, parent_blocks_ - start.value);
   guest_started();
-  parent_->read(start, from_parent, [this, start, count, done = std::move(done)](Result<Bytes> p) {
-    if (!p) {
-      guest_ended();
-      return done(tl::unexpected(p.error()));
-    }
-    volume_.read_masked(start, count,
-                        [this, p = std::move(*p), done = std::move(done)](Result<MaskedRead> v) {
-                          guest_ended();
-                          if (!v) return done(tl::unexpected(v.error()));
-                          done(merge_parent(p, *v, volume_.block_size()));
-                        });
-  });
+  parent_->read(
+      start, from_parent, [this, start, count, done = std::move(done)](Result<Bytes> p) mutable {
+        if (!p) {
+          guest_ended();
+          return done(tl::unexpected(p.error()));
+        }
+        volume_.read_masked(
+            start, count, [this, p = std::move(*p), done = std::move(done)](Result<MaskedRead> v) {
+              guest_ended();
+              if (!v) return done(tl::unexpected(v.error()));
+              done(merge_parent(p, *v, volume_.block_size()));
+            });
+      });
 }
 
 void ParentedVolume::read_masked(BlockIndex start, uint64_t count, MaskedReadFn done) {
@@ -235,6 +237,8 @@ Status ParentedVolume::checkpoint(ScrubPlan& plan) {
 }
 
 void ParentedVolume::scrub_loop() {
+  // The main thread waits for SIGTERM on a signalfd: no other thread may take it.
+  block_async_signals_in_this_thread();
   const uint32_t bs = volume_.block_size();
   ScrubPlan plan(parent_blocks_, options_.chunk_bytes / bs, options_.resume_at,
                  kScrubCheckpointBytes / bs);

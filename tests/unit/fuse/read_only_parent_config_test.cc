@@ -102,7 +102,20 @@ TEST(ReadOnlyParentConfig, BadTargetsAndRatesAreRefused) {
 }
 
 ScrubState sample() {
-  return ScrubState{{"uuid-a", "uuid-b"}, "file /img", 64 * 4096, 4096, 17, false};
+  return ScrubState{
+      {{"a0", "a1", "a2"}, {"b0", "b1", "b2"}}, "file /img", 64 * 4096, 4096, 17, false};
+}
+
+TEST(ScrubStateFile, TheVolumeIsKnownByAnyReplicasRegionInEverySubVolume) {
+  const VolumeIdentity rec = {{"a0", "a1", "a2"}, {"b0", "b1", "b2"}};
+  EXPECT_TRUE(same_volume(rec, rec));
+  EXPECT_TRUE(same_volume(rec, {{"a2", "a1", "a0"}, {"b0", "b1", "b2"}})) << "order";
+  EXPECT_TRUE(same_volume(rec, {{"x0", "a1", "x2"}, {"b0", "b1", "bx"}})) << "two replaced";
+  EXPECT_TRUE(same_volume(rec, {{"a0", "a1", "a2"}, {"b0", "b1", "b2"}, {"c0", "c1", "c2"}}))
+      << "grown by a sub-volume";
+  EXPECT_FALSE(same_volume(rec, {{"x0", "x1", "x2"}, {"b0", "b1", "b2"}})) << "another sub-volume";
+  EXPECT_FALSE(same_volume(rec, {{"a0", "a1", "a2"}})) << "a sub-volume missing";
+  EXPECT_FALSE(same_volume({}, {{"a0"}}));
 }
 
 TEST(ScrubStateFile, RoundTripsAndIsReplacedWhole) {
