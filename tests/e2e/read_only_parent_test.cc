@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 
 #include "support/cluster.h"
 #include "support/process.h"
@@ -107,6 +108,27 @@ nlohmann::json state_record(const std::string& path) {
   auto j = nlohmann::json::parse(in, nullptr, false);
   EXPECT_FALSE(j.is_discarded()) << path << " is not JSON";
   return j;
+}
+
+// The mount's Prometheus text (its config serves metrics on a free port; the ready message
+// names it); empty, with a test failure, if it cannot be fetched.
+std::string scrape(Mount& m) {
+  auto line = m.process().find_line("/metrics", Millis{20000});
+  std::smatch port;
+  if (!line || !std::regex_search(*line, port, std::regex(":([0-9]+)/metrics"))) {
+    ADD_FAILURE() << "no metrics address in the ready message";
+    return {};
+  }
+  auto r = run_command({tool("curl"), "-sS", "--fail", "--max-time", "10",
+                        "http://127.0.0.1:" + port[1].str() + "/metrics"},
+                       Millis{20000});
+  EXPECT_EQ(r.exit_code(), 0) << r.describe();
+  return r.out;
+}
+
+MountArgs with_metrics(MountArgs a) {
+  a.extra_yaml += "metrics:\n  listen: 127.0.0.1:0\n";
+  return a;
 }
 
 void expect_clean_unmount(Mount& m) {
@@ -359,7 +381,7 @@ TEST(ReadOnlyParent, AScrubStoppedMidwayResumesFromTheRecordedPoint) {
   const std::string data = pattern(21, 32 * kMiB);
   ASSERT_NO_FATAL_FAILURE(make_image(image, 32 * kMiB, {{0, data}}));
   const std::string state = clone.dir() + "/clone.scrub.json";
-  auto cm = clone.mount(clone_args(clone, file_parent(image, "1MiB"), state));
+  auto cm = clone.mount(with_metrics(clone_args(clone, file_parent(image, "1MiB"), state)));
   ASSERT_TRUE(cm) << cm.error().to_string();
   // A checkpoint (every 2 s at this rate) recorded some progress.
   auto some = (*cm)->wait_status(
@@ -370,6 +392,13 @@ TEST(ReadOnlyParent, AScrubStoppedMidwayResumesFromTheRecordedPoint) {
       kScrubTimeout);
   ASSERT_TRUE(some) << some.error().to_string();
   EXPECT_EQ(parent_of(*some)["resumed_from"], 0) << some->dump();
+  {
+    const std::string m = scrape(**cm);
+    const std::string label = "{parent=\"file " + image + "\"}";
+    EXPECT_NE(m.find("crucible_scrub_blocks_total" + label + " 8192"), std::string::npos) << m;
+    EXPECT_NE(m.find("crucible_scrub_complete" + label + " 0"), std::string::npos) << m;
+    EXPECT_NE(m.find("crucible_scrub_blocks_done" + label), std::string::npos) << m;
+  }
   ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
   const auto record = state_record(state);
   const uint64_t saved = record.value("next_block", uint64_t{0});
@@ -389,15 +418,97 @@ TEST(ReadOnlyParent, AScrubStoppedMidwayResumesFromTheRecordedPoint) {
   ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
   EXPECT_GE(state_record(state).value("next_block", uint64_t{0}), saved);
 
-  cm = clone.mount(clone_args(clone, file_parent(image, kLetGo), state));
+  cm = clone.mount(with_metrics(clone_args(clone, file_parent(image, kLetGo), state)));
   ASSERT_TRUE(cm) << cm.error().to_string();
   auto done = (*cm)->wait_status(scrub_complete, kScrubTimeout);
   ASSERT_TRUE(done) << done.error().to_string();
+  {
+    const std::string m = scrape(**cm);
+    EXPECT_NE(m.find("crucible_scrub_complete{parent=\"file " + image + "\"} 1"), std::string::npos)
+        << m;
+  }
   ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
   cm = clone.mount(clone_args(clone, "", state));
   ASSERT_TRUE(cm) << cm.error().to_string();
   EXPECT_TRUE(read_at((*cm)->disk_path(), 32 * kMiB, 0) == data)
       << "the resumed scrub copied the whole parent";
+  ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
+}
+
+// A parent under a volume of two sub-volumes (128 MiB): a 96 MiB image spans the boundary;
+// reads and a write across it merge per sub-volume, and the scrub fills both.
+TEST(ReadOnlyParent, AParentSpansTheSubVolumesOfAVolume) {
+  START_CLUSTER(second, volume_options());
+  START_CLUSTER(clone, volume_options());
+  const std::string image = clone.dir() + "/parent.img";
+  const std::string data = pattern(31, 8 * kMiB);
+  const uint64_t at = kVolumeBytes - 4 * kMiB;  // 4 MiB each side of the boundary
+  ASSERT_NO_FATAL_FAILURE(make_image(image, 96 * kMiB, {{at, data}}));
+  const std::string state = clone.dir() + "/clone.scrub.json";
+  auto args = [&](const std::string& parent) {
+    MountArgs a = clone_args(clone, parent, state);
+    const std::string one = targets_line(clone);
+    a.volume_targets_yaml.replace(
+        0, one.size(),
+        "  sub_volumes:\n    -" + one.substr(1) + "    -" + targets_line(second).substr(1));
+    return a;
+  };
+  auto cm = clone.mount(args(file_parent(image, kHeldBack)));
+  ASSERT_TRUE(cm) << cm.error().to_string();
+  std::string disk = (*cm)->disk_path();
+  EXPECT_TRUE(read_at(disk, 8 * kMiB, at) == data) << "the parent read across the boundary";
+  const std::string own = pattern(32, 2 * kMiB);
+  ASSERT_TRUE(write_at(disk, own, kVolumeBytes - kMiB));
+  std::string want = data;
+  want.replace(3 * kMiB, 2 * kMiB, own);
+  EXPECT_TRUE(read_at(disk, 8 * kMiB, at) == want);
+  ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
+
+  cm = clone.mount(args(file_parent(image, kLetGo)));
+  ASSERT_TRUE(cm) << cm.error().to_string();
+  auto done = (*cm)->wait_status(scrub_complete, kScrubTimeout);
+  ASSERT_TRUE(done) << done.error().to_string();
+  EXPECT_EQ(parent_of(*done)["blocks_total"], 96 * kMiB / 4096) << done->dump();
+  ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
+  cm = clone.mount(args(""));
+  ASSERT_TRUE(cm) << cm.error().to_string();
+  disk = (*cm)->disk_path();
+  EXPECT_TRUE(read_at(disk, 8 * kMiB, at) == want) << "both sub-volumes hold the parent now";
+  ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
+}
+
+// Guest writes while the scrub copies the same range: whichever reaches the downstairs
+// first, the guest's data stays (WriteUnwritten skips written blocks; a later guest write
+// overwrites a scrubbed one). 4 KiB writes spread over the parent, some partial (a
+// read-modify-write through the parent), while the scrub runs at 8 MiB/s over 32 MiB.
+TEST(ReadOnlyParent, GuestWritesDuringTheScrubAreNeverOverwritten) {
+  START_CLUSTER(clone, volume_options());
+  const std::string image = clone.dir() + "/parent.img";
+  const uint64_t parent_bytes = 32 * kMiB;
+  std::string want = pattern(41, parent_bytes);
+  ASSERT_NO_FATAL_FAILURE(make_image(image, parent_bytes, {{0, want}}));
+  const std::string state = clone.dir() + "/clone.scrub.json";
+  auto cm = clone.mount(clone_args(clone, file_parent(image, "8MiB"), state));
+  ASSERT_TRUE(cm) << cm.error().to_string();
+  const std::string disk = (*cm)->disk_path();
+  int writes = 0;
+  for (uint64_t i = 0; i < 400; ++i) {
+    // Spread over the parent in a scattered order, so some land before the scrub gets
+    // there and some after.
+    const uint64_t offset = (i * 2654435761u) % (parent_bytes / 4096) * 4096 + (i % 3) * 100;
+    const std::string d = pattern(1000 + i, i % 3 == 0 ? 4096 : 1000);
+    ASSERT_TRUE(write_at(disk, d, offset));
+    want.replace(offset, d.size(), d);
+    ++writes;
+  }
+  auto done = (*cm)->wait_status(scrub_complete, kScrubTimeout);
+  ASSERT_TRUE(done) << done.error().to_string();
+  EXPECT_TRUE(read_at(disk, parent_bytes, 0) == want) << "after the scrub, with the parent";
+  ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
+  cm = clone.mount(clone_args(clone, "", state));
+  ASSERT_TRUE(cm) << cm.error().to_string();
+  EXPECT_TRUE(read_at((*cm)->disk_path(), parent_bytes, 0) == want)
+      << "without the parent: " << writes << " guest writes and the parent elsewhere";
   ASSERT_NO_FATAL_FAILURE(expect_clean_unmount(**cm));
 }
 
