@@ -67,7 +67,7 @@ PROTO_NET_SRC := $(wildcard src/proto/framed_socket.cc src/proto/connection.cc s
   src/proto/tls.cc)
 DOWNSTAIRS_SERVER_SRC := $(wildcard src/downstairs/server.cc)
 VOLUME_SRC := $(wildcard src/upstairs/volume.cc src/upstairs/sub_volumes.cc \
-  src/upstairs/read_only_parent.cc)
+  src/upstairs/targets_parent.cc)
 
 COMMON_SRC := $(call module_srcs,src/common)
 PROTO_SRC := $(call module_srcs,src/proto,$(PROTO_NET_SRC))

@@ -47,6 +47,7 @@
 #include "upstairs/parent.h"
 #include "upstairs/read_only_parent.h"
 #include "upstairs/sub_volumes.h"
+#include "upstairs/targets_parent.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -476,7 +477,9 @@ Result<ParentSetup> attach_parent(upstairs::SubVolumes& volume, const fuse::Conf
     record.complete = complete;
     return fuse::save_scrub_state(path, record);
   };
-  out.parented = std::make_unique<upstairs::ParentedVolume>(volume, std::move(parent), so);
+  auto io = volume.io_thread();
+  out.parented = std::make_unique<upstairs::ParentedVolume>(
+      volume, [io](std::function<void()> fn) { io->post(std::move(fn)); }, std::move(parent), so);
   return out;
 }
 

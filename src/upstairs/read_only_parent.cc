@@ -17,6 +17,8 @@ namespace {
 // to keep three downstairs busy, few enough that a huge discard (fstrim of the whole disk)
 // does not flood admission ahead of the guest's other IO.
 constexpr uint64_t kZeroWritesInFlight = 4;
+// Each of those writes: one upstairs job (upstairs::kMaxJobBytes).
+constexpr uint64_t kZeroChunkBytes = 1 * kMiB;
 // With guest IO in flight, the scrub waits this long before its next chunk: the guest's
 // requests go first, and a busy guest still leaves the scrub a chunk now and then.
 constexpr auto kGuestYield = std::chrono::milliseconds(20);
@@ -25,46 +27,16 @@ constexpr auto kGuestYield = std::chrono::milliseconds(20);
 constexpr auto kScrubRetry = std::chrono::seconds(1);
 }  // namespace
 
-// ---- TargetsParent -----------------------------------------------------------------------
-
-Result<std::unique_ptr<TargetsParent>> TargetsParent::open(VolumeOptions options,
-                                                           std::chrono::milliseconds timeout) {
-  options.read_only = true;
-  Targets t = options.targets;
-  auto v = std::make_unique<Volume>(std::move(options));
-  if (Status s = v->activate(std::nullopt, timeout); !s)
-    return fail(s.error().code, fmt::format("volume.read_only_parent.targets: the parent did not "
-                                            "activate: {}",
-                                            s.error().message));
-  return std::unique_ptr<TargetsParent>(new TargetsParent(std::move(t), std::move(v)));
-}
-
-TargetsParent::~TargetsParent() {
-  // Read-only: nothing to flush; the connections close as the volume goes.
-  static_cast<void>(volume_->deactivate(std::chrono::seconds(5)));
-}
-
-std::string TargetsParent::describe() const {
-  return fmt::format("targets {}, {}, {}", targets_[0], targets_[1], targets_[2]);
-}
-
-void TargetsParent::read(BlockIndex start, uint64_t count, BlockDevice::ReadFn done) {
-  volume_->read(start, count, std::move(done));
-}
-
-Result<Bytes> TargetsParent::read_sync(BlockIndex start, uint64_t count) {
-  return volume_->read_sync(start, count);
-}
-
 // ---- ParentedVolume: guest IO (io thread) -------------------------------------------------
 
-ParentedVolume::ParentedVolume(SubVolumes& volume, std::unique_ptr<ParentSource> parent,
+ParentedVolume::ParentedVolume(BlockDevice& volume, Post post, std::unique_ptr<ParentSource> parent,
                                ScrubOptions options)
     : volume_(volume),
+      post_(std::move(post)),
       parent_(std::move(parent)),
       options_(std::move(options)),
       parent_blocks_(parent_->size_bytes() / volume.block_size()),
-      zeros_(Bytes::zeros(std::max<uint64_t>(kMaxJobBytes / volume.block_size(), 1) *
+      zeros_(Bytes::zeros(std::max<uint64_t>(kZeroChunkBytes / volume.block_size(), 1) *
                           volume.block_size())) {
   CRU_ASSERT(parent_blocks_ > 0 && parent_blocks_ <= volume.total_blocks() &&
                  parent_->size_bytes() % volume.block_size() == 0,
@@ -216,7 +188,7 @@ void ParentedVolume::set_error(const std::string& e) {
 Status ParentedVolume::on_io(const std::function<void(DoneFn)>& call) {
   auto p = std::make_shared<std::promise<Status>>();
   auto f = p->get_future();
-  volume_.io_thread()->post([&call, p] { call([p](const Status& s) { p->set_value(s); }); });
+  post_([&call, p] { call([p](const Status& s) { p->set_value(s); }); });
   return f.get();
 }
 
@@ -289,7 +261,7 @@ void ParentedVolume::scrub_loop() {
   }
   if (plan.done() && plan.durable_block() == plan.total_blocks()) {
     // Reads and discards stop consulting the parent (on the io thread, between guest IOs).
-    volume_.io_thread()->post([this] { attached_ = false; });
+    post_([this] { attached_ = false; });
     log::info(
         "scrub of the read-only parent complete: every parent block is in the volume; the "
         "parent is no longer needed (volume.read_only_parent may be removed from the config)");

@@ -1,12 +1,14 @@
 // A volume over a read-only parent (issue 12; docs/volumes.md "Read-only parent"): the
 // guest's block device is the volume (SubVolumes) with the parent showing through every
 // block the volume never wrote, and a scrub thread copying the parent into the volume with
-// WriteUnwritten until the parent is no longer needed.
+// WriteUnwritten until the parent is no longer needed. No asio and no Volume here (so unit
+// tests drive it over an in-memory device); the three-downstairs parent is
+// targets_parent.h, the file parent fuse/file_parent.h.
 //
 // Threads: the BlockDevice calls run on the volume's io thread (the Disk calls them from
 // the FUSE handlers), as do the parent's read completions. The scrub runs on a thread of
-// its own and reaches the volume by posting to the io thread. start_scrub, stop_scrub,
-// scrub_status and the destructor are for any other thread.
+// its own and reaches the volume through `post` (onto the io thread). start_scrub,
+// stop_scrub, scrub_status and the destructor are for any other thread.
 #pragma once
 
 #include <atomic>
@@ -18,15 +20,14 @@
 #include <string>
 #include <thread>
 
+#include "common/units.h"
 #include "upstairs/block_device.h"
 #include "upstairs/scrub_plan.h"
-#include "upstairs/sub_volumes.h"
-#include "upstairs/volume.h"
 
 namespace cru::upstairs {
 
 // Where a parent's blocks come from: an image file (fuse/file_parent.h) or three read-only
-// downstairs (TargetsParent). Block numbers are the volume's; reads stay within
+// downstairs (targets_parent.h). Block numbers are the volume's; reads stay within
 // size_bytes().
 class ParentSource {
  public:
@@ -43,32 +44,9 @@ class ParentSource {
   virtual Result<Bytes> read_sync(BlockIndex start, uint64_t count) = 0;
 };
 
-// A snapshot (or any region set) served by three read-only downstairs, driven as a volume of
-// its own, read-only, on the volume's io thread.
-class TargetsParent : public ParentSource {
- public:
-  // Activates read-only (a generation above any the downstairs saw) within `timeout`.
-  // `options.read_only` is forced on; its io_thread should be the volume's.
-  static Result<std::unique_ptr<TargetsParent>> open(VolumeOptions options,
-                                                     std::chrono::milliseconds timeout);
-  ~TargetsParent() override;
-
-  std::string describe() const override;
-  uint64_t size_bytes() const override { return volume_->size_bytes(); }
-  uint32_t block_size() const override { return volume_->block_size(); }
-  void read(BlockIndex start, uint64_t count, BlockDevice::ReadFn done) override;
-  Result<Bytes> read_sync(BlockIndex start, uint64_t count) override;
-
- private:
-  TargetsParent(Targets targets, std::unique_ptr<Volume> v)
-      : targets_(std::move(targets)), volume_(std::move(v)) {}
-  Targets targets_;
-  std::unique_ptr<Volume> volume_;
-};
-
 struct ScrubOptions {
   uint64_t rate_bytes_per_s = 16 * kMiB;
-  uint64_t chunk_bytes = kMaxJobBytes;
+  uint64_t chunk_bytes = 1 * kMiB;  // at most one job (upstairs::kMaxJobBytes)
   // The first parent block not yet known to be in the volume (the state file's record).
   uint64_t resume_at = 0;
   // For status: where progress is recorded.
@@ -80,9 +58,12 @@ struct ScrubOptions {
 
 class ParentedVolume : public BlockDevice {
  public:
+  // Runs a function on the volume's io thread, after what was posted before it.
+  using Post = std::function<void(std::function<void()>)>;
   // `volume` is active and outlives this; `parent` covers the volume's first
   // parent->size_bytes() / block_size blocks (check_parent_geometry passed).
-  ParentedVolume(SubVolumes& volume, std::unique_ptr<ParentSource> parent, ScrubOptions options);
+  ParentedVolume(BlockDevice& volume, Post post, std::unique_ptr<ParentSource> parent,
+                 ScrubOptions options);
   // Stops the scrub (stop_scrub). Not from the io thread.
   ~ParentedVolume() override;
   ParentedVolume(const ParentedVolume&) = delete;
@@ -124,7 +105,8 @@ class ParentedVolume : public BlockDevice {
   void guest_ended() { guest_in_flight_.fetch_sub(1); }
   void set_error(const std::string& e);
 
-  SubVolumes& volume_;
+  BlockDevice& volume_;
+  const Post post_;
   std::unique_ptr<ParentSource> parent_;
   const ScrubOptions options_;
   const uint64_t parent_blocks_;
