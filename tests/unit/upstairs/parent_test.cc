@@ -8,18 +8,14 @@
 
 #include <cstring>
 
+#include "unit/upstairs/harness.h"
+
 namespace cru::upstairs {
 namespace {
 
-constexpr uint32_t kBs = 512;
+using test::kBs;  // uniform_blocks() makes blocks of this size
 
-// `n` blocks, block i filled with byte (seed + i).
-Bytes blocks(size_t n, uint8_t seed) {
-  ByteBuffer b(n * kBs);
-  for (size_t i = 0; i < n; ++i)
-    std::memset(b.data() + i * kBs, static_cast<uint8_t>(seed + i), kBs);
-  return Bytes(std::move(b));
-}
+Bytes blocks(size_t n, uint8_t seed) { return test::uniform_blocks(n, seed); }
 
 uint8_t block_byte(const Bytes& b, size_t i) { return static_cast<uint8_t>(b.data()[i * kBs]); }
 bool block_uniform(const Bytes& b, size_t i) {

@@ -11,20 +11,16 @@
 #include <cstring>
 #include <mutex>
 
+#include "unit/upstairs/harness.h"
+
 namespace cru::upstairs {
 namespace {
 
 using namespace std::chrono_literals;
 
-constexpr uint32_t kBs = 512;
+using test::kBs;  // uniform_blocks() makes blocks of this size
 
-// `n` blocks, block i filled with byte (seed + i).
-Bytes blocks(size_t n, uint8_t seed) {
-  ByteBuffer b(n * kBs);
-  for (size_t i = 0; i < n; ++i)
-    std::memset(b.data() + i * kBs, static_cast<uint8_t>(seed + i), kBs);
-  return Bytes(std::move(b));
-}
+Bytes blocks(size_t n, uint8_t seed) { return test::uniform_blocks(n, seed); }
 
 // A volume in memory, with the downstairs' rule for never-written blocks (no context,
 // zeros) and for WriteUnwritten. Completions run inline. Safe from two threads (the test's,
