@@ -67,7 +67,8 @@ objs = $(patsubst %.cc,$(BUILD)/obj/%.o,$(1))
 PROTO_NET_SRC := $(wildcard src/proto/framed_socket.cc src/proto/connection.cc src/proto/stream.cc \
   src/proto/tls.cc)
 DOWNSTAIRS_SERVER_SRC := $(wildcard src/downstairs/server.cc)
-VOLUME_SRC := $(wildcard src/upstairs/volume.cc src/upstairs/sub_volumes.cc)
+VOLUME_SRC := $(wildcard src/upstairs/volume.cc src/upstairs/sub_volumes.cc \
+  src/upstairs/targets_parent.cc)
 
 COMMON_SRC := $(call module_srcs,src/common)
 PROTO_SRC := $(call module_srcs,src/proto,$(PROTO_NET_SRC))

@@ -40,6 +40,10 @@ constexpr uint64_t kMaxBytesInFlight = 16 * kGiB;
 // A stripe is at least one 4 KiB block; above 1 GiB a stripe no longer spreads anything.
 constexpr uint64_t kMinStripeKiB = 4;
 constexpr uint64_t kMaxStripeKiB = 1024ull * 1024;
+// A scrub slower than one 4 KiB block a second would never finish a real image; above
+// 16 GiB/s it is no limit at all.
+constexpr uint64_t kMinScrubRateBytes = 4 * kKiB;
+constexpr uint64_t kMaxScrubRateBytes = 16 * kGiB;
 
 // Walks the document, remembering the file name so every error names file and key.
 class Reader {
@@ -146,8 +150,8 @@ Result<std::array<std::string, kClientCount>> parse_targets(const Reader& r, con
 }
 
 // volume.targets (one sub-volume) or volume.sub_volumes (several), and volume.stripe_kib.
-Status parse_sub_volumes(const Reader& r, const YAML::Node& v, Config& c) {
-  std::set<std::string> seen;
+Status parse_sub_volumes(const Reader& r, const YAML::Node& v, Config& c,
+                         std::set<std::string>& seen) {
   const YAML::Node subs = v["sub_volumes"];
   if (subs && v["targets"])
     return r.fail("volume.sub_volumes",
@@ -177,12 +181,60 @@ Status parse_sub_volumes(const Reader& r, const YAML::Node& v, Config& c) {
   return {};
 }
 
+// volume.read_only_parent: {file: PATH} or {targets: [A, B, C]}, and scrub_rate. The file
+// must exist and be a readable regular file now; its size is checked against the volume's
+// geometry once the volume is active (upstairs::check_parent_geometry).
+Status parse_read_only_parent(const Reader& r, const YAML::Node& p, std::set<std::string>& seen,
+                              Config& c) {
+  const std::string key = "volume.read_only_parent";
+  CRU_TRY(r.map(p, key, {"file", "targets", "scrub_rate"}));
+  ReadOnlyParentConfig out;
+  if (p["file"] && p["targets"])
+    return r.fail(key,
+                  "give either file (a local image) or targets (three read-only "
+                  "downstairs), not both");
+  if (!p["file"] && !p["targets"])
+    return r.fail(key,
+                  "needs file: PATH (a local image) or targets: [A, B, C] (three "
+                  "read-only downstairs)");
+  if (const auto f = p["file"]) {
+    CRU_TRY_ASSIGN(out.file, r.scalar(f, key + ".file"));
+    if (out.file.empty()) return r.fail(key + ".file", "empty");
+    std::error_code ec;
+    const auto st = std::filesystem::status(out.file, ec);
+    if (ec || !std::filesystem::exists(st))
+      return r.fail(key + ".file", fmt::format("{}: no such file", out.file));
+    if (!std::filesystem::is_regular_file(st))
+      return r.fail(key + ".file", fmt::format("{}: not a regular file", out.file));
+    if (std::ifstream in(out.file, std::ios::binary); !in)
+      return r.fail(key + ".file",
+                    fmt::format("cannot read {}: {}", out.file, std::strerror(errno)));
+    out.file = std::filesystem::absolute(out.file).lexically_normal().string();
+  } else {
+    CRU_TRY_ASSIGN(out.targets, parse_targets(r, p["targets"], key + ".targets", seen));
+  }
+  if (const auto rate = p["scrub_rate"]) {
+    CRU_TRY_ASSIGN(out.scrub_rate_bytes_per_s,
+                   r.size(rate, key + ".scrub_rate", kMinScrubRateBytes, kMaxScrubRateBytes));
+  }
+  c.read_only_parent = std::move(out);
+  return {};
+}
+
 Status parse_volume(const Reader& r, const YAML::Node& v, Config& c) {
-  CRU_TRY(
-      r.map(v, "volume",
-            {"targets", "sub_volumes", "stripe_kib", "generation", "read_only", "key", "key_file",
-             "tls", "activate_timeout_ms", "flush_timeout_ms", "quorum_grace_ms", "limits"}));
-  CRU_TRY(parse_sub_volumes(r, v, c));
+  CRU_TRY(r.map(v, "volume",
+                {"targets", "sub_volumes", "stripe_kib", "generation", "read_only", "key",
+                 "key_file", "tls", "activate_timeout_ms", "flush_timeout_ms", "quorum_grace_ms",
+                 "limits", "read_only_parent", "scrub_state_file"}));
+  std::set<std::string> seen;
+  CRU_TRY(parse_sub_volumes(r, v, c, seen));
+  if (const auto p = v["read_only_parent"]) {
+    CRU_TRY(parse_read_only_parent(r, p, seen, c));
+  }
+  if (const auto f = v["scrub_state_file"]) {
+    CRU_TRY_ASSIGN(c.scrub_state_file, r.scalar(f, "volume.scrub_state_file"));
+    if (c.scrub_state_file.empty()) return r.fail("volume.scrub_state_file", "empty");
+  }
   if (const auto g = v["generation"]) {
     CRU_TRY_ASSIGN(auto s, r.scalar(g, "volume.generation"));
     if (s == "auto") {

@@ -12,11 +12,19 @@
 #include "common/ids.h"
 #include "common/result.h"
 #include "common/tls_files.h"
+#include "common/units.h"
 #include "trace/tracer.h"
 #include "upstairs/block_crypto.h"
 #include "upstairs/status.h"
 
 namespace cru::fuse {
+
+// volume.read_only_parent: exactly one of `file` and `targets`.
+struct ReadOnlyParentConfig {
+  std::string file;  // a local image (absolute path); empty: targets
+  std::optional<std::array<std::string, kClientCount>> targets;
+  uint64_t scrub_rate_bytes_per_s = 16 * kMiB;  // volume.read_only_parent.scrub_rate
+};
 
 struct Config {
   // volume:
@@ -31,6 +39,9 @@ struct Config {
   std::optional<TlsFiles> tls;       // volume.tls: {cert, key, ca}; none: plain TCP
   std::chrono::milliseconds activate_timeout{30'000};
   upstairs::Limits limits;  // flush_timeout_ms, quorum_grace_ms and limits.* land here
+  std::optional<ReadOnlyParentConfig> read_only_parent;
+  // volume.scrub_state_file: the scrub's progress record; empty: <mount path>.scrub.json.
+  std::string scrub_state_file;
   // mount:
   std::string mount_path;
   bool allow_other = false;

@@ -5,6 +5,7 @@
 //   crucible-fuse grow T1 T2 T3 [-c CONFIG | --socket PATH]
 //   crucible-fuse snapshot NAME [-c CONFIG | --socket PATH]
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <csignal>
@@ -19,6 +21,7 @@
 #include <deque>
 #include <filesystem>
 #include <iostream>
+#include <mutex>
 #include <sstream>
 
 #include "common/log.h"
@@ -28,17 +31,23 @@
 #include "fuse/config.h"
 #include "fuse/control.h"
 #include "fuse/disk.h"
+#include "fuse/file_parent.h"
 #include "fuse/fuse_server.h"
+#include "fuse/scrub_state.h"
 #include "fuse/status.h"
 #include "fuse/volume_status.h"
 #include "fuse/watch.h"
 #include "metrics/metrics.h"
+#include "metrics/scrub_metrics.h"
 #include "metrics/sub_volume_metrics.h"
 #include "metrics/trace_metrics.h"
 #include "proto/snapshot_name.h"
 #include "proto/tls.h"
 #include "trace/export.h"
+#include "upstairs/parent.h"
+#include "upstairs/read_only_parent.h"
 #include "upstairs/sub_volumes.h"
+#include "upstairs/targets_parent.h"
 
 #ifndef PR_SET_IO_FLUSHER
 #define PR_SET_IO_FLUSHER 57
@@ -199,6 +208,8 @@ Result<fuse::Config> configure(const Args& a) {
   c->log_file = absolute(c->log_file);
   c->control_socket =
       absolute(c->control_socket.empty() ? c->mount_path + ".sock" : c->control_socket);
+  c->scrub_state_file =
+      absolute(c->scrub_state_file.empty() ? c->mount_path + ".scrub.json" : c->scrub_state_file);
   return c;
 }
 
@@ -261,8 +272,45 @@ std::string take_snapshot(upstairs::SubVolumes& v, const std::string& name,
       name, pause_ms, name);
 }
 
+// The read-only parent's scrub as status and metrics see it: the live ParentedVolume, or
+// the record of a scrub that completed before this mount. Set once after activation, read
+// from the control and HTTP threads.
+class ScrubView {
+ public:
+  void set_live(upstairs::ParentedVolume* p) {
+    std::lock_guard lock(mu_);
+    live_ = p;
+  }
+  void set_fixed(upstairs::ScrubStatus s) {
+    std::lock_guard lock(mu_);
+    fixed_ = std::move(s);
+  }
+  // Before the ParentedVolume goes.
+  void clear() {
+    std::lock_guard lock(mu_);
+    live_ = nullptr;
+    fixed_.reset();
+  }
+  std::optional<upstairs::ScrubStatus> status() const {
+    std::lock_guard lock(mu_);
+    if (live_) return live_->scrub_status();
+    return fixed_;
+  }
+  // Whether reads still go to the parent (a snapshot would miss its blocks).
+  bool parent_needed() const {
+    std::lock_guard lock(mu_);
+    return live_ && live_->parent_needed();
+  }
+
+ private:
+  mutable std::mutex mu_;
+  upstairs::ParentedVolume* live_ = nullptr;
+  std::optional<upstairs::ScrubStatus> fixed_;
+};
+
 std::string control_reply(upstairs::SubVolumes& v, const fuse::Config& c, const std::string& config,
-                          const std::string& line, std::deque<SnapshotRecord>& taken) {
+                          const std::string& line, std::deque<SnapshotRecord>& taken,
+                          const ScrubView& scrub) {
   std::istringstream in(line);
   std::vector<std::string> w;
   for (std::string word; in >> word && w.size() < 5;) w.push_back(word);
@@ -274,9 +322,17 @@ std::string control_reply(upstairs::SubVolumes& v, const fuse::Config& c, const 
                                 {"taken", t.error.empty()},
                                 {"error", t.error},
                                 {"pause_ms", t.pause_ms}});
+    if (auto st = scrub.status())
+      j["read_only_parent"] = fuse::scrub_status_json(*st, scrub.parent_needed());
     return j.dump();
   }
-  if (w.size() == 2 && w[0] == "snapshot") return take_snapshot(v, w[1], taken);
+  if (w.size() == 2 && w[0] == "snapshot") {
+    // The volume alone does not hold the blocks still read from the parent.
+    if (scrub.parent_needed())
+      return "error: the volume still reads blocks from its read-only parent, which a snapshot "
+             "would not hold; take it once the scrub completes (crucible-fuse status)";
+    return take_snapshot(v, w[1], taken);
+  }
   if (w.size() == 3 && w[0] == "replace") {
     log::info("control: replace {} with {}", w[1], w[2]);
     Status s = v.replace_sync(w[1], w[2]);
@@ -287,6 +343,144 @@ std::string control_reply(upstairs::SubVolumes& v, const fuse::Config& c, const 
   if (w.size() == 4 && w[0] == "grow") return grow_reply(v, c, config, {w[1], w[2], w[3]});
   return "error: unknown request '" + line.substr(0, 80) +
          "' (expected: status | replace OLD NEW | grow T1 T2 T3 | snapshot NAME)";
+}
+
+// What a mount serves beside the volume: its read-only parent (with the scrub to run), or
+// nothing, or only the record of a scrub that completed (status shows it).
+struct ParentSetup {
+  std::unique_ptr<upstairs::ParentedVolume> parented;
+  std::optional<upstairs::ScrubStatus> completed;
+};
+
+// Every replica's region UUID, per sub-volume: what a scrub record is checked against.
+fuse::VolumeIdentity volume_identity(const upstairs::SubVolumes& volume) {
+  fuse::VolumeIdentity out;
+  for (const auto& s : volume.snapshot()) {
+    std::vector<std::string> ids;
+    for (const auto& c : s.clients)
+      if (c.region_uuid) ids.push_back(c.region_uuid->to_string());
+    out.push_back(std::move(ids));
+  }
+  return out;
+}
+
+std::string describe_identity(const fuse::VolumeIdentity& v) {
+  std::vector<std::string> subs;
+  for (const auto& ids : v) subs.push_back(fmt::format("{}", fmt::join(ids, " ")));
+  return fmt::format("{}", fmt::join(subs, "; "));
+}
+
+upstairs::ScrubStatus completed_status(const fuse::ScrubState& s, const std::string& path) {
+  upstairs::ScrubStatus st;
+  st.parent = s.parent;
+  st.state_file = path;
+  st.block_size = s.block_size;
+  st.total_blocks = st.next_block = st.durable_block = st.resumed_from =
+      s.parent_bytes / s.block_size;
+  st.complete = true;
+  st.eta_s = 0.0;
+  return st;
+}
+
+// After activation: checks the scrub record against the config and opens the parent. A
+// volume whose record says the scrub is incomplete is refused without its parent; a record
+// of another volume, or of another parent, is refused with it.
+Result<ParentSetup> attach_parent(upstairs::SubVolumes& volume, const fuse::Config& c,
+                                  const std::shared_ptr<proto::TlsContext>& tls,
+                                  const std::shared_ptr<trace::Tracer>& tracer) {
+  const std::string& path = c.scrub_state_file;
+  const fuse::VolumeIdentity uuids = volume_identity(volume);
+  CRU_TRY_ASSIGN(auto state, fuse::load_scrub_state(path));
+  const bool ours = state && fuse::same_volume(state->volume, uuids);
+  ParentSetup out;
+  if (!c.read_only_parent) {
+    if (state && !ours) log::info("{} records the scrub of another volume; ignored", path);
+    if (!ours) return out;
+    if (!state->complete)
+      return fail(ErrorCode::kInvalidArgument,
+                  fmt::format("{}: the scrub of this volume's read-only parent ({}) has copied {} "
+                              "of {} blocks, so the volume still needs its parent: put "
+                              "volume.read_only_parent back in the config and mount again until "
+                              "`crucible-fuse status` says the scrub is complete "
+                              "(docs/volumes.md)",
+                              path, state->parent, state->next_block,
+                              state->parent_bytes / state->block_size));
+    log::info("{}: the scrub of the read-only parent ({}) completed; mounting without it", path,
+              state->parent);
+    out.completed = completed_status(*state, path);
+    return out;
+  }
+  if (state && !ours)
+    return fail(ErrorCode::kInvalidArgument,
+                fmt::format("{}: this scrub record belongs to another volume (regions {}), not to "
+                            "this one ({}); set volume.scrub_state_file to a path of this "
+                            "volume's own",
+                            path, describe_identity(state->volume), describe_identity(uuids)));
+  if (state && state->complete) {
+    log::info(
+        "{}: the scrub of the read-only parent ({}) completed: the parent is no longer needed "
+        "and is not opened (volume.read_only_parent may be removed from the config)",
+        path, state->parent);
+    out.completed = completed_status(*state, path);
+    return out;
+  }
+  const uint32_t bs = volume.block_size();
+  const auto& cfg = *c.read_only_parent;
+  std::unique_ptr<upstairs::ParentSource> parent;
+  std::string key;
+  if (!cfg.file.empty()) {
+    key = "volume.read_only_parent.file";
+    auto io = volume.io_thread();
+    CRU_TRY_ASSIGN(parent, fuse::FileParent::open(cfg.file, bs, [io](std::function<void()> fn) {
+                     io->post(std::move(fn));
+                   }));
+  } else {
+    key = "volume.read_only_parent.targets";
+    upstairs::VolumeOptions vo;
+    vo.targets = *cfg.targets;
+    vo.key = c.key;
+    vo.limits = c.limits;
+    vo.tls = tls;
+    vo.io_thread = volume.io_thread();
+    vo.tracer = tracer;
+    CRU_TRY_ASSIGN(parent, upstairs::TargetsParent::open(std::move(vo), c.activate_timeout));
+  }
+  CRU_TRY_ASSIGN(auto blocks,
+                 upstairs::check_parent_geometry(key, parent->size_bytes(), parent->block_size(),
+                                                 volume.total_blocks(), bs));
+  if (state && (state->parent != parent->describe() || state->parent_bytes != parent->size_bytes()))
+    return fail(ErrorCode::kInvalidArgument,
+                fmt::format("{}: {} is {} ({} bytes), but {} recorded this volume's parent as {} "
+                            "({} bytes): a volume's parent cannot change, its blocks came from "
+                            "the recorded one",
+                            key, key, parent->describe(), parent->size_bytes(), path, state->parent,
+                            state->parent_bytes));
+  fuse::ScrubState record =
+      state ? *state
+            : fuse::ScrubState{uuids, parent->describe(), parent->size_bytes(), bs, 0, false};
+  // Recorded before the first guest write: from now on a mount without the parent is refused.
+  if (!state && !c.read_only) CRU_TRY(fuse::save_scrub_state(path, record));
+  log::info("read-only parent: {} ({} blocks of {} in the volume); scrub {} at block {}",
+            parent->describe(), blocks, volume.total_blocks(),
+            c.read_only ? "off (read-only mount)" : "resumes", record.next_block);
+  upstairs::ScrubOptions so;
+  so.rate_bytes_per_s = cfg.scrub_rate_bytes_per_s;
+  // A chunk is one job at most, and no more than a second's worth at the rate limit.
+  so.chunk_bytes = std::clamp<uint64_t>(cfg.scrub_rate_bytes_per_s / bs * bs, bs,
+                                        upstairs::kMaxJobBytes / bs * bs);
+  so.resume_at = record.next_block;
+  so.state_file = path;
+  so.record = [path, record, &volume](uint64_t next_block, bool complete) mutable {
+    // The regions as they are now: a replaced downstairs serves a new one.
+    record.volume = volume_identity(volume);
+    record.next_block = next_block;
+    record.complete = complete;
+    return fuse::save_scrub_state(path, record);
+  };
+  auto io = volume.io_thread();
+  out.parented = std::make_unique<upstairs::ParentedVolume>(
+      volume, [io](std::function<void()> fn) { io->post(std::move(fn)); }, std::move(parent), so);
+  return out;
 }
 
 int mount_volume(const Args& a) {
@@ -338,6 +532,9 @@ int mount_volume(const Args& a) {
   so.common.tls = tls;
   so.common.tracer = tracer;
   upstairs::SubVolumes volume(so);
+  // The volume over its read-only parent, once activated (volume.read_only_parent).
+  std::unique_ptr<upstairs::ParentedVolume> parented;
+  ScrubView scrub_view;
   // Metrics from before activation, so reconciliation can be watched. Declared after the
   // volume and the stats it reads, so it stops first.
   fuse::GuestIoStats io_stats;
@@ -348,6 +545,8 @@ int mount_volume(const Args& a) {
         std::make_shared<metrics::SubVolumeCollector>([&volume] { return volume.snapshot(); },
                                                       &io_stats)};
     if (tracer) collectors.push_back(std::make_shared<metrics::TraceCollector>(tracer));
+    collectors.push_back(
+        std::make_shared<metrics::ScrubCollector>([&scrub_view] { return scrub_view.status(); }));
     auto e = metrics::Endpoint::start(c.metrics_listen, a.config + ": metrics.listen",
                                       std::move(collectors));
     if (!e) {
@@ -366,7 +565,8 @@ int mount_volume(const Args& a) {
   std::deque<SnapshotRecord> snapshots_taken;
   if (Status s = control.start(c.control_socket,
                                [&](const std::string& l) {
-                                 return control_reply(volume, c, a.config, l, snapshots_taken);
+                                 return control_reply(volume, c, a.config, l, snapshots_taken,
+                                                      scrub_view);
                                });
       !s)
     log::warn("no control socket: {}", s.error().message);
@@ -380,7 +580,18 @@ int mount_volume(const Args& a) {
     starter.failed("activation failed: " + s.error().message);
     return 1;
   }
-  fuse::Disk disk(volume);
+  auto setup = attach_parent(volume, c, tls, tracer);
+  if (!setup) {
+    starter.failed(setup.error().message);
+    static_cast<void>(volume.deactivate(kDeactivateTimeout));
+    return 1;
+  }
+  parented = std::move(setup->parented);
+  if (parented) scrub_view.set_live(parented.get());
+  if (setup->completed) scrub_view.set_fixed(*setup->completed);
+  upstairs::BlockDevice& device =
+      parented ? static_cast<upstairs::BlockDevice&>(*parented) : volume;
+  fuse::Disk disk(device);
   fuse::FuseServer server(disk, fuse::MountOptions{c.mount_path, c.allow_other, c.read_only,
                                                    metrics_endpoint ? &io_stats : nullptr});
   // On the io thread, before any IO can reach the new blocks.
@@ -393,6 +604,7 @@ int mount_volume(const Args& a) {
     static_cast<void>(volume.deactivate(kDeactivateTimeout));
     return 1;
   }
+  if (parented && !c.read_only) parented->start_scrub();
   auto snaps = volume.snapshot();
   // Which region is where: a sub-volume list edited other than by appending shows here.
   for (size_t i = 0; i < snaps.size(); ++i)
@@ -416,16 +628,21 @@ int mount_volume(const Args& a) {
                 ", {} sub-volumes{}", c.sub_volumes.size(),
                 c.stripe_bytes ? fmt::format(" striped by {}", format_size(c.stripe_bytes)) : "")
           : "",
-      replicas, c.control_socket, metrics_line,
+      replicas + (parented ? fmt::format("  parent:   {} (read-only; scrub state in {})\n",
+                                         parented->scrub_status().parent, c.scrub_state_file)
+                           : std::string()),
+      c.control_socket, metrics_line,
       c.log_file.empty() ? "" : fmt::format("  log:      {}\n", c.log_file));
   log::info("mounted {}/disk.img", c.mount_path);
   starter.ok(ready);
   notify_ready(fmt::format("{}/disk.img mounted, generation {}", c.mount_path, generation));
 
-  Status served = server.run(volume);
+  Status served = server.run(device);
   log::info("unmounted {}; final flush", c.mount_path);
   notify_stopping("unmounted; final flush");
   control.stop();
+  // The scrub flushes and records what it copied before the volume goes.
+  if (parented) parented->stop_scrub();
   Status done = volume.deactivate(kDeactivateTimeout);
   if (!served) log::error("{}", served.error().message);
   // Never "flushed" unless two downstairs hold every acknowledged write.
@@ -436,6 +653,9 @@ int mount_volume(const Args& a) {
         done.error().message);
   else
     log::info("volume flushed and deactivated");
+  // The parent closes its connections (and logs) now, while there is a logger.
+  scrub_view.clear();
+  parented.reset();
   spdlog::shutdown();
   return served && done ? 0 : 1;
 }

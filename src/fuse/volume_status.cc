@@ -86,8 +86,62 @@ nlohmann::json volume_status_json(const std::vector<upstairs::Snapshot>& subs,
   return j;
 }
 
+nlohmann::json scrub_status_json(const upstairs::ScrubStatus& s, bool parent_needed) {
+  const uint64_t left = s.total_blocks - s.next_block;
+  nlohmann::json j = {
+      {"parent", s.parent},
+      {"state_file", s.state_file},
+      {"block_size", s.block_size},
+      {"blocks_total", s.total_blocks},
+      {"blocks_done", s.next_block},
+      {"blocks_recorded", s.durable_block},
+      {"resumed_from", s.resumed_from},
+      {"bytes_total", s.total_blocks * s.block_size},
+      {"bytes_done", s.next_block * s.block_size},
+      {"bytes_left", left * s.block_size},
+      {"rate_limit_bytes_per_s", s.rate_limit_bytes_per_s},
+      {"rate_bytes_per_s", s.rate_bytes_per_s},
+      {"eta_s", s.eta_s ? nlohmann::json(*s.eta_s) : nlohmann::json(nullptr)},
+      {"running", s.running},
+      {"complete", s.complete},
+      {"parent_needed", parent_needed},
+      {"last_error", s.last_error},
+  };
+  return j;
+}
+
+std::string format_scrub_status(const nlohmann::json& p) {
+  const uint64_t total = p.value("blocks_total", uint64_t{0});
+  const uint64_t done = p.value("blocks_done", uint64_t{0});
+  const std::string parent = p.value("parent", "");
+  if (p.value("complete", false))
+    return fmt::format(
+        "read-only parent ({}): scrub complete, every block is in the volume; the parent is "
+        "no longer needed (volume.read_only_parent may be removed from the config)\n",
+        parent);
+  std::string out =
+      fmt::format("read-only parent ({}): scrub {} of {} ({:.1f}%), {}", parent,
+                  format_size(done * p.value("block_size", uint64_t{0})),
+                  format_size(p.value("bytes_total", uint64_t{0})),
+                  total ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 0.0,
+                  p.value("running", false) ? "copying" : "not running");
+  if (p.value("running", false)) {
+    out += fmt::format(" at {}/s (limit {}/s)",
+                       format_size(static_cast<uint64_t>(p.value("rate_bytes_per_s", 0.0))),
+                       format_size(p.value("rate_limit_bytes_per_s", uint64_t{0})));
+    if (p.contains("eta_s") && p["eta_s"].is_number())
+      out += fmt::format(", ETA {:.0f} s", p["eta_s"].get<double>());
+  }
+  out += "; the parent is still needed\n";
+  if (!p.value("last_error", "").empty())
+    out += fmt::format("  last scrub error: {}\n", p.value("last_error", ""));
+  return out;
+}
+
 std::string format_volume_status(const nlohmann::json& j) {
-  if (!j.contains("sub_volumes")) return format_status(j);
+  const std::string parent =
+      j.contains("read_only_parent") ? format_scrub_status(j["read_only_parent"]) : "";
+  if (!j.contains("sub_volumes")) return format_status(j) + parent;
   const auto& subs = j["sub_volumes"];
   const uint64_t stripe = j.value("stripe_bytes", uint64_t{0});
   std::string out = fmt::format(
@@ -100,7 +154,7 @@ std::string format_volume_status(const nlohmann::json& j) {
   out += "\n";
   for (size_t i = 0; i < subs.size(); ++i)
     out += fmt::format("sub-volume {}: ", i) + format_status(subs[i]);
-  return out;
+  return out + parent;
 }
 
 }  // namespace cru::fuse

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common/units.h"
+#include "fuse/volume_status.h"
 
 namespace cru::fuse {
 
@@ -183,6 +184,18 @@ std::string progress_lines(const WatchHistory& next, const WatchSample& current)
   return out;
 }
 
+// The read-only parent's scrub, when the volume has one: status's line and, while it
+// copies, a bar of the parent's blocks.
+std::string scrub_lines(const json& s) {
+  if (!s.contains("read_only_parent")) return "";
+  const json& p = s["read_only_parent"];
+  std::string out = format_scrub_status(p);
+  if (!p.value("complete", false))
+    out += "  " + bar(u64(p, "blocks_done"), u64(p, "blocks_total")) +
+           fmt::format("  {}/{} blocks\n", u64(p, "blocks_done"), u64(p, "blocks_total"));
+  return out;
+}
+
 }  // namespace
 
 WatchHistory watch_next(const WatchHistory& history, const WatchSample& current) {
@@ -204,6 +217,7 @@ std::string render_watch(const WatchHistory& history, const WatchSample& current
   out += "\n" + replica_lines(current.status) + "\n";
   out += io_line(history.previous, current);
   out += progress_lines(watch_next(history, current), current);
+  out += scrub_lines(current.status);
   return out;
 }
 

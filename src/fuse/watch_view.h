@@ -41,7 +41,8 @@ WatchHistory watch_next(const WatchHistory& history, const WatchSample& current)
 // One frame, lines ending in '\n' (no terminal escapes): the volume's state (degraded or
 // quorum lost said plainly), one line per replica (state, jobs and bytes in flight), IO
 // rates, and for a running live repair or reconciliation a progress bar with the bytes
-// transferred, rate and ETA; otherwise how the last ones ended.
+// transferred, rate and ETA; otherwise how the last ones ended; then a read-only parent's
+// scrub (its status line, and a bar while it copies).
 std::string render_watch(const WatchHistory& history, const WatchSample& current,
                          const WatchOptions& options);
 

@@ -54,6 +54,7 @@ struct Limits {
 
 struct ClientStatus {
   std::string target;
+  std::optional<Uuid> region_uuid;  // the region it served, once it said
   std::string state;  // e.g. "active", "offline (...)", "faulted (...)", "live_repair"
   uint64_t jobs_in_flight = 0;
   uint64_t bytes_in_flight = 0;

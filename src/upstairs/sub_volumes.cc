@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <future>
 #include <set>
@@ -184,9 +185,71 @@ void SubVolumes::read(BlockIndex start, uint64_t count, ReadFn done) {
   }
 }
 
-void SubVolumes::write(BlockIndex start, std::span<const std::byte> data, DoneFn done) {
+void SubVolumes::read_masked(BlockIndex start, uint64_t count, MaskedReadFn done) {
   if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
-  if (volumes_.size() == 1) return volumes_[0]->write(start, data, std::move(done));
+  if (volumes_.size() == 1) return volumes_[0]->read_masked(start, count, std::move(done));
+  if (count == 0) return done(MaskedRead{});
+  if (start.value > layout_->total_blocks() || count > layout_->total_blocks() - start.value)
+    return done(fail(ErrorCode::kOffsetInvalid, "read past the end of the volume"));
+  auto pieces = layout_->split(start.value, count);
+  if (pieces.size() == 1)
+    return volumes_[pieces[0].sub_volume]->read_masked(BlockIndex{pieces[0].start}, count,
+                                                       std::move(done));
+  // As read(), with each piece's mask placed beside its data.
+  struct Gather {
+    ByteBuffer buf;
+    WrittenMask written;
+    size_t remaining = 0;
+    Status status;
+    MaskedReadFn done;
+  };
+  const uint32_t bs = block_size_;
+  auto g = std::make_shared<Gather>();
+  g->buf = ByteBuffer(count * bs);
+  g->written.resize(count);
+  g->remaining = pieces.size();
+  g->done = std::move(done);
+  for (const SubRange& p : pieces) {
+    volumes_[p.sub_volume]->read_masked(
+        BlockIndex{p.start}, p.count, [g, off = p.offset, n = p.count, bs](Result<MaskedRead> r) {
+          if (!r) {
+            if (g->status) g->status = tl::unexpected(r.error());
+          } else {
+            CRU_ASSERT(r->data.size() == n * bs && r->written.size() == n,
+                       "a sub-volume read returned the wrong length");
+            std::memcpy(g->buf.data() + off * bs, r->data.data(), n * bs);
+            std::copy(r->written.begin(), r->written.end(),
+                      g->written.begin() + static_cast<long>(off));
+          }
+          if (--g->remaining > 0) return;
+          auto reply = std::move(g->done);
+          if (g->status)
+            reply(MaskedRead{Bytes(std::move(g->buf)), std::move(g->written)});
+          else
+            reply(tl::unexpected(g->status.error()));
+        });
+  }
+}
+
+void SubVolumes::write(BlockIndex start, std::span<const std::byte> data, DoneFn done) {
+  write_split(start, data, false, std::move(done));
+}
+
+void SubVolumes::write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done) {
+  write_split(start, data, true, std::move(done));
+}
+
+void SubVolumes::write_split(BlockIndex start, std::span<const std::byte> data, bool only_unwritten,
+                             DoneFn done) {
+  if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
+  auto write_to = [only_unwritten](Volume& v, BlockIndex at, std::span<const std::byte> d,
+                                   DoneFn fn) {
+    if (only_unwritten)
+      v.write_unwritten(at, d, std::move(fn));
+    else
+      v.write(at, d, std::move(fn));
+  };
+  if (volumes_.size() == 1) return write_to(*volumes_[0], start, data, std::move(done));
   const uint32_t bs = block_size_;
   if (data.size() % bs != 0)
     return done(
@@ -198,13 +261,13 @@ void SubVolumes::write(BlockIndex start, std::span<const std::byte> data, DoneFn
     return done(fail(ErrorCode::kOffsetInvalid, "write past the end of the volume"));
   auto pieces = layout_->split(start.value, count);
   if (pieces.size() == 1)
-    return volumes_[pieces[0].sub_volume]->write(BlockIndex{pieces[0].start}, data,
-                                                 std::move(done));
+    return write_to(*volumes_[pieces[0].sub_volume], BlockIndex{pieces[0].start}, data,
+                    std::move(done));
   auto j = Join::make(pieces.size(), std::move(done));
   // Each sub-volume copies its part before write() returns: `data` need not outlive this.
   for (const SubRange& p : pieces)
-    volumes_[p.sub_volume]->write(BlockIndex{p.start}, data.subspan(p.offset * bs, p.count * bs),
-                                  Join::part(j));
+    write_to(*volumes_[p.sub_volume], BlockIndex{p.start},
+             data.subspan(p.offset * bs, p.count * bs), Join::part(j));
 }
 
 void SubVolumes::discard(BlockIndex start, uint64_t count, DoneFn done) {

@@ -55,11 +55,17 @@ class SubVolumes : public BlockDevice {
   uint64_t stripe_bytes() const { return options_.stripe_bytes; }
 
   void read(BlockIndex start, uint64_t count, ReadFn done) override;
+  void read_masked(BlockIndex start, uint64_t count, MaskedReadFn done) override;
   void write(BlockIndex start, std::span<const std::byte> data, DoneFn done) override;
+  void write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done) override;
   void discard(BlockIndex start, uint64_t count, DoneFn done) override;
   void flush(DoneFn done) override;
   void watch(int fd, std::function<void()> on_readable) override;
   void unwatch() override;
+
+  // The io thread every sub-volume runs on (a read-only parent's volume shares it, so its
+  // completions run where the volume's do).
+  std::shared_ptr<IoThread> io_thread() const { return io_; }
 
   // Each sub-volume's state, in volume order.
   std::vector<Snapshot> snapshot() const;
@@ -86,6 +92,8 @@ class SubVolumes : public BlockDevice {
   // The sub-volumes as the io thread has them (waits for it unless on it).
   std::vector<std::shared_ptr<Volume>> current() const;
   std::string describe(size_t i, const Targets& t) const;
+  void write_split(BlockIndex start, std::span<const std::byte> data, bool only_unwritten,
+                   DoneFn done);
 
   SubVolumesOptions options_;
   // Declared before the volumes: the thread outlives them.

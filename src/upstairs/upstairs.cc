@@ -191,6 +191,7 @@ Snapshot Upstairs::snapshot() const {
     const Client& cl = clients_[c];
     ClientStatus& o = s.clients[c];
     o.target = cl.target;
+    o.region_uuid = cl.region_uuid;
     o.state = client_status(cl.ds, cl.mode);
     o.jobs_in_flight = cl.jobs_in_flight;
     o.bytes_in_flight = cl.bytes_in_flight;

@@ -17,6 +17,7 @@
 #include "common/thread_signals.h"
 #include "proto/connection.h"
 #include "proto/limits.h"
+#include "upstairs/parent.h"
 #include "upstairs/tracing.h"
 #include "upstairs/upstairs.h"
 
@@ -277,9 +278,11 @@ struct Volume::Impl {
     };
   }
 
-  // A read of several jobs (or one to decrypt): every job's data lands in one buffer, and
-  // the last to finish decrypts and answers.
-  void read_gathered(BlockIndex start, uint64_t count, ReadFn done, std::function<void()> release) {
+  // A read of several jobs (or one to decrypt, or one whose written mask is wanted): every
+  // job's data lands in one buffer, and the last to finish decrypts and answers `done`, or
+  // `masked_done` with the mask when that is set.
+  void read_gathered(BlockIndex start, uint64_t count, ReadFn done, MaskedReadFn masked_done,
+                     std::function<void()> release) {
     const uint32_t bs = block_size_;
     const uint64_t per = chunk_blocks();
     struct State {
@@ -288,41 +291,51 @@ struct Volume::Impl {
       uint64_t remaining = 0;
       Status status;
       ReadFn done;
+      MaskedReadFn masked_done;
       std::function<void()> release;
     };
     auto st = std::make_shared<State>();
     st->remaining = std::max<uint64_t>(1, (count + per - 1) / per);
     st->done = std::move(done);
+    st->masked_done = std::move(masked_done);
     st->release = std::move(release);
     if (count > 0) {
       st->buf = ByteBuffer(count * bs);
-      if (options.key) st->contexts.resize(count);
+      if (options.key || st->masked_done) st->contexts.resize(count);
     }
     std::vector<std::pair<GuestOp, Completion>> ops;
     for (uint64_t off = 0; off < count || (count == 0 && off == 0); off += per) {
       uint64_t n = std::min(per, count - off);
-      ops.emplace_back(ReadOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)},
-                       [this, st, off, bs, start](GuestDone& g) {
-                         if (!g.status) {
-                           if (st->status) st->status = g.status;
-                         } else if (!st->buf.empty()) {
-                           std::memcpy(st->buf.data() + off * bs, g.read.data.data(),
-                                       g.read.data.size());
-                           if (!st->contexts.empty())
-                             std::move(g.read.contexts.begin(), g.read.contexts.end(),
-                                       st->contexts.begin() + static_cast<long>(off));
-                         }
-                         if (--st->remaining > 0) return;
-                         if (st->status && !st->contexts.empty())
-                           st->status = crypto->open(start.value, st->contexts, st->buf.span());
-                         auto reply = std::move(st->done);
-                         auto unlock = std::move(st->release);
-                         if (st->status)
-                           reply(Bytes(std::move(st->buf)));
-                         else
-                           reply(tl::unexpected(st->status.error()));
-                         unlock();
-                       });
+      ops.emplace_back(
+          ReadOp{BlockIndex{start.value + off}, static_cast<uint32_t>(n)},
+          [this, st, off, bs, start](GuestDone& g) {
+            if (!g.status) {
+              if (st->status) st->status = g.status;
+            } else if (!st->buf.empty()) {
+              std::memcpy(st->buf.data() + off * bs, g.read.data.data(), g.read.data.size());
+              if (!st->contexts.empty())
+                std::move(g.read.contexts.begin(), g.read.contexts.end(),
+                          st->contexts.begin() + static_cast<long>(off));
+            }
+            if (--st->remaining > 0) return;
+            if (st->status && options.key)
+              st->status = crypto->open(start.value, st->contexts, st->buf.span());
+            auto unlock = std::move(st->release);
+            if (st->masked_done) {
+              auto reply = std::move(st->masked_done);
+              if (st->status)
+                reply(MaskedRead{Bytes(std::move(st->buf)), written_mask(st->contexts)});
+              else
+                reply(tl::unexpected(st->status.error()));
+            } else {
+              auto reply = std::move(st->done);
+              if (st->status)
+                reply(Bytes(std::move(st->buf)));
+              else
+                reply(tl::unexpected(st->status.error()));
+            }
+            unlock();
+          });
       if (count == 0) break;
     }
     submit(std::move(ops));
@@ -419,7 +432,26 @@ void Volume::read(BlockIndex start, uint64_t count, ReadFn done) {
                 }}});
     return;
   }
-  im.read_gathered(start, count, std::move(done), std::move(release));
+  im.read_gathered(start, count, std::move(done), nullptr, std::move(release));
+}
+
+void Volume::read_masked(BlockIndex start, uint64_t count, MaskedReadFn done) {
+  if (auto s = impl_->check_active(); !s) return done(tl::unexpected(s.error()));
+  Impl& im = *impl_;
+  auto release = im.releaser(im.acquire());
+  if (count > 0 && count <= im.chunk_blocks() && !im.options.key) {
+    // One job and nothing to decrypt: the received data is the answer, not copied.
+    im.submit({{ReadOp{start, static_cast<uint32_t>(count)},
+                [done = std::move(done), release = std::move(release)](GuestDone& g) {
+                  if (g.status)
+                    done(MaskedRead{std::move(g.read.data), written_mask(g.read.contexts)});
+                  else
+                    done(tl::unexpected(g.status.error()));
+                  release();
+                }}});
+    return;
+  }
+  im.read_gathered(start, count, nullptr, std::move(done), std::move(release));
 }
 
 // One guest call split into several jobs: the first error wins, the last job to finish

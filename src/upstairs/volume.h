@@ -99,7 +99,8 @@ class Volume : public BlockDevice {
 
   void read(BlockIndex start, uint64_t count, ReadFn done) override;
   void write(BlockIndex start, std::span<const std::byte> data, DoneFn done) override;
-  void write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done);
+  void read_masked(BlockIndex start, uint64_t count, MaskedReadFn done) override;
+  void write_unwritten(BlockIndex start, std::span<const std::byte> data, DoneFn done) override;
   void discard(BlockIndex start, uint64_t count, DoneFn done) override;
   void flush(DoneFn done) override;
   // A flush that also takes snapshot `name` on every downstairs (docs/volumes.md): done once

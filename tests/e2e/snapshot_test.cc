@@ -18,6 +18,7 @@
 
 #include "support/cluster.h"
 #include "support/process.h"
+#include "support/regions.h"
 
 namespace cru::test {
 namespace {
@@ -106,38 +107,12 @@ ClusterOptions options_for(const std::string& regions_dir, Geometry g) {
 // Writes `data` at `offset` of disk.img and fsyncs.
 ::testing::AssertionResult write_at(const std::string& disk, const std::vector<char>& data,
                                     uint64_t offset) {
-  int fd = ::open(disk.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0)
-    return ::testing::AssertionFailure() << "open " << disk << ": " << std::strerror(errno);
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n =
-        ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
-    if (n <= 0) {
-      ::close(fd);
-      return ::testing::AssertionFailure() << "pwrite: " << std::strerror(errno);
-    }
-    done += static_cast<size_t>(n);
-  }
-  const bool synced = ::fsync(fd) == 0;
-  ::close(fd);
-  if (!synced) return ::testing::AssertionFailure() << "fsync: " << std::strerror(errno);
-  return ::testing::AssertionSuccess();
+  return write_synced(disk, {data.data(), data.size()}, offset);
 }
 
 std::vector<char> read_at(const std::string& disk, size_t len, uint64_t offset) {
-  std::vector<char> out(len);
-  int fd = ::open(disk.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return {};
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = ::pread(fd, out.data() + done, len - done, static_cast<off_t>(offset + done));
-    if (n <= 0) break;
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  out.resize(done);
-  return out;
+  const std::string s = read_range(disk, len, offset);
+  return {s.begin(), s.end()};
 }
 
 // `crucible-fuse snapshot NAME` against the mount; returns the command's result.

@@ -1,9 +1,12 @@
 #include "support/regions.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <random>
@@ -25,6 +28,44 @@ std::string pattern(uint64_t seed, size_t size) {
     std::memcpy(s.data() + i, &v, 8);
   }
   return s;
+}
+
+::testing::AssertionResult write_synced(const std::string& path, std::string_view data,
+                                        uint64_t offset) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0)
+    return ::testing::AssertionFailure() << "open " << path << ": " << std::strerror(errno);
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n =
+        ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+    if (n <= 0) {
+      const int e = errno;
+      ::close(fd);
+      return ::testing::AssertionFailure() << "pwrite " << path << ": " << std::strerror(e);
+    }
+    done += static_cast<size_t>(n);
+  }
+  const bool synced = ::fsync(fd) == 0;
+  const int e = errno;
+  ::close(fd);
+  if (!synced) return ::testing::AssertionFailure() << "fsync " << path << ": " << std::strerror(e);
+  return ::testing::AssertionSuccess();
+}
+
+std::string read_range(const std::string& path, size_t len, uint64_t offset) {
+  std::string out(len, '\0');
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pread(fd, out.data() + done, len - done, static_cast<off_t>(offset + done));
+    if (n <= 0) break;
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  out.resize(done);
+  return out;
 }
 
 std::vector<std::string> fio_verify_args(const std::string& file, uint64_t size_bytes, int seed,

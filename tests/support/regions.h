@@ -5,8 +5,11 @@
 // with. Used from the test thread; gtest expectations report.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "support/cluster.h"
@@ -19,6 +22,13 @@ namespace cru::test {
 // Deterministic contents for test files: `size` bytes from a seeded generator (a tail
 // shorter than 8 bytes stays zero).
 std::string pattern(uint64_t seed, size_t size);
+
+// Writes `data` at `offset` of the file at `path` (e.g. disk.img) and fsyncs it; the
+// failure says which call failed.
+::testing::AssertionResult write_synced(const std::string& path, std::string_view data,
+                                        uint64_t offset);
+// Up to `len` bytes at `offset` (fewer at the end of the file; empty if it cannot be opened).
+std::string read_range(const std::string& path, size_t len, uint64_t offset);
 
 std::vector<std::string> fio_verify_args(const std::string& file, uint64_t size_bytes, int seed,
                                          const std::vector<std::string>& extra = {});

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "fuse/status.h"
+#include "fuse/volume_status.h"
 
 namespace cru::fuse {
 namespace {
@@ -195,6 +196,29 @@ TEST(WatchView, AReconciliationShowsExtentsReconciledOfNWithABar) {
   EXPECT_TRUE(has(text, bar(20) + "  50%  10/20 extents")) << text;
   EXPECT_TRUE(has(text, "6 MiB transferred at 1.5 MiB/s, 2.5 extents/s, ETA 4 s")) << text;
   EXPECT_FALSE(has(text, "copies complete")) << "not serving yet: " << text;
+}
+
+TEST(WatchView, AReadOnlyParentsScrubShowsItsLineAndABar) {
+  WatchSample s = at(0ms, active_volume());
+  EXPECT_FALSE(has(render_watch({}, s, kOptions), "read-only parent")) << "no parent, no line";
+  upstairs::ScrubStatus scrub;
+  scrub.parent = "file /img";
+  scrub.block_size = 4096;
+  scrub.total_blocks = 1000;
+  scrub.next_block = 500;
+  scrub.running = true;
+  scrub.rate_limit_bytes_per_s = 16 * kMiB;
+  s.status["read_only_parent"] = scrub_status_json(scrub, true);
+  std::string text = render_watch({}, s, kOptions);
+  EXPECT_TRUE(has(text, "read-only parent (file /img): scrub")) << text;
+  EXPECT_TRUE(has(text, bar(20) + "  50%  500/1000 blocks")) << text;
+  scrub.next_block = scrub.durable_block = 1000;
+  scrub.running = false;
+  scrub.complete = true;
+  s.status["read_only_parent"] = scrub_status_json(scrub, false);
+  text = render_watch({}, s, kOptions);
+  EXPECT_TRUE(has(text, "no longer needed")) << text;
+  EXPECT_FALSE(has(text, "/1000 blocks")) << "no bar once complete: " << text;
 }
 
 TEST(WatchView, LongEtasAreInMinutesOrHours) {

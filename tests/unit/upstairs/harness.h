@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <optional>
@@ -33,6 +34,15 @@ inline Bytes pattern(size_t n, uint8_t seed) {
   ByteBuffer b(n * kBs);
   for (size_t i = 0; i < b.size(); ++i)
     b.data()[i] = static_cast<std::byte>(seed * 31 + i / kBs * 7 + i % 251);
+  return Bytes(std::move(b));
+}
+
+// `n` blocks, block i filled with the byte (seed + i): which block came from where shows at
+// a glance.
+inline Bytes uniform_blocks(size_t n, uint8_t seed) {
+  ByteBuffer b(n * kBs);
+  for (size_t i = 0; i < n; ++i)
+    std::memset(b.data() + i * kBs, static_cast<uint8_t>(seed + i), kBs);
   return Bytes(std::move(b));
 }
 

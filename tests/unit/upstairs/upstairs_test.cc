@@ -232,6 +232,39 @@ TEST_F(Active, WriteIsAcknowledgedOnceQueuedBeforeAnyDownstairsAnswers) {
   }
 }
 
+// The scrub of a read-only parent submits WriteUnwritten (docs/volumes.md): it travels as
+// its own message to all three, ordered like a write, so a guest write before it wins and
+// one after it overwrites it.
+TEST_F(Active, WriteUnwrittenGoesToAllThreeAsWriteUnwrittenOrderedLikeAWrite) {
+  JobId before = write(4, 2, 1);
+  WriteOp wu = write_op(4, 4, 9);
+  wu.only_unwritten = true;
+  GuestId g = h.submit(wu);
+  ASSERT_TRUE(h.done(g));
+  EXPECT_TRUE(h.reply(g).status);
+  const JobId scrub = h.newest(kC0);
+  JobId after = write(6, 1, 2);
+  for (ClientId c : kAllClients) {
+    auto m = h.sent(c, scrub);
+    ASSERT_TRUE(m && std::holds_alternative<WriteUnwritten>(*m)) << "sent as WriteUnwritten";
+    const auto& w = std::get<WriteUnwritten>(*m);
+    EXPECT_EQ(w.start, BlockIndex{4});
+    EXPECT_EQ(w.contexts.size(), 4u);
+    EXPECT_EQ(w.data, pattern(4, 9));
+    EXPECT_TRUE(h.precedes(c, before, scrub)) << "the earlier overlapping write runs first";
+    EXPECT_TRUE(h.precedes(c, scrub, after)) << "a later overlapping write runs after it";
+  }
+}
+
+TEST_F(Active, WriteUnwrittenBeforeActivationIsRefusedLikeAWrite) {
+  Harness ro(Limits{});
+  WriteOp wu = write_op(0, 1, 1);
+  wu.only_unwritten = true;
+  GuestId g = ro.submit(wu);
+  ASSERT_TRUE(ro.done(g));
+  EXPECT_FALSE(ro.reply(g).status) << "not active";
+}
+
 class SmallJobLimit : public Active {
  protected:
   SmallJobLimit() : Active(with(&Limits::jobs_in_flight_max, 2)) {}
