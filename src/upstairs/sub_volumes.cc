@@ -145,57 +145,39 @@ Status SubVolumes::deactivate(std::chrono::milliseconds timeout) {
 }
 
 void SubVolumes::read(BlockIndex start, uint64_t count, ReadFn done) {
-  if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
-  if (volumes_.size() == 1) return volumes_[0]->read(start, count, std::move(done));
-  if (count == 0) return done(Bytes{});
-  if (start.value > layout_->total_blocks() || count > layout_->total_blocks() - start.value)
-    return done(fail(ErrorCode::kOffsetInvalid, "read past the end of the volume"));
-  auto pieces = layout_->split(start.value, count);
-  if (pieces.size() == 1)
-    return volumes_[pieces[0].sub_volume]->read(BlockIndex{pieces[0].start}, count,
-                                                std::move(done));
-  // Every piece lands in one buffer; the last to finish answers.
-  struct Gather {
-    ByteBuffer buf;
-    size_t remaining = 0;
-    Status status;
-    ReadFn done;
-  };
-  const uint32_t bs = block_size_;
-  auto g = std::make_shared<Gather>();
-  g->buf = ByteBuffer(count * bs);
-  g->remaining = pieces.size();
-  g->done = std::move(done);
-  for (const SubRange& p : pieces) {
-    volumes_[p.sub_volume]->read(
-        BlockIndex{p.start}, p.count, [g, at = p.offset * bs, len = p.count * bs](Result<Bytes> r) {
-          if (!r) {
-            if (g->status) g->status = tl::unexpected(r.error());
-          } else {
-            CRU_ASSERT(r->size() == len, "a sub-volume read returned the wrong length");
-            std::memcpy(g->buf.data() + at, r->data(), len);
-          }
-          if (--g->remaining > 0) return;
-          auto reply = std::move(g->done);
-          if (g->status)
-            reply(Bytes(std::move(g->buf)));
-          else
-            reply(tl::unexpected(g->status.error()));
-        });
-  }
+  if (volumes_.size() == 1 && layout_) return volumes_[0]->read(start, count, std::move(done));
+  read_split(start, count, false, [done = std::move(done)](Result<MaskedRead> r) {
+    if (r)
+      done(std::move(r->data));
+    else
+      done(tl::unexpected(r.error()));
+  });
 }
 
 void SubVolumes::read_masked(BlockIndex start, uint64_t count, MaskedReadFn done) {
+  read_split(start, count, true, std::move(done));
+}
+
+void SubVolumes::read_split(BlockIndex start, uint64_t count, bool masked, MaskedReadFn done) {
   if (!layout_) return done(fail(ErrorCode::kNotActive, "the volume is not active"));
-  if (volumes_.size() == 1) return volumes_[0]->read_masked(start, count, std::move(done));
   if (count == 0) return done(MaskedRead{});
   if (start.value > layout_->total_blocks() || count > layout_->total_blocks() - start.value)
     return done(fail(ErrorCode::kOffsetInvalid, "read past the end of the volume"));
+  // Each piece reads from its sub-volume, with its mask when one is wanted (a plain read
+  // does not pay for it); a single piece's answer is passed on as it is.
+  auto read_piece = [this, masked](const SubRange& p, MaskedReadFn piece_done) {
+    BlockDevice& v = *volumes_[p.sub_volume];
+    if (masked) return v.read_masked(BlockIndex{p.start}, p.count, std::move(piece_done));
+    v.read(BlockIndex{p.start}, p.count, [piece_done = std::move(piece_done)](Result<Bytes> r) {
+      if (r)
+        piece_done(MaskedRead{std::move(*r), {}});
+      else
+        piece_done(tl::unexpected(r.error()));
+    });
+  };
   auto pieces = layout_->split(start.value, count);
-  if (pieces.size() == 1)
-    return volumes_[pieces[0].sub_volume]->read_masked(BlockIndex{pieces[0].start}, count,
-                                                       std::move(done));
-  // As read(), with each piece's mask placed beside its data.
+  if (pieces.size() == 1) return read_piece(pieces[0], std::move(done));
+  // Every piece lands in one buffer (and its mask beside it); the last to finish answers.
   struct Gather {
     ByteBuffer buf;
     WrittenMask written;
@@ -206,28 +188,27 @@ void SubVolumes::read_masked(BlockIndex start, uint64_t count, MaskedReadFn done
   const uint32_t bs = block_size_;
   auto g = std::make_shared<Gather>();
   g->buf = ByteBuffer(count * bs);
-  g->written.resize(count);
+  if (masked) g->written.resize(count);
   g->remaining = pieces.size();
   g->done = std::move(done);
   for (const SubRange& p : pieces) {
-    volumes_[p.sub_volume]->read_masked(
-        BlockIndex{p.start}, p.count, [g, off = p.offset, n = p.count, bs](Result<MaskedRead> r) {
-          if (!r) {
-            if (g->status) g->status = tl::unexpected(r.error());
-          } else {
-            CRU_ASSERT(r->data.size() == n * bs && r->written.size() == n,
-                       "a sub-volume read returned the wrong length");
-            std::memcpy(g->buf.data() + off * bs, r->data.data(), n * bs);
-            std::copy(r->written.begin(), r->written.end(),
-                      g->written.begin() + static_cast<long>(off));
-          }
-          if (--g->remaining > 0) return;
-          auto reply = std::move(g->done);
-          if (g->status)
-            reply(MaskedRead{Bytes(std::move(g->buf)), std::move(g->written)});
-          else
-            reply(tl::unexpected(g->status.error()));
-        });
+    read_piece(p, [g, off = p.offset, n = p.count, bs, masked](Result<MaskedRead> r) {
+      if (!r) {
+        if (g->status) g->status = tl::unexpected(r.error());
+      } else {
+        CRU_ASSERT(r->data.size() == n * bs && (!masked || r->written.size() == n),
+                   "a sub-volume read returned the wrong length");
+        std::memcpy(g->buf.data() + off * bs, r->data.data(), n * bs);
+        std::copy(r->written.begin(), r->written.end(),
+                  g->written.begin() + static_cast<long>(off));
+      }
+      if (--g->remaining > 0) return;
+      auto reply = std::move(g->done);
+      if (g->status)
+        reply(MaskedRead{Bytes(std::move(g->buf)), std::move(g->written)});
+      else
+        reply(tl::unexpected(g->status.error()));
+    });
   }
 }
 

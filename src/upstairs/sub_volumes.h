@@ -94,6 +94,8 @@ class SubVolumes : public BlockDevice {
   std::string describe(size_t i, const Targets& t) const;
   void write_split(BlockIndex start, std::span<const std::byte> data, bool only_unwritten,
                    DoneFn done);
+  // read() and read_masked(): `masked` asks the sub-volumes for the written mask.
+  void read_split(BlockIndex start, uint64_t count, bool masked, MaskedReadFn done);
 
   SubVolumesOptions options_;
   // Declared before the volumes: the thread outlives them.
