@@ -516,7 +516,13 @@ std::string random_workload(const Config& c, uint64_t seed) {
   return fmt::format("{} region, power cut {}:\n{}workload:\n{}", c.name, how, e, h.trace());
 }
 
+// Under a sanitizer (make asan) the workloads run tens of times slower: fewer seeds look for
+// memory errors along the same paths (the release run is what counts seeds).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr uint64_t kSeeds = 100;
+#else
 constexpr uint64_t kSeeds = 500;
+#endif
 
 // Regression: Extent::recover() gives a never-written block whose first write lost its data a
 // context (see ExtentRecovery).
