@@ -332,10 +332,11 @@ class Cluster:
     """Three crucible-downstairs on loopback and crucible-fuse over them."""
 
     def __init__(self, work, size, cleanup, name="crucible", tls=False, delay_us=None,
-                 observe=False):
+                 observe=False, sparse=False):
         """delay_us: None, straight to the downstairs; else through a delay proxy each,
         adding that much each way (0: the proxy with its delay off). observe: metrics on
-        every process, scraped every SCRAPE_INTERVAL_S, and tracing to a UDP sink."""
+        every process, scraped every SCRAPE_INTERVAL_S, and tracing to a UDP sink. sparse:
+        regions allocated on write (create --sparse) rather than whole at create."""
         self.work, self.cleanup, self.name = work / name, cleanup, name
         self.work.mkdir()
         self.downstairs = []
@@ -352,7 +353,8 @@ class Cluster:
         if tls:
             # crucible-dsc makes the regions and a throw-away CA with a certificate each.
             run([str(BIN / "crucible-dsc"), "create", "--dir", str(self.work / "dsc"), "--count", "3",
-                 "--size", size, "--tls"], stdout=subprocess.DEVNULL)
+                 "--size", size, "--tls"] + (["--sparse"] if sparse else []),
+                stdout=subprocess.DEVNULL)
             certs = self.work / "dsc" / "tls"
             tls_args = [["--tls-cert", str(certs / f"downstairs-{i}.pem"), "--tls-key",
                          str(certs / f"downstairs-{i}-key.pem"), "--tls-ca", str(certs / "ca.pem")]
@@ -365,7 +367,7 @@ class Cluster:
             else:
                 d = self.work / f"region{i}"
                 run([str(BIN / "crucible-downstairs"), "create", "-u", str(uuid.uuid4()), "-d", str(d),
-                     "--size", size], stdout=subprocess.DEVNULL)
+                     "--size", size] + (["--sparse"] if sparse else []), stdout=subprocess.DEVNULL)
             logf = open(self.work / f"downstairs{i}.log", "w")
             proc = subprocess.Popen([str(BIN / "crucible-downstairs"), "--log-level", "warn", "run", "-d",
                                      str(d), "-p", "0", "-a", "127.0.0.1"] + tls_args[i]
@@ -434,8 +436,9 @@ class Cluster:
 
 
 def rss_run(work, seconds, size, cleanup):
-    """Random 4K writes then reads over the whole volume; returns peak memory."""
-    c = Cluster(work, size, cleanup, name=f"rss-{size}")
+    """Random 4K writes then reads over the whole volume; returns peak memory. Sparse
+    regions: three allocated 64 GiB regions would not fit every machine's disk."""
+    c = Cluster(work, size, cleanup, name=f"rss-{size}", sparse=True)
     total = os.stat(c.image).st_size
     for rw in ("randwrite", "randread"):
         run(["fio", f"--name=rss-{rw}", f"--filename={c.image}", f"--rw={rw}", "--bs=4k",

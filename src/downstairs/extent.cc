@@ -162,12 +162,19 @@ uint64_t expected_hash(const Slot& slot, std::span<const std::byte> data) {
 
 // ---- create / open -------------------------------------------------------------------
 
-Status Extent::create(FileSystem& fs, const std::string& path, const ExtentLayout& layout) {
+Status Extent::create(FileSystem& fs, const std::string& path, const ExtentLayout& layout,
+                      Space space) {
   std::string tmp = path + ".new";
   CRU_TRY(fs.remove(tmp));
   CRU_TRY_ASSIGN(auto f, fs.open(tmp, OpenMode::kCreateExclusive));
-  // A sparse file: data and slots read as zeros, i.e. unwritten and empty.
-  CRU_TRY(f->truncate(layout.file_bytes()));
+  // Data and slots read as zeros, i.e. unwritten and empty, allocated or not.
+  Status made =
+      space == Space::kKeep ? f->reserve(layout.file_bytes()) : f->truncate(layout.file_bytes());
+  if (!made) {
+    f.reset();
+    if (auto s = fs.remove(tmp); !s) log::warn("removing {}: {}", tmp, s.error().message);
+    return made;
+  }
   Meta m;
   m.meta_seq = 1;
   CRU_TRY(f->write_at(layout.meta_offset(1), encode_meta(layout, m)));
@@ -179,7 +186,7 @@ Status Extent::create(FileSystem& fs, const std::string& path, const ExtentLayou
 
 Result<std::unique_ptr<Extent>> Extent::open(FileSystem& fs, const std::string& path,
                                              const ExtentLayout& layout, ExtentId id,
-                                             bool read_only, bool encrypted) {
+                                             bool read_only, bool encrypted, Space space) {
   if (!read_only) {
     // An interrupted repair leaves its staging file behind; the extent file itself is
     // only ever replaced by an atomic rename, so it is whole: old or new.
@@ -196,7 +203,7 @@ Result<std::unique_ptr<Extent>> Extent::open(FileSystem& fs, const std::string& 
   if (size != layout.file_bytes())
     return fail(ErrorCode::kCorrupt, fmt::format("extent {} ({}) is {} bytes, expected {}", id,
                                                  path, size, layout.file_bytes()));
-  std::unique_ptr<Extent> e(new Extent(std::move(f), layout, id, read_only, encrypted));
+  std::unique_ptr<Extent> e(new Extent(std::move(f), layout, id, read_only, encrypted, space));
   CRU_TRY(e->load_meta());
   // Read-only, the scan only decides whether the extent is dirty; it changes nothing.
   if (e->dirty_) CRU_TRY(e->recover(/*repair=*/!read_only));
@@ -513,7 +520,7 @@ Status Extent::discard(uint64_t first, uint64_t count) {
       }
       uint64_t j = i;
       while (j < n && change[j]) ++j;
-      Status s = file_->punch_hole(layout_.data_offset(chunk + i), (j - i) * bs);
+      Status s = file_->zero_range(layout_.data_offset(chunk + i), (j - i) * bs, space_);
       if (encrypted_)
         std::fill(unsynced_.begin() + static_cast<ptrdiff_t>(chunk + i),
                   unsynced_.begin() + static_cast<ptrdiff_t>(chunk + j), true);

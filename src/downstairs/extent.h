@@ -74,15 +74,18 @@ class Extent {
  public:
   // Creates a new extent file (all blocks unwritten, generation 0, flush 0, clean):
   // written to a temp file, synced and renamed into place, then the directory synced.
-  static Status create(FileSystem& fs, const std::string& path, const ExtentLayout& layout);
+  // Space::kKeep allocates the whole file first.
+  static Status create(FileSystem& fs, const std::string& path, const ExtentLayout& layout,
+                       Space space);
 
   // Opens an extent. A read-write open of a dirty extent recovers it first: each block
   // gets the newest slot that matches its data (a crash may have kept either). A
   // read-only open never modifies the file; reads of a dirty extent then check hashes.
   // Leftover repair staging files are removed (read-write only).
+  // `space` says what a discard does with the blocks' space.
   static Result<std::unique_ptr<Extent>> open(FileSystem& fs, const std::string& path,
                                               const ExtentLayout& layout, ExtentId id,
-                                              bool read_only, bool encrypted);
+                                              bool read_only, bool encrypted, Space space);
 
   ExtentId id() const { return id_; }
   const ExtentLayout& layout() const { return layout_; }
@@ -108,7 +111,7 @@ class Extent {
   // are, only the dirty flag is set: see write() on replays).
   Status write(uint64_t first, std::span<const proto::BlockContext> contexts,
                std::span<const std::byte> data, bool only_unwritten);
-  // Makes blocks unwritten (zeros) and releases their space.
+  // Makes blocks unwritten (zeros); their space is released or kept (see open()).
   Status discard(uint64_t first, uint64_t count);
   // If dirty: makes data and contexts durable, then records the numbers durably. A clean
   // extent is not touched. The dirty flag stays set on disk (the next write needs no sync
@@ -133,12 +136,13 @@ class Extent {
 
  private:
   Extent(std::unique_ptr<File> file, const ExtentLayout& layout, ExtentId id, bool read_only,
-         bool encrypted)
+         bool encrypted, Space space)
       : file_(std::move(file)),
         layout_(layout),
         id_(id),
         read_only_(read_only),
-        encrypted_(encrypted) {}
+        encrypted_(encrypted),
+        space_(space) {}
 
   Status load_meta();
   Status write_meta(Generation generation, FlushNumber flush, bool dirty, uint64_t next_slot_seq);
@@ -164,6 +168,7 @@ class Extent {
   ExtentId id_;
   bool read_only_;
   bool encrypted_;
+  Space space_;
   Generation generation_;
   FlushNumber flush_;
   bool dirty_ = false;          // written since the last flush

@@ -15,6 +15,12 @@
 
 namespace cru::downstairs {
 
+// Whether a region's files hold their space: kKeep allocates every extent file whole at
+// create (a full disk is found then, not mid-write) and a discard keeps the space (the
+// range reads zeros, still allocated); kRelease (--sparse) allocates on first write and a
+// discard gives the space back.
+enum class Space : uint8_t { kRelease, kKeep };
+
 class File {
  public:
   virtual ~File() = default;
@@ -23,9 +29,12 @@ class File {
   virtual Status write_at(uint64_t offset, std::span<const std::byte> data) = 0;
   // Makes every completed write to this file durable (fdatasync).
   virtual Status sync() = 0;
-  // Deallocates [offset, offset + len): it reads as zeros afterwards. Not durable until
-  // sync().
-  virtual Status punch_hole(uint64_t offset, uint64_t len) = 0;
+  // [offset, offset + len) reads as zeros afterwards; its space is released (a hole) or
+  // kept allocated. Not durable until sync().
+  virtual Status zero_range(uint64_t offset, uint64_t len, Space space) = 0;
+  // Allocates the file's first `bytes` (extending it if shorter) without changing what it
+  // reads; fails (kIo, naming ENOSPC) when the filesystem cannot hold them.
+  virtual Status reserve(uint64_t bytes) = 0;
   virtual Result<uint64_t> size() = 0;
   virtual Status truncate(uint64_t size) = 0;
 };

@@ -100,6 +100,7 @@ struct CreateArgs {
   uint64_t extent_size = 0;
   uint32_t extent_count = 0;
   bool encrypted = false;
+  bool sparse = false;
 };
 
 int cmd_create(const CreateArgs& a) {
@@ -111,6 +112,7 @@ int cmd_create(const CreateArgs& a) {
   o.def.block_size = a.block_size;
   o.def.encrypted = a.encrypted;
   o.default_port = a.port;
+  o.space = a.sparse ? Space::kRelease : Space::kKeep;
   if (!proto::valid_block_size(a.block_size)) return fail_with(validate_geometry(o.def).error());
   o.def.extent_size =
       a.extent_size ? a.extent_size : std::max<uint64_t>(1, kDefaultExtentBytes / a.block_size);
@@ -147,10 +149,11 @@ int cmd_create(const CreateArgs& a) {
         static_cast<unsigned long long>(stats->zero_blocks));
   }
   const auto& d = (*region)->def();
-  std::printf("created region %s in %s: %u extents x %llu blocks x %u bytes = %s%s%s\n",
+  std::printf("created region %s in %s: %u extents x %llu blocks x %u bytes = %s, %s%s%s\n",
               d.uuid.to_string().c_str(), a.dir.c_str(), d.extent_count,
               static_cast<unsigned long long>(d.extent_size), d.block_size,
-              format_size(d.total_bytes()).c_str(), d.encrypted ? ", encrypted" : "",
+              format_size(d.total_bytes()).c_str(), a.sparse ? "sparse" : "allocated",
+              d.encrypted ? ", encrypted" : "",
               a.port ? fmt::format(", port {}", a.port).c_str() : "");
   return 0;
 }
@@ -421,6 +424,9 @@ int main(int argc, char** argv) {
                      "number of extents (default: 16, i.e. 1 GiB)");
   create->add_option("--size", ca.size, "volume size, e.g. 10G (picks the extent count)");
   create->add_flag("--encrypted", ca.encrypted, "the upstairs encrypts every block");
+  create->add_flag("--sparse", ca.sparse,
+                   "allocate disk space on first write, give it back on discard (default: "
+                   "allocate the whole region now, so a full disk shows here, not mid-write)");
   create->add_option("-i,--import-path", ca.import, "import this file (grows the region to fit)");
 
   RunArgs ra;

@@ -71,6 +71,7 @@ static std::string encode_options(const RegionOptions& o) {
   j["extent_count"] = o.def.extent_count;
   j["encrypted"] = o.def.encrypted;
   j["default_port"] = o.default_port;
+  j["sparse"] = o.space == Space::kRelease;
   return j.dump(2) + "\n";
 }
 
@@ -99,6 +100,7 @@ Result<RegionOptions> Region::read_options(FileSystem& fs, const std::string& di
     o.def.extent_count = j.at("extent_count").get<uint32_t>();
     o.def.encrypted = j.at("encrypted").get<bool>();
     o.default_port = j.at("default_port").get<uint16_t>();
+    o.space = j.value("sparse", true) ? Space::kRelease : Space::kKeep;
   } catch (const nlohmann::json::exception& e) {
     return bad(e.what());
   }
@@ -174,14 +176,27 @@ Status Region::extend(uint32_t extent_count) {
   CRU_TRY(validate_geometry(grown.def));
   for (uint32_t i = options_.def.extent_count; i < extent_count; ++i) {
     std::string path = extent_path(ExtentId{i});
-    CRU_TRY(fs_.make_dirs(parent_dir(path)));
-    CRU_TRY(Extent::create(fs_, path, layout_));
+    Status made = fs_.make_dirs(parent_dir(path));
+    if (made) made = Extent::create(fs_, path, layout_, options_.space);
+    if (!made) {
+      // Not part of the region yet: give back the space of those made so far (a full disk
+      // must not be left fuller by a create that failed).
+      for (uint32_t k = options_.def.extent_count; k < i; ++k)
+        if (auto s = fs_.remove(extent_path(ExtentId{k})); !s)
+          log::warn("removing {}: {}", extent_path(ExtentId{k}), s.error().message);
+      if (options_.space == Space::kKeep)
+        return fail(made.error().code,
+                    fmt::format("{} (extents are allocated whole at create; --sparse allocates "
+                                "on write)",
+                                made.error().message));
+      return made;
+    }
   }
   // region.json last: until it names them, the new extents are not part of the region.
   CRU_TRY(write_file_atomic(fs_, join_path(dir_, std::string(kRegionFile)), encode_options(grown)));
   for (uint32_t i = options_.def.extent_count; i < extent_count; ++i) {
     CRU_TRY_ASSIGN(auto e, Extent::open(fs_, extent_path(ExtentId{i}), layout_, ExtentId{i}, false,
-                                        grown.def.encrypted));
+                                        grown.def.encrypted, grown.space));
     extents_.push_back(std::move(e));
     closed_versions_.emplace_back();
     epochs_.push_back(0);
@@ -201,7 +216,7 @@ Result<std::unique_ptr<Region>> Region::open(FileSystem& fs, const std::string& 
   r->broken_.resize(options.def.extent_count);
   for (uint32_t i = 0; i < options.def.extent_count; ++i) {
     auto e = Extent::open(fs, r->extent_path(ExtentId{i}), r->layout_, ExtentId{i}, read_only,
-                          options.def.encrypted);
+                          options.def.encrypted, options.space);
     // One bad extent file must not keep the replica from serving the others: the upstairs
     // repairs it from a peer.
     if (e) {
@@ -403,7 +418,8 @@ Status Region::reopen_extent(ExtentId e) {
   if (repairing_.contains(e))
     return fail(ErrorCode::kBusy, fmt::format("extent {} is still being repaired", e));
   ++epochs_[e.value];
-  auto x = Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted);
+  auto x =
+      Extent::open(fs_, extent_path(e), layout_, e, read_only_, def().encrypted, options_.space);
   if (!x) {
     // Damaged from now on (versions() says so, IO is refused), so that the upstairs, told
     // of the failure, repairs it rather than retrying a reopen of the same file.
@@ -513,8 +529,8 @@ Status RepairStaging::commit(uint64_t file_bytes, uint64_t file_hash) {
   // Check the file opens as an extent, and every block against its context, before it
   // replaces a good one: a latent error on the source must not spread to this replica.
   {
-    auto probe =
-        Extent::open(region_.fs_, path_, region_.layout_, extent_, true, region_.def().encrypted);
+    auto probe = Extent::open(region_.fs_, path_, region_.layout_, extent_, true,
+                              region_.def().encrypted, region_.options_.space);
     if (!probe)
       return fail(ErrorCode::kRepair,
                   fmt::format("extent {}: received file is not a valid extent: {}", extent_,

@@ -32,6 +32,10 @@ inline constexpr uint32_t kDefaultExtentCount = 16;
 struct RegionOptions {
   proto::RegionDefinition def;
   uint16_t default_port = 0;  // 0: none recorded
+  // Extent files allocated whole at create (a full disk shows then, not mid-write, and a
+  // discard keeps the space), or sparse (`create --sparse`: space on first write, given
+  // back by a discard). region.json without the key: sparse (regions made before it).
+  Space space = Space::kKeep;
 };
 
 // Checks geometry limits, naming the offending field as a flag would.

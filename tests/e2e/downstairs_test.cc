@@ -15,6 +15,7 @@
 
 #include "common/hash.h"
 #include "proto/limits.h"
+#include "support/cluster.h"
 #include "support/process.h"
 
 namespace cru::test {
@@ -352,6 +353,51 @@ TEST(DownstairsE2e, CreateRefusesBadFlagsNamingThem) {
   }
   EXPECT_FALSE(fs::exists(tmp.file("b/region.json")));
   EXPECT_FALSE(fs::exists(tmp.file("e/region.json")));
+}
+
+// A small tmpfs mounted for one test, unmounted (lazily, whatever is left) at scope exit.
+class SmallFs {
+ public:
+  SmallFs(const std::string& dir, const std::string& size) : dir_(dir) {
+    fs::create_directories(dir);
+    auto r = run_command({tool("mount"), "-t", "tmpfs", "-o", "size=" + size, "tmpfs", dir},
+                         kCommandTimeout);
+    mounted_ = r.exit_code() == 0;
+    EXPECT_TRUE(mounted_) << r.describe();
+  }
+  ~SmallFs() {
+    if (mounted_) run_command({tool("umount"), "-l", dir_}, kCommandTimeout);
+  }
+  SmallFs(const SmallFs&) = delete;
+  SmallFs& operator=(const SmallFs&) = delete;
+  bool mounted() const { return mounted_; }
+
+ private:
+  std::string dir_;
+  bool mounted_ = false;
+};
+
+TEST(DownstairsE2e, CreateOnATooSmallDiskFailsNamingSparseAndTakesNoSpace) {
+  TempDir tmp;
+  SmallFs small(tmp.file("small"), "24m");
+  ASSERT_TRUE(small.mounted());
+  const std::string uuid = Uuid::random().to_string();
+  // Four extents of 8 MiB (and their slots) do not fit in 24 MiB.
+  auto r = ds({"create", "-u", uuid, "-d", tmp.file("small/r"), "--extent-size", "2048",
+               "--extent-count", "4"});
+  EXPECT_TRUE(r.status.exited() && r.status.code != 0) << r.describe();
+  for (const char* named : {"no space left", "--sparse"})
+    EXPECT_NE(r.err.find(named), std::string::npos) << "expected '" << named << "' in " << r.err;
+  EXPECT_FALSE(fs::exists(tmp.file("small/r/region.json")));
+  uintmax_t left = 0;
+  for (const auto& e : fs::recursive_directory_iterator(tmp.file("small")))
+    if (e.is_regular_file()) left += e.file_size();
+  EXPECT_EQ(left, 0u) << "the failed create left files behind";
+  // Sparse, the same region is created (the space is taken only as blocks are written).
+  auto sparse = ds({"create", "-u", uuid, "-d", tmp.file("small/r"), "--extent-size", "2048",
+                    "--extent-count", "4", "--sparse"});
+  EXPECT_EQ(sparse.exit_code(), 0) << sparse.describe();
+  EXPECT_NE(sparse.out.find("sparse"), std::string::npos) << sparse.out;
 }
 
 TEST(DownstairsE2e, RunRefusesAMissingPortAndBadInjectSpecs) {

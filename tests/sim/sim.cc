@@ -1210,7 +1210,7 @@ class Sim {
     std::vector<std::optional<Value>> out(extent_size_);
     downstairs::ExtentLayout layout{bs_, extent_size_};
     auto x = downstairs::Extent::open(*ds_[d].fs, region.extent_path(e), layout, e, true,
-                                      options_.encrypted);
+                                      options_.encrypted, downstairs::Space::kKeep);
     if (!x) return out;
     const uint64_t first = uint64_t{e.value} * extent_size_;
     for (uint64_t i = 0; i < extent_size_; ++i) {

@@ -103,12 +103,24 @@ class FaultFs::FaultFile final : public File {
     return {};
   }
 
-  Status punch_hole(uint64_t offset, uint64_t len) override {
+  // Either space mode: the same contents (the model has no allocation).
+  Status zero_range(uint64_t offset, uint64_t len, downstairs::Space) override {
     CRU_TRY(writable());
     CRU_TRY(fs_.check(Op::kPunch, path_));
     if (len == 0) return {};
     LogOp op{LogOp::Kind::kPunch, offset, len, {}};
     apply_to(inode_->current, op, op.offset, op.len);
+    inode_->log.push_back(std::move(op));
+    return {};
+  }
+
+  // Allocation changes no contents; extending the file is a truncate.
+  Status reserve(uint64_t bytes) override {
+    CRU_TRY(writable());
+    CRU_TRY(fs_.check(Op::kTruncate, path_));
+    if (bytes <= inode_->current.size()) return {};
+    LogOp op{LogOp::Kind::kTruncate, bytes, 0, {}};
+    apply_to(inode_->current, op, 0, 0);
     inode_->log.push_back(std::move(op));
     return {};
   }

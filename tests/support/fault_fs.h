@@ -24,7 +24,8 @@ namespace cru::test {
 class FaultFs final : public downstairs::FileSystem {
  public:
   // Kinds of call, for fault injection and counters. Mutating calls are kWrite, kSync,
-  // kPunch, kTruncate, kRename, kRemove, kSyncDir and opens with kCreateExclusive.
+  // kPunch (zero_range), kTruncate (also reserve), kRename, kRemove, kSyncDir and opens
+  // with kCreateExclusive.
   enum class Op : uint8_t {
     kRead,
     kWrite,

@@ -135,6 +135,7 @@ struct CreateArgs {
   std::optional<uint32_t> block_size, extent_count;
   std::optional<uint64_t> extent_size;
   bool encrypted = false;
+  bool sparse = false;
   bool tls = false;
 };
 
@@ -157,6 +158,7 @@ int cmd_create(const CreateArgs& a) {
     geometry.insert(geometry.end(), {"--extent-count", std::to_string(*a.extent_count)});
   if (!a.size.empty()) geometry.insert(geometry.end(), {"--size", a.size});
   if (a.encrypted) geometry.emplace_back("--encrypted");
+  if (a.sparse) geometry.emplace_back("--sparse");
   for (uint32_t i = 0; i < a.count; ++i) {
     std::vector<std::string> args = {
         *bin, "create", "-u", Uuid::random().to_string(), "-d", region_dir(a.dir, i)};
@@ -280,6 +282,8 @@ int main(int argc, char** argv) {
   create->add_option("--extent-count", ca.extent_count, "extents per region");
   create->add_option("--size", ca.size, "region size, e.g. 1G (picks the extent count)");
   create->add_flag("--encrypted", ca.encrypted, "the upstairs encrypts every block");
+  create->add_flag("--sparse", ca.sparse,
+                   "allocate disk space on first write (crucible-downstairs create --sparse)");
   create->add_flag("--tls", ca.tls,
                    "also write a throw-away CA and certificates to DIR/tls (start then serves "
                    "mutual TLS with them)");

@@ -112,7 +112,7 @@ TEST(FaultFs, LaterWriteCanSurviveWhileEarlierOneIsLost) {
 TEST(FaultFs, PunchAndTruncateAreLoggedLikeWrites) {
   FaultFs fs;
   auto f = durable_file(fs);
-  ASSERT_TRUE(f->punch_hole(512, 512));
+  ASSERT_TRUE(f->zero_range(512, 512, downstairs::Space::kRelease));
   ASSERT_TRUE(f->truncate(8192));
   std::vector<std::byte> now(8192);
   ASSERT_TRUE(f->read_at(0, now));
@@ -122,11 +122,27 @@ TEST(FaultFs, PunchAndTruncateAreLoggedLikeWrites) {
   EXPECT_EQ(*fs.contents("d/f"), filled(4096, 0x11));
 }
 
+TEST(FaultFs, ReserveExtendsWithZerosAndIsLoggedLikeATruncate) {
+  FaultFs fs;
+  auto f = durable_file(fs);
+  ASSERT_TRUE(f->reserve(1024));  // shorter than the file: nothing changes
+  EXPECT_FALSE(fs.has_unsynced_data("d/f"));
+  ASSERT_TRUE(f->reserve(8192));
+  EXPECT_EQ(*f->size(), 8192u);
+  std::vector<std::byte> now(8192);
+  ASSERT_TRUE(f->read_at(0, now));
+  EXPECT_EQ(now[0], std::byte{0x11});
+  EXPECT_EQ(now[8191], std::byte{0});
+  EXPECT_EQ(fs.stats().count(FaultFs::Op::kTruncate), 2u);
+  fs.crash_drop_all();
+  EXPECT_EQ(*fs.contents("d/f"), filled(4096, 0x11));
+}
+
 TEST(FaultFs, KeepAllCrashKeepsEveryUnsyncedChange) {
   FaultFs fs;
   auto f = durable_file(fs);
   ASSERT_TRUE(f->write_at(0, filled(4096, 0x22)));
-  ASSERT_TRUE(f->punch_hole(0, 512));
+  ASSERT_TRUE(f->zero_range(0, 512, downstairs::Space::kKeep));
   fs.crash_keep_all();
   auto c = *fs.contents("d/f");
   EXPECT_EQ(c[0], std::byte{0});
@@ -195,8 +211,9 @@ TEST(FaultFs, FilesOpenedBeforeACrashFailWithoutCrashing) {
   EXPECT_EQ(f->read_at(0, buf).error().code, ErrorCode::kIo);
   EXPECT_EQ(f->write_at(0, buf).error().code, ErrorCode::kIo);
   EXPECT_FALSE(f->sync());
-  EXPECT_FALSE(f->punch_hole(0, 16));
+  EXPECT_FALSE(f->zero_range(0, 16, downstairs::Space::kKeep));
   EXPECT_FALSE(f->truncate(0));
+  EXPECT_FALSE(f->reserve(64));
   EXPECT_FALSE(f->size());
   auto again = fs.open("d/f", OpenMode::kReadWrite);
   ASSERT_TRUE(again);

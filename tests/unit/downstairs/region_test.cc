@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "common/hash.h"
 #include "downstairs/admin.h"
@@ -755,26 +756,106 @@ uint64_t allocated_blocks(const std::string& path) {
   return static_cast<uint64_t>(st.st_blocks);
 }
 
-TEST(Discard, ReleasesSpaceOnARealFileSystem) {
-  test::TempDir tmp;
-  constexpr uint32_t kBig = 4096;
-  constexpr uint64_t kBlocks = 256;  // 1 MiB of data
-  auto r = make_region(posix_fs(), tmp.file("r"), false, 1, kBlocks, kBig);
-  ASSERT_TRUE(r);
-  Blocks b = make_blocks(kBlocks, 1, false, kBig);
-  ASSERT_TRUE(write(*r, 0, b, false, kBig));
-  ASSERT_TRUE(r->flush(FlushNumber{1}, Generation{1}, std::nullopt));
-  std::string path = r->extent_path(ExtentId{0});
+// A region of one 1 MiB extent on the real file system, written whole and flushed.
+std::unique_ptr<Region> written_posix_region(const std::string& dir, Space space) {
+  RegionOptions o;
+  o.def = {4096, 256, 1, Uuid::random(), false};
+  o.space = space;
+  auto r = Region::create(posix_fs(), dir, o);
+  EXPECT_TRUE(r) << r.error().to_string();
+  if (!r) return nullptr;
+  EXPECT_TRUE(write(**r, 0, make_blocks(256, 1, false, 4096), false, 4096));
+  EXPECT_TRUE((*r)->flush(FlushNumber{1}, Generation{1}, std::nullopt));
+  return std::move(*r);
+}
+
+// Discards the whole extent and flushes; returns the 512-byte units allocated before and
+// after, having checked that the blocks read as unwritten zeros.
+std::pair<uint64_t, uint64_t> discard_all(Region& r) {
+  std::string path = r.extent_path(ExtentId{0});
   uint64_t before = allocated_blocks(path);
-  ASSERT_TRUE(r->discard(BlockIndex{0}, kBlocks));
-  ASSERT_TRUE(r->flush(FlushNumber{2}, Generation{1}, std::nullopt));
-  uint64_t after = allocated_blocks(path);
-  // st_blocks counts 512-byte units; 1 MiB of data is 2048 of them.
-  EXPECT_GE(before, after + 2048 * 9 / 10) << "before " << before << " after " << after;
-  auto got = r->read(BlockIndex{0}, kBlocks);
-  ASSERT_TRUE(got);
-  EXPECT_TRUE(is_zero(got->data.span()));
-  EXPECT_EQ(got->contexts[kBlocks - 1], std::nullopt);
+  EXPECT_TRUE(r.discard(BlockIndex{0}, 256));
+  EXPECT_TRUE(r.flush(FlushNumber{2}, Generation{1}, std::nullopt));
+  auto got = r.read(BlockIndex{0}, 256);
+  EXPECT_TRUE(got);
+  if (got) {
+    EXPECT_TRUE(is_zero(got->data.span()));
+    EXPECT_EQ(got->contexts[255], std::nullopt);
+  }
+  return {before, allocated_blocks(path)};
+}
+
+constexpr uint64_t kMiBIn512 = 2048;  // st_blocks counts 512-byte units
+
+TEST(Discard, ReleasesSpaceOfASparseRegion) {
+  test::TempDir tmp;
+  auto r = written_posix_region(tmp.file("r"), Space::kRelease);
+  ASSERT_TRUE(r);
+  auto [before, after] = discard_all(*r);
+  EXPECT_GE(before, after + kMiBIn512 * 9 / 10) << "before " << before << " after " << after;
+}
+
+TEST(Discard, KeepsTheSpaceOfAnAllocatedRegion) {
+  test::TempDir tmp;
+  auto r = written_posix_region(tmp.file("r"), Space::kKeep);
+  ASSERT_TRUE(r);
+  auto [before, after] = discard_all(*r);
+  EXPECT_GE(after, kMiBIn512) << "before " << before << " after " << after;
+}
+
+TEST(RegionCreate, AllocatesEveryExtentFileWholeUnlessSparse) {
+  test::TempDir tmp;
+  for (Space space : {Space::kKeep, Space::kRelease}) {
+    RegionOptions o;
+    o.def = {4096, 256, 3, Uuid::random(), false};
+    o.space = space;
+    const std::string dir = tmp.file(space == Space::kKeep ? "kept" : "sparse");
+    ASSERT_TRUE(Region::create(posix_fs(), dir, o));
+    auto r = Region::open(posix_fs(), dir, false);
+    ASSERT_TRUE(r) << r.error().to_string();
+    for (uint32_t e = 0; e < 3; ++e) {
+      uint64_t units = allocated_blocks((*r)->extent_path(ExtentId{e}));
+      if (space == Space::kKeep)
+        EXPECT_GE(units * 512, (*r)->extent_file_bytes()) << "extent " << e;
+      else
+        EXPECT_LT(units, kMiBIn512 / 2) << "extent " << e;
+    }
+  }
+}
+
+TEST(RegionCreate, ARegionJsonWithoutTheSparseKeyIsSparse) {
+  test::TempDir tmp;
+  auto r = written_posix_region(tmp.file("r"), Space::kKeep);
+  ASSERT_TRUE(r);
+  r.reset();
+  // A region.json from before the key existed: the same fields, no "sparse".
+  const std::string json_path = tmp.file("r") + "/region.json";
+  auto text = read_whole_file(posix_fs(), json_path, 1 << 16);
+  ASSERT_TRUE(text);
+  auto j = nlohmann::json::parse(*text);
+  ASSERT_EQ(j.at("sparse"), false);
+  j.erase("sparse");
+  ASSERT_TRUE(write_file_atomic(posix_fs(), json_path, j.dump(2)));
+  auto again = Region::open(posix_fs(), tmp.file("r"), false);
+  ASSERT_TRUE(again) << again.error().to_string();
+  auto [before, after] = discard_all(**again);
+  EXPECT_GE(before, after + kMiBIn512 * 9 / 10) << "before " << before << " after " << after;
+}
+
+TEST(RegionCreate, NoSpaceForAnExtentFailsNamingSparseAndLeavesNoExtentFiles) {
+  FaultFs fs;
+  RegionOptions o;
+  o.def = {kBs, kExtentSize, 4, Uuid::random(), false};
+  fs.fail_next(FaultFs::Op::kTruncate, 1, 2);  // the third extent's allocation
+  auto r = Region::create(fs, "r", o);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("--sparse"), std::string::npos) << r.error().message;
+  EXPECT_EQ(fs.files(), std::vector<std::string>{}) << "extent files left behind";
+  o.space = Space::kRelease;  // the same failure without preallocation names no flag
+  fs.fail_next(FaultFs::Op::kTruncate, 1, 2);
+  r = Region::create(fs, "s", o);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().message.find("--sparse"), std::string::npos) << r.error().message;
 }
 
 // ---- the real file system ------------------------------------------------------------------
