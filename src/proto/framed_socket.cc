@@ -19,6 +19,10 @@ constexpr size_t kStagingBytes = 256 * kKiB;
 // allocation and the channel's slot, rounded up.
 constexpr uint64_t kFrameOverheadBytes = 128;
 constexpr size_t kDirectReadMinBytes = 64 * kKiB;
+// A direct read waits for this much of the payload (or all that is left) before the
+// socket is reported readable: a 1 MiB frame then costs four wake-ups, not one per
+// 64 KiB loopback packet (wake-ups of another CPU are what TCP costs most here).
+constexpr size_t kDirectReadWakeBytes = 256 * kKiB;
 // One gather write takes at most this many frames / bytes (IOV_MAX is 1024 and each
 // frame takes up to two iovecs).
 constexpr size_t kMaxBatchFrames = 256;
@@ -39,12 +43,14 @@ asio::awaitable<Result<Message>> FrameSource::next() {
     }
     auto direct = reader_.direct_span();
     if (direct.size() >= kDirectReadMinBytes) {
+      stream_.expect_bytes(std::min(direct.size(), kDirectReadWakeBytes));
       size_t n = co_await stream_.read_some(asio::buffer(direct.data(), direct.size()));
       auto m = reader_.commit_direct(n);
       if (!m) co_return tl::unexpected(m.error());
       if (*m) co_return std::move(**m);
       continue;
     }
+    stream_.expect_bytes(1);  // the next frame's size is not known yet
     // Grown only between reads, when nothing is staged, and only for a peer that may
     // send frames larger than the buffer.
     if (staged_end_ == staging_.size() && staging_.size() < kStagingBytes &&

@@ -59,6 +59,12 @@ asio::awaitable<size_t> Stream::read_some(asio::mutable_buffer buffer) {
   co_return co_await socket_.async_read_some(buffer, asio::use_awaitable);
 }
 
+void Stream::expect_bytes(size_t bytes) {
+  if (tls_ || bytes == low_water_bytes_) return;
+  socket_.set_option(asio::socket_base::receive_low_watermark(static_cast<int>(bytes)));
+  low_water_bytes_ = bytes;
+}
+
 asio::awaitable<void> Stream::write_all(std::span<const asio::const_buffer> buffers) {
   if (!tls_) {
     co_await asio::async_write(socket_, buffers, asio::use_awaitable);

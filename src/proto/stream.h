@@ -45,6 +45,12 @@ class Stream {
 
   // Throw asio::system_error on EOF and errors, as the socket's own operations do.
   asio::awaitable<size_t> read_some(asio::mutable_buffer buffer);
+  // Asks the kernel not to report the socket readable before `bytes` have arrived
+  // (SO_RCVLOWAT), for a reader that knows that many are on their way (the rest of a
+  // frame): one wake-up per large piece instead of one per loopback packet. 1 restores
+  // the default. Plain TCP only (TLS ciphertext is not the caller's byte count): a no-op
+  // with TLS. Throws asio::system_error if the socket refuses.
+  void expect_bytes(size_t bytes);
   asio::awaitable<void> write_all(std::span<const asio::const_buffer> buffers);
 
  private:
@@ -54,6 +60,7 @@ class Stream {
   std::unique_ptr<asio::ssl::stream<asio::ip::tcp::socket>> tls_;
   std::vector<std::byte> staged_;  // small buffers gathered into one record (TLS only)
   bool host_mismatch_ = false;     // the server's certificate did not name the host
+  size_t low_water_bytes_ = 1;     // SO_RCVLOWAT as last set (1: the kernel's default)
 };
 
 }  // namespace cru::proto

@@ -397,13 +397,18 @@ TEST(Loopback, ClosedPeerMakesNextThrow) {
   EXPECT_EQ(*r.value->thrown, asio::error::eof) << r.value->thrown->message();
 }
 
-TEST(Loopback, PeerClosingMidFrameMakesNextThrow) {
+// A write of `blocks` 4 KiB blocks of patterned data (contexts left empty).
+Write bulk_write(size_t blocks) {
   Write w;
   w.job_id = JobId{1};
   w.block_size = 4096;
-  w.contexts.resize(64);
-  w.data = testing::pattern_bytes(64 * 4096, 1);
-  std::vector<std::byte> bytes = encode_flat(w);
+  w.contexts.resize(blocks);
+  w.data = testing::pattern_bytes(blocks * 4096, 1);
+  return w;
+}
+
+TEST(Loopback, PeerClosingMidFrameMakesNextThrow) {
+  std::vector<std::byte> bytes = encode_flat(bulk_write(64));
   bytes.resize(bytes.size() / 2);  // most of the data never comes
   Ran<Received> r = run(peer_sends(bytes));
   ASSERT_TRUE(r.value) << r.error;
@@ -411,6 +416,51 @@ TEST(Loopback, PeerClosingMidFrameMakesNextThrow) {
   EXPECT_FALSE(r.value->protocol_error);
   ASSERT_TRUE(r.value->thrown);
   EXPECT_EQ(*r.value->thrown, asio::error::eof) << r.value->thrown->message();
+}
+
+// ---- waking the reader ---------------------------------------------------------------------
+
+// Reads `count` frames, answering Imok after each; the peer sends the next only then, so
+// each read starts on an empty socket.
+asio::awaitable<size_t> read_each_then_answer(tcp::socket socket, size_t count) {
+  Stream stream(std::move(socket));
+  FrameSource source(stream);
+  const std::vector<std::byte> imok = encode_flat(Imok{});
+  for (size_t i = 0; i < count; ++i) {
+    Result<Message> m = co_await source.next();
+    if (!m) throw std::runtime_error(fmt::format("frame {}: {}", i, m.error().to_string()));
+    co_await asio::async_write(stream.socket(), asio::buffer(imok), asio::use_awaitable);
+  }
+  co_return count;
+}
+
+asio::awaitable<void> send_each_after_answer(tcp::socket socket, std::vector<Message> messages) {
+  Stream stream(std::move(socket));
+  FrameSource answers(stream);
+  for (const auto& m : messages) {
+    const std::vector<std::byte> bytes = encode_flat(m);
+    co_await asio::async_write(stream.socket(), asio::buffer(bytes), asio::use_awaitable);
+    Result<Message> answer = co_await answers.next();
+    if (!answer || !std::holds_alternative<Imok>(*answer))
+      throw std::runtime_error("sender: expected Imok");
+  }
+}
+
+asio::awaitable<size_t> exchange_one_by_one(std::vector<Message> messages) {
+  auto [client, server] = co_await connected_pair();
+  auto rx = read_each_then_answer(std::move(server), messages.size());
+  auto tx = send_each_after_answer(std::move(client), std::move(messages));
+  co_return co_await (std::move(rx) && std::move(tx));
+}
+
+TEST(Loopback, ASmallFrameAfterALargeOneWakesTheReader) {
+  // A large frame's payload is read with the socket's low-water mark raised (one wake-up
+  // per piece); it must be back at one byte before the next frame, or a frame smaller
+  // than the mark arriving on an empty socket would never be reported.
+  const Write large = bulk_write(256);
+  Ran<size_t> r = run(exchange_one_by_one({large, Ruok{}, large, Ruok{}}));
+  ASSERT_TRUE(r.value) << r.error;
+  EXPECT_EQ(*r.value, 4u);
 }
 
 // try_push() queues; close_after_drain() writes what is queued, then the sink stops.
