@@ -880,6 +880,21 @@ TEST(RegionOnPosixFs, WriteFlushReopenRead) {
   EXPECT_EQ(report->mismatches, 0u) << report->text;
 }
 
+TEST(RegionOnPosixFs, LargeWritesReadBackWhetherOrNotTheirPagesWereCached) {
+  // The first write lands in pages not in the cache (written in pieces), the second in
+  // the pages the first left there (one call): both must read back whole.
+  test::TempDir tmp;
+  auto r = make_region(posix_fs(), tmp.file("r"), false, 1, 512, 4096);
+  ASSERT_TRUE(r);
+  for (uint8_t seed : {3, 4}) {
+    Blocks b = make_blocks(300, seed, false, 4096);
+    ASSERT_TRUE(write(*r, 100, b, false, 4096));
+    auto got = r->read(BlockIndex{100}, 300);
+    ASSERT_TRUE(got) << got.error().to_string();
+    EXPECT_TRUE(std::equal(b.data.begin(), b.data.end(), got->data.data())) << "seed " << int{seed};
+  }
+}
+
 TEST(RegionOnPosixFs, LayoutIsTheOriginalsThreeLevelHexPath) {
   test::TempDir tmp;
   auto r = make_region(posix_fs(), tmp.file("r"), false, 2);
