@@ -173,6 +173,11 @@ Status Extent::create(FileSystem& fs, const std::string& path, const ExtentLayou
   if (!made) {
     f.reset();
     if (auto s = fs.remove(tmp); !s) log::warn("removing {}: {}", tmp, s.error().message);
+    if (space == Space::kKeep)
+      return fail(made.error().code,
+                  fmt::format("{} (extent files are allocated whole at create; create --sparse "
+                              "allocates on write)",
+                              made.error().message));
     return made;
   }
   Meta m;

@@ -37,7 +37,7 @@ struct Cachestat {
 std::atomic<bool> cachestat_missing{false};
 
 // Whether every page of [offset, offset + len) is in the page cache; false when the kernel
-// cannot tell.
+// cannot tell (and where pages are larger than 4 KiB: nr_cache counts the kernel's pages).
 bool all_cached(int fd, uint64_t offset, uint64_t len) {
   if (cachestat_missing.load(std::memory_order_relaxed)) return false;
   const uint64_t first = offset / kPageBytes, end = (offset + len + kPageBytes - 1) / kPageBytes;

@@ -184,11 +184,6 @@ Status Region::extend(uint32_t extent_count) {
       for (uint32_t k = options_.def.extent_count; k < i; ++k)
         if (auto s = fs_.remove(extent_path(ExtentId{k})); !s)
           log::warn("removing {}: {}", extent_path(ExtentId{k}), s.error().message);
-      if (options_.space == Space::kKeep)
-        return fail(made.error().code,
-                    fmt::format("{} (extents are allocated whole at create; --sparse allocates "
-                                "on write)",
-                                made.error().message));
       return made;
     }
   }

@@ -856,6 +856,7 @@ TEST(RegionCreate, NoSpaceForAnExtentFailsNamingSparseAndLeavesNoExtentFiles) {
   r = Region::create(fs, "s", o);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().message.find("--sparse"), std::string::npos) << r.error().message;
+  EXPECT_EQ(fs.files(), std::vector<std::string>{}) << "extent files left behind";
 }
 
 // ---- the real file system ------------------------------------------------------------------
@@ -886,7 +887,7 @@ TEST(RegionOnPosixFs, LargeWritesReadBackWhetherOrNotTheirPagesWereCached) {
   test::TempDir tmp;
   auto r = make_region(posix_fs(), tmp.file("r"), false, 1, 512, 4096);
   ASSERT_TRUE(r);
-  for (uint8_t seed : {3, 4}) {
+  for (uint8_t seed : {uint8_t{3}, uint8_t{4}}) {
     Blocks b = make_blocks(300, seed, false, 4096);
     ASSERT_TRUE(write(*r, 100, b, false, 4096));
     auto got = r->read(BlockIndex{100}, 300);
