@@ -118,10 +118,7 @@ class FaultFs::FaultFile final : public File {
   Status reserve(uint64_t bytes) override {
     CRU_TRY(writable());
     CRU_TRY(fs_.check(Op::kTruncate, path_));
-    if (bytes <= inode_->current.size()) return {};
-    LogOp op{LogOp::Kind::kTruncate, bytes, 0, {}};
-    apply_to(inode_->current, op, 0, 0);
-    inode_->log.push_back(std::move(op));
+    if (bytes > inode_->current.size()) log_truncate(bytes);
     return {};
   }
 
@@ -135,13 +132,16 @@ class FaultFs::FaultFile final : public File {
   Status truncate(uint64_t size) override {
     CRU_TRY(writable());
     CRU_TRY(fs_.check(Op::kTruncate, path_));
-    LogOp op{LogOp::Kind::kTruncate, size, 0, {}};
-    apply_to(inode_->current, op, 0, 0);
-    inode_->log.push_back(std::move(op));
+    log_truncate(size);
     return {};
   }
 
  private:
+  void log_truncate(uint64_t size) {
+    LogOp op{LogOp::Kind::kTruncate, size, 0, {}};
+    apply_to(inode_->current, op, 0, 0);
+    inode_->log.push_back(std::move(op));
+  }
   Status alive() const {
     if (epoch_ != fs_.epoch_)
       return fail(ErrorCode::kIo, fmt::format("{}: file handle opened before a crash", path_));
